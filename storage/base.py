@@ -1,0 +1,126 @@
+"""The Store seam: every durable operation synchub performs.
+
+Implementations: :mod:`storage.sqlite` (embedded default) and :mod:`storage.postgres`. Both pass the
+one contract suite in ``tests/test_store_contract.py``.
+
+Guarantees every implementation gives:
+
+* **Atomic stock.** Stock is changed only by conditional updates inside the database
+  (``reserved = reserved + q WHERE on_hand - reserved >= q``); available stock never goes below zero,
+  whatever the concurrency, and nothing reads-modifies-writes stock in Python.
+* **All or nothing.** A reservation reserves every line or none.
+* **Idempotency.** ``reserve`` with an idempotency key already used by the same owner returns the
+  stored outcome (success *or* failure) and changes nothing; with a different request hash it raises
+  :class:`~storage.errors.IdempotencyMismatch`. Concurrent requests with one key produce one outcome.
+* **Transactional outbox.** Every stock change writes an :class:`~storage.models.InventoryDelta` to the
+  outbox in the same transaction. Its ``version`` is the stock row's version, which grows by exactly one
+  per change of that product × warehouse. ``read_outbox`` returns entries in ``seq`` order, and for one
+  product × warehouse ``seq`` order is commit order (the row lock on the stock row orders the writers).
+  Entries stay until ``ack_outbox``: a crash between commit and publish loses nothing.
+* **Expiry survives restarts.** Pending reservations past ``expires_at`` are released by
+  ``expire_reservations`` whenever it runs, including the first run after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from storage.models import (
+    IdempotentResult,
+    InventoryDelta,
+    NewProduct,
+    OutboxEntry,
+    Product,
+    ProductPage,
+    ProductQuery,
+    Reservation,
+    ReservationLineRequest,
+    StockLevel,
+    Warehouse,
+)
+
+
+class Store(Protocol):
+    backend: str  # "sqlite" or "postgres"
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def migrate(self) -> list[int]:
+        """Apply pending schema migrations; return the versions applied now."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless a trivial query succeeds."""
+        ...
+
+    # -- catalog -------------------------------------------------------------------------------
+    async def create_product(self, new: NewProduct) -> Product: ...
+    async def get_product(self, product_id: str) -> Product | None: ...
+    async def update_product(
+        self, product_id: str, changes: Mapping[str, Any], expected_version: int | None = None
+    ) -> Product:
+        """Apply ``changes`` (already validated field values) and bump ``version``.
+
+        With ``expected_version`` the update is conditional: VersionMismatch if the stored version
+        differs. A status change rewrites the derived stock status of every stock row, each as an
+        outbox event.
+        """
+        ...
+
+    async def delete_product(self, product_id: str, expected_version: int | None = None) -> None:
+        """Delete the product and its stock rows. Conflict while it has pending reservations."""
+        ...
+
+    async def list_products(self, query: ProductQuery) -> ProductPage:
+        """Keyset pagination: a page never repeats or skips a row because of concurrent inserts."""
+        ...
+
+    # -- warehouses and stock ------------------------------------------------------------------
+    async def create_warehouse(self, warehouse: Warehouse) -> Warehouse: ...
+    async def get_warehouse(self, warehouse_id: str) -> Warehouse | None: ...
+    async def list_warehouses(self, region: str | None = None) -> list[Warehouse]: ...
+    async def set_stock(self, product_id: str, warehouse_id: str, on_hand: int) -> StockLevel:
+        """Set on_hand absolutely. InsufficientStock if it would fall below what is reserved."""
+        ...
+
+    async def adjust_stock(self, product_id: str, warehouse_id: str, delta: int) -> StockLevel:
+        """Add a signed delta to on_hand. InsufficientStock if on_hand would fall below reserved."""
+        ...
+
+    async def get_inventory(self, product_id: str) -> list[StockLevel]: ...
+
+    # -- reservations --------------------------------------------------------------------------
+    async def reserve(
+        self,
+        owner: str,
+        idempotency_key: str,
+        request_hash: str,
+        lines: Sequence[ReservationLineRequest],
+        ttl_seconds: int,
+    ) -> IdempotentResult:
+        """Reserve every line or none; the outcome is stored under (owner, idempotency_key)."""
+        ...
+
+    async def get_reservation(self, reservation_id: str) -> Reservation | None: ...
+    async def commit_reservation(self, reservation_id: str) -> Reservation:
+        """pending → committed: the reserved units leave on_hand. Committing twice is a no-op."""
+        ...
+
+    async def release_reservation(self, reservation_id: str) -> Reservation:
+        """pending → released: the units return to available. Releasing twice is a no-op."""
+        ...
+
+    async def expire_reservations(self, limit: int = 500) -> list[Reservation]:
+        """pending and past expires_at → expired, stock returned. Returns what it expired."""
+        ...
+
+    # -- outbox --------------------------------------------------------------------------------
+    async def read_outbox(self, limit: int = 500) -> list[OutboxEntry]: ...
+    async def ack_outbox(self, seqs: Sequence[int]) -> None: ...
+    async def outbox_backlog(self) -> tuple[int, int | None]:
+        """(entries waiting, created_at of the oldest in epoch microseconds or None)."""
+        ...
+
+
+__all__ = ["InventoryDelta", "Store"]

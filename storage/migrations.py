@@ -1,0 +1,115 @@
+"""The schema, one list of migrations for every backend.
+
+The SQL is portable on purpose so that SQLite and PostgreSQL hold the same tables and columns
+(``tests/test_migrations.py`` compares them). Two tokens are filled in per dialect:
+``{seq_pk}`` (an auto-incrementing integer key) and ``{bytewise}`` (a collation that orders text by
+code point, so that keyset cursors sort identically on both backends).
+
+Timestamps are epoch microseconds (BIGINT), prices are integers of 1/10,000 of a unit, ids are text
+UUIDs, JSON is text: every value round-trips exactly on both backends.
+"""
+
+from __future__ import annotations
+
+DIALECT_TOKENS: dict[str, dict[str, str]] = {
+    "sqlite": {"seq_pk": "INTEGER PRIMARY KEY AUTOINCREMENT", "bytewise": ""},
+    "postgres": {"seq_pk": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "bytewise": 'COLLATE "C"'},
+}
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "catalog, stock, reservations, idempotency keys, outbox",
+        [
+            """
+            CREATE TABLE products (
+                id TEXT PRIMARY KEY,
+                sku TEXT NOT NULL UNIQUE,
+                name TEXT {bytewise} NOT NULL,
+                description TEXT NOT NULL DEFAULT '',
+                category TEXT NOT NULL DEFAULT '',
+                price_units BIGINT NOT NULL CHECK (price_units >= 0),
+                status TEXT NOT NULL CHECK (status IN ('active', 'preorder', 'discontinued')),
+                attributes TEXT NOT NULL DEFAULT '{{}}',
+                low_stock_threshold INTEGER NOT NULL DEFAULT 5 CHECK (low_stock_threshold >= 0),
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                version BIGINT NOT NULL DEFAULT 1
+            )
+            """,
+            "CREATE INDEX products_by_name ON products (name, id)",
+            "CREATE INDEX products_by_price ON products (price_units, id)",
+            "CREATE INDEX products_by_created ON products (created_at, id)",
+            "CREATE INDEX products_by_category ON products (category)",
+            """
+            CREATE TABLE warehouses (
+                id TEXT PRIMARY KEY,
+                region TEXT NOT NULL,
+                name TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX warehouses_by_region ON warehouses (region)",
+            """
+            CREATE TABLE stock (
+                product_id TEXT NOT NULL REFERENCES products (id) ON DELETE CASCADE,
+                warehouse_id TEXT NOT NULL REFERENCES warehouses (id),
+                on_hand BIGINT NOT NULL CHECK (on_hand >= 0),
+                reserved BIGINT NOT NULL DEFAULT 0 CHECK (reserved >= 0 AND reserved <= on_hand),
+                version BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                PRIMARY KEY (product_id, warehouse_id)
+            )
+            """,
+            """
+            CREATE TABLE reservations (
+                id TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                status TEXT NOT NULL
+                    CHECK (status IN ('pending', 'committed', 'released', 'expired')),
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL
+            )
+            """,
+            "CREATE INDEX reservations_pending_by_expiry ON reservations (expires_at)"
+            " WHERE status = 'pending'",
+            """
+            CREATE TABLE reservation_lines (
+                reservation_id TEXT NOT NULL REFERENCES reservations (id) ON DELETE CASCADE,
+                line_no INTEGER NOT NULL,
+                product_id TEXT NOT NULL,
+                warehouse_id TEXT NOT NULL,
+                quantity BIGINT NOT NULL CHECK (quantity > 0),
+                PRIMARY KEY (reservation_id, line_no)
+            )
+            """,
+            "CREATE INDEX reservation_lines_by_product ON reservation_lines (product_id)",
+            """
+            CREATE TABLE idempotency_keys (
+                owner TEXT NOT NULL,
+                key TEXT NOT NULL,
+                request_hash TEXT NOT NULL,
+                status INTEGER NOT NULL,
+                body TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (owner, key)
+            )
+            """,
+            "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
+            """
+            CREATE TABLE outbox (
+                seq {seq_pk},
+                product_id TEXT NOT NULL,
+                warehouse_id TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                created_at BIGINT NOT NULL
+            )
+            """,
+        ],
+    ),
+]
+
+
+def statements_for(dialect: str, statements: list[str]) -> list[str]:
+    tokens = DIALECT_TOKENS[dialect]
+    return [s.format(**tokens) for s in statements]

@@ -1,0 +1,195 @@
+"""Plain records passed across the Store seam. No I/O, no behaviour beyond derivations."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+PRICE_SCALE = 10_000  # prices are stored as integers of 1/10,000 of the currency unit: exact on every backend
+
+
+class ProductStatus(enum.StrEnum):
+    ACTIVE = "active"
+    PREORDER = "preorder"
+    DISCONTINUED = "discontinued"
+
+
+class StockStatus(enum.StrEnum):
+    IN_STOCK = "in_stock"
+    LOW_STOCK = "low_stock"
+    OUT_OF_STOCK = "out_of_stock"
+    PREORDER = "preorder"
+    DISCONTINUED = "discontinued"
+
+
+class ReservationStatus(enum.StrEnum):
+    PENDING = "pending"
+    COMMITTED = "committed"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+def price_to_units(price: Decimal) -> int:
+    return int(price * PRICE_SCALE)
+
+
+def units_to_price(units: int) -> Decimal:
+    value = Decimal(units) / PRICE_SCALE
+    # Always show at least cents: "12.50", never "12.5" or "1.25E+1".
+    return value.quantize(Decimal("0.01")) if value == value.quantize(Decimal("0.01")) else value
+
+
+def stock_status(
+    product_status: str, available: int, low_stock_threshold: int
+) -> StockStatus:
+    if product_status == ProductStatus.DISCONTINUED:
+        return StockStatus.DISCONTINUED
+    if product_status == ProductStatus.PREORDER:
+        return StockStatus.PREORDER
+    if available <= 0:
+        return StockStatus.OUT_OF_STOCK
+    if available <= low_stock_threshold:
+        return StockStatus.LOW_STOCK
+    return StockStatus.IN_STOCK
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    id: str
+    sku: str
+    name: str
+    description: str
+    category: str
+    price: Decimal
+    status: ProductStatus
+    attributes: dict[str, Any]
+    low_stock_threshold: int
+    created_at: int  # epoch microseconds
+    updated_at: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewProduct:
+    sku: str
+    name: str
+    price: Decimal
+    description: str = ""
+    category: str = ""
+    status: ProductStatus = ProductStatus.ACTIVE
+    attributes: dict[str, Any] = field(default_factory=dict)
+    low_stock_threshold: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Warehouse:
+    id: str
+    region: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class StockLevel:
+    product_id: str
+    warehouse_id: str
+    region: str
+    on_hand: int
+    reserved: int
+    version: int
+    status: StockStatus
+    updated_at: int
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationLineRequest:
+    product_id: str
+    quantity: int
+    warehouse_id: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationLine:
+    product_id: str
+    warehouse_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    owner: str
+    status: ReservationStatus
+    lines: tuple[ReservationLine, ...]
+    created_at: int
+    expires_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentResult:
+    """What a reservation request produced, replayed verbatim for a retry with the same key."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryDelta:
+    """One stock change, as written to the outbox in the transaction that made it."""
+
+    product_id: str
+    sku: str
+    warehouse_id: str
+    region: str
+    on_hand: int
+    reserved: int
+    available: int
+    status: str
+    version: int
+    ts: int  # epoch microseconds of the change
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "product_id": self.product_id,
+            "sku": self.sku,
+            "warehouse_id": self.warehouse_id,
+            "region": self.region,
+            "on_hand": self.on_hand,
+            "reserved": self.reserved,
+            "available": self.available,
+            "status": self.status,
+            "version": self.version,
+            "ts": self.ts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    seq: int
+    delta: InventoryDelta
+
+
+@dataclass(frozen=True, slots=True)
+class ProductQuery:
+    limit: int = 50
+    category: str | None = None
+    status: ProductStatus | None = None
+    price_min: Decimal | None = None
+    price_max: Decimal | None = None
+    in_stock_region: str | None = None
+    sort: str = "newest"
+    after: tuple[Any, str] | None = None  # keyset cursor: (sort value, id) of the last row seen
+
+
+@dataclass(frozen=True, slots=True)
+class ProductPage:
+    items: list[Product]
+    next_after: tuple[Any, str] | None

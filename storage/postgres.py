@@ -1,0 +1,98 @@
+"""PostgreSQL through an asyncpg pool: the production store.
+
+READ COMMITTED isolation is enough for every rule in :mod:`storage.base`: stock changes are single
+conditional UPDATEs, which PostgreSQL re-checks against the newest row version after waiting for a
+row lock. Deadlocks (two reservations locking the same stock rows in opposite orders) and
+serialization failures are retried by :meth:`PostgresDatabase.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+
+from storage.db import Row
+from storage.errors import Conflict, StoreError, StoreUnavailable
+from storage.sql import SqlStore
+
+T = TypeVar("T")
+_RETRIES = 8
+_MIGRATION_LOCK_ID = 0x5359_4E43  # "SYNC": one advisory lock key for schema migrations
+
+
+def _rowcount(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "UPDATE 3" or "INSERT 0 1".
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+class PostgresTx:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return list(await self._conn.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        row: Row | None = await self._conn.fetchrow(sql, *args)
+        return row
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return _rowcount(await self._conn.execute(sql, *args))
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        async with self._conn.transaction():
+            yield
+
+
+class PostgresDatabase:
+    dialect = "postgres"
+
+    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 20) -> None:
+        self.dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=self._min_size, max_size=self._max_size, command_timeout=30
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def run(self, work: Callable[[PostgresTx], Awaitable[T]], *, exclusive: bool = False) -> T:
+        if self._pool is None:
+            raise StoreUnavailable("the PostgreSQL store is not open")
+        for attempt in range(_RETRIES):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    if exclusive:
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
+                    return await work(PostgresTx(conn))
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                if attempt == _RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.001 * 2**attempt)
+            except asyncpg.UniqueViolationError as exc:
+                raise Conflict(str(exc), constraint=exc.constraint_name) from exc
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                raise StoreError(str(exc)) from exc
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                raise StoreUnavailable(str(exc)) from exc
+        raise AssertionError("unreachable")
+
+
+def PostgresStore(dsn: str) -> SqlStore:
+    return SqlStore(PostgresDatabase(dsn))

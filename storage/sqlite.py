@@ -1,0 +1,134 @@
+"""SQLite, the embedded default: one file, no server.
+
+All statements run on one dedicated thread with one connection, so the event loop never blocks on
+disk. Transactions are serialised by an asyncio lock and opened with ``BEGIN IMMEDIATE``: SQLite
+allows one writer at a time anyway, and taking the write lock up front means a transaction never
+fails half way for want of it. WAL journal with ``synchronous=FULL``: a committed change survives a
+crash of the process or of the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from storage.db import Row
+from storage.errors import Conflict, StoreError, StoreUnavailable
+from storage.sql import SqlStore
+
+T = TypeVar("T")
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def _translate(sql: str) -> str:
+    return _PLACEHOLDER.sub(r"?\1", sql)
+
+
+class SqliteTx:
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+        self._savepoints = 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return await self._db._call(self._db._fetchall, _translate(sql), args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return await self._db._call(self._db._execute, _translate(sql), args)
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        await self.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            await self.execute(f"ROLLBACK TO {name}")
+            await self.execute(f"RELEASE {name}")
+            raise
+        else:
+            await self.execute(f"RELEASE {name}")
+
+
+class SqliteDatabase:
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="synchub-sqlite")
+        self._conn = await self._call(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA busy_timeout=10000",
+        ):
+            conn.execute(pragma)
+        return conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._call(self._conn.close)
+            self._conn = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreUnavailable("the SQLite store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, partial(fn, *args))
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
+                raise Conflict(str(exc)) from exc
+            raise StoreError(str(exc)) from exc
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def _fetchall(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
+        assert self._conn is not None
+        return self._conn.execute(sql, args).fetchall()
+
+    def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
+        assert self._conn is not None
+        return self._conn.execute(sql, args).rowcount
+
+    async def run(self, work: Callable[[SqliteTx], Awaitable[T]], *, exclusive: bool = False) -> T:
+        async with self._lock:
+            assert self._conn is not None
+            await self._call(self._execute, "BEGIN IMMEDIATE", ())
+            try:
+                result = await work(SqliteTx(self))
+            except BaseException:
+                await self._call(self._execute, "ROLLBACK", ())
+                raise
+            await self._call(self._execute, "COMMIT", ())
+            return result
+
+
+def SqliteStore(path: str) -> SqlStore:
+    return SqlStore(SqliteDatabase(path))
