@@ -41,9 +41,7 @@ def units_to_price(units: int) -> Decimal:
     return value.quantize(Decimal("0.01")) if value == value.quantize(Decimal("0.01")) else value
 
 
-def stock_status(
-    product_status: str, available: int, low_stock_threshold: int
-) -> StockStatus:
+def stock_status(product_status: str, available: int, low_stock_threshold: int) -> StockStatus:
     if product_status == ProductStatus.DISCONTINUED:
         return StockStatus.DISCONTINUED
     if product_status == ProductStatus.PREORDER:

@@ -134,8 +134,7 @@ class SqlStore:
                 for statement in statements_for(self.db.dialect, statements):
                     await tx.execute(statement)
                 await tx.execute(
-                    "INSERT INTO schema_migrations (version, description, applied_at)"
-                    " VALUES ($1, $2, $3)",
+                    "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
                     version,
                     description,
                     now_us(),
@@ -170,15 +169,13 @@ class SqlStore:
         try:
             row = await self.db.run(work)
         except Conflict as exc:
-            raise Conflict(f"a product with sku {new.sku!r} already exists", field="sku") from exc
+            raise Conflict(f"a product with sku {new.sku!r} already exists", code="sku_taken") from exc
         assert row is not None
         return _product(row)
 
     async def get_product(self, product_id: str) -> Product | None:
         async def work(tx: Tx) -> Row | None:
-            return await tx.fetchrow(
-                f"SELECT {_PRODUCT_COLUMNS} FROM products WHERE id = $1", product_id
-            )
+            return await tx.fetchrow(f"SELECT {_PRODUCT_COLUMNS} FROM products WHERE id = $1", product_id)
 
         row = await self.db.run(work)
         return _product(row) if row else None
@@ -218,7 +215,7 @@ class SqlStore:
             if row is None:
                 current = await tx.fetchrow("SELECT version FROM products WHERE id = $1", product_id)
                 if current is None:
-                    raise NotFound("no such product", product_id=product_id)
+                    raise NotFound("no such product", resource="product", product_id=product_id)
                 raise VersionMismatch(
                     "the product changed since you read it",
                     expected=expected_version,
@@ -233,7 +230,7 @@ class SqlStore:
         try:
             return _product(await self.db.run(work))
         except Conflict as exc:
-            raise Conflict("a product with that sku already exists", field="sku") from exc
+            raise Conflict("a product with that sku already exists", code="sku_taken") from exc
 
     async def delete_product(self, product_id: str, expected_version: int | None = None) -> None:
         async def work(tx: Tx) -> None:
@@ -245,7 +242,9 @@ class SqlStore:
             )
             if pending is not None:
                 raise Conflict(
-                    "the product has pending reservations", reservation_id=pending["id"]
+                    "the product has pending reservations",
+                    code="product_has_reservations",
+                    pending_reservation=pending["id"],
                 )
             args: list[Any] = [product_id]
             where = "id = $1"
@@ -256,7 +255,7 @@ class SqlStore:
                 return
             current = await tx.fetchrow("SELECT version FROM products WHERE id = $1", product_id)
             if current is None:
-                raise NotFound("no such product", product_id=product_id)
+                raise NotFound("no such product", resource="product", product_id=product_id)
             raise VersionMismatch(
                 "the product changed since you read it",
                 expected=expected_version,
@@ -326,14 +325,12 @@ class SqlStore:
         try:
             await self.db.run(work)
         except Conflict as exc:
-            raise Conflict(f"warehouse {warehouse.id!r} already exists", field="id") from exc
+            raise Conflict(f"warehouse {warehouse.id!r} already exists", code="warehouse_exists") from exc
         return warehouse
 
     async def get_warehouse(self, warehouse_id: str) -> Warehouse | None:
         async def work(tx: Tx) -> Row | None:
-            return await tx.fetchrow(
-                "SELECT id, region, name FROM warehouses WHERE id = $1", warehouse_id
-            )
+            return await tx.fetchrow("SELECT id, region, name FROM warehouses WHERE id = $1", warehouse_id)
 
         row = await self.db.run(work)
         return Warehouse(row["id"], row["region"], row["name"]) if row else None
@@ -348,13 +345,11 @@ class SqlStore:
 
         return [Warehouse(r["id"], r["region"], r["name"]) for r in await self.db.run(work)]
 
-    async def _require_product_and_warehouse(
-        self, tx: Tx, product_id: str, warehouse_id: str
-    ) -> None:
+    async def _require_product_and_warehouse(self, tx: Tx, product_id: str, warehouse_id: str) -> None:
         if await tx.fetchrow("SELECT 1 AS ok FROM products WHERE id = $1", product_id) is None:
-            raise NotFound("no such product", product_id=product_id)
+            raise NotFound("no such product", resource="product", product_id=product_id)
         if await tx.fetchrow("SELECT 1 AS ok FROM warehouses WHERE id = $1", warehouse_id) is None:
-            raise NotFound("no such warehouse", warehouse_id=warehouse_id)
+            raise NotFound("no such warehouse", resource="warehouse", warehouse_id=warehouse_id)
 
     async def _emit(self, tx: Tx, product_id: str, warehouse_id: str, ts: int) -> StockLevel:
         """Read the stock row just changed and append its delta to the outbox."""
@@ -378,8 +373,7 @@ class SqlStore:
             ts=ts,
         )
         await tx.execute(
-            "INSERT INTO outbox (product_id, warehouse_id, payload, created_at)"
-            " VALUES ($1, $2, $3, $4)",
+            "INSERT INTO outbox (product_id, warehouse_id, payload, created_at) VALUES ($1, $2, $3, $4)",
             product_id,
             warehouse_id,
             json.dumps(delta.to_dict(), separators=(",", ":")),
@@ -387,9 +381,7 @@ class SqlStore:
         )
         return level
 
-    async def _touch_stock(
-        self, tx: Tx, product_id: str, warehouse_id: str | None, ts: int
-    ) -> None:
+    async def _touch_stock(self, tx: Tx, product_id: str, warehouse_id: str | None, ts: int) -> None:
         rows = await tx.fetch(
             "UPDATE stock SET version = version + 1, updated_at = $2 WHERE product_id = $1"
             " RETURNING warehouse_id",
@@ -474,7 +466,7 @@ class SqlStore:
 
         rows = await self.db.run(work)
         if rows is None:
-            raise NotFound("no such product", product_id=product_id)
+            raise NotFound("no such product", resource="product", product_id=product_id)
         return [_stock(r) for r in rows]
 
     # -- reservations --------------------------------------------------------------------------
@@ -499,16 +491,13 @@ class SqlStore:
             if claimed != 1:
                 # Another request with this key committed first (PostgreSQL made us wait for it).
                 row = await tx.fetchrow(
-                    "SELECT request_hash, status, body FROM idempotency_keys"
-                    " WHERE owner = $1 AND key = $2",
+                    "SELECT request_hash, status, body FROM idempotency_keys WHERE owner = $1 AND key = $2",
                     owner,
                     idempotency_key,
                 )
                 assert row is not None
                 if row["request_hash"] != request_hash:
-                    raise IdempotencyMismatch(
-                        "this Idempotency-Key was used with a different request body"
-                    )
+                    raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
                 return IdempotentResult(row["status"], json.loads(row["body"]), replayed=True)
 
             status, body = await self._reserve_lines(tx, owner, lines, ttl_seconds, ts)
@@ -541,8 +530,9 @@ class SqlStore:
                     warehouse_id = await self._reserve_line(tx, index, line, ts)
                     chosen[index] = ReservationLine(line.product_id, warehouse_id, line.quantity)
         except (InsufficientStock, NotFound) as exc:
-            status = 409 if isinstance(exc, InsufficientStock) else 404
-            return status, {"code": exc.code, "detail": exc.message, **exc.details}
+            if isinstance(exc, InsufficientStock):
+                return 409, {"code": "insufficient_stock", "detail": exc.message, **exc.details}
+            return 404, {"code": "product_not_found", "detail": exc.message, **exc.details}
         expires_at = ts + ttl_seconds * 1_000_000
         await tx.execute(
             "INSERT INTO reservations (id, owner, status, created_at, expires_at, updated_at)"
@@ -552,16 +542,16 @@ class SqlStore:
             ts,
             expires_at,
         )
-        for line_no, line in sorted(chosen.items()):
+        for line_no, taken in sorted(chosen.items()):
             await tx.execute(
                 "INSERT INTO reservation_lines"
                 " (reservation_id, line_no, product_id, warehouse_id, quantity)"
                 " VALUES ($1, $2, $3, $4, $5)",
                 reservation_id,
                 line_no,
-                line.product_id,
-                line.warehouse_id,
-                line.quantity,
+                taken.product_id,
+                taken.warehouse_id,
+                taken.quantity,
             )
         reservation = Reservation(
             id=reservation_id,
@@ -574,18 +564,12 @@ class SqlStore:
         )
         return 201, reservation_to_dict(reservation)
 
-    async def _reserve_line(
-        self, tx: Tx, index: int, line: ReservationLineRequest, ts: int
-    ) -> str:
-        product = await tx.fetchrow(
-            "SELECT status FROM products WHERE id = $1", line.product_id
-        )
+    async def _reserve_line(self, tx: Tx, index: int, line: ReservationLineRequest, ts: int) -> str:
+        product = await tx.fetchrow("SELECT status FROM products WHERE id = $1", line.product_id)
         if product is None:
-            raise NotFound("no such product", line=index, product_id=line.product_id)
+            raise NotFound("no such product", resource="product", line=index, product_id=line.product_id)
         if product["status"] == ProductStatus.DISCONTINUED:
-            raise InsufficientStock(
-                "the product is discontinued", line=index, product_id=line.product_id
-            )
+            raise InsufficientStock("the product is discontinued", line=index, product_id=line.product_id)
         if line.warehouse_id is not None:
             candidates = [line.warehouse_id]
         else:
@@ -631,8 +615,7 @@ class SqlStore:
 
     async def _load_reservation(self, tx: Tx, reservation_id: str) -> Reservation | None:
         row = await tx.fetchrow(
-            "SELECT id, owner, status, created_at, expires_at, updated_at FROM reservations"
-            " WHERE id = $1",
+            "SELECT id, owner, status, created_at, expires_at, updated_at FROM reservations WHERE id = $1",
             reservation_id,
         )
         if row is None:
@@ -646,28 +629,23 @@ class SqlStore:
             id=row["id"],
             owner=row["owner"],
             status=ReservationStatus(row["status"]),
-            lines=tuple(
-                ReservationLine(r["product_id"], r["warehouse_id"], r["quantity"]) for r in lines
-            ),
+            lines=tuple(ReservationLine(r["product_id"], r["warehouse_id"], r["quantity"]) for r in lines),
             created_at=row["created_at"],
             expires_at=row["expires_at"],
             updated_at=row["updated_at"],
         )
 
-    async def _finish(
-        self, tx: Tx, reservation_id: str, target: ReservationStatus, ts: int
-    ) -> Reservation:
+    async def _finish(self, tx: Tx, reservation_id: str, target: ReservationStatus, ts: int) -> Reservation:
         """Move a pending reservation to ``target`` and settle its stock, exactly once."""
         changed = await tx.execute(
-            "UPDATE reservations SET status = $2, updated_at = $3"
-            " WHERE id = $1 AND status = 'pending'",
+            "UPDATE reservations SET status = $2, updated_at = $3 WHERE id = $1 AND status = 'pending'",
             reservation_id,
             target.value,
             ts,
         )
         reservation = await self._load_reservation(tx, reservation_id)
         if reservation is None:
-            raise NotFound("no such reservation", reservation_id=reservation_id)
+            raise NotFound("no such reservation", resource="reservation", reservation_id=reservation_id)
         if changed != 1:
             if reservation.status == target:
                 return reservation  # a retried commit/release: nothing more to do
@@ -717,9 +695,7 @@ class SqlStore:
             expired = []
             for row in due:
                 try:
-                    expired.append(
-                        await self._finish(tx, row["id"], ReservationStatus.EXPIRED, ts)
-                    )
+                    expired.append(await self._finish(tx, row["id"], ReservationStatus.EXPIRED, ts))
                 except InvalidTransition:
                     continue  # committed or released by someone else meanwhile
             return expired
@@ -728,18 +704,14 @@ class SqlStore:
 
     async def purge_idempotency_keys(self, older_than_us: int) -> int:
         async def work(tx: Tx) -> int:
-            return await tx.execute(
-                "DELETE FROM idempotency_keys WHERE created_at < $1", older_than_us
-            )
+            return await tx.execute("DELETE FROM idempotency_keys WHERE created_at < $1", older_than_us)
 
         return await self.db.run(work)
 
     # -- outbox --------------------------------------------------------------------------------
     async def read_outbox(self, limit: int = 500) -> list[OutboxEntry]:
         async def work(tx: Tx) -> list[Row]:
-            return await tx.fetch(
-                "SELECT seq, payload FROM outbox ORDER BY seq LIMIT $1", limit
-            )
+            return await tx.fetch("SELECT seq, payload FROM outbox ORDER BY seq LIMIT $1", limit)
 
         return [
             OutboxEntry(seq=r["seq"], delta=InventoryDelta(**json.loads(r["payload"])))
@@ -754,9 +726,7 @@ class SqlStore:
         async def work(tx: Tx) -> None:
             # Entries are acknowledged in order, so deleting a contiguous range is the common case.
             if ordered[-1] - ordered[0] + 1 == len(ordered):
-                await tx.execute(
-                    "DELETE FROM outbox WHERE seq >= $1 AND seq <= $2", ordered[0], ordered[-1]
-                )
+                await tx.execute("DELETE FROM outbox WHERE seq >= $1 AND seq <= $2", ordered[0], ordered[-1])
                 return
             for seq in ordered:
                 await tx.execute("DELETE FROM outbox WHERE seq = $1", seq)

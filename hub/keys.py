@@ -1,0 +1,23 @@
+"""Every typed key stored on the application or a request, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from hub.metrics import Metrics
+    from hub.settings import Settings
+    from storage.sql import SqlStore
+    from sync.broker import Broker
+    from sync.relay import OutboxRelay
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+STORE: web.AppKey[SqlStore] = web.AppKey("store")
+BROKER: web.AppKey[Broker] = web.AppKey("broker")
+RELAY: web.AppKey[OutboxRelay | None] = web.AppKey("relay")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+
+PRINCIPAL = "synchub.principal"  # request key: the authenticated Principal, or absent
+ROUTE_NAME = "synchub.route"

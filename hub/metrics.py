@@ -1,0 +1,74 @@
+"""Prometheus metrics of one app, in a registry of its own (no process-wide singletons)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from hub.keys import METRICS
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_latency = Histogram(
+            "synchub_http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.reservations = Counter(
+            "synchub_reservations_total",
+            "Reservation requests and transitions by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.outbox_backlog = Gauge(
+            "synchub_outbox_backlog",
+            "Outbox entries not yet relayed to the broker",
+            registry=self.registry,
+        )
+        self.outbox_lag = Gauge(
+            "synchub_outbox_lag_seconds",
+            "Age of the oldest outbox entry not yet relayed",
+            registry=self.registry,
+        )
+
+    def observe_backlog(self, count: int, lag_seconds: float) -> None:
+        self.outbox_backlog.set(count)
+        self.outbox_lag.set(lag_seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+@web.middleware
+async def metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        request.app[METRICS].http_latency.labels(request.method, route_label(request), str(status)).observe(
+            time.perf_counter() - started
+        )

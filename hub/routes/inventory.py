@@ -1,0 +1,138 @@
+"""Warehouses and stock: /api/v1/warehouses and /api/v1/products/{id}/inventory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from hub.auth import require
+from hub.errors import NotFoundError
+from hub.keys import STORE
+from hub.responses import json_response
+from hub.routes.common import notify_relay
+from hub.validation import Field, integer, path_uuid, read_json, string, validate
+from storage.models import StockLevel, StockStatus, Warehouse, stock_status
+
+routes = web.RouteTableDef()
+
+SLUG = r"[a-z0-9][a-z0-9\-]{0,63}"
+MAX_STOCK = 1_000_000_000
+WAREHOUSE_FIELDS = {
+    "id": Field(string(1, 64, SLUG), required=True),
+    "region": Field(string(1, 32, SLUG), required=True),
+    "name": Field(string(1, 200), required=True),
+}
+SET_STOCK_FIELDS = {"on_hand": Field(integer(0, MAX_STOCK), required=True)}
+ADJUST_FIELDS = {
+    "delta": Field(integer(-MAX_STOCK, MAX_STOCK, nonzero=True), required=True),
+    "reason": Field(string(0, 200)),
+}
+
+
+def warehouse_to_dict(warehouse: Warehouse) -> dict[str, Any]:
+    return {"id": warehouse.id, "region": warehouse.region, "name": warehouse.name}
+
+
+def level_to_dict(level: StockLevel) -> dict[str, Any]:
+    return {
+        "product_id": level.product_id,
+        "warehouse_id": level.warehouse_id,
+        "region": level.region,
+        "on_hand": level.on_hand,
+        "reserved": level.reserved,
+        "available": level.available,
+        "status": level.status.value,
+        "version": level.version,
+    }
+
+
+@routes.get("/api/v1/warehouses", name="list_warehouses")
+async def list_warehouses(request: web.Request) -> web.StreamResponse:
+    region = request.query.get("region")
+    warehouses = await request.app[STORE].list_warehouses(region)
+    return json_response({"items": [warehouse_to_dict(w) for w in warehouses]})
+
+
+@routes.post("/api/v1/warehouses", name="create_warehouse")
+async def create_warehouse(request: web.Request) -> web.StreamResponse:
+    require(request, "admin")
+    data = validate(await read_json(request), WAREHOUSE_FIELDS)
+    warehouse = await request.app[STORE].create_warehouse(Warehouse(**data))
+    return json_response(
+        warehouse_to_dict(warehouse), status=201, headers={"Location": f"/api/v1/warehouses/{warehouse.id}"}
+    )
+
+
+@routes.get("/api/v1/warehouses/{warehouse_id}", name="get_warehouse")
+async def get_warehouse(request: web.Request) -> web.StreamResponse:
+    found = await request.app[STORE].get_warehouse(request.match_info["warehouse_id"])
+    if found is None:
+        raise NotFoundError("no such warehouse", code="warehouse_not_found")
+    return json_response(warehouse_to_dict(found))
+
+
+def _totals(levels: list[StockLevel], product_status: str, threshold: int) -> dict[str, Any]:
+    on_hand = sum(lv.on_hand for lv in levels)
+    reserved = sum(lv.reserved for lv in levels)
+    return {
+        "on_hand": on_hand,
+        "reserved": reserved,
+        "available": on_hand - reserved,
+        "status": stock_status(product_status, on_hand - reserved, threshold).value,
+    }
+
+
+@routes.get("/api/v1/products/{product_id}/inventory", name="get_inventory")
+async def get_inventory(request: web.Request) -> web.StreamResponse:
+    product_id = path_uuid(request, "product_id")
+    store = request.app[STORE]
+    product = await store.get_product(product_id)
+    if product is None:
+        raise NotFoundError("no such product", code="product_not_found", product_id=product_id)
+    levels = await store.get_inventory(product_id)
+    regions: dict[str, list[StockLevel]] = {}
+    for level in levels:
+        regions.setdefault(level.region, []).append(level)
+    status, threshold = product.status.value, product.low_stock_threshold
+    total = _totals(levels, status, threshold)
+    if not levels:
+        total["status"] = (
+            StockStatus.OUT_OF_STOCK.value if status == "active" else stock_status(status, 0, threshold).value
+        )
+    return json_response(
+        {
+            "product_id": product.id,
+            "sku": product.sku,
+            "warehouses": [level_to_dict(lv) for lv in levels],
+            "regions": [
+                {"region": region, **_totals(group, status, threshold)}
+                for region, group in sorted(regions.items())
+            ],
+            "total": total,
+        }
+    )
+
+
+@routes.put("/api/v1/products/{product_id}/inventory/{warehouse_id}", name="set_stock")
+async def set_stock(request: web.Request) -> web.StreamResponse:
+    require(request, "admin")
+    product_id = path_uuid(request, "product_id")
+    data = validate(await read_json(request), SET_STOCK_FIELDS)
+    level = await request.app[STORE].set_stock(
+        product_id, request.match_info["warehouse_id"], data["on_hand"]
+    )
+    notify_relay(request)
+    return json_response(level_to_dict(level))
+
+
+@routes.post("/api/v1/products/{product_id}/inventory/{warehouse_id}/adjustments", name="adjust_stock")
+async def adjust_stock(request: web.Request) -> web.StreamResponse:
+    require(request, "admin")
+    product_id = path_uuid(request, "product_id")
+    data = validate(await read_json(request), ADJUST_FIELDS)
+    level = await request.app[STORE].adjust_stock(
+        product_id, request.match_info["warehouse_id"], data["delta"]
+    )
+    notify_relay(request)
+    return json_response(level_to_dict(level))

@@ -1,0 +1,159 @@
+"""/api/v1/reservations: the flash-sale path.
+
+``POST /api/v1/reservations`` requires an ``Idempotency-Key`` header. The store records the outcome
+(success or failure) under (caller, key) in the same transaction as the stock change, so a retry
+gets the first outcome back verbatim with ``Idempotent-Replayed: true`` and never reserves twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from hub.auth import Principal, require
+from hub.errors import BadRequest, ConflictError, NotFoundError
+from hub.keys import METRICS, SETTINGS, STORE
+from hub.responses import iso, json_response
+from hub.routes.common import notify_relay
+from hub.validation import (
+    Field,
+    integer,
+    list_of,
+    object_of,
+    path_uuid,
+    read_json,
+    string,
+    uuid_string,
+    validate,
+)
+from storage.models import Reservation, ReservationLineRequest
+from storage.sql import reservation_to_dict
+
+routes = web.RouteTableDef()
+
+USER_ROLES = ("customer", "moderator", "admin", "service")
+PRIVILEGED = frozenset({"admin", "service"})
+MAX_QUANTITY = 10_000
+MAX_LINES = 100
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+LINE_FIELDS = {
+    "product_id": Field(uuid_string, required=True),
+    "quantity": Field(integer(1, MAX_QUANTITY), required=True),
+    "warehouse_id": Field(string(1, 64, r"[a-z0-9][a-z0-9\-]{0,63}")),
+    "region": Field(string(1, 32, r"[a-z0-9][a-z0-9\-]{0,31}")),
+}
+
+
+def _request_fields(max_ttl: int) -> dict[str, Field]:
+    return {
+        "lines": Field(list_of(object_of(LINE_FIELDS), 1, MAX_LINES), required=True),
+        "ttl_seconds": Field(integer(1, max_ttl)),
+    }
+
+
+def request_hash(body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _with_iso_times(stored: dict[str, Any]) -> dict[str, Any]:
+    body = dict(stored)
+    for key in ("created_at", "expires_at", "updated_at"):
+        body[key] = iso(body[key])
+    return body
+
+
+def _render(reservation: Reservation) -> dict[str, Any]:
+    return _with_iso_times(reservation_to_dict(reservation))
+
+
+@routes.post("/api/v1/reservations", name="create_reservation")
+async def create_reservation(request: web.Request) -> web.StreamResponse:
+    who = require(request, *USER_ROLES)
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        raise BadRequest(
+            "send an Idempotency-Key header so that retries are safe", code="idempotency_key_required"
+        )
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadRequest(
+            "the Idempotency-Key must be 1-255 visible ASCII characters", code="invalid_idempotency_key"
+        )
+    settings = request.app[SETTINGS]
+    raw = await read_json(request)
+    data = validate(raw, _request_fields(settings.reservation_max_ttl_seconds))
+    for index, line in enumerate(data["lines"]):
+        if "warehouse_id" in line and "region" in line:
+            raise BadRequest(
+                "a line names a warehouse or a region, not both",
+                code="validation_failed",
+                errors=[
+                    {
+                        "field": f"lines[{index}]",
+                        "code": "conflicting_fields",
+                        "message": "warehouse_id and region are exclusive",
+                    }
+                ],
+            )
+    lines = [ReservationLineRequest(**line) for line in data["lines"]]
+    metrics = request.app[METRICS]
+    result = await request.app[STORE].reserve(
+        who.sub, key, request_hash(data), lines, data.get("ttl_seconds", settings.reservation_ttl_seconds)
+    )
+    headers = {"Idempotent-Replayed": "true" if result.replayed else "false"}
+    if result.replayed:
+        metrics.reservations.labels("replayed").inc()
+    if result.status == 201:
+        if not result.replayed:
+            metrics.reservations.labels("reserved").inc()
+            notify_relay(request)
+        body = _with_iso_times(result.body)
+        headers["Location"] = f"/api/v1/reservations/{body['id']}"
+        return json_response(body, status=201, headers=headers)
+    code = str(result.body.get("code", "insufficient_stock"))
+    if not result.replayed:
+        metrics.reservations.labels(code).inc()
+    extra = {k: v for k, v in result.body.items() if k not in ("code", "detail")}
+    error_cls = NotFoundError if result.status == 404 else ConflictError
+    raise error_cls(str(result.body.get("detail", "")), code=code, headers=headers, **extra)
+
+
+async def _owned(request: web.Request) -> tuple[Principal, str]:
+    who = require(request, *USER_ROLES)
+    reservation_id = path_uuid(request, "reservation_id")
+    reservation = await request.app[STORE].get_reservation(reservation_id)
+    # Someone else's reservation is reported as missing: its existence is not the caller's business.
+    if reservation is None or (reservation.owner != who.sub and not who.roles & PRIVILEGED):
+        raise NotFoundError("no such reservation", code="reservation_not_found")
+    return who, reservation_id
+
+
+@routes.get("/api/v1/reservations/{reservation_id}", name="get_reservation")
+async def get_reservation(request: web.Request) -> web.StreamResponse:
+    _, reservation_id = await _owned(request)
+    reservation = await request.app[STORE].get_reservation(reservation_id)
+    assert reservation is not None
+    return json_response(_render(reservation))
+
+
+@routes.post("/api/v1/reservations/{reservation_id}/commit", name="commit_reservation")
+async def commit_reservation(request: web.Request) -> web.StreamResponse:
+    _, reservation_id = await _owned(request)
+    reservation = await request.app[STORE].commit_reservation(reservation_id)
+    request.app[METRICS].reservations.labels("committed").inc()
+    notify_relay(request)
+    return json_response(_render(reservation))
+
+
+@routes.post("/api/v1/reservations/{reservation_id}/release", name="release_reservation")
+async def release_reservation(request: web.Request) -> web.StreamResponse:
+    _, reservation_id = await _owned(request)
+    reservation = await request.app[STORE].release_reservation(reservation_id)
+    request.app[METRICS].reservations.labels("released").inc()
+    notify_relay(request)
+    return json_response(_render(reservation))

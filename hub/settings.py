@@ -1,0 +1,48 @@
+"""Settings of one hub node: flags of ``synchub serve`` and their SYNCHUB_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path("var")
+DEFAULT_DATABASE_URL = str(DEFAULT_DATA_DIR / "synchub.sqlite3")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    region: str = "default"
+    node_id: str = field(default_factory=lambda: f"node-{secrets.token_hex(3)}")
+    jwt_secret: str = ""
+    max_body_bytes: int = 256 * 1024
+    reservation_ttl_seconds: int = 900
+    reservation_max_ttl_seconds: int = 24 * 3600
+    expiry_interval: float = 1.0
+    relay_enabled: bool = True
+    idempotency_retention_seconds: int = 24 * 3600
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith(("postgres://", "postgresql://"))
+
+
+def dev_jwt_secret(data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    """A per-checkout secret so that ``synchub token`` and ``synchub serve`` agree out of the box.
+
+    Production sets --jwt-secret / SYNCHUB_JWT_SECRET; this file is only the newcomer's default.
+    """
+    path = data_dir / "jwt-secret"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret

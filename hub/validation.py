@@ -1,0 +1,278 @@
+"""Request validation: strict JSON bodies, typed fields, every problem reported at once.
+
+A body is rejected whole (nothing is changed) when it is not JSON, not an object, has a field we do
+not know, lacks a required one, or has a value of the wrong type or range. JSON numbers are read as
+exact decimals, so a price is never rounded through a float. Booleans are not integers here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from aiohttp import web
+
+from hub.errors import BadRequest, UnsupportedMedia
+
+Validator = Callable[[Any], Any]
+MAX_JSON_DEPTH = 16
+
+
+class FieldError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    check: Validator
+    required: bool = False
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_type not in ("application/json", "application/merge-patch+json"):
+        raise UnsupportedMedia(f"send the body as application/json, not {request.content_type or 'nothing'}")
+    raw = await request.read()  # aiohttp enforces client_max_size → 413
+    try:
+        body = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels", code="malformed_json")
+    return body
+
+
+def validate(body: Any, fields: Mapping[str, Field], *, partial: bool = False) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest(
+            "the body must be a JSON object",
+            code="validation_failed",
+            errors=[{"field": "", "code": "wrong_type", "message": "expected an object"}],
+        )
+    errors: list[dict[str, Any]] = []
+    clean: dict[str, Any] = {}
+    for name in body:
+        if name not in fields:
+            errors.append({"field": name, "code": "unknown_field", "message": "no such field"})
+    for name, spec in fields.items():
+        if name not in body:
+            if spec.required and not partial:
+                errors.append({"field": name, "code": "required", "message": "this field is required"})
+            continue
+        try:
+            clean[name] = spec.check(body[name])
+        except FieldError as exc:
+            errors.append({"field": name, "code": exc.code, "message": exc.message})
+    if errors:
+        raise BadRequest(
+            "the request body is invalid: " + ", ".join(f"{e['field']}: {e['code']}" for e in errors),
+            code="validation_failed",
+            errors=errors,
+        )
+    return clean
+
+
+# -- field validators ------------------------------------------------------------------------------
+
+
+def string(min_len: int = 0, max_len: int = 1000, pattern: str | None = None) -> Validator:
+    regex = re.compile(pattern) if pattern else None
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise FieldError("wrong_type", "expected a string")
+        if len(value) < min_len:
+            raise FieldError("too_short", f"at least {min_len} characters")
+        if len(value) > max_len:
+            raise FieldError("too_long", f"at most {max_len} characters")
+        if "\x00" in value:
+            raise FieldError("invalid_format", "NUL characters are not allowed")
+        if regex is not None and not regex.fullmatch(value):
+            raise FieldError("invalid_format", f"must match {pattern}")
+        return value
+
+    return check
+
+
+def integer(minimum: int, maximum: int, *, nonzero: bool = False) -> Validator:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | Decimal):
+            raise FieldError("wrong_type", "expected an integer")
+        if isinstance(value, Decimal):
+            if value != value.to_integral_value():
+                raise FieldError("wrong_type", "expected an integer")
+            value = int(value)
+        number: int = value
+        if not minimum <= number <= maximum:
+            raise FieldError("out_of_range", f"must be between {minimum} and {maximum}")
+        if nonzero and number == 0:
+            raise FieldError("out_of_range", "must not be zero")
+        return number
+
+    return check
+
+
+def decimal(minimum: Decimal, maximum: Decimal, places: int) -> Validator:
+    def check(value: Any) -> Decimal:
+        if isinstance(value, bool):
+            raise FieldError("wrong_type", "expected a decimal number or string")
+        if isinstance(value, int):
+            value = Decimal(value)
+        elif isinstance(value, str):
+            try:
+                value = Decimal(value)
+            except InvalidOperation as exc:
+                raise FieldError("invalid_format", 'expected a decimal such as "12.50"') from exc
+        if not isinstance(value, Decimal) or not value.is_finite():
+            raise FieldError("wrong_type", "expected a decimal number or string")
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -places:
+            raise FieldError("invalid_format", f"at most {places} decimal places")
+        if not minimum <= value <= maximum:
+            raise FieldError("out_of_range", f"must be between {minimum} and {maximum}")
+        return value
+
+    return check
+
+
+def choice(*values: str) -> Validator:
+    def check(value: Any) -> str:
+        if value not in values:
+            raise FieldError("invalid_choice", f"one of {', '.join(values)}")
+        return str(value)
+
+    return check
+
+
+def json_object(max_keys: int = 100) -> Validator:
+    def to_plain(value: Any) -> Any:
+        # Free-form attributes keep JSON's own number semantics; only prices must be exact.
+        if isinstance(value, Decimal):
+            return int(value) if value == value.to_integral_value() else float(value)
+        if isinstance(value, dict):
+            return {k: to_plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [to_plain(v) for v in value]
+        return value
+
+    def check(value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise FieldError("wrong_type", "expected an object")
+        if len(value) > max_keys:
+            raise FieldError("too_long", f"at most {max_keys} keys")
+        plain: dict[str, Any] = to_plain(value)
+        return plain
+
+    return check
+
+
+def uuid_string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise FieldError("wrong_type", "expected a UUID string")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as exc:
+        raise FieldError("invalid_format", "expected a UUID") from exc
+
+
+def list_of(item: Callable[[Any], Any], min_items: int, max_items: int) -> Validator:
+    def check(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise FieldError("wrong_type", "expected an array")
+        if not min_items <= len(value) <= max_items:
+            raise FieldError("out_of_range", f"between {min_items} and {max_items} items")
+        out = []
+        for index, element in enumerate(value):
+            try:
+                out.append(item(element))
+            except FieldError as exc:
+                raise FieldError(exc.code, f"item {index}: {exc.message}") from exc
+            except BadRequest as exc:
+                errors = exc.errors or []
+                first = errors[0] if errors else {"code": "invalid", "field": ""}
+                raise FieldError(first["code"], f"item {index}: {exc.detail}") from exc
+        return out
+
+    return check
+
+
+def object_of(fields: Mapping[str, Field]) -> Validator:
+    def check(value: Any) -> dict[str, Any]:
+        return validate(value, fields)
+
+    return check
+
+
+# -- path and query parameters ---------------------------------------------------------------------
+
+
+def path_uuid(request: web.Request, name: str) -> str:
+    raw = request.match_info[name]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be a UUID, got {raw[:64]!r}", code="invalid_id") from exc
+
+
+def query_int(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an integer", code="invalid_parameter", parameter=name) from exc
+    if not minimum <= value <= maximum:
+        raise BadRequest(
+            f"{name} must be between {minimum} and {maximum}", code="invalid_parameter", parameter=name
+        )
+    return value
+
+
+def query_decimal(request: web.Request, name: str) -> Decimal | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = Decimal(raw)
+    except InvalidOperation as exc:
+        raise BadRequest(
+            f"{name} must be a decimal number", code="invalid_parameter", parameter=name
+        ) from exc
+    if not value.is_finite() or value < 0:
+        raise BadRequest(f"{name} must be a non-negative number", code="invalid_parameter", parameter=name)
+    return value
+
+
+def query_choice(request: web.Request, name: str, values: Mapping[str, Any] | frozenset[str]) -> str | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if raw not in values:
+        raise BadRequest(
+            f"{name} must be one of {', '.join(sorted(values))}",
+            code="invalid_sort" if name == "sort" else "invalid_parameter",
+            parameter=name,
+        )
+    return raw

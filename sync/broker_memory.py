@@ -1,0 +1,75 @@
+"""The in-process broker: the embedded default for a single node.
+
+Each stream is a ring buffer of its newest ``max_len`` publications. The epoch is drawn at random
+when the broker starts, so every restart of the process is a new epoch and positions handed out by
+the previous process are reported as expired rather than trusted.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Callable
+
+from sync.broker import Handler, Position, PositionExpired, Publication
+
+
+class _Stream:
+    __slots__ = ("handlers", "offset", "tail")
+
+    def __init__(self, max_len: int) -> None:
+        self.tail: deque[Publication] = deque(maxlen=max_len)
+        self.offset = 0
+        self.handlers: list[Handler] = []
+
+
+class MemoryBroker:
+    def __init__(self, max_len: int = 10_000, epoch: str | None = None) -> None:
+        self.epoch = epoch or secrets.token_hex(4)
+        self._max_len = max_len
+        self._streams: dict[str, _Stream] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self._streams.clear()
+
+    def _stream(self, name: str) -> _Stream:
+        stream = self._streams.get(name)
+        if stream is None:
+            stream = self._streams[name] = _Stream(self._max_len)
+        return stream
+
+    async def publish(self, stream: str, data: bytes) -> Position:
+        s = self._stream(stream)
+        s.offset += 1
+        publication = Publication(stream, Position(self.epoch, s.offset), data)
+        s.tail.append(publication)
+        for handler in list(s.handlers):
+            handler(publication)
+        return publication.position
+
+    async def top(self, stream: str) -> Position:
+        return Position(self.epoch, self._stream(stream).offset)
+
+    async def history(self, stream: str, since: Position, limit: int = 10_000) -> list[Publication]:
+        s = self._stream(stream)
+        current = Position(self.epoch, s.offset)
+        if since.epoch != self.epoch or since.offset > s.offset:
+            raise PositionExpired(stream, since, current)
+        oldest = s.tail[0].position.offset if s.tail else s.offset + 1
+        if since.offset < oldest - 1:
+            raise PositionExpired(stream, since, current)
+        start = since.offset - oldest + 1
+        return [s.tail[i] for i in range(start, min(len(s.tail), start + limit))]
+
+    def subscribe(self, stream: str, handler: Handler) -> Callable[[], None]:
+        handlers = self._stream(stream).handlers
+        handlers.append(handler)
+
+        def unsubscribe() -> None:
+            if handler in handlers:
+                handlers.remove(handler)
+
+        return unsubscribe
