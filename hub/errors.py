@@ -31,6 +31,7 @@ from storage import errors as store_errors
 log = logging.getLogger(__name__)
 PROBLEM_TYPE = "https://synchub.dev/errors/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+_RESERVED_MEMBERS = frozenset({"type", "title", "status", "code", "detail", "errors", "instance"})
 
 
 class ApiError(Exception):
@@ -109,7 +110,7 @@ def problem_response(
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
     instance: str | None = None,
-    **extra: Any,
+    extra: dict[str, Any] | None = None,
 ) -> web.Response:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE + code,
@@ -122,7 +123,8 @@ def problem_response(
         body["instance"] = instance
     if errors:
         body["errors"] = errors
-    body.update(extra)
+    # Extension members never shadow the standard ones.
+    body.update({k: v for k, v in (extra or {}).items() if k not in _RESERVED_MEMBERS})
     return web.Response(
         status=status,
         body=orjson.dumps(body),
@@ -195,5 +197,5 @@ async def error_middleware(
         error.detail,
         errors=error.errors,
         headers=error.headers,
-        **error.extra,
+        extra=error.extra,
     )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from hub.auth import Principal
     from hub.metrics import Metrics
     from hub.settings import Settings
     from storage.sql import SqlStore
@@ -19,5 +20,4 @@ BROKER: web.AppKey[Broker] = web.AppKey("broker")
 RELAY: web.AppKey[OutboxRelay | None] = web.AppKey("relay")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 
-PRINCIPAL = "synchub.principal"  # request key: the authenticated Principal, or absent
-ROUTE_NAME = "synchub.route"
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous

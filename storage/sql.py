@@ -651,7 +651,7 @@ class SqlStore:
                 return reservation  # a retried commit/release: nothing more to do
             raise InvalidTransition(
                 f"the reservation is {reservation.status.value}, it cannot become {target.value}",
-                status=reservation.status.value,
+                current_status=reservation.status.value,
             )
         settle_on_hand = 1 if target == ReservationStatus.COMMITTED else 0
         for line in sorted(reservation.lines, key=lambda ln: (ln.product_id, ln.warehouse_id)):

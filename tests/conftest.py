@@ -1,0 +1,198 @@
+"""Shared fixtures: real stores (SQLite file, PostgreSQL over TCP) and a real hub on a real socket.
+
+PostgreSQL and Redis are required, never skipped: ``scripts/test`` makes sure they run and hands us a
+throwaway database in SYNCHUB_TEST_POSTGRES_URL. Run without it, the suite creates (and drops) its
+own throwaway database on the local server.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from hub.app import create_app
+from hub.auth import issue_token
+from hub.settings import Settings
+from storage.factory import open_store
+from storage.models import NewProduct, Warehouse
+from storage.sql import SqlStore
+
+BACKENDS = ["sqlite", "postgres"]
+JWT_SECRET = "test-secret-" + secrets.token_hex(16)
+TABLES = "outbox, idempotency_keys, reservation_lines, reservations, stock, warehouses, products"
+
+
+def _admin_url() -> str:
+    return os.environ.get("SYNCHUB_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+async def postgres_url() -> AsyncIterator[str]:
+    given = os.environ.get("SYNCHUB_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    name = f"synchub_test_{os.getpid()}_{secrets.token_hex(3)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(_admin_url())
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        await admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL is required for the test suite and is not reachable: {exc}")
+    base = _admin_url().rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def reset_postgres(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('public.products') IS NOT NULL")
+        if exists:
+            await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def database_url(request: pytest.FixtureRequest, tmp_path: Any, postgres_url: str) -> str:
+    """An empty database of the backend under test (the tables may exist, the rows do not)."""
+    backend = request.param if hasattr(request, "param") else "sqlite"
+    if backend == "postgres":
+        await reset_postgres(postgres_url)
+        return postgres_url
+    return str(tmp_path / "synchub.sqlite3")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every test that touches a store runs once per backend.
+    if "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    s = open_store(database_url)
+    await s.open()
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+def token(sub: str, *roles: str, ttl: int = 3600) -> str:
+    return issue_token(JWT_SECRET, sub, roles or ("customer",), ttl)
+
+
+@dataclass
+class Hub:
+    """A running hub on 127.0.0.1 and an HTTP client for it."""
+
+    base: str
+    session: aiohttp.ClientSession
+    app: web.Application
+    admin: str = field(default_factory=lambda: token("root", "admin"))
+    alice: str = field(default_factory=lambda: token("alice", "customer"))
+    bob: str = field(default_factory=lambda: token("bob", "customer"))
+    service: str = field(default_factory=lambda: token("checkout", "service"))
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, Any]:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        async with self.session.request(
+            method, self.base + path, json=json, data=data, headers=all_headers
+        ) as response:
+            text = await response.read()
+            body: Any = None
+            if text and response.content_type.endswith("json"):
+                import json as _json
+
+                body = _json.loads(text)
+            return response.status, body, response.headers
+
+    async def product(self, sku: str = "SKU-1", price: str = "10.00", **extra: Any) -> dict[str, Any]:
+        status, body, _ = await self.call(
+            "POST", "/api/v1/products", token=self.admin, json={"sku": sku, "name": sku, "price": price, **extra}
+        )
+        assert status == 201, body
+        return dict(body)
+
+    async def warehouse(self, wid: str = "par-1", region: str = "eu") -> None:
+        status, body, _ = await self.call(
+            "POST", "/api/v1/warehouses", token=self.admin, json={"id": wid, "region": region, "name": wid}
+        )
+        assert status == 201, body
+
+    async def stock(self, product_id: str, wid: str, on_hand: int) -> dict[str, Any]:
+        status, body, _ = await self.call(
+            "PUT", f"/api/v1/products/{product_id}/inventory/{wid}", token=self.admin, json={"on_hand": on_hand}
+        )
+        assert status == 200, body
+        return dict(body)
+
+
+async def start_hub(settings: Settings) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(create_app(settings), shutdown_timeout=2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None and server.sockets
+    port = server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def hub_settings(database_url: str, **overrides: Any) -> Settings:
+    defaults: dict[str, Any] = {"max_body_bytes": 64 * 1024, "expiry_interval": 0.1}
+    return Settings(database_url=database_url, jwt_secret=JWT_SECRET, **{**defaults, **overrides})
+
+
+@asynccontextmanager
+async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
+    runner, base = await start_hub(settings)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=600)) as session:
+            yield Hub(base=base, session=session, app=runner.app)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def hub(database_url: str) -> AsyncIterator[Hub]:
+    async with running_hub(hub_settings(database_url)) as running:
+        yield running
+
+
+async def seed(store: SqlStore, sku: str = "SKU-1", stock: dict[str, int] | None = None) -> str:
+    """A product with stock in the given warehouses (created as needed, region 'eu' unless 'us-')."""
+    product = await store.create_product(NewProduct(sku=sku, name=sku, price=Decimal("10.00")))
+    for wid, qty in (stock or {}).items():
+        if await store.get_warehouse(wid) is None:
+            await store.create_warehouse(Warehouse(wid, "us" if wid.startswith("us-") else "eu", wid))
+        await store.set_stock(product.id, wid, qty)
+    return product.id
