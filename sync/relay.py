@@ -83,6 +83,9 @@ class OutboxRelay:
 
     async def run(self) -> None:
         while not self._stopping:
+            # Cleared before reading, so a notify that arrives while a batch is being moved is kept
+            # and the next batch starts at once.
+            self._wakeup.clear()
             try:
                 moved = await self.relay_once()
                 if self._on_backlog is not None:
@@ -95,8 +98,7 @@ class OutboxRelay:
                 log.exception("outbox relay failed; retrying")
                 moved = 0
                 await asyncio.sleep(1.0)
-            if moved < self._batch_size:
-                self._wakeup.clear()
+            if moved < self._batch_size and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self._idle_interval)
 

@@ -137,7 +137,10 @@ class Hub:
 
     async def product(self, sku: str = "SKU-1", price: str = "10.00", **extra: Any) -> dict[str, Any]:
         status, body, _ = await self.call(
-            "POST", "/api/v1/products", token=self.admin, json={"sku": sku, "name": sku, "price": price, **extra}
+            "POST",
+            "/api/v1/products",
+            token=self.admin,
+            json={"sku": sku, "name": sku, "price": price, **extra},
         )
         assert status == 201, body
         return dict(body)
@@ -150,7 +153,10 @@ class Hub:
 
     async def stock(self, product_id: str, wid: str, on_hand: int) -> dict[str, Any]:
         status, body, _ = await self.call(
-            "PUT", f"/api/v1/products/{product_id}/inventory/{wid}", token=self.admin, json={"on_hand": on_hand}
+            "PUT",
+            f"/api/v1/products/{product_id}/inventory/{wid}",
+            token=self.admin,
+            json={"on_hand": on_hand},
         )
         assert status == 200, body
         return dict(body)

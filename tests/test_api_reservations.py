@@ -72,13 +72,19 @@ async def test_concurrent_retries_with_one_idempotency_key_reserve_once(hub: Hub
 async def test_a_retry_replays_a_failure_too(hub: Hub) -> None:
     product_id = await _setup(hub, 2)
     first = await hub.call(
-        "POST", "/api/v1/reservations", token=hub.alice, json=_reserve_body(product_id, 5),
+        "POST",
+        "/api/v1/reservations",
+        token=hub.alice,
+        json=_reserve_body(product_id, 5),
         headers={"Idempotency-Key": "too-many"},
     )
     assert first[0] == 409 and first[2]["Idempotent-Replayed"] == "false"
     await hub.stock(product_id, "par-1", 10)  # stock arrives, but the key's outcome is settled
     again = await hub.call(
-        "POST", "/api/v1/reservations", token=hub.alice, json=_reserve_body(product_id, 5),
+        "POST",
+        "/api/v1/reservations",
+        token=hub.alice,
+        json=_reserve_body(product_id, 5),
         headers={"Idempotency-Key": "too-many"},
     )
     assert again[0] == 409 and again[2]["Idempotent-Replayed"] == "true"
@@ -91,7 +97,9 @@ async def test_a_reservation_is_all_lines_or_none(hub: Hub) -> None:
     scarce = (await hub.product("SCARCE-1"))["id"]
     await hub.stock(scarce, "par-1", 1)
     status, body, _ = await hub.call(
-        "POST", "/api/v1/reservations", token=hub.alice,
+        "POST",
+        "/api/v1/reservations",
+        token=hub.alice,
         json={"lines": [{"product_id": plenty, "quantity": 4}, {"product_id": scarce, "quantity": 2}]},
         headers={"Idempotency-Key": "both"},
     )
@@ -105,7 +113,10 @@ async def test_commit_takes_stock_out_and_release_gives_it_back(hub: Hub) -> Non
     created = []
     for key in ("a", "b"):
         status, body, headers = await hub.call(
-            "POST", "/api/v1/reservations", token=hub.alice, json=_reserve_body(product_id, 2),
+            "POST",
+            "/api/v1/reservations",
+            token=hub.alice,
+            json=_reserve_body(product_id, 2),
             headers={"Idempotency-Key": key},
         )
         assert status == 201 and headers["Location"] == f"/api/v1/reservations/{body['id']}"
@@ -115,7 +126,10 @@ async def test_commit_takes_stock_out_and_release_gives_it_back(hub: Hub) -> Non
     status, body, _ = await hub.call("POST", f"/api/v1/reservations/{created[1]}/release", token=hub.service)
     assert status == 200 and body["status"] == "released"
     assert await _inventory(hub, product_id) == {
-        "on_hand": 8, "reserved": 0, "available": 8, "status": "in_stock",
+        "on_hand": 8,
+        "reserved": 0,
+        "available": 8,
+        "status": "in_stock",
     }
     status, body, _ = await hub.call("POST", f"/api/v1/reservations/{created[0]}/release", token=hub.alice)
     assert status == 409 and body["code"] == "invalid_transition"
@@ -127,7 +141,10 @@ async def test_commit_takes_stock_out_and_release_gives_it_back(hub: Hub) -> Non
 async def test_another_customers_reservation_is_not_found(hub: Hub) -> None:
     product_id = await _setup(hub, 10)
     status, body, _ = await hub.call(
-        "POST", "/api/v1/reservations", token=hub.alice, json=_reserve_body(product_id),
+        "POST",
+        "/api/v1/reservations",
+        token=hub.alice,
+        json=_reserve_body(product_id),
         headers={"Idempotency-Key": "mine"},
     )
     assert status == 201
@@ -142,8 +159,11 @@ async def test_another_customers_reservation_is_not_found(hub: Hub) -> None:
 async def test_an_expired_reservation_returns_its_stock_by_itself(hub: Hub) -> None:
     product_id = await _setup(hub, 5)
     status, body, _ = await hub.call(
-        "POST", "/api/v1/reservations", token=hub.alice,
-        json={**_reserve_body(product_id, 5), "ttl_seconds": 1}, headers={"Idempotency-Key": "short"},
+        "POST",
+        "/api/v1/reservations",
+        token=hub.alice,
+        json={**_reserve_body(product_id, 5), "ttl_seconds": 1},
+        headers={"Idempotency-Key": "short"},
     )
     assert status == 201
     assert (await _inventory(hub, product_id))["available"] == 0
@@ -166,8 +186,11 @@ async def test_reservations_that_expire_while_the_hub_is_down_are_released_at_st
     async with running_hub(settings) as first:
         product_id = await _setup(first, 5)
         status, _, _ = await first.call(
-            "POST", "/api/v1/reservations", token=first.alice,
-            json={**_reserve_body(product_id, 4), "ttl_seconds": 1}, headers={"Idempotency-Key": "down"},
+            "POST",
+            "/api/v1/reservations",
+            token=first.alice,
+            json={**_reserve_body(product_id, 4), "ttl_seconds": 1},
+            headers={"Idempotency-Key": "down"},
         )
         assert status == 201
         assert (await _inventory(first, product_id))["available"] == 1
