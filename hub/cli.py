@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash
+
+
+def _secret(args: argparse.Namespace) -> str:
+    secret: str = args.jwt_secret or dev_jwt_secret()
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise SystemExit(f"synchub: --jwt-secret must be at least {MIN_SECRET_BYTES} bytes long")
+    return secret
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     kwargs = {}
     if args.node_id:
@@ -85,7 +95,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         database_url=args.database_url,
         redis_url=args.redis_url,
         region=args.region,
-        jwt_secret=args.jwt_secret or dev_jwt_secret(),
+        jwt_secret=_secret(args),
         max_body_bytes=args.max_body_bytes,
         relay_enabled=not args.no_relay,
         **kwargs,
@@ -137,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         return _migrate(args)
     if args.command == "token":
-        print(issue_token(args.jwt_secret or dev_jwt_secret(), args.sub, args.role or ["customer"], args.ttl))
+        print(issue_token(_secret(args), args.sub, args.role or ["customer"], args.ttl))
         return 0
     return 2
 

@@ -1,0 +1,77 @@
+"""The synchub command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jwt
+
+from storage.factory import open_store
+from storage.models import ProductQuery
+
+
+def run(*args: str, cwd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hub.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_token_prints_a_signed_token_with_the_roles_asked_for(tmp_path) -> None:
+    secret = "s" * 40
+    result = run(
+        "token",
+        "--sub",
+        "alice",
+        "--role",
+        "admin",
+        "--role",
+        "service",
+        "--jwt-secret",
+        secret,
+        cwd=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])
+    assert (
+        claims["sub"] == "alice" and claims["roles"] == ["admin", "service"] and claims["exp"] > claims["iat"]
+    )
+
+
+def test_token_and_serve_share_a_generated_secret_by_default(tmp_path) -> None:
+    first = run("token", "--sub", "a", cwd=str(tmp_path))
+    second = run("token", "--sub", "b", cwd=str(tmp_path))
+    secret = (tmp_path / "var" / "jwt-secret").read_text().strip()
+    assert len(secret) >= 32
+    for result in (first, second):
+        assert jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])["roles"] == ["customer"]
+
+
+def test_an_unknown_role_is_refused(tmp_path) -> None:
+    result = run("token", "--sub", "a", "--role", "root", cwd=str(tmp_path))
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+async def test_migrate_creates_the_schema_once(database_url: str, tmp_path) -> None:
+    first = run("migrate", "--database-url", database_url, cwd=str(tmp_path))
+    second = run("migrate", "--database-url", database_url, cwd=str(tmp_path))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "schema is up to date" in second.stdout
+    store = open_store(database_url)
+    await store.open()
+    try:
+        assert await store.migrate() == []
+        assert (await store.list_products(ProductQuery())).items == []
+    finally:
+        await store.close()
+
+
+def test_a_short_jwt_secret_is_refused(tmp_path) -> None:
+    result = run("token", "--sub", "a", "--jwt-secret", "short", cwd=str(tmp_path))
+    assert result.returncode == 1 and "at least 32 bytes" in result.stderr
