@@ -1,0 +1,1 @@
+"""Client SDKs: they speak the wire protocol and use :mod:`crdt`, nothing else of the hub."""
