@@ -35,8 +35,12 @@ class Database(Protocol):
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-    async def run(self, work: Callable[[Tx], Awaitable[T]], *, exclusive: bool = False) -> T:
+    async def run(
+        self, work: Callable[[Tx], Awaitable[T]], *, exclusive: bool = False, readonly: bool = False
+    ) -> T:
         """Run ``work`` in one transaction and commit it; roll back if it raises.
+
+        ``readonly`` promises that ``work`` writes nothing, which lets an adapter skip write locks.
 
         A transaction aborted by the database for a transient reason (deadlock, serialization) is
         retried from the start, so ``work`` must have no side effects outside the transaction.

@@ -72,12 +72,14 @@ class PostgresDatabase:
             await self._pool.close()
             self._pool = None
 
-    async def run(self, work: Callable[[PostgresTx], Awaitable[T]], *, exclusive: bool = False) -> T:
+    async def run(
+        self, work: Callable[[PostgresTx], Awaitable[T]], *, exclusive: bool = False, readonly: bool = False
+    ) -> T:
         if self._pool is None:
             raise StoreUnavailable("the PostgreSQL store is not open")
         for attempt in range(_RETRIES):
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with self._pool.acquire() as conn, conn.transaction(readonly=readonly):
                     if exclusive:
                         await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
                     return await work(PostgresTx(conn))

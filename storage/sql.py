@@ -118,7 +118,7 @@ class SqlStore:
         async def work(tx: Tx) -> None:
             await tx.fetchrow("SELECT 1 AS ok")
 
-        await self.db.run(work)
+        await self.db.run(work, readonly=True)
 
     async def migrate(self) -> list[int]:
         async def work(tx: Tx) -> list[int]:
@@ -177,7 +177,7 @@ class SqlStore:
         async def work(tx: Tx) -> Row | None:
             return await tx.fetchrow(f"SELECT {_PRODUCT_COLUMNS} FROM products WHERE id = $1", product_id)
 
-        row = await self.db.run(work)
+        row = await self.db.run(work, readonly=True)
         return _product(row) if row else None
 
     async def update_product(
@@ -289,8 +289,11 @@ class SqlStore:
             )
         if query.after is not None:
             value, last_id = query.after
-            expected_type = str if column == "name" else int
-            if not isinstance(value, expected_type) or not isinstance(last_id, str):
+            if column == "name":
+                valid = isinstance(value, str)
+            else:
+                valid = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+            if not valid or not isinstance(last_id, str):
                 raise ValueError("the cursor does not belong to this sort order")
             op = "<" if descending else ">"
             clauses.append(f"({column}, id) {op} ({arg(value)}, {arg(last_id)})")
@@ -304,7 +307,7 @@ class SqlStore:
         async def work(tx: Tx) -> list[Row]:
             return await tx.fetch(sql, *args)
 
-        rows = await self.db.run(work)
+        rows = await self.db.run(work, readonly=True)
         items = [_product(r) for r in rows[: query.limit]]
         next_after = None
         if len(rows) > query.limit:
@@ -332,7 +335,7 @@ class SqlStore:
         async def work(tx: Tx) -> Row | None:
             return await tx.fetchrow("SELECT id, region, name FROM warehouses WHERE id = $1", warehouse_id)
 
-        row = await self.db.run(work)
+        row = await self.db.run(work, readonly=True)
         return Warehouse(row["id"], row["region"], row["name"]) if row else None
 
     async def list_warehouses(self, region: str | None = None) -> list[Warehouse]:
@@ -343,7 +346,7 @@ class SqlStore:
                 "SELECT id, region, name FROM warehouses WHERE region = $1 ORDER BY id", region
             )
 
-        return [Warehouse(r["id"], r["region"], r["name"]) for r in await self.db.run(work)]
+        return [Warehouse(r["id"], r["region"], r["name"]) for r in await self.db.run(work, readonly=True)]
 
     async def _require_product_and_warehouse(self, tx: Tx, product_id: str, warehouse_id: str) -> None:
         if await tx.fetchrow("SELECT 1 AS ok FROM products WHERE id = $1", product_id) is None:
@@ -464,7 +467,7 @@ class SqlStore:
                 _STOCK_SELECT + " WHERE s.product_id = $1 ORDER BY s.warehouse_id", product_id
             )
 
-        rows = await self.db.run(work)
+        rows = await self.db.run(work, readonly=True)
         if rows is None:
             raise NotFound("no such product", resource="product", product_id=product_id)
         return [_stock(r) for r in rows]
@@ -611,7 +614,7 @@ class SqlStore:
         async def work(tx: Tx) -> Reservation | None:
             return await self._load_reservation(tx, reservation_id)
 
-        return await self.db.run(work)
+        return await self.db.run(work, readonly=True)
 
     async def _load_reservation(self, tx: Tx, reservation_id: str) -> Reservation | None:
         row = await tx.fetchrow(
@@ -715,7 +718,7 @@ class SqlStore:
 
         return [
             OutboxEntry(seq=r["seq"], delta=InventoryDelta(**json.loads(r["payload"])))
-            for r in await self.db.run(work)
+            for r in await self.db.run(work, readonly=True)
         ]
 
     async def ack_outbox(self, seqs: Sequence[int]) -> None:
@@ -737,7 +740,7 @@ class SqlStore:
         async def work(tx: Tx) -> Row | None:
             return await tx.fetchrow("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox")
 
-        row = await self.db.run(work)
+        row = await self.db.run(work, readonly=True)
         assert row is not None
         return int(row["n"]), row["oldest"]
 

@@ -62,6 +62,7 @@ class OutboxRelay:
         self._on_backlog = on_backlog
         self._wakeup = asyncio.Event()
         self._stopping = False
+        self._backlog_observed_at = 0.0
 
     def notify(self) -> None:
         """Tell the relay that new entries were committed, so it need not wait for its next poll."""
@@ -88,10 +89,7 @@ class OutboxRelay:
             self._wakeup.clear()
             try:
                 moved = await self.relay_once()
-                if self._on_backlog is not None:
-                    count, oldest = await self._source.outbox_backlog()
-                    lag = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1e6)
-                    self._on_backlog(count, lag)
+                await self._observe_backlog()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -101,6 +99,15 @@ class OutboxRelay:
             if moved < self._batch_size and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self._idle_interval)
+
+    async def _observe_backlog(self) -> None:
+        # A metric, not a control signal: once a second is plenty, and it keeps a query off the hot path.
+        if self._on_backlog is None or time.monotonic() - self._backlog_observed_at < 1.0:
+            return
+        self._backlog_observed_at = time.monotonic()
+        count, oldest = await self._source.outbox_backlog()
+        lag = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1e6)
+        self._on_backlog(count, lag)
 
     def stop(self) -> None:
         self._stopping = True

@@ -10,7 +10,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {
-    "crdt": {"hub", "sync", "storage", "clients", "aiohttp", "asyncpg", "redis", "sqlite3", "socket", "asyncio"},
+    "crdt": {
+        "hub",
+        "sync",
+        "storage",
+        "clients",
+        "aiohttp",
+        "asyncpg",
+        "redis",
+        "sqlite3",
+        "socket",
+        "asyncio",
+    },
     "sync": {"hub", "clients"},
     "storage": {"hub", "sync", "clients", "aiohttp"},
     "clients": {"hub", "sync", "storage"},

@@ -1,0 +1,216 @@
+"""Reservations per second over real HTTP, on SQLite and PostgreSQL, with the oversell count.
+
+Scenarios (each against a fresh hub process and a fresh database):
+  hot-sku    every request reserves 1 unit of one product (the flash-sale row lock)
+  many-skus  requests spread over 1,000 products
+  flash-sale 50 units, ``--flash-requests`` concurrent requests: exactly 50 must succeed
+
+Run: ``python -m bench reservations [--seconds 5] [--concurrency 64] [--backends sqlite,postgres]``.
+PostgreSQL comes from ``--postgres-admin-url``; the bench creates and drops its own database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from bench._hub import cpu_seconds, hub_process
+from hub.auth import issue_token
+
+
+@dataclass
+class Result:
+    backend: str
+    scenario: str
+    requests: int
+    reserved: int
+    refused: int
+    errors: int
+    seconds: float
+    hub_cpu: float
+    latencies: list[float]
+    oversold: int
+
+    def row(self) -> str:
+        lat = sorted(self.latencies) or [0.0]
+        p50 = statistics.median(lat) * 1000
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+        rate = self.requests / self.seconds if self.seconds else 0.0
+        return (
+            f"| {self.backend} | {self.scenario} | {self.requests} | {self.reserved} | {self.refused} | "
+            f"{self.errors} | {rate:,.0f} | {p50:.1f} | {p99:.1f} | {self.hub_cpu:.2f} | {self.oversold} |"
+        )
+
+
+async def _json(session: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Any:
+    async with session.request(method, url, **kw) as response:
+        body = await response.json(content_type=None)
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {url}: {response.status} {body}")
+        return body
+
+
+async def _seed(
+    session: aiohttp.ClientSession, base: str, admin: dict[str, str], products: int, on_hand: int
+) -> list[str]:
+    await _json(
+        session,
+        "POST",
+        base + "/api/v1/warehouses",
+        headers=admin,
+        json={"id": "w1", "region": "eu", "name": "w1"},
+    )
+    ids = []
+    for i in range(products):
+        body = await _json(
+            session,
+            "POST",
+            base + "/api/v1/products",
+            headers=admin,
+            json={"sku": f"B-{i}", "name": f"bench {i}", "price": "1.00"},
+        )
+        ids.append(body["id"])
+        await _json(
+            session,
+            "PUT",
+            f"{base}/api/v1/products/{body['id']}/inventory/w1",
+            headers=admin,
+            json={"on_hand": on_hand},
+        )
+    return ids
+
+
+async def run_scenario(backend: str, database_url: str, scenario: str, args: argparse.Namespace) -> Result:
+    secret = secrets.token_urlsafe(32)
+    admin = {"Authorization": f"Bearer {issue_token(secret, 'bench-admin', ['admin'])}"}
+    customer = {"Authorization": f"Bearer {issue_token(secret, 'bench', ['customer'])}"}
+    async with hub_process(database_url, secret) as (base, pid):
+        connector = aiohttp.TCPConnector(limit=max(args.concurrency, args.flash_requests))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            if scenario == "many-skus":
+                products = await _seed(session, base, admin, 1000, 1_000_000)
+                initial = 1_000_000
+            elif scenario == "hot-sku":
+                products = await _seed(session, base, admin, 1, 1_000_000)
+                initial = 1_000_000
+            else:
+                products = await _seed(session, base, admin, 1, 50)
+                initial = 50
+            counts = {"reserved": 0, "refused": 0, "errors": 0}
+            latencies: list[float] = []
+            sequence = iter(range(10**9))
+
+            async def reserve() -> None:
+                n = next(sequence)
+                body = {"lines": [{"product_id": products[n % len(products)], "quantity": 1}]}
+                started = time.perf_counter()
+                try:
+                    async with session.post(
+                        base + "/api/v1/reservations",
+                        json=body,
+                        headers={**customer, "Idempotency-Key": f"k{n}"},
+                    ) as r:
+                        await r.read()
+                        status = r.status
+                except aiohttp.ClientError:
+                    status = 0
+                latencies.append(time.perf_counter() - started)
+                counts["reserved" if status == 201 else "refused" if status == 409 else "errors"] += 1
+
+            cpu_before = cpu_seconds(pid)
+            started = time.perf_counter()
+            if scenario == "flash-sale":
+                await asyncio.gather(*(reserve() for _ in range(args.flash_requests)))
+            else:
+                deadline = started + args.seconds
+
+                async def worker() -> None:
+                    while time.perf_counter() < deadline:
+                        await reserve()
+
+                await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            elapsed = time.perf_counter() - started
+            hub_cpu = cpu_seconds(pid) - cpu_before
+            reserved_total = 0
+            for product_id in products:
+                inv = await _json(
+                    session, "GET", f"{base}/api/v1/products/{product_id}/inventory", headers=admin
+                )
+                reserved_total += inv["total"]["reserved"]
+                if inv["total"]["available"] < 0:
+                    raise AssertionError("negative availability")
+    oversold = max(0, reserved_total - initial * len(products)) + max(0, counts["reserved"] - reserved_total)
+    return Result(
+        backend,
+        scenario,
+        sum(counts.values()),
+        counts["reserved"],
+        counts["refused"],
+        counts["errors"],
+        elapsed,
+        hub_cpu,
+        latencies,
+        oversold,
+    )
+
+
+async def _postgres_db(admin_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    print(
+        "| backend | scenario | requests | reserved | refused (409) | errors | req/s | p50 ms | p99 ms "
+        "| hub CPU s | oversold |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    failures = 0
+    for backend in args.backends.split(","):
+        for scenario in ("hot-sku", "many-skus", "flash-sale"):
+            if backend == "postgres":
+                name = f"synchub_bench_{secrets.token_hex(4)}"
+                await _postgres_db(args.postgres_admin_url, f'CREATE DATABASE "{name}"')
+                url = args.postgres_admin_url.rsplit("/", 1)[0] + "/" + name
+            else:
+                url = str(Path(tempfile.mkdtemp(prefix="synchub-bench-")) / "bench.sqlite3")
+            try:
+                result = await run_scenario(backend, url, scenario, args)
+            finally:
+                if backend == "postgres":
+                    await _postgres_db(
+                        args.postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+                    )
+            print(result.row(), flush=True)
+            if result.oversold or (scenario == "flash-sale" and result.reserved != 50):
+                failures += 1
+    return 1 if failures else 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench reservations")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each timed scenario")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument("--flash-requests", type=int, default=1000)
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--postgres-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        return uvloop.run(main_async(args))
+    except ImportError:
+        return asyncio.run(main_async(args))
