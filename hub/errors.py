@@ -190,12 +190,17 @@ async def error_middleware(
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         error = ApiError("an unexpected error occurred")
+    headers = error.headers
+    if error.status == 401 and "WWW-Authenticate" not in headers:
+        # RFC 9110: every 401 carries a challenge; RFC 6750 names the bearer error.
+        challenge = "Bearer" if error.code == "unauthenticated" else 'Bearer error="invalid_token"'
+        headers = {**headers, "WWW-Authenticate": challenge}
     return problem_response(
         error.status,
         error.code,
         error.title,
         error.detail,
         errors=error.errors,
-        headers=error.headers,
+        headers=headers,
         extra=error.extra,
     )

@@ -32,7 +32,10 @@ class ReservationStatus(enum.StrEnum):
 
 
 def price_to_units(price: Decimal) -> int:
-    return int(price * PRICE_SCALE)
+    units = price * PRICE_SCALE
+    if units != units.to_integral_value():
+        raise ValueError(f"a price has at most 4 decimal places, not {price}")
+    return int(units)
 
 
 def units_to_price(units: int) -> Decimal:

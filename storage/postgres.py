@@ -89,7 +89,7 @@ class PostgresDatabase:
                 await asyncio.sleep(0.001 * 2**attempt)
             except asyncpg.UniqueViolationError as exc:
                 raise Conflict(str(exc), constraint=exc.constraint_name) from exc
-            except asyncpg.IntegrityConstraintViolationError as exc:
+            except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
                 raise StoreError(str(exc)) from exc
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
                 raise StoreUnavailable(str(exc)) from exc

@@ -234,6 +234,22 @@ class SqlStore:
 
     async def delete_product(self, product_id: str, expected_version: int | None = None) -> None:
         async def work(tx: Tx) -> None:
+            args: list[Any] = [product_id]
+            where = "id = $1"
+            if expected_version is not None:
+                args.append(expected_version)
+                where += " AND version = $2"
+            if await tx.execute(f"DELETE FROM products WHERE {where}", *args) != 1:
+                current = await tx.fetchrow("SELECT version FROM products WHERE id = $1", product_id)
+                if current is None:
+                    raise NotFound("no such product", resource="product", product_id=product_id)
+                raise VersionMismatch(
+                    "the product changed since you read it",
+                    expected=expected_version,
+                    current=current["version"],
+                )
+            # Checked after the delete: its cascade has locked the stock rows, so a reservation still in
+            # flight on them has either committed (and is seen here) or will find no stock row at all.
             pending = await tx.fetchrow(
                 "SELECT r.id FROM reservations r JOIN reservation_lines l"
                 " ON l.reservation_id = r.id WHERE l.product_id = $1 AND r.status = 'pending'"
@@ -246,21 +262,6 @@ class SqlStore:
                     code="product_has_reservations",
                     pending_reservation=pending["id"],
                 )
-            args: list[Any] = [product_id]
-            where = "id = $1"
-            if expected_version is not None:
-                args.append(expected_version)
-                where += " AND version = $2"
-            if await tx.execute(f"DELETE FROM products WHERE {where}", *args) == 1:
-                return
-            current = await tx.fetchrow("SELECT version FROM products WHERE id = $1", product_id)
-            if current is None:
-                raise NotFound("no such product", resource="product", product_id=product_id)
-            raise VersionMismatch(
-                "the product changed since you read it",
-                expected=expected_version,
-                current=current["version"],
-            )
 
         await self.db.run(work)
 
@@ -638,10 +639,18 @@ class SqlStore:
             updated_at=row["updated_at"],
         )
 
-    async def _finish(self, tx: Tx, reservation_id: str, target: ReservationStatus, ts: int) -> Reservation:
-        """Move a pending reservation to ``target`` and settle its stock, exactly once."""
+    async def _finish(
+        self, tx: Tx, reservation_id: str, target: ReservationStatus, ts: int
+    ) -> tuple[Reservation, bool]:
+        """Move a pending reservation to ``target`` and settle its stock, exactly once.
+
+        Returns the reservation and whether this call made the transition (False for a repeat).
+        """
+        # A reservation past its expiry cannot be committed even before the sweep has expired it.
+        not_expired = " AND expires_at > $3" if target == ReservationStatus.COMMITTED else ""
         changed = await tx.execute(
-            "UPDATE reservations SET status = $2, updated_at = $3 WHERE id = $1 AND status = 'pending'",
+            "UPDATE reservations SET status = $2, updated_at = $3"
+            f" WHERE id = $1 AND status = 'pending'{not_expired}",
             reservation_id,
             target.value,
             ts,
@@ -651,10 +660,12 @@ class SqlStore:
             raise NotFound("no such reservation", resource="reservation", reservation_id=reservation_id)
         if changed != 1:
             if reservation.status == target:
-                return reservation  # a retried commit/release: nothing more to do
+                return reservation, False  # a retried commit/release: nothing more to do
+            current = reservation.status.value
+            if reservation.status == ReservationStatus.PENDING:
+                current = ReservationStatus.EXPIRED.value  # overdue; the sweep will record it
             raise InvalidTransition(
-                f"the reservation is {reservation.status.value}, it cannot become {target.value}",
-                current_status=reservation.status.value,
+                f"the reservation is {current}, it cannot become {target.value}", current_status=current
             )
         settle_on_hand = 1 if target == ReservationStatus.COMMITTED else 0
         for line in sorted(reservation.lines, key=lambda ln: (ln.product_id, ln.warehouse_id)):
@@ -672,17 +683,17 @@ class SqlStore:
                 await self._emit(tx, line.product_id, line.warehouse_id, ts)
             # changed == 0 only if the product was deleted meanwhile, which delete_product
             # refuses while reservations are pending.
-        return reservation
+        return reservation, True
 
     async def commit_reservation(self, reservation_id: str) -> Reservation:
         async def work(tx: Tx) -> Reservation:
-            return await self._finish(tx, reservation_id, ReservationStatus.COMMITTED, now_us())
+            return (await self._finish(tx, reservation_id, ReservationStatus.COMMITTED, now_us()))[0]
 
         return await self.db.run(work)
 
     async def release_reservation(self, reservation_id: str) -> Reservation:
         async def work(tx: Tx) -> Reservation:
-            return await self._finish(tx, reservation_id, ReservationStatus.RELEASED, now_us())
+            return (await self._finish(tx, reservation_id, ReservationStatus.RELEASED, now_us()))[0]
 
         return await self.db.run(work)
 
@@ -698,9 +709,11 @@ class SqlStore:
             expired = []
             for row in due:
                 try:
-                    expired.append(await self._finish(tx, row["id"], ReservationStatus.EXPIRED, ts))
+                    reservation, changed = await self._finish(tx, row["id"], ReservationStatus.EXPIRED, ts)
                 except InvalidTransition:
                     continue  # committed or released by someone else meanwhile
+                if changed:
+                    expired.append(reservation)
             return expired
 
         return await self.db.run(work)
@@ -724,7 +737,7 @@ class SqlStore:
     async def ack_outbox(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return
-        ordered = sorted(seqs)
+        ordered = sorted(set(seqs))
 
         async def work(tx: Tx) -> None:
             # Entries are acknowledged in order, so deleting a contiguous range is the common case.

@@ -124,22 +124,29 @@ class SqliteDatabase:
         self, work: Callable[[SqliteTx], Awaitable[T]], *, exclusive: bool = False, readonly: bool = False
     ) -> T:
         async with self._lock:
-            assert self._conn is not None
-            if readonly:
-                # A deferred read transaction in WAL mode waits for no lock and commits without fsync.
-                self._inline(self._execute, "BEGIN", ())
-                try:
-                    return await work(SqliteTx(self))
-                finally:
-                    self._inline(self._execute, "COMMIT", ())
-            await self._call(self._execute, "BEGIN IMMEDIATE", ())
+            if self._conn is None:
+                raise StoreUnavailable("the SQLite store is not open")
             try:
+                if readonly:
+                    # A deferred read transaction in WAL mode waits for no lock and commits without fsync.
+                    self._inline(self._execute, "BEGIN", ())
+                    result = await work(SqliteTx(self))
+                    self._inline(self._execute, "COMMIT", ())
+                    return result
+                await self._call(self._execute, "BEGIN IMMEDIATE", ())
                 result = await work(SqliteTx(self))
+                await self._call(self._execute, "COMMIT", ())
+                return result
             except BaseException:
-                self._inline(self._execute, "ROLLBACK", ())
+                # Also after a cancellation: the thread may have begun (or committed) the transaction
+                # after we stopped waiting for it. Queued behind it on the same thread, this rollback
+                # sees the outcome, and the connection is never left inside a transaction.
+                await asyncio.shield(self._call(self._rollback_if_open))
                 raise
-            await self._call(self._execute, "COMMIT", ())
-            return result
+
+    def _rollback_if_open(self) -> None:
+        if self._conn is not None and self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
 
 
 @contextmanager
@@ -152,6 +159,8 @@ def _driver_errors() -> Iterator[None]:
         raise StoreError(str(exc)) from exc
     except sqlite3.OperationalError as exc:
         raise StoreUnavailable(str(exc)) from exc
+    except OverflowError as exc:  # an integer beyond SQLite's 64 bits
+        raise StoreError(str(exc)) from exc
 
 
 def SqliteStore(path: str) -> SqlStore:

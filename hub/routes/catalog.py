@@ -23,8 +23,10 @@ from hub.responses import (
     not_modified,
     version_etag,
 )
+from hub.routes.inventory import REGION_PATTERN
 from hub.validation import (
     Field,
+    FieldError,
     choice,
     decimal,
     integer,
@@ -33,8 +35,10 @@ from hub.validation import (
     query_choice,
     query_decimal,
     query_int,
+    query_text,
     read_json,
     string,
+    uuid_string,
     validate,
 )
 from storage.models import NewProduct, Product, ProductQuery, ProductStatus
@@ -43,12 +47,15 @@ from storage.sql import SORTS
 routes = web.RouteTableDef()
 
 SKU_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}"
+CATEGORY = string(0, 64, r"[A-Za-z0-9._\-]*")
+REGION = string(1, 32, REGION_PATTERN)
+PRICE = decimal(Decimal(0), Decimal("1000000000"), 4)
 PRODUCT_FIELDS = {
     "sku": Field(string(1, 64, SKU_PATTERN), required=True),
     "name": Field(string(1, 200), required=True),
     "description": Field(string(0, 5000)),
-    "category": Field(string(0, 64, r"[A-Za-z0-9._\-]*")),
-    "price": Field(decimal(Decimal(0), Decimal("1000000000"), 4), required=True),
+    "category": Field(CATEGORY),
+    "price": Field(PRICE, required=True),
     "status": Field(choice(*(s.value for s in ProductStatus))),
     "attributes": Field(json_object()),
     "low_stock_threshold": Field(integer(0, 1_000_000)),
@@ -125,15 +132,22 @@ def decode_cursor(raw: str, sort: str) -> tuple[Any, str]:
             "the cursor does not belong to this sort order; start again without a cursor",
             code="invalid_cursor",
         )
-    return decoded[1], decoded[2]
+    value, last_id = decoded[1], decoded[2]
+    try:
+        uuid_string(last_id)
+        if isinstance(value, str):
+            string(0, 200)(value)
+    except FieldError as exc:
+        raise BadRequest("the cursor is not one this server issued", code="invalid_cursor") from exc
+    return value, last_id
 
 
 @routes.get("/api/v1/products", name="list_products")
 async def list_products(request: web.Request) -> web.StreamResponse:
     sort = query_choice(request, "sort", SORTS) or "newest"
     status = query_choice(request, "status", frozenset(s.value for s in ProductStatus))
-    category = request.query.get("category")
-    region = request.query.get("in_stock_region")
+    category = query_text(request, "category", CATEGORY)
+    region = query_text(request, "in_stock_region", REGION)
     limit = query_int(request, "limit", 50, 1, MAX_PAGE)
     fields = sparse_fields(request)
     cursor = request.query.get("cursor")
@@ -141,8 +155,8 @@ async def list_products(request: web.Request) -> web.StreamResponse:
         limit=limit,
         category=category,
         status=ProductStatus(status) if status else None,
-        price_min=query_decimal(request, "price_min"),
-        price_max=query_decimal(request, "price_max"),
+        price_min=query_decimal(request, "price_min", PRICE),
+        price_max=query_decimal(request, "price_max", PRICE),
         in_stock_region=region,
         sort=sort,
         after=decode_cursor(cursor, sort) if cursor else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -11,16 +12,18 @@ from hub.errors import NotFoundError
 from hub.keys import STORE
 from hub.responses import json_response
 from hub.routes.common import notify_relay
-from hub.validation import Field, integer, path_uuid, read_json, string, validate
+from hub.validation import Field, integer, path_uuid, query_text, read_json, string, validate
 from storage.models import StockLevel, StockStatus, Warehouse, stock_status
 
 routes = web.RouteTableDef()
 
 SLUG = r"[a-z0-9][a-z0-9\-]{0,63}"
+REGION_PATTERN = r"[a-z0-9][a-z0-9\-]{0,31}"
+_IS_SLUG = re.compile(SLUG)
 MAX_STOCK = 1_000_000_000
 WAREHOUSE_FIELDS = {
     "id": Field(string(1, 64, SLUG), required=True),
-    "region": Field(string(1, 32, SLUG), required=True),
+    "region": Field(string(1, 32, REGION_PATTERN), required=True),
     "name": Field(string(1, 200), required=True),
 }
 SET_STOCK_FIELDS = {"on_hand": Field(integer(0, MAX_STOCK), required=True)}
@@ -47,9 +50,17 @@ def level_to_dict(level: StockLevel) -> dict[str, Any]:
     }
 
 
+def path_warehouse_id(request: web.Request) -> str:
+    """The warehouse id of the path; one that breaks the id format cannot exist."""
+    raw = request.match_info["warehouse_id"]
+    if not _IS_SLUG.fullmatch(raw):
+        raise NotFoundError("no such warehouse", code="warehouse_not_found")
+    return raw
+
+
 @routes.get("/api/v1/warehouses", name="list_warehouses")
 async def list_warehouses(request: web.Request) -> web.StreamResponse:
-    region = request.query.get("region")
+    region = query_text(request, "region", string(1, 32, REGION_PATTERN))
     warehouses = await request.app[STORE].list_warehouses(region)
     return json_response({"items": [warehouse_to_dict(w) for w in warehouses]})
 
@@ -66,7 +77,7 @@ async def create_warehouse(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/v1/warehouses/{warehouse_id}", name="get_warehouse")
 async def get_warehouse(request: web.Request) -> web.StreamResponse:
-    found = await request.app[STORE].get_warehouse(request.match_info["warehouse_id"])
+    found = await request.app[STORE].get_warehouse(path_warehouse_id(request))
     if found is None:
         raise NotFoundError("no such warehouse", code="warehouse_not_found")
     return json_response(warehouse_to_dict(found))
@@ -120,7 +131,7 @@ async def set_stock(request: web.Request) -> web.StreamResponse:
     product_id = path_uuid(request, "product_id")
     data = validate(await read_json(request), SET_STOCK_FIELDS)
     level = await request.app[STORE].set_stock(
-        product_id, request.match_info["warehouse_id"], data["on_hand"]
+        product_id, path_warehouse_id(request), data["on_hand"]
     )
     notify_relay(request)
     return json_response(level_to_dict(level))
@@ -132,7 +143,7 @@ async def adjust_stock(request: web.Request) -> web.StreamResponse:
     product_id = path_uuid(request, "product_id")
     data = validate(await read_json(request), ADJUST_FIELDS)
     level = await request.app[STORE].adjust_stock(
-        product_id, request.match_info["warehouse_id"], data["delta"]
+        product_id, path_warehouse_id(request), data["delta"]
     )
     notify_relay(request)
     return json_response(level_to_dict(level))

@@ -19,6 +19,7 @@ from hub.errors import BadRequest, ConflictError, NotFoundError
 from hub.keys import METRICS, SETTINGS, STORE
 from hub.responses import iso, json_response
 from hub.routes.common import notify_relay
+from hub.routes.inventory import REGION_PATTERN, SLUG
 from hub.validation import (
     Field,
     integer,
@@ -44,8 +45,8 @@ IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 LINE_FIELDS = {
     "product_id": Field(uuid_string, required=True),
     "quantity": Field(integer(1, MAX_QUANTITY), required=True),
-    "warehouse_id": Field(string(1, 64, r"[a-z0-9][a-z0-9\-]{0,63}")),
-    "region": Field(string(1, 32, r"[a-z0-9][a-z0-9\-]{0,31}")),
+    "warehouse_id": Field(string(1, 64, SLUG)),
+    "region": Field(string(1, 32, REGION_PATTERN)),
 }
 
 
