@@ -1,7 +1,8 @@
 """The Broker seam: how an event published on one node reaches every node of its region.
 
-Implementations: :mod:`sync.broker_memory` (the embedded default, one process). Every implementation
-passes ``tests/test_broker_contract.py``.
+Implementations: :mod:`sync.broker_memory` (the embedded default, one process) and
+:mod:`sync.broker_redis` (Redis Streams, shared by every node of a region). Every implementation passes
+``tests/test_broker_contract.py``.
 
 Guarantees:
 
@@ -14,9 +15,18 @@ Guarantees:
 * **Delivery.** From a successful ``publish`` to every subscriber connected at that time: at least
   once across brokers that retry, exactly once within the in-memory broker. Events published while a
   subscriber was away are recovered with :meth:`Broker.history` from its last position.
-* **Retention.** A stream keeps a bounded tail. ``history`` from a position older than that tail, or
-  from another epoch, raises :class:`PositionExpired`: the caller must resync from a snapshot; it
-  never receives a partial replay.
+* **Retention.** A stream keeps a bounded tail (by length and, where supported, by age). ``history``
+  from a position older than that tail, or from another epoch, raises :class:`PositionExpired`: the
+  caller must resync from a snapshot; it never receives a partial replay.
+* **Idempotent publish.** ``publish(..., dedupe=(key, version))`` appends only if ``version`` is greater
+  than the last version appended under ``key`` on that stream, and returns None otherwise. A relay that
+  republishes after a crash, or two relays racing, therefore never append one change twice (as long as
+  the broker keeps its state; a broker that lost it starts a new epoch, and clients resync anyway).
+* **Subscriptions.** ``subscribe`` delivers publications appended after it took effect. A remote broker
+  reads with its own reader, which may lag: callers that need "history then live without a gap" take the
+  live feed first, read ``history`` and drop live publications at or below the last replayed offset.
+  When a broker notices that a stream's epoch changed under a live subscription (the stream was lost),
+  the next publication it delivers carries the new epoch; the subscriber must treat that as a gap.
 """
 
 from __future__ import annotations
@@ -62,7 +72,11 @@ Handler = Callable[[Publication], None]
 class Broker(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-    async def publish(self, stream: str, data: bytes) -> Position: ...
+    async def publish(
+        self, stream: str, data: bytes, *, dedupe: tuple[str, int] | None = None
+    ) -> Position | None:
+        """Append ``data``; return its position, or None if ``dedupe`` showed it was already appended."""
+        ...
     async def history(self, stream: str, since: Position, limit: int = 10_000) -> list[Publication]:
         """Publications strictly after ``since``, oldest first. PositionExpired if not resumable."""
         ...

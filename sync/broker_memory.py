@@ -15,12 +15,13 @@ from sync.broker import Handler, Position, PositionExpired, Publication
 
 
 class _Stream:
-    __slots__ = ("handlers", "offset", "tail")
+    __slots__ = ("handlers", "offset", "tail", "versions")
 
     def __init__(self, max_len: int) -> None:
         self.tail: deque[Publication] = deque(maxlen=max_len)
         self.offset = 0
         self.handlers: list[Handler] = []
+        self.versions: dict[str, int] = {}
 
 
 class MemoryBroker:
@@ -41,8 +42,15 @@ class MemoryBroker:
             stream = self._streams[name] = _Stream(self._max_len)
         return stream
 
-    async def publish(self, stream: str, data: bytes) -> Position:
+    async def publish(
+        self, stream: str, data: bytes, *, dedupe: tuple[str, int] | None = None
+    ) -> Position | None:
         s = self._stream(stream)
+        if dedupe is not None:
+            key, version = dedupe
+            if version <= s.versions.get(key, 0):
+                return None
+            s.versions[key] = version
         s.offset += 1
         publication = Publication(stream, Position(self.epoch, s.offset), data)
         s.tail.append(publication)

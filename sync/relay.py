@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 class OutboxDelta(Protocol):
     @property
     def region(self) -> str: ...
+    @property
+    def product_id(self) -> str: ...
+    @property
+    def warehouse_id(self) -> str: ...
+    @property
+    def version(self) -> int: ...
 
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -75,7 +81,11 @@ class OutboxRelay:
         try:
             for entry in entries:
                 delta = entry.delta
-                await self._broker.publish(inventory_stream(delta.region), orjson.dumps(delta.to_dict()))
+                await self._broker.publish(
+                    inventory_stream(delta.region),
+                    orjson.dumps(delta.to_dict()),
+                    dedupe=(f"{delta.product_id}/{delta.warehouse_id}", delta.version),
+                )
                 published.append(entry.seq)
         finally:
             # Acknowledge what did reach the broker even if a later publish failed.
