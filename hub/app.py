@@ -13,13 +13,18 @@ from aiohttp import web
 
 from hub.auth import auth_middleware
 from hub.errors import error_middleware
-from hub.keys import BROKER, METRICS, RELAY, SETTINGS, STORE
+from hub.keys import BROKER, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE
 from hub.metrics import Metrics, metrics_middleware
+from hub.realtime import Connections
 from hub.responses import compression_middleware
 from hub.routes import catalog, inventory, ops, reservations
 from hub.settings import Settings
+from hub.transports import poll, sse, websocket
 from storage.factory import open_store
+from sync.broker import Broker
 from sync.broker_memory import MemoryBroker
+from sync.engine import SyncEngine
+from sync.events import Event
 from sync.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
@@ -38,12 +43,45 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
+def make_broker(settings: Settings) -> Broker:
+    if settings.redis_url:
+        from sync.broker_redis import RedisBroker
+
+        return RedisBroker(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            max_len=settings.stream_max_len,
+            max_age_seconds=settings.stream_max_age_seconds,
+        )
+    return MemoryBroker(max_len=settings.stream_max_len)
+
+
 async def broker_context(app: web.Application) -> AsyncIterator[None]:
-    broker = MemoryBroker()
+    broker = make_broker(app[SETTINGS])
     await broker.start()
     app[BROKER] = broker
     yield
     await broker.stop()
+
+
+async def engine_context(app: web.Application) -> AsyncIterator[None]:
+    metrics = app[METRICS]
+
+    def observe(event: Event) -> None:
+        if event.ts is not None:
+            metrics.broker_read_lag.observe(max(0.0, event.received_at - event.ts))
+
+    engine = SyncEngine(app[BROKER], app[SETTINGS].region, on_event=observe)
+    await engine.start()
+    app[ENGINE] = engine
+    yield
+    await engine.stop()
+
+
+async def go_away(app: web.Application) -> None:
+    """On shutdown, before the server stops: WebSockets close with 1001, SSE streams end, long-polls
+    answer now — every client resumes from its position, on another node if this one is gone."""
+    await app[CONNECTIONS].close_all()
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -100,9 +138,14 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[CONNECTIONS] = Connections()
     app.add_routes(ops.routes)
     app.add_routes(catalog.routes)
     app.add_routes(inventory.routes)
     app.add_routes(reservations.routes)
-    app.cleanup_ctx.extend([store_context, broker_context, relay_context, expiry_context])
+    app.add_routes(websocket.routes)
+    app.add_routes(sse.routes)
+    app.add_routes(poll.routes)
+    app.cleanup_ctx.extend([store_context, broker_context, engine_context, relay_context, expiry_context])
+    app.on_shutdown.append(go_away)
     return app

@@ -9,9 +9,11 @@ from aiohttp import web
 if TYPE_CHECKING:
     from hub.auth import Principal
     from hub.metrics import Metrics
+    from hub.realtime import Connections
     from hub.settings import Settings
     from storage.sql import SqlStore
     from sync.broker import Broker
+    from sync.engine import SyncEngine
     from sync.relay import OutboxRelay
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -19,5 +21,7 @@ STORE: web.AppKey[SqlStore] = web.AppKey("store")
 BROKER: web.AppKey[Broker] = web.AppKey("broker")
 RELAY: web.AppKey[OutboxRelay | None] = web.AppKey("relay")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+ENGINE: web.AppKey[SyncEngine] = web.AppKey("engine")
+CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous

@@ -40,6 +40,53 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.connections = Gauge(
+            "synchub_connections",
+            "Open real-time connections",
+            ["transport", "region"],
+            registry=self.registry,
+        )
+        self.subscriptions = Gauge(
+            "synchub_subscriptions",
+            "Active channel subscriptions (feeds)",
+            ["transport"],
+            registry=self.registry,
+        )
+        self.messages_sent = Counter(
+            "synchub_messages_sent_total",
+            "Messages written to clients",
+            ["transport"],
+            registry=self.registry,
+        )
+        self.bytes_sent = Counter(
+            "synchub_bytes_sent_total", "Bytes written to clients", ["transport"], registry=self.registry
+        )
+        self.delivery_latency = Histogram(
+            "synchub_delivery_latency_seconds",
+            "From the stock change's commit to its write to a client",
+            ["transport"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.broker_read_lag = Histogram(
+            "synchub_broker_read_lag_seconds",
+            "From the stock change's commit to its arrival from the broker on this node",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.resyncs = Counter(
+            "synchub_resyncs_total",
+            "Clients told to resync from a snapshot",
+            ["transport", "reason"],
+            registry=self.registry,
+        )
+        self.slow_consumers = Counter(
+            "synchub_slow_consumer_disconnects_total",
+            "Clients cut off for falling too far behind",
+            ["transport"],
+            registry=self.registry,
+        )
+
     def observe_backlog(self, count: int, lag_seconds: float) -> None:
         self.outbox_backlog.set(count)
         self.outbox_lag.set(lag_seconds)

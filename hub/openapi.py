@@ -158,6 +158,48 @@ def openapi_document() -> dict[str, Any]:
                     params=[product_id, warehouse_id],
                 ),
             },
+            "/api/v1/inventory": {
+                "get": _op(
+                    "Snapshot of a region's stock and the stream position it is at least as new as",
+                    {"200": {"description": "position and stock rows"}},
+                    params=[
+                        _query("region", {"type": "string"}, "this node's region (default)"),
+                        _query("product_id", {"type": "string", "format": "uuid"}, "one product only"),
+                    ],
+                ),
+            },
+            "/api/v1/ws": {
+                "get": _op(
+                    "WebSocket (subprotocols synchub.json, synchub.msgpack); see docs/protocol.md",
+                    {"101": {"description": "switching protocols"}},
+                    params=[_query("access_token", {"type": "string"}, "bearer token, optional")],
+                ),
+            },
+            "/api/v1/sse": {
+                "get": _op(
+                    "Server-Sent Events; see docs/protocol.md",
+                    {"200": {"description": "text/event-stream"}},
+                    params=[
+                        _query("channels", {"type": "string"}, "comma-separated channel names"),
+                        _query("last_event_id", {"type": "string"}, "resume position (or Last-Event-ID)"),
+                        _query("access_token", {"type": "string"}, "bearer token, optional"),
+                    ],
+                ),
+            },
+            "/api/v1/poll": {
+                "get": _op(
+                    "Long-poll: events after the cursor, waiting up to timeout seconds",
+                    {
+                        "200": {"description": "events and the next cursor"},
+                        "410": {"description": "resync_required: start again from the snapshot"},
+                    },
+                    params=[
+                        _query("channels", {"type": "string"}, "comma-separated channel names"),
+                        _query("cursor", {"type": "string"}, "position from the previous reply"),
+                        _query("timeout", {"type": "integer", "minimum": 0, "maximum": 60}, "seconds"),
+                    ],
+                ),
+            },
             "/api/v1/warehouses": {
                 "get": _op(
                     "List warehouses",

@@ -26,6 +26,19 @@ class Settings:
     expiry_interval: float = 1.0
     relay_enabled: bool = True
     idempotency_retention_seconds: int = 24 * 3600
+    # real time
+    stream_max_len: int = 100_000  # broker retention by length, per region stream
+    stream_max_age_seconds: float | None = 24 * 3600  # and by age (Redis)
+    redis_prefix: str = "synchub:"
+    ws_heartbeat_seconds: float = 20.0  # ping interval; a peer silent for half of it more is dead
+    ws_max_frame_bytes: int = 16 * 1024  # larger client frames get a frame_too_large error
+    ws_max_subscriptions: int = 100
+    send_buffer_messages: int = 2_000  # per connection: past this the client is too slow, and is cut off
+    send_buffer_bytes: int = 4 * 1024 * 1024
+    sse_heartbeat_seconds: float = 15.0
+    sse_retry_ms: int = 2_000
+    poll_max_timeout_seconds: float = 60.0
+    poll_max_events: int = 1_000
 
     @property
     def uses_postgres(self) -> bool:

@@ -89,6 +89,15 @@ class Store(Protocol):
         ...
 
     async def get_inventory(self, product_id: str) -> list[StockLevel]: ...
+    async def list_stock(
+        self,
+        region: str,
+        product_id: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[StockLevel, str]]:
+        """Stock rows of a region (and sku), ordered by (product_id, warehouse_id), after ``after``."""
+        ...
 
     # -- reservations --------------------------------------------------------------------------
     async def reserve(

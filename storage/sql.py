@@ -473,6 +473,34 @@ class SqlStore:
             raise NotFound("no such product", resource="product", product_id=product_id)
         return [_stock(r) for r in rows]
 
+    async def list_stock(
+        self,
+        region: str,
+        product_id: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[StockLevel, str]]:
+        """Current stock rows of a region (optionally one product) with their sku, keyset-paged by
+        (product_id, warehouse_id): the snapshot a client resyncs from."""
+        clauses = ["w.region = $1"]
+        args: list[Any] = [region]
+        if product_id is not None:
+            args.append(product_id)
+            clauses.append(f"s.product_id = ${len(args)}")
+        if after is not None:
+            args.extend(after)
+            clauses.append(f"(s.product_id, s.warehouse_id) > (${len(args) - 1}, ${len(args)})")
+        args.append(limit)
+        sql = (
+            _STOCK_SELECT
+            + f" WHERE {' AND '.join(clauses)} ORDER BY s.product_id, s.warehouse_id LIMIT ${len(args)}"
+        )
+
+        async def work(tx: Tx) -> list[Row]:
+            return await tx.fetch(sql, *args)
+
+        return [(_stock(r), r["sku"]) for r in await self.db.run(work, readonly=True)]
+
     # -- reservations --------------------------------------------------------------------------
     async def reserve(
         self,

@@ -77,6 +77,7 @@ class Broker(Protocol):
     ) -> Position | None:
         """Append ``data``; return its position, or None if ``dedupe`` showed it was already appended."""
         ...
+
     async def history(self, stream: str, since: Position, limit: int = 10_000) -> list[Publication]:
         """Publications strictly after ``since``, oldest first. PositionExpired if not resumable."""
         ...

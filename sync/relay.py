@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from sync.broker import Broker
+from sync.channels import inventory_stream
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,6 @@ class OutboxSource(Protocol):
     async def read_outbox(self, limit: int = 500) -> Sequence[OutboxItem]: ...
     async def ack_outbox(self, seqs: Sequence[int]) -> None: ...
     async def outbox_backlog(self) -> tuple[int, int | None]: ...
-
-
-def inventory_stream(region: str) -> str:
-    return f"inventory.{region}"
 
 
 class OutboxRelay:

@@ -8,12 +8,14 @@ from typing import Any
 from aiohttp import web
 
 from hub.auth import require
-from hub.errors import NotFoundError
-from hub.keys import STORE
+from hub.errors import BadRequest, NotFoundError
+from hub.keys import BROKER, SETTINGS, STORE
 from hub.responses import json_response
 from hub.routes.common import notify_relay
-from hub.validation import Field, integer, path_uuid, query_text, read_json, string, validate
+from hub.validation import Field, integer, path_uuid, query_text, read_json, string, uuid_string, validate
 from storage.models import StockLevel, StockStatus, Warehouse, stock_status
+from sync.channels import inventory_stream
+from sync.cursor import format_position
 
 routes = web.RouteTableDef()
 
@@ -125,14 +127,48 @@ async def get_inventory(request: web.Request) -> web.StreamResponse:
     )
 
 
+SNAPSHOT_PAGE = 1000
+
+
+async def snapshot_items(
+    app: web.Application, region: str, product_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Every current stock row of a region (or of one product there): what a resync starts from."""
+    store = app[STORE]
+    items: list[dict[str, Any]] = []
+    after: tuple[str, str] | None = None
+    while True:
+        page = await store.list_stock(region, product_id, after, SNAPSHOT_PAGE)
+        items.extend({**level_to_dict(level), "sku": sku} for level, sku in page)
+        if len(page) < SNAPSHOT_PAGE:
+            return items
+        after = (page[-1][0].product_id, page[-1][0].warehouse_id)
+
+
+@routes.get("/api/v1/inventory", name="inventory_snapshot")
+async def inventory_snapshot(request: web.Request) -> web.StreamResponse:
+    """The current stock of a region, with the stream position it is at least as new as: a client that
+    resyncs applies these rows, then events after ``position`` (dropping any with an older version)."""
+    region = query_text(request, "region", string(1, 32, REGION_PATTERN)) or request.app[SETTINGS].region
+    product_id = None
+    if "product_id" in request.query:
+        product_id = query_text(request, "product_id", uuid_string)
+    if region != request.app[SETTINGS].region:
+        raise BadRequest(
+            f"this node serves region {request.app[SETTINGS].region!r}", code="channel_not_served"
+        )
+    # The position first, the rows second: every change after the position is at least as new as the rows.
+    position = await request.app[BROKER].top(inventory_stream(region))
+    items = await snapshot_items(request.app, region, product_id)
+    return json_response({"region": region, "position": format_position(position), "items": items})
+
+
 @routes.put("/api/v1/products/{product_id}/inventory/{warehouse_id}", name="set_stock")
 async def set_stock(request: web.Request) -> web.StreamResponse:
     require(request, "admin")
     product_id = path_uuid(request, "product_id")
     data = validate(await read_json(request), SET_STOCK_FIELDS)
-    level = await request.app[STORE].set_stock(
-        product_id, path_warehouse_id(request), data["on_hand"]
-    )
+    level = await request.app[STORE].set_stock(product_id, path_warehouse_id(request), data["on_hand"])
     notify_relay(request)
     return json_response(level_to_dict(level))
 
@@ -142,8 +178,6 @@ async def adjust_stock(request: web.Request) -> web.StreamResponse:
     require(request, "admin")
     product_id = path_uuid(request, "product_id")
     data = validate(await read_json(request), ADJUST_FIELDS)
-    level = await request.app[STORE].adjust_stock(
-        product_id, path_warehouse_id(request), data["delta"]
-    )
+    level = await request.app[STORE].adjust_stock(product_id, path_warehouse_id(request), data["delta"])
     notify_relay(request)
     return json_response(level_to_dict(level))

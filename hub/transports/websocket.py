@@ -1,0 +1,324 @@
+"""``/api/v1/ws``: the WebSocket transport.
+
+Subprotocol ``synchub.json`` (default; JSON text frames) or ``synchub.msgpack`` (MessagePack binary
+frames). Client messages are objects with a ``type``; each may carry an ``id`` echoed in the reply.
+
+    → {"type": "subscribe", "id": 1, "channel": "inventory:eu", "since": "9f3a1c2b:41"}
+    ← {"type": "subscribed", "id": 1, "channel": "inventory:eu", "position": "9f3a1c2b:41"}
+    ← {"type": "event", "channel": "inventory:eu", "position": "9f3a1c2b:42", "data": {…}}
+
+A bad message gets ``{"type": "error", "id": …, "code": …, "message": …}`` and the connection carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgpack
+import orjson
+from aiohttp import WSMsgType, web
+
+from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS
+from hub.realtime import (
+    CloseCode,
+    ConnectionState,
+    SendBuffer,
+    realtime_principal,
+    resync_message,
+    seconds_until_expiry,
+    snapshot_url,
+)
+from hub.routes.inventory import snapshot_items
+from sync.broker import BrokerError, Position, PositionExpired
+from sync.channels import Channel, ChannelError, parse_channel
+from sync.cursor import CursorError, format_position, parse_position
+from sync.engine import Feed
+from sync.events import Event
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+JSON_PROTOCOL = "synchub.json"
+MSGPACK_PROTOCOL = "synchub.msgpack"
+_HARD_FRAME_LIMIT = 1024 * 1024  # beyond this aiohttp closes with 1009; below it we answer an error
+_MESSAGE_FIELDS = {
+    "subscribe": {"type", "id", "channel", "since", "recover"},
+    "unsubscribe": {"type", "id", "channel"},
+    "ping": {"type", "id"},
+}
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class WsConnection:
+    """One WebSocket client: its subscriptions (one feed each) and its bounded send buffer."""
+
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, binary: bool) -> None:
+        settings = request.app[SETTINGS]
+        self.request = request
+        self.ws = ws
+        self.binary = binary
+        self.engine = request.app[ENGINE]
+        self.metrics = request.app[METRICS]
+        self.settings = settings
+        self.feeds: dict[str, Feed] = {}
+        self.buffer = SendBuffer(settings.send_buffer_messages, settings.send_buffer_bytes)
+        self.state = ConnectionState.OPEN
+        self._closing: asyncio.Task[None] | None = None
+
+    # -- outgoing ----------------------------------------------------------------------------------
+    def encode(self, message: dict[str, Any]) -> str | bytes:
+        if self.binary:
+            packed: bytes = msgpack.packb(message)
+            return packed
+        return orjson.dumps(message).decode()
+
+    def send(self, message: dict[str, Any]) -> None:
+        payload = self.encode(message)
+        self._push(payload, None)
+
+    def _push(self, payload: str | bytes, ts: float | None) -> None:
+        if not self.buffer.push(payload, len(payload), ts):
+            self.metrics.slow_consumers.labels("websocket").inc()
+            self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: resume from your last position")
+
+    def deliver(self, event: Event, channel: Channel) -> None:
+        payload: str | bytes = (
+            event.msgpack(channel.name) if self.binary else event.json(channel.name).decode()
+        )
+        self._push(payload, event.ts)
+
+    def resync(self, reason: str, current: Position) -> None:
+        self.metrics.resyncs.labels("websocket", reason).inc()
+        for name in self.feeds:
+            self.send(resync_message(name, self.engine.region, reason, current))
+
+    async def write_forever(self) -> None:
+        latency = self.metrics.delivery_latency.labels("websocket")
+        sent = self.metrics.messages_sent.labels("websocket")
+        sent_bytes = self.metrics.bytes_sent.labels("websocket")
+        while True:
+            batch = await self.buffer.take()
+            if not batch:
+                return
+            for payload, _size, ts in batch:
+                if isinstance(payload, str):
+                    await self.ws.send_str(payload)
+                else:
+                    await self.ws.send_bytes(payload)
+                if ts is not None:
+                    latency.observe(max(0.0, time.time() - ts))
+            sent.inc(len(batch))
+            sent_bytes.inc(sum(size for _, size, _ in batch))
+
+    # -- closing -----------------------------------------------------------------------------------
+    def close_soon(self, code: CloseCode, reason: str) -> None:
+        if self.state is ConnectionState.OPEN:
+            self.state = self.state.to(ConnectionState.CLOSING)
+            self._closing = asyncio.create_task(self.close(code, reason))
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        if self.state is ConnectionState.CLOSED:
+            return
+        if self.state is ConnectionState.OPEN:
+            self.state = self.state.to(ConnectionState.CLOSING)
+        self.buffer.close()
+        for feed in self.feeds.values():
+            feed.close()
+        try:
+            # A stalled peer never acknowledges the close frame: do not wait for it for long.
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), timeout=2)
+        except (TimeoutError, ConnectionError):
+            if self.request.transport is not None:
+                self.request.transport.close()
+        self.state = self.state.to(ConnectionState.CLOSED)
+
+    # -- incoming ----------------------------------------------------------------------------------
+    def decode(self, message: Any) -> dict[str, Any]:
+        if message.type == WSMsgType.TEXT:
+            if self.binary:
+                raise ProtocolError(
+                    "malformed_frame", "this connection speaks MessagePack: send binary frames"
+                )
+            raw: bytes | str = message.data
+        elif message.type == WSMsgType.BINARY:
+            if not self.binary:
+                raise ProtocolError("malformed_frame", "this connection speaks JSON: send text frames")
+            raw = message.data
+        else:
+            raise ProtocolError("malformed_frame", "unsupported frame type")
+        if len(raw) > self.settings.ws_max_frame_bytes:
+            raise ProtocolError(
+                "frame_too_large", f"frames are at most {self.settings.ws_max_frame_bytes} bytes"
+            )
+        try:
+            decoded = msgpack.unpackb(raw, raw=False) if self.binary else orjson.loads(raw)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise ProtocolError("malformed_frame", f"the frame does not decode: {exc}") from exc
+        if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
+            raise ProtocolError("malformed_frame", 'a message is an object with a "type"')
+        return decoded
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        fields = _MESSAGE_FIELDS.get(kind)
+        if fields is None:
+            raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}")
+        unknown = set(message) - fields
+        if unknown:
+            raise ProtocolError(
+                "unknown_field", f"unknown fields: {', '.join(sorted(map(str, unknown)))[:200]}"
+            )
+        if kind == "ping":
+            self.send({"type": "pong", **_echo(message)})
+        elif kind == "subscribe":
+            await self.subscribe(message)
+        else:
+            self.unsubscribe(message)
+
+    async def subscribe(self, message: dict[str, Any]) -> None:
+        name = message.get("channel")
+        if not isinstance(name, str):
+            raise ProtocolError("invalid_channel", "channel must be a string")
+        try:
+            channel = parse_channel(name)
+            self.engine.check_channel(channel)
+        except ChannelError as exc:
+            raise ProtocolError(exc.code, exc.message) from exc
+        if channel.name in self.feeds:
+            raise ProtocolError("already_subscribed", f"already subscribed to {channel.name}")
+        if len(self.feeds) >= self.settings.ws_max_subscriptions:
+            raise ProtocolError("too_many_subscriptions", f"at most {self.settings.ws_max_subscriptions}")
+        recover = message.get("recover", "replay")
+        if recover not in ("replay", "latest"):
+            raise ProtocolError("bad_request", 'recover is "replay" (default) or "latest"')
+        since_text = message.get("since")
+        since: Position | None = None
+        if since_text is not None:
+            if not isinstance(since_text, str):
+                raise ProtocolError("invalid_position", "since must be a position string")
+            try:
+                since = parse_position(since_text)
+            except CursorError as exc:
+                raise ProtocolError("invalid_position", str(exc)) from exc
+        feed = self.engine.feed([channel], self)
+        self.feeds[channel.name] = feed
+        try:
+            # "latest": the current stock instead of a replay; the feed goes live from the position
+            # taken before the snapshot was read, so nothing falls in between (versions dedupe).
+            position = await feed.start(None if recover == "latest" else since)
+        except BrokerError as exc:
+            del self.feeds[channel.name]
+            if not isinstance(exc, PositionExpired):
+                log.warning("subscribe failed: %s", exc)
+                raise ProtocolError("unavailable", "the event stream is unavailable; retry shortly") from exc
+            self.metrics.resyncs.labels("websocket", "position_expired").inc()
+            self.send(
+                {
+                    **resync_message(channel.name, self.engine.region, "position_expired", exc.current),
+                    **_echo(message),
+                }
+            )
+            return
+        self.metrics.subscriptions.labels("websocket").inc()
+        self.send(
+            {
+                "type": "subscribed",
+                "channel": channel.name,
+                "position": format_position(position),
+                **_echo(message),
+            }
+        )
+        if recover == "latest":
+            items = await snapshot_items(self.request.app, channel.region, channel.product_id)
+            self.send(
+                {
+                    "type": "snapshot",
+                    "channel": channel.name,
+                    "position": format_position(position),
+                    "items": items,
+                    "snapshot": snapshot_url(channel.region, channel.product_id),
+                }
+            )
+        feed.go_live()
+
+    def unsubscribe(self, message: dict[str, Any]) -> None:
+        name = message.get("channel")
+        feed = self.feeds.pop(name, None) if isinstance(name, str) else None
+        if feed is None:
+            raise ProtocolError("not_subscribed", f"not subscribed to {str(name)[:140]}")
+        feed.close()
+        self.metrics.subscriptions.labels("websocket").dec()
+        self.send({"type": "unsubscribed", "channel": name, **_echo(message)})
+
+    def release(self) -> None:
+        for feed in self.feeds.values():
+            feed.close()
+        self.metrics.subscriptions.labels("websocket").dec(len(self.feeds))
+        self.feeds.clear()
+
+
+def _echo(message: dict[str, Any]) -> dict[str, Any]:
+    ident = message.get("id")
+    if isinstance(ident, int | str) and not isinstance(ident, bool) and len(str(ident)) <= 64:
+        return {"id": ident}
+    return {}
+
+
+@routes.get("/api/v1/ws", name="websocket")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    principal = realtime_principal(request)  # before the upgrade: a bad token is a plain 401
+    ws = web.WebSocketResponse(
+        protocols=(JSON_PROTOCOL, MSGPACK_PROTOCOL),
+        heartbeat=settings.ws_heartbeat_seconds,
+        max_msg_size=_HARD_FRAME_LIMIT,
+        compress=False,
+    )
+    await ws.prepare(request)
+    connection = WsConnection(request, ws, binary=ws.ws_protocol == MSGPACK_PROTOCOL)
+    connections = request.app[CONNECTIONS]
+    metrics = request.app[METRICS]
+    region = settings.region
+    connections.add(connection, lambda: connection.close(CloseCode.GOING_AWAY, "node going away"))
+    metrics.connections.labels("websocket", region).inc()
+    writer = asyncio.create_task(connection.write_forever())
+    expiry: asyncio.TimerHandle | None = None
+    remaining = seconds_until_expiry(principal)
+    if remaining is not None:
+        expiry = asyncio.get_running_loop().call_later(
+            remaining,
+            connection.close_soon,
+            CloseCode.AUTH_EXPIRED,
+            "token expired: reconnect with a new one",
+        )
+    try:
+        async for frame in ws:
+            if frame.type in (WSMsgType.ERROR, WSMsgType.CLOSE, WSMsgType.CLOSING):
+                break
+            decoded: dict[str, Any] = {}
+            try:
+                decoded = connection.decode(frame)
+                await connection.handle(decoded)
+            except ProtocolError as exc:
+                connection.send({"type": "error", "code": exc.code, "message": exc.message, **_echo(decoded)})
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+        connection.release()
+        connection.buffer.close()
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await writer
+        connections.discard(connection)
+        metrics.connections.labels("websocket", region).dec()
+    return ws

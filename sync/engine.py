@@ -1,0 +1,181 @@
+"""The sync engine: one node's fan-out from its broker streams to the feeds of connected clients.
+
+A :class:`Feed` is one client's resumable view of a stream: the channels it follows there and the
+last position it has seen. Starting a feed from a position replays what the client missed and then
+continues live **without a gap and without a duplicate**: the feed takes the live stream first (into a
+buffer), reads the history, and then releases the buffer, dropping what the history already covered.
+A position the broker can no longer resume raises :class:`~sync.broker.PositionExpired`; the transport
+then tells the client to resync from the REST snapshot, never feeding it a partial replay.
+
+Feeds never block the engine: :meth:`Sink.deliver` must return at once (transports keep a bounded
+buffer per connection and disconnect a client that falls too far behind).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from sync.broker import Broker, Position, PositionExpired, Publication
+from sync.channels import Channel, ChannelError, inventory_stream
+from sync.events import Event
+
+log = logging.getLogger(__name__)
+HISTORY_PAGE = 1000
+
+
+class Sink(Protocol):
+    """The transport side of a feed."""
+
+    def deliver(self, event: Event, channel: Channel) -> None: ...
+    def resync(self, reason: str, current: Position) -> None:
+        """The feed saw a gap it cannot fill (the stream's epoch changed): resync from a snapshot."""
+        ...
+
+
+class FeedState(enum.Enum):
+    NEW = "new"
+    BUFFERING = "buffering"  # attached to the live stream, replaying history
+    LIVE = "live"
+    CLOSED = "closed"
+
+
+class Feed:
+    def __init__(self, engine: SyncEngine, stream: str, channels: Sequence[Channel], sink: Sink) -> None:
+        self.engine = engine
+        self.stream = stream
+        self.channels = tuple(channels)
+        self.sink = sink
+        self.state = FeedState.NEW
+        self.position: Position | None = None  # last publication seen, delivered or filtered out
+        self._pending: list[Event] = []
+
+    async def start(self, since: Position | None) -> Position:
+        """Attach to the live stream and replay from ``since`` (None: from now). Returns the position
+        the feed stands at; call :meth:`go_live` next (after sending a snapshot, if any)."""
+        if self.state is not FeedState.NEW:
+            raise RuntimeError(f"a feed starts once, this one is {self.state.value}")
+        self.state = FeedState.BUFFERING
+        self.engine._attach(self)
+        try:
+            if since is None:
+                self.position = await self.engine.broker.top(self.stream)
+            else:
+                self.position = since
+                await self._replay(since)
+        except BaseException:
+            self.close()
+            raise
+        return self.position
+
+    async def _replay(self, since: Position) -> None:
+        cursor = since
+        while True:
+            page = await self.engine.broker.history(self.stream, cursor, HISTORY_PAGE)
+            for publication in page:
+                self._dispatch(Event(publication))
+            if len(page) < HISTORY_PAGE:
+                return
+            cursor = page[-1].position
+
+    def go_live(self) -> None:
+        if self.state is not FeedState.BUFFERING:
+            return
+        pending, self._pending = self._pending, []
+        self.state = FeedState.LIVE
+        for event in pending:
+            self._dispatch(event)
+
+    def offer(self, event: Event) -> None:
+        if self.state is FeedState.LIVE:
+            self._dispatch(event)
+        elif self.state is FeedState.BUFFERING:
+            self._pending.append(event)
+
+    def _dispatch(self, event: Event) -> None:
+        position = event.publication.position
+        current = self.position
+        if current is not None:
+            if position.epoch != current.epoch:
+                # The stream was lost and recreated: what happened in between is unknown here.
+                self.position = position
+                self.sink.resync("epoch_changed", position)
+            elif position.offset <= current.offset:
+                return  # already replayed from history
+        self.position = position
+        for channel in self.channels:
+            if channel.matches(event.product_id):
+                self.sink.deliver(event, channel)
+                return
+
+    def close(self) -> None:
+        if self.state is not FeedState.CLOSED:
+            self.state = FeedState.CLOSED
+            self._pending = []
+            self.engine._detach(self)
+
+
+class SyncEngine:
+    """Reads the streams of one region from the broker and offers every publication to the feeds."""
+
+    def __init__(
+        self, broker: Broker, region: str, *, on_event: Callable[[Event], None] | None = None
+    ) -> None:
+        self.broker = broker
+        self.region = region
+        self._feeds: dict[str, dict[Feed, None]] = {}
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._on_event = on_event
+
+    @property
+    def streams(self) -> list[str]:
+        return [inventory_stream(self.region)]
+
+    async def start(self) -> None:
+        for stream in self.streams:
+            self._feeds.setdefault(stream, {})
+            self._unsubscribe.append(self.broker.subscribe(stream, self._on_publication))
+
+    async def stop(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
+        for feeds in self._feeds.values():
+            for feed in list(feeds):
+                feed.close()
+
+    def check_channel(self, channel: Channel) -> None:
+        if channel.region != self.region:
+            raise ChannelError(
+                "channel_not_served",
+                f"this node serves region {self.region!r}; connect to a node of {channel.region!r}",
+            )
+
+    def feed(self, channels: Sequence[Channel], sink: Sink) -> Feed:
+        """A new feed over the channels (all of this node's region, hence one stream)."""
+        if not channels:
+            raise ChannelError("invalid_channel", "follow at least one channel")
+        for channel in channels:
+            self.check_channel(channel)
+        return Feed(self, channels[0].stream, channels, sink)
+
+    def feed_count(self) -> int:
+        return sum(len(feeds) for feeds in self._feeds.values())
+
+    def _attach(self, feed: Feed) -> None:
+        self._feeds.setdefault(feed.stream, {})[feed] = None
+
+    def _detach(self, feed: Feed) -> None:
+        self._feeds.get(feed.stream, {}).pop(feed, None)
+
+    def _on_publication(self, publication: Publication) -> None:
+        event = Event(publication)
+        if self._on_event is not None:
+            self._on_event(event)
+        for feed in list(self._feeds.get(publication.stream, ())):
+            feed.offer(event)
+
+
+__all__ = ["Feed", "FeedState", "PositionExpired", "Sink", "SyncEngine"]
