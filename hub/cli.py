@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="env SYNCHUB_HOST")
     serve.add_argument("--port", type=int, default=int(_env("PORT", "8080") or 8080), help="env SYNCHUB_PORT")
     serve.add_argument("--redis-url", default=_env("REDIS_URL"), help="env SYNCHUB_REDIS_URL")
+    serve.add_argument(
+        "--redis-prefix",
+        default=_env("REDIS_PREFIX", "synchub:"),
+        help="prefix of every Redis key (env SYNCHUB_REDIS_PREFIX)",
+    )
     serve.add_argument("--region", default=_env("REGION", "default"), help="env SYNCHUB_REGION")
     serve.add_argument("--node-id", default=_env("NODE_ID"), help="env SYNCHUB_NODE_ID")
     serve.add_argument(
@@ -94,6 +99,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         port=args.port,
         database_url=args.database_url,
         redis_url=args.redis_url,
+        redis_prefix=args.redis_prefix,
         region=args.region,
         jwt_secret=_secret(args),
         max_body_bytes=args.max_body_bytes,
