@@ -27,6 +27,7 @@ from aiohttp import web
 
 from hub.keys import SETTINGS
 from storage import errors as store_errors
+from sync.broker import BrokerError
 
 log = logging.getLogger(__name__)
 PROBLEM_TYPE = "https://synchub.dev/errors/"
@@ -176,6 +177,11 @@ async def error_middleware(
         error = exc
     except store_errors.StoreError as exc:
         error = from_store_error(exc)
+    except BrokerError as exc:
+        log.warning("broker unavailable: %s", exc)
+        error = ServiceUnavailable(
+            "the event broker is unavailable; retry shortly", code="broker_unavailable"
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

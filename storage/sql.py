@@ -425,36 +425,33 @@ class SqlStore:
         async def work(tx: Tx) -> StockLevel:
             ts = now_us()
             await self._require_product_and_warehouse(tx, product_id, warehouse_id)
-            changed = await tx.execute(
-                "UPDATE stock SET on_hand = on_hand + $3, version = version + 1, updated_at = $4"
-                " WHERE product_id = $1 AND warehouse_id = $2 AND on_hand + $3 >= reserved",
-                product_id,
-                warehouse_id,
-                delta,
-                ts,
-            )
-            if changed != 1:
-                exists = await tx.fetchrow(
-                    "SELECT 1 AS ok FROM stock WHERE product_id = $1 AND warehouse_id = $2",
-                    product_id,
-                    warehouse_id,
-                )
-                if exists is not None or delta < 0:
-                    raise InsufficientStock(
-                        "the adjustment would take on_hand below the quantity reserved",
-                        product_id=product_id,
-                        warehouse_id=warehouse_id,
-                    )
-                # First stock for this product in this warehouse. A concurrent first insert makes
-                # this a Conflict, which the caller may retry.
-                await tx.execute(
-                    "INSERT INTO stock"
-                    " (product_id, warehouse_id, on_hand, reserved, version, updated_at)"
-                    " VALUES ($1, $2, $3, 0, 1, $4)",
+            if delta > 0:
+                # An upsert, so that concurrent first deliveries to a warehouse do not collide.
+                changed = await tx.execute(
+                    "INSERT INTO stock (product_id, warehouse_id, on_hand, reserved, version, updated_at)"
+                    " VALUES ($1, $2, $3, 0, 1, $4)"
+                    " ON CONFLICT (product_id, warehouse_id) DO UPDATE"
+                    " SET on_hand = stock.on_hand + excluded.on_hand, version = stock.version + 1,"
+                    " updated_at = excluded.updated_at",
                     product_id,
                     warehouse_id,
                     delta,
                     ts,
+                )
+            else:
+                changed = await tx.execute(
+                    "UPDATE stock SET on_hand = on_hand + $3, version = version + 1, updated_at = $4"
+                    " WHERE product_id = $1 AND warehouse_id = $2 AND on_hand + $3 >= reserved",
+                    product_id,
+                    warehouse_id,
+                    delta,
+                    ts,
+                )
+            if changed != 1:
+                raise InsufficientStock(
+                    "the adjustment would take on_hand below the quantity reserved",
+                    product_id=product_id,
+                    warehouse_id=warehouse_id,
                 )
             return await self._emit(tx, product_id, warehouse_id, ts)
 

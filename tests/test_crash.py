@@ -20,7 +20,8 @@ import orjson
 from storage.factory import open_store
 from sync.broker import Publication
 from sync.broker_memory import MemoryBroker
-from sync.relay import OutboxRelay, inventory_stream
+from sync.channels import inventory_stream
+from sync.relay import OutboxRelay
 from tests.conftest import JWT_SECRET, token
 
 

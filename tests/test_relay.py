@@ -12,7 +12,8 @@ from storage.models import OutboxEntry, Warehouse
 from storage.sql import SqlStore
 from sync.broker import Position, Publication
 from sync.broker_memory import MemoryBroker
-from sync.relay import OutboxRelay, inventory_stream
+from sync.channels import inventory_stream
+from sync.relay import OutboxRelay
 from tests.conftest import seed
 
 

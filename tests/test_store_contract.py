@@ -1588,3 +1588,11 @@ async def test_purge_idempotency_keys_deletes_only_keys_older_than_the_cutoff(st
     # Purging keys does not touch the reservations themselves.
     still = await store.get_reservation(old.body["id"])
     assert still is not None and still.status is ReservationStatus.PENDING
+
+
+async def test_concurrent_first_adjustments_of_a_warehouse_do_not_collide(store):
+    product_id = await seed(store, "SKU-1")
+    await store.create_warehouse(Warehouse("par-1", "eu", "par-1"))
+    await asyncio.gather(*(store.adjust_stock(product_id, "par-1", 1) for _ in range(20)))
+    row = await level(store, product_id, "par-1")
+    assert (row.on_hand, row.version) == (20, 20)

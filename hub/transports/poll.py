@@ -13,13 +13,13 @@ import contextlib
 
 from aiohttp import web
 
-from hub.errors import ApiError, BadRequest
+from hub.errors import ApiError
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS
 from hub.realtime import realtime_principal, snapshot_url
 from hub.responses import dumps
 from hub.transports.sse import parse_channels, parse_since
 from hub.validation import query_int
-from sync.broker import BrokerError, Position, PositionExpired
+from sync.broker import Position, PositionExpired
 from sync.channels import Channel
 from sync.cursor import format_position
 from sync.events import Event
@@ -74,9 +74,6 @@ async def poll(request: web.Request) -> web.StreamResponse:
             position=format_position(exc.current) if exc.current else None,
             snapshot=snapshot_url(engine.region),
         ) from exc
-    except BrokerError as exc:
-        feed.close()
-        raise BadRequest(f"the event stream is unavailable: {exc}", code="unavailable") from exc
     connections = request.app[CONNECTIONS]
     connections.add(collector, _waker(collector))
     metrics.connections.labels("poll", engine.region).inc()

@@ -18,7 +18,7 @@ from aiohttp import web
 from hub.errors import BadRequest
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS
 from hub.realtime import ConnectionState, SendBuffer, realtime_principal, resync_message
-from sync.broker import BrokerError, Position, PositionExpired
+from sync.broker import Position, PositionExpired
 from sync.channels import Channel, ChannelError, parse_channel
 from sync.cursor import CursorError, format_position, parse_position
 from sync.events import Event
@@ -136,9 +136,6 @@ async def sse(request: web.Request) -> web.StreamResponse:
             _sse("resync", resync_message(channels[0].name, engine.region, "position_expired", exc.current))
         )
         return response
-    except BrokerError as exc:
-        feed.close()
-        raise BadRequest(f"the event stream is unavailable: {exc}", code="unavailable") from exc
     connections = request.app[CONNECTIONS]
     connections.add(connection, _ender(connection))
     metrics.connections.labels("sse", engine.region).inc()

@@ -220,7 +220,9 @@ class WsConnection:
             del self.feeds[channel.name]
             if not isinstance(exc, PositionExpired):
                 log.warning("subscribe failed: %s", exc)
-                raise ProtocolError("unavailable", "the event stream is unavailable; retry shortly") from exc
+                raise ProtocolError(
+                    "broker_unavailable", "the event stream is unavailable; retry shortly"
+                ) from exc
             self.metrics.resyncs.labels("websocket", "position_expired").inc()
             self.send(
                 {
