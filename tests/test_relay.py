@@ -125,3 +125,55 @@ async def test_the_running_relay_delivers_a_change_as_soon_as_it_is_notified(sto
     finally:
         relay.stop()
         await asyncio.wait_for(task, timeout=2.0)
+
+
+async def test_relays_on_several_nodes_racing_over_one_outbox_append_each_change_once_in_order(
+    store: SqlStore,
+) -> None:
+    """The hub's answer to "only one relay at a time, or idempotent relays": every node relays, and the
+    broker's idempotent publish (dedupe by product/warehouse version) makes the race harmless."""
+    import os
+    import secrets
+
+    from sync.broker_redis import RedisBroker
+
+    product_ids = [await seed(store, f"RACE-{i}", {"par-1": 1}) for i in range(3)]
+    prefix = os.environ.get("SYNCHUB_TEST_REDIS_PREFIX", "synchub_test:") + f"race-{secrets.token_hex(4)}:"
+    url = os.environ.get("SYNCHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    brokers = [RedisBroker(url, prefix=prefix, max_len=10_000) for _ in range(3)]  # three "nodes"
+    for broker in brokers:
+        await broker.start()
+    try:
+
+        async def writer() -> None:
+            for n in range(60):
+                await store.adjust_stock(product_ids[n % 3], "par-1", 1)
+
+        async def relay_until(done: asyncio.Event, broker: RedisBroker) -> None:
+            relay = OutboxRelay(store, broker, batch_size=7)
+            while not done.is_set() or (await store.outbox_backlog())[0]:
+                await relay.relay_once()
+                await asyncio.sleep(0)
+
+        done = asyncio.Event()
+        relays = [asyncio.create_task(relay_until(done, broker)) for broker in brokers]
+        await writer()
+        done.set()
+        await asyncio.wait_for(asyncio.gather(*relays), 30)
+        stream = inventory_stream("eu")
+        history = await brokers[0].history(stream, Position((await brokers[0].top(stream)).epoch, 0))
+        versions: dict[str, list[int]] = {}
+        for publication in history:
+            event = orjson.loads(publication.data)
+            versions.setdefault(event["product_id"], []).append(event["version"])
+        assert versions == {pid: list(range(1, 22)) for pid in product_ids}
+    finally:
+        for broker in brokers:
+            await broker.stop()
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(url)
+        keys = [key async for key in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
