@@ -12,6 +12,8 @@ Guarantees:
   is lost or recreated (a restarted in-process broker, a flushed Redis) the epoch changes, so a
   position from before is recognisably stale instead of silently pointing into a different history.
 * **Order.** Subscribers of a stream see its publications in offset order, each once per subscription.
+  Offsets are contiguous within an epoch (each publish adds exactly one), so a subscriber that sees an
+  offset jump knows it missed publications (e.g. trimmed while its reader was cut off) and must resync.
 * **Delivery.** From a successful ``publish`` to every subscriber connected at that time: at least
   once across brokers that retry, exactly once within the in-memory broker. Events published while a
   subscriber was away are recovered with :meth:`Broker.history` from its last position.
@@ -22,8 +24,10 @@ Guarantees:
   than the last version appended under ``key`` on that stream, and returns None otherwise. A relay that
   republishes after a crash, or two relays racing, therefore never append one change twice (as long as
   the broker keeps its state; a broker that lost it starts a new epoch, and clients resync anyway).
-* **Subscriptions.** ``subscribe`` delivers publications appended after it took effect. A remote broker
-  reads with its own reader, which may lag: callers that need "history then live without a gap" take the
+* **Subscriptions.** ``subscribe`` takes effect when it is called and delivers every publication
+  appended after that; a remote broker may also deliver a few from just before (callers drop those by
+  offset). A handler that raises is logged and does not stop the others. A remote broker reads with its
+  own reader, which may lag: callers that need "history then live without a gap" take the
   live feed first, read ``history`` and drop live publications at or below the last replayed offset.
   When a broker notices that a stream's epoch changed under a live subscription (the stream was lost),
   the next publication it delivers carries the new epoch; the subscriber must treat that as a gap.
@@ -56,6 +60,10 @@ class BrokerError(Exception):
     """Base of broker failures."""
 
 
+class BrokerUnavailable(BrokerError):
+    """The broker could not be reached (or did not answer in time); the operation may be retried."""
+
+
 class PositionExpired(BrokerError):
     """The position is older than the stream's retention or belongs to another epoch."""
 
@@ -75,7 +83,8 @@ class Broker(Protocol):
     async def publish(
         self, stream: str, data: bytes, *, dedupe: tuple[str, int] | None = None
     ) -> Position | None:
-        """Append ``data``; return its position, or None if ``dedupe`` showed it was already appended."""
+        """Append ``data``; return its position, or None if ``dedupe`` showed it was already appended
+        (a version <= 0 always counts as appended)."""
         ...
 
     async def history(self, stream: str, since: Position, limit: int = 10_000) -> list[Publication]:

@@ -7,11 +7,14 @@ the previous process are reported as expired rather than trusted.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections import deque
 from collections.abc import Callable
 
 from sync.broker import Handler, Position, PositionExpired, Publication
+
+log = logging.getLogger(__name__)
 
 
 class _Stream:
@@ -48,14 +51,17 @@ class MemoryBroker:
         s = self._stream(stream)
         if dedupe is not None:
             key, version = dedupe
-            if version <= s.versions.get(key, 0):
+            if version <= max(0, s.versions.get(key, 0)):
                 return None
             s.versions[key] = version
         s.offset += 1
         publication = Publication(stream, Position(self.epoch, s.offset), data)
         s.tail.append(publication)
         for handler in list(s.handlers):
-            handler(publication)
+            try:
+                handler(publication)
+            except Exception:
+                log.exception("a subscriber of %s failed", stream)
         return publication.position
 
     async def top(self, stream: str) -> Position:

@@ -19,13 +19,14 @@ read are exactly the offsets asked for.
 
 Subscriptions: every node reads every stream it serves with its own blocking XREAD loop (broadcast, no
 consumer groups), one reader task and one connection per subscribed stream, so a busy stream does not
-hold up another. A reader starts from the stream's newest entry when its task first runs, a moment
-after ``subscribe`` returned: publications in that window are not delivered live (callers merge
-``history`` and live, as the Protocol says; :meth:`RedisBroker.wait_ready` awaits the start). A reader
-survives Redis going away: it backs off, reconnects and continues from the last entry it read. If the
-stream was lost meanwhile, its new entries carry a new epoch; a reader that sees the stream's epoch
-change without seeing new entries (their ids are not after the old ones: another server's clock, or a
-recreation within the same millisecond) rereads the stream from its start.
+hold up another. A subscription takes effect when ``subscribe`` is called: the reader, whenever it first
+reaches Redis, reads from that moment on Redis' clock (entry ids are times), so nothing appended after
+the call is missed, and a few publications from just before may be delivered too (callers drop what
+they already have by offset, as the Protocol says). A reader survives Redis going away: it backs off,
+reconnects and continues after the last entry it read. If the stream was lost meanwhile, its new entries
+carry a new epoch; a reader that sees the stream's epoch change without seeing new entries (their ids are
+not after the old ones: another server's clock, or a recreation within the same millisecond) rereads the
+stream from its start.
 
 Errors: Redis unreachable or timing out → :class:`BrokerUnavailable` (the relay retries); any other
 Redis error → :class:`~sync.broker.BrokerError`. Commands are not retried by the client: a publish whose
@@ -38,38 +39,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from functools import cache
 from importlib import resources
-from typing import Any, TypeVar
+from typing import cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sync.broker import BrokerError, Handler, Position, PositionExpired, Publication
+from sync.broker import BrokerError, BrokerUnavailable, Handler, Position, PositionExpired, Publication
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 2.0
 _READ_COUNT = 1000  # entries per XREAD, so a reader catching up does not pull the whole tail at once
+_NEXT_PAGES = 10_000  # paged history reads remembered (one entry id each)
 _READ_TIMEOUT_MARGIN = 5.0  # seconds a blocking read may take beyond block_ms before it counts as lost
-
-
-class BrokerUnavailable(BrokerError):
-    """The broker could not be reached (or did not answer in time); the operation may be retried."""
 
 
 @cache
 def _lua(name: str) -> str:
-    return resources.files("sync").joinpath("lua", name).read_text(encoding="utf-8")
+    return resources.files("sync").joinpath("lua").joinpath(name).read_text(encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -91,19 +90,113 @@ def _id_key(entry_id: bytes | str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+# Stream entries as this client returns them (raw bytes, redis-py's legacy reply shapes).
+_Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _entries(reply: object) -> list[_Entry]:
+    """The entries of an XRANGE/XREVRANGE reply."""
+    return cast("list[_Entry]", reply or [])
+
+
+def _read_entries(reply: object) -> list[_Entry]:
+    """The entries of a one-stream XREAD reply: ``[[key, entries]]``, or empty after a timeout."""
+    streams = cast("list[tuple[bytes, list[_Entry]]]", reply or [])
+    return streams[0][1] if streams else []
+
+
 def _publication(stream: str, fields: dict[bytes, bytes]) -> Publication:
     return Publication(stream, Position(fields[b"e"].decode(), int(fields[b"o"])), fields[b"d"])
 
 
 class _Reader:
-    """The subscribers of one stream on this node, and the task that reads it for them."""
+    """The subscribers of one stream on this node, and where the task reading it for them stands."""
 
-    __slots__ = ("handlers", "ready", "task")
-
-    def __init__(self) -> None:
+    def __init__(self, stream: str, key: str, meta: str) -> None:
+        self.stream, self.key, self.meta = stream, key, meta
         self.handlers: list[Handler] = []
-        self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.active = True  # until the last subscriber leaves or the broker stops
+        self.subscribed_at = time.monotonic()  # when the first subscriber came
+        self.cursor: bytes | str | None = None  # id of the last entry read; None until started
+        self.epoch: str | None = None  # of the last publication delivered (or the stream's at the start)
+        self.delivered = 0  # offset of the last publication delivered in that epoch
+        # While rereading a recreated stream: the old cursor, and the epoch of the new incarnation.
+        self.rereading: tuple[tuple[int, int], str] | None = None
+
+    async def read(self, client: Redis, block_ms: int) -> None:
+        """Wait up to ``block_ms`` for entries after the cursor and deliver them."""
+        if self.cursor is None:
+            self.cursor = await self._starting_point(client)
+        reply = await client.xread({self.key: self.cursor}, count=_READ_COUNT, block=block_ms)
+        entries = _read_entries(reply)
+        if not entries:
+            await self._check_epoch(client)
+        for entry_id, fields in entries:
+            self.cursor = entry_id
+            publication = _publication(self.stream, fields)
+            if self._is_new(entry_id, publication.position):
+                self._deliver(publication)
+
+    async def _starting_point(self, client: Redis) -> str:
+        """The moment of the first ``subscribe``, as an entry id on Redis' clock.
+
+        Entry ids are Redis' time in milliseconds when they were appended, so reading from (Redis' time
+        now − the time elapsed since ``subscribe``) delivers everything appended since — and perhaps a
+        few from just before — however late this task first reaches Redis.
+        """
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.time()
+            pipe.hget(self.meta, "epoch")
+            (seconds, microseconds), epoch = await pipe.execute()
+        elapsed_ms = math.ceil((time.monotonic() - self.subscribed_at) * 1000)
+        now_ms = int(seconds) * 1000 + int(microseconds) // 1000
+        self.epoch = _text(epoch) if epoch else None
+        return f"{max(0, now_ms - elapsed_ms - 1)}-0"
+
+    async def _check_epoch(self, client: Redis) -> None:
+        # If the stream was recreated with ids not after the cursor (another server's clock, or within
+        # the same millisecond), XREAD would wait for them for ever: notice it by the epoch instead, and
+        # reread the stream from its start.
+        current = await client.hget(self.meta, "epoch")
+        if current is None or _text(current) == self.epoch or self.cursor is None:
+            return
+        log.info("stream %s has a new epoch; rereading it from its start", self.stream)
+        self.epoch, self.delivered = _text(current), 0
+        self.rereading = (_id_key(self.cursor), self.epoch)
+        self.cursor = "0-0"
+
+    def _is_new(self, entry_id: bytes, position: Position) -> bool:
+        if self.rereading is not None:
+            old_cursor, new_epoch = self.rereading
+            if _id_key(entry_id) > old_cursor:
+                self.rereading = None
+            elif position.epoch != new_epoch:
+                return False  # an entry of the old incarnation, read before
+        if position.epoch == self.epoch:
+            if position.offset <= self.delivered:
+                return False
+            if self.delivered and position.offset > self.delivered + 1:
+                # Trimmed before this reader could read them (it was cut off from Redis for longer than
+                # the stream's retention). The Protocol has no way to tell subscribers; say it here.
+                log.warning(
+                    "subscribers of %s missed offsets %d to %d of epoch %s (trimmed before read)",
+                    self.stream,
+                    self.delivered + 1,
+                    position.offset - 1,
+                    position.epoch,
+                )
+        self.epoch, self.delivered = position.epoch, position.offset
+        return True
+
+    def _deliver(self, publication: Publication) -> None:
+        if not self.active:
+            return
+        for handler in list(self.handlers):
+            try:
+                handler(publication)
+            except Exception:
+                log.exception("a subscriber of %s failed on %s", publication.stream, publication.position)
 
 
 class RedisBroker:
@@ -116,9 +209,11 @@ class RedisBroker:
         max_age_seconds: float | None = 3600,
         block_ms: int = 5000,
     ) -> None:
-        """``url`` is a redis-py URL; its query may set ``socket_timeout`` and ``socket_connect_timeout``
-        (redis-py's default: 5 s each) for publish, top and history. Readers wait ``block_ms`` per
-        blocking read, with a socket timeout of ``block_ms`` + 5 s whatever the URL says."""
+        """``url`` is a redis-py URL. For publish, top and history, its query may set
+        ``socket_timeout`` and ``socket_connect_timeout`` (default 5 s each), ``max_connections``
+        (default 50) and ``timeout``, how long a call waits for a free connection (default 5 s). Each
+        subscribed stream has a reader connection of its own, which waits ``block_ms`` per blocking
+        read with a socket timeout of ``block_ms`` + 5 s, whatever the URL says."""
         if max_len < 1:
             raise ValueError("max_len must be at least 1")
         if max_age_seconds is not None and max_age_seconds <= 0:
@@ -130,11 +225,24 @@ class RedisBroker:
         self._max_len = max_len
         self._max_age_ms = 0 if max_age_seconds is None else max(1, round(max_age_seconds * 1000))
         self._block_ms = block_ms
-        self._client = Redis.from_url(url, retry=Retry(NoBackoff(), 0))
+        # A bounded pool that makes a burst of calls (clients resuming after a failover) wait for a
+        # connection rather than fail; no retries (see the module docstring).
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=50, timeout=5, retry=Retry(NoBackoff(), 0)
+        )
+        self._client = Redis.from_pool(pool)
         self._publish_script = self._client.register_script(_lua("publish.lua"))
         self._readers: dict[str, _Reader] = {}
+        # Where a paged history read stopped: (stream, position of its last publication) -> entry id, so
+        # the next page is read from there instead of counting back from the newest entry again.
+        self._next_page: OrderedDict[tuple[str, Position], bytes] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped = False
+
+    @property
+    def prefix(self) -> str:
+        """What every key of this broker starts with."""
+        return self._prefix
 
     # -- keys
 
@@ -157,78 +265,86 @@ class RedisBroker:
 
     async def stop(self) -> None:
         self._stopped = True
+        for reader in self._readers.values():
+            reader.active = False
         self._readers.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pending = set(self._tasks)
+        while pending:
+            # Asked again if need be: on Python 3.11 redis-py's asyncio.wait_for around a socket write
+            # can swallow a cancellation (CPython gh-86296); the reader then ends on its own flag.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
         await self._client.aclose()
 
     def _check_open(self) -> None:
         if self._stopped:
             raise BrokerError("the Redis broker was stopped")
 
-    async def _call(self, what: str, command: Awaitable[T]) -> T:
-        self._check_open()
-        with _translated_errors(what):
-            return await command
-
     # -- the Broker protocol
 
     async def publish(
         self, stream: str, data: bytes, *, dedupe: tuple[str, int] | None = None
     ) -> Position | None:
+        self._check_open()
         key, version = dedupe if dedupe is not None else ("", 0)
-        reply = await self._call(
-            "publish",
-            self._publish_script(
+        with _translated_errors("publish"):
+            reply = await self._publish_script(
                 keys=[self._stream_key(stream), self._meta_key(stream), self._dedupe_key(stream)],
                 args=[data, secrets.token_hex(8), self._max_len, self._max_age_ms, key, int(version)],
-            ),
-        )
+            )
         if reply is None:
             return None
         epoch, offset = reply
         return Position(_text(epoch), int(offset))
 
     async def top(self, stream: str) -> Position:
-        epoch, offset, _ = await self._meta(stream)
+        epoch, offset, _ = await self._meta(stream, "top")
         return Position(epoch, offset)
 
     async def history(self, stream: str, since: Position, limit: int = 10_000) -> list[Publication]:
-        epoch, offset, newest_id = await self._meta(stream)
+        epoch, offset, newest_id = await self._meta(stream, "history")
         current = Position(epoch, offset)
         wanted = offset - since.offset
         if since.epoch != epoch or wanted < 0 or wanted > self._max_len:
             raise PositionExpired(stream, since, current)
-        if wanted == 0 or limit <= 0:
+        count = min(wanted, limit)
+        if count <= 0:
             return []
-        # Offsets are contiguous, so what follows ``since`` is the newest ``wanted`` entries up to the
-        # one ``meta`` named (anything published since is after it and left out).
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._call(
-            "history", self._client.xrevrange(self._stream_key(stream), newest_id, "-", count=wanted)
-        )
-        entries.reverse()
+        key = self._stream_key(stream)
+        after = self._next_page.pop((stream, since), None)
+        with _translated_errors("history"):
+            if after is not None:
+                # The previous page ended at ``since``: read on from its entry.
+                entries = _entries(await self._client.xrange(key, b"(" + after, "+", count=count))
+            else:
+                # Offsets are contiguous, so what follows ``since`` is the newest ``wanted`` entries up
+                # to the one meta named (anything published since is after it and left out).
+                entries = _entries(await self._client.xrevrange(key, newest_id, "-", count=wanted))
+                entries.reverse()
+                del entries[count:]
         publications = [_publication(stream, fields) for _, fields in entries]
-        expected = [Position(epoch, since.offset + 1 + i) for i in range(wanted)]
+        expected = [Position(epoch, since.offset + 1 + i) for i in range(count)]
         if [p.position for p in publications] != expected:
             # Trimmed (by age, or by a publish since we read meta), or not this incarnation's entries.
             raise PositionExpired(stream, since, current)
-        return publications[:limit]
+        if count < wanted:
+            self._next_page[(stream, publications[-1].position)] = entries[-1][0]
+            while len(self._next_page) > _NEXT_PAGES:
+                self._next_page.popitem(last=False)
+        return publications
 
     def subscribe(self, stream: str, handler: Handler) -> Callable[[], None]:
-        """Call ``handler`` for every publication of ``stream`` that this node's reader reads.
+        """Call ``handler`` for every publication of ``stream`` appended from now on.
 
-        The first subscription to a stream starts its reader; publications appended before the reader
-        took its starting point (:meth:`wait_ready`) are not delivered live.
+        The first subscription to a stream starts its reader task, which reads from the moment of this
+        call whenever it first reaches Redis (see ``_Reader._starting_point``).
         """
         self._check_open()
         reader = self._readers.get(stream)
         if reader is None:
-            reader = self._readers[stream] = _Reader()
-            task = asyncio.get_running_loop().create_task(
-                self._read(stream, reader), name=f"redis-broker-reader:{stream}"
-            )
+            reader = self._readers[stream] = _Reader(stream, self._stream_key(stream), self._meta_key(stream))
+            task = asyncio.get_running_loop().create_task(self._read(reader), name=f"redis-broker:{stream}")
             reader.task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -239,33 +355,23 @@ class RedisBroker:
                 reader.handlers.remove(handler)
             if not reader.handlers and self._readers.get(stream) is reader:
                 del self._readers[stream]
+                reader.active = False  # in case the cancellation is swallowed (see stop)
                 if reader.task is not None:
                     reader.task.cancel()
 
         return unsubscribe
 
-    async def wait_ready(self, stream: str) -> None:
-        """Wait until the reader of ``stream`` (started by ``subscribe``) has taken its starting point:
-        from then on every publication is delivered to its subscribers. Not part of the Protocol."""
-        reader = self._readers.get(stream)
-        if reader is None:
-            raise BrokerError(f"no subscription to {stream}")
-        await reader.ready.wait()
-
     # -- internals
 
-    async def _meta(self, stream: str) -> tuple[str, int, str]:
+    async def _meta(self, stream: str, what: str) -> tuple[str, int, str]:
         """The stream's epoch (drawn now if it has none), offset and newest entry id ("+" if none)."""
+        self._check_open()
         meta = self._meta_key(stream)
-
-        async def read() -> list[Any]:
+        with _translated_errors(what):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hsetnx(meta, "epoch", secrets.token_hex(8))
                 pipe.hmget(meta, ["epoch", "offset", "id"])
-                result: list[Any] = await pipe.execute()
-                return result
-
-        _, (epoch, offset, newest_id) = await self._call("top", read())
+                _, (epoch, offset, newest_id) = await pipe.execute()
         return _text(epoch), int(offset or 0), _text(newest_id) if newest_id else "+"
 
     def _reader_client(self) -> Redis:
@@ -277,71 +383,29 @@ class RedisBroker:
         )
         return client
 
-    async def _read(self, stream: str, reader: _Reader) -> None:
-        key, meta = self._stream_key(stream), self._meta_key(stream)
+    async def _read(self, reader: _Reader) -> None:
+        """The reader task of one stream: survives Redis going away; ends when cancelled (or made
+        inactive)."""
         client = self._reader_client()
-        cursor: bytes | str | None = None  # id of the last entry read
-        epoch: str | None = None  # epoch followed: of the last delivered publication, or the start's
-        delivered = 0  # offset of the last delivered publication in that epoch (or the start's)
-        stale_until: tuple[int, int] | None = None  # rereading: entries up to here are the old stream's
         delay = _BACKOFF_MIN
         failing = False
         try:
-            while True:
+            while reader.active:
                 try:
-                    if cursor is None:
-                        async with client.pipeline(transaction=True) as pipe:
-                            pipe.hmget(meta, ["epoch", "offset"])
-                            pipe.xrevrange(key, count=1)
-                            (start_epoch, start_offset), newest = await pipe.execute()
-                        cursor = newest[0][0] if newest else "0-0"
-                        epoch = _text(start_epoch) if start_epoch else None
-                        delivered = int(start_offset or 0)
-                        reader.ready.set()
-                    reply = await client.xread({key: cursor}, count=_READ_COUNT, block=self._block_ms)
-                    if failing:
-                        log.info("redis broker reader of %s reconnected", stream)
-                        failing = False
-                    delay = _BACKOFF_MIN
-                    if not reply:
-                        # Idle. If the stream was recreated with ids not after our cursor, XREAD would
-                        # wait for them forever: notice by its epoch, and reread it from its start.
-                        current = await client.hget(meta, "epoch")
-                        if current is not None and epoch is not None and _text(current) != epoch:
-                            log.info("stream %s has a new epoch; rereading it from its start", stream)
-                            stale_until = _id_key(cursor)
-                            cursor = "0-0"
-                        continue
-                    for entry_id, fields in reply[0][1]:
-                        cursor = entry_id
-                        publication = _publication(stream, fields)
-                        position = publication.position
-                        if stale_until is not None:
-                            if _id_key(entry_id) > stale_until:
-                                stale_until = None
-                            elif position.epoch == epoch or position.epoch != _text(current):
-                                continue
-                        if position.epoch == epoch and position.offset <= delivered:
-                            continue
-                        epoch, delivered = position.epoch, position.offset
-                        self._deliver(reader, publication)
+                    await reader.read(client, self._block_ms)
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     if not failing:
-                        log.warning("redis broker reader of %s lost Redis (%s); reconnecting", stream, exc)
+                        log.warning("redis broker reader of %s lost Redis (%s); retrying", reader.stream, exc)
                         failing = True
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _BACKOFF_MAX)
                 except Exception:
-                    log.exception("redis broker reader of %s failed; retrying", stream)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _BACKOFF_MAX)
+                    log.exception("redis broker reader of %s failed; retrying", reader.stream)
+                else:
+                    if failing:
+                        log.info("redis broker reader of %s reconnected", reader.stream)
+                        failing = False
+                    delay = _BACKOFF_MIN
+                    continue
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
         finally:
             await client.aclose()
-
-    @staticmethod
-    def _deliver(reader: _Reader, publication: Publication) -> None:
-        for handler in list(reader.handlers):
-            try:
-                handler(publication)
-            except Exception:
-                log.exception("a subscriber of %s failed on %s", publication.stream, publication.position)

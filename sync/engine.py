@@ -30,8 +30,9 @@ class Sink(Protocol):
     """The transport side of a feed."""
 
     def deliver(self, event: Event, channel: Channel) -> None: ...
-    def resync(self, reason: str, current: Position) -> None:
-        """The feed saw a gap it cannot fill (the stream's epoch changed): resync from a snapshot."""
+    def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
+        """The feed saw a gap it cannot fill (the stream's epoch changed, or offsets jumped): the
+        client must resync those channels from a snapshot."""
         ...
 
 
@@ -50,11 +51,15 @@ class Feed:
         self.sink = sink
         self.state = FeedState.NEW
         self.position: Position | None = None  # last publication seen, delivered or filtered out
+        self._replay: list[Event] = []
         self._pending: list[Event] = []
 
     async def start(self, since: Position | None) -> Position:
-        """Attach to the live stream and replay from ``since`` (None: from now). Returns the position
-        the feed stands at; call :meth:`go_live` next (after sending a snapshot, if any)."""
+        """Attach to the live stream and read what came after ``since`` (None: from now).
+
+        Returns the position the client stands at — ``since``, or the stream's top — and delivers
+        nothing yet: the transport acknowledges first, then :meth:`go_live` sends the missed events and
+        continues live. (An SSE ``ready`` id, say, must never run ahead of events still to come.)"""
         if self.state is not FeedState.NEW:
             raise RuntimeError(f"a feed starts once, this one is {self.state.value}")
         self.state = FeedState.BUFFERING
@@ -64,29 +69,36 @@ class Feed:
                 self.position = await self.engine.broker.top(self.stream)
             else:
                 self.position = since
-                await self._replay(since)
+                self._replay = await self._read_history(since)
         except BaseException:
             self.close()
             raise
         return self.position
 
-    async def _replay(self, since: Position) -> None:
+    async def _read_history(self, since: Position) -> list[Event]:
+        events: list[Event] = []
         cursor = since
         while True:
             page = await self.engine.broker.history(self.stream, cursor, HISTORY_PAGE)
-            for publication in page:
-                self._dispatch(Event(publication))
+            events.extend(Event(publication) for publication in page)
             if len(page) < HISTORY_PAGE:
-                return
+                return events
             cursor = page[-1].position
 
     def go_live(self) -> None:
+        """Deliver the missed events, then what arrived live meanwhile (minus the overlap), then live."""
         if self.state is not FeedState.BUFFERING:
             return
-        pending, self._pending = self._pending, []
-        self.state = FeedState.LIVE
-        for event in pending:
+        backlog = self._replay + self._pending
+        self._replay, self._pending = [], []
+        for event in backlog:
             self._dispatch(event)
+        # Events that arrive during the loop above are buffered by offer() and delivered here.
+        while self._pending:
+            more, self._pending = self._pending, []
+            for event in more:
+                self._dispatch(event)
+        self.state = FeedState.LIVE
 
     def offer(self, event: Event) -> None:
         if self.state is FeedState.LIVE:
@@ -101,9 +113,14 @@ class Feed:
             if position.epoch != current.epoch:
                 # The stream was lost and recreated: what happened in between is unknown here.
                 self.position = position
-                self.sink.resync("epoch_changed", position)
+                self.sink.resync("epoch_changed", position, self.channels)
             elif position.offset <= current.offset:
                 return  # already replayed from history
+            elif position.offset > current.offset + 1:
+                # Offsets are contiguous: publications were lost on the way (e.g. trimmed while this
+                # node's reader was cut off from the broker).
+                self.position = position
+                self.sink.resync("gap", position, self.channels)
         self.position = position
         for channel in self.channels:
             if channel.matches(event.product_id):
@@ -113,7 +130,7 @@ class Feed:
     def close(self) -> None:
         if self.state is not FeedState.CLOSED:
             self.state = FeedState.CLOSED
-            self._pending = []
+            self._replay, self._pending = [], []
             self.engine._detach(self)
 
 

@@ -48,7 +48,7 @@ class PollCollector:
         else:
             self.full_at = self.events[-1][0].publication.position
 
-    def resync(self, reason: str, current: Position) -> None:
+    def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.resync_reason = reason
         self.arrived.set()
 

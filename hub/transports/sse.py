@@ -77,9 +77,10 @@ class SseConnection:
             self.metrics.slow_consumers.labels("sse").inc()
             self.end()
 
-    def resync(self, reason: str, current: Position) -> None:
+    def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("sse", reason).inc()
-        self.buffer.push(_sse("resync", resync_message("*", self.region, reason, current)), 0)
+        message = resync_message(",".join(c.name for c in channels), self.region, reason, current)
+        self.buffer.push(_sse("resync", message), 0)
 
     def end(self, last: bytes | None = None) -> None:
         """Stop after what is queued (and ``last``); the client reconnects with Last-Event-ID."""

@@ -53,10 +53,11 @@ _MESSAGE_FIELDS = {
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, request: Any = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.request = request  # the decoded message, when there was one: its id is echoed
 
 
 class WsConnection:
@@ -87,7 +88,7 @@ class WsConnection:
         self._push(payload, None)
 
     def _push(self, payload: str | bytes, ts: float | None) -> None:
-        if not self.buffer.push(payload, len(payload), ts):
+        if not self.buffer.push(payload, len(payload), ts) and self.state is ConnectionState.OPEN:
             self.metrics.slow_consumers.labels("websocket").inc()
             self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: resume from your last position")
 
@@ -97,10 +98,10 @@ class WsConnection:
         )
         self._push(payload, event.ts)
 
-    def resync(self, reason: str, current: Position) -> None:
+    def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("websocket", reason).inc()
-        for name in self.feeds:
-            self.send(resync_message(name, self.engine.region, reason, current))
+        for channel in channels:
+            self.send(resync_message(channel.name, self.engine.region, reason, current))
 
     async def write_forever(self) -> None:
         latency = self.metrics.delivery_latency.labels("websocket")
@@ -138,8 +139,9 @@ class WsConnection:
             # A stalled peer never acknowledges the close frame: do not wait for it for long.
             await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), timeout=2)
         except (TimeoutError, ConnectionError):
+            # abort, not close: close would wait to flush what the peer is not reading.
             if self.request.transport is not None:
-                self.request.transport.close()
+                self.request.transport.abort()
         self.state = self.state.to(ConnectionState.CLOSED)
 
     # -- incoming ----------------------------------------------------------------------------------
@@ -156,7 +158,8 @@ class WsConnection:
             raw = message.data
         else:
             raise ProtocolError("malformed_frame", "unsupported frame type")
-        if len(raw) > self.settings.ws_max_frame_bytes:
+        size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+        if size > self.settings.ws_max_frame_bytes:
             raise ProtocolError(
                 "frame_too_large", f"frames are at most {self.settings.ws_max_frame_bytes} bytes"
             )
@@ -165,7 +168,11 @@ class WsConnection:
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             raise ProtocolError("malformed_frame", f"the frame does not decode: {exc}") from exc
         if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
-            raise ProtocolError("malformed_frame", 'a message is an object with a "type"')
+            raise ProtocolError(
+                "malformed_frame",
+                'a message is an object with a "type"',
+                decoded if isinstance(decoded, dict) else None,
+            )
         return decoded
 
     async def handle(self, message: dict[str, Any]) -> None:
@@ -255,6 +262,9 @@ class WsConnection:
 
     def unsubscribe(self, message: dict[str, Any]) -> None:
         name = message.get("channel")
+        if isinstance(name, str):
+            with contextlib.suppress(ChannelError):
+                name = parse_channel(name).name  # the name it was subscribed under
         feed = self.feeds.pop(name, None) if isinstance(name, str) else None
         if feed is None:
             raise ProtocolError("not_subscribed", f"not subscribed to {str(name)[:140]}")
@@ -312,7 +322,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 decoded = connection.decode(frame)
                 await connection.handle(decoded)
             except ProtocolError as exc:
-                connection.send({"type": "error", "code": exc.code, "message": exc.message, **_echo(decoded)})
+                echo = _echo(exc.request if isinstance(exc.request, dict) else decoded)
+                connection.send({"type": "error", "code": exc.code, "message": exc.message, **echo})
     finally:
         if expiry is not None:
             expiry.cancel()

@@ -1,0 +1,1 @@
+"""The Redis Lua scripts of sync.broker_redis, shipped as package data."""
