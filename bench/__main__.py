@@ -6,7 +6,7 @@ import sys
 
 
 def main() -> int:
-    names = {"reservations": "bench.reservations"}
+    names = {"reservations": "bench.reservations", "fanout": "bench.fanout"}
     if len(sys.argv) < 2 or sys.argv[1] not in names:
         print(f"usage: python -m bench {{{','.join(names)}}} [options]", file=sys.stderr)
         return 2
