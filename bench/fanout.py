@@ -5,7 +5,8 @@ its arrival at the client) p50/p99/max, the hub's CPU seconds (from /proc) and d
 CPU-second, and the load generator's own CPU. ``--nodes 2`` runs two hubs on one Redis and PostgreSQL:
 clients on node B, writes through node A, so the figures include the Redis Streams hop.
 
-Run: ``python -m bench fanout [--clients 1000] [--changes 200] [--rate 100] [--transport ws|sse] [--nodes 1|2]``
+Run: ``python -m bench fanout [--clients 1000] [--changes 200] [--rate 100] [--transport ws|sse]
+[--nodes 1|2]``
 """
 
 from __future__ import annotations
