@@ -54,28 +54,29 @@ class Node:
                 await self.kill()
 
 
-async def start_node(name: str, database_url: str, redis_url: str, prefix: str, region: str = "eu") -> Node:
+async def start_node(
+    name: str,
+    database_url: str,
+    redis_url: str | None = None,
+    prefix: str = "synchub:",
+    region: str = "eu",
+    extra: tuple[str, ...] = (),
+) -> Node:
+    """A real ``synchub serve`` process on a free port, once it answers /readyz."""
     port = free_port()
     workdir = tempfile.mkdtemp(prefix=f"synchub-{name}-")
+    args = ["--port", str(port), "--database-url", database_url, "--region", region, "--node-id", name]
+    if redis_url:
+        args += ["--redis-url", redis_url, "--redis-prefix", prefix]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "hub.cli",
         "serve",
-        "--port",
-        str(port),
-        "--database-url",
-        database_url,
-        "--redis-url",
-        redis_url,
-        "--redis-prefix",
-        prefix,
-        "--region",
-        region,
-        "--node-id",
-        name,
+        *args,
         "--log-level",
         "WARNING",
+        *extra,
         env={**os.environ, "SYNCHUB_JWT_SECRET": JWT_SECRET, "PYTHONPATH": os.getcwd()},
         cwd=workdir,
         stdout=asyncio.subprocess.DEVNULL,

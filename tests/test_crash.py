@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
-import sys
 
 import aiohttp
 import orjson
@@ -22,53 +18,17 @@ from sync.broker import Publication
 from sync.broker_memory import MemoryBroker
 from sync.channels import inventory_stream
 from sync.relay import OutboxRelay
-from tests.conftest import JWT_SECRET, token
+from tests.cluster_helpers import start_node
+from tests.conftest import token
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_until_up(base: str, session: aiohttp.ClientSession, proc: asyncio.subprocess.Process) -> None:
-    for _ in range(200):
-        if proc.returncode is not None:
-            raise AssertionError(f"the hub exited with {proc.returncode}")
-        with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(base + "/healthz") as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the hub did not start")
-
-
-async def test_sigkill_after_commit_loses_no_event(database_url: str, tmp_path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "SYNCHUB_JWT_SECRET": JWT_SECRET}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hub.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--database-url",
-        database_url,
-        "--no-relay",
-        "--log-level",
-        "WARNING",
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+async def test_sigkill_after_commit_loses_no_event(database_url: str) -> None:
+    node = await start_node("crashing", database_url, extra=("--no-relay",))
+    base = node.base
     admin = {"Authorization": f"Bearer {token('root', 'admin')}"}
     acknowledged: list[int] = []
     try:
         async with aiohttp.ClientSession(headers=admin) as session:
-            await wait_until_up(base, session, proc)
             async with session.post(
                 base + "/api/v1/warehouses", json={"id": "par-1", "region": "eu", "name": "Paris"}
             ) as r:
@@ -91,13 +51,10 @@ async def test_sigkill_after_commit_loses_no_event(database_url: str, tmp_path) 
             enough = asyncio.Event()
             burst = [asyncio.create_task(adjust()) for _ in range(300)]
             await asyncio.wait_for(enough.wait(), timeout=30)
-            proc.send_signal(signal.SIGKILL)  # mid-burst: some requests committed, some never will
-            await proc.wait()
+            await node.kill()  # SIGKILL mid-burst: some requests committed, some never will
             await asyncio.gather(*burst)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await node.kill()
 
     assert 50 <= len(acknowledged) < 300
     store = open_store(database_url)
