@@ -93,15 +93,26 @@ class SseConnection:
         latency = self.metrics.delivery_latency.labels("sse")
         sent = self.metrics.messages_sent.labels("sse")
         sent_bytes = self.metrics.bytes_sent.labels("sse")
+        loop = asyncio.get_running_loop()
+        next_heartbeat = loop.time() + heartbeat
         while True:
             try:
-                batch = await asyncio.wait_for(self.buffer.take(), heartbeat)
+                # Wake at least once a second: a client that went away is noticed then, not at the
+                # next heartbeat write.
+                wait = max(0.0, min(1.0, next_heartbeat - loop.time()))
+                batch = await asyncio.wait_for(self.buffer.take(), wait)
             except TimeoutError:
-                await self.response.write(b": heartbeat\n\n")
+                transport = self.request.transport
+                if transport is None or transport.is_closing():
+                    return
+                if loop.time() >= next_heartbeat:
+                    await self.response.write(b": heartbeat\n\n")
+                    next_heartbeat = loop.time() + heartbeat
                 continue
             if batch:
                 # One write for everything pending: SSE messages concatenate.
                 await self.response.write(b"".join(payload for payload, _, _ in batch))
+                next_heartbeat = loop.time() + heartbeat
                 now = time.time()
                 for _, _, ts in batch:
                     if ts is not None:
