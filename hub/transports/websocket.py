@@ -77,26 +77,24 @@ class WsConnection:
         self._closing: asyncio.Task[None] | None = None
 
     # -- outgoing ----------------------------------------------------------------------------------
-    def encode(self, message: dict[str, Any]) -> str | bytes:
+    def encode(self, message: dict[str, Any]) -> bytes:
         if self.binary:
             packed: bytes = msgpack.packb(message)
             return packed
-        return orjson.dumps(message).decode()
+        return orjson.dumps(message)
 
     def send(self, message: dict[str, Any]) -> None:
         payload = self.encode(message)
         self._push(payload, None)
 
-    def _push(self, payload: str | bytes, ts: float | None) -> None:
+    def _push(self, payload: bytes, ts: float | None) -> None:
         if not self.buffer.push(payload, len(payload), ts) and self.state is ConnectionState.OPEN:
             self.metrics.slow_consumers.labels("websocket").inc()
             self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: resume from your last position")
 
     def deliver(self, event: Event, channel: Channel) -> None:
-        payload: str | bytes = (
-            event.msgpack(channel.name) if self.binary else event.json(channel.name).decode()
-        )
-        self._push(payload, event.ts)
+        # The shared encoding goes out as it is: no per-connection copy or re-encoding.
+        self._push(event.msgpack(channel.name) if self.binary else event.json(channel.name), event.ts)
 
     def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("websocket", reason).inc()
@@ -107,15 +105,13 @@ class WsConnection:
         latency = self.metrics.delivery_latency.labels("websocket")
         sent = self.metrics.messages_sent.labels("websocket")
         sent_bytes = self.metrics.bytes_sent.labels("websocket")
+        opcode = WSMsgType.BINARY if self.binary else WSMsgType.TEXT
         while True:
             batch = await self.buffer.take()
             if not batch:
                 return
             for payload, _size, ts in batch:
-                if isinstance(payload, str):
-                    await self.ws.send_str(payload)
-                else:
-                    await self.ws.send_bytes(payload)
+                await self.ws.send_frame(payload, opcode)
                 if ts is not None:
                     latency.observe(max(0.0, time.time() - ts))
             sent.inc(len(batch))
