@@ -63,18 +63,25 @@ def from_dict(payload: Any) -> Any:
         return entry.decode(payload["s"])
     except CodecError:
         raise
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise CodecError(f"malformed {tag} v{version} state: {exc}") from exc
 
 
 def to_msgpack(value: Any) -> bytes:
-    packed: bytes = msgpack.packb(to_dict(value), use_bin_type=True)
+    payload = to_dict(value)
+    try:
+        packed: bytes = msgpack.packb(payload, use_bin_type=True)
+    except (OverflowError, TypeError, ValueError) as exc:  # e.g. an integer beyond 64 bits
+        raise CodecError(f"cannot encode {type(value).__name__} as MessagePack: {exc}") from exc
     return packed
 
 
 def from_msgpack(data: bytes) -> Any:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError(f"MessagePack comes as bytes, not {type(data).__name__}")
     try:
         payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        # TypeError: a map keyed by a list or a map (unhashable in Python).
         raise CodecError(f"not MessagePack: {exc}") from exc
     return from_dict(payload)

@@ -48,14 +48,19 @@ class CausalContext:
     def of(dots: Iterable[Dot]) -> CausalContext:
         return CausalContext({}, frozenset(dots)).compact()
 
+    def _canonical(self) -> tuple[frozenset[tuple[str, int]], frozenset[Dot]]:
+        # Equal dot sets, equal form: compacted, and a replica at counter 0 is no entry at all.
+        c = self.compact()
+        return frozenset((r, n) for r, n in c.vv.items() if n > 0), c.cloud
+
     def __hash__(self) -> int:
-        return hash((frozenset(self.vv.items()), self.cloud))
+        # Hash what __eq__ compares: {x: 1} and the cloud {x:1} are equal, so they hash alike.
+        return hash(self._canonical())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CausalContext):
             return NotImplemented
-        a, b = self.compact(), other.compact()
-        return dict(a.vv) == dict(b.vv) and a.cloud == b.cloud
+        return self._canonical() == other._canonical()
 
     def contains(self, dot: Dot) -> bool:
         return dot.counter <= self.vv.get(dot.replica, 0) or dot in self.cloud
@@ -98,10 +103,12 @@ class CausalContext:
         return CausalContext(vv, frozenset(remaining))
 
     def dots(self) -> Iterator[Dot]:
-        for replica, top in self.vv.items():
+        """Every seen dot, once (a cloud dot the vector already covers is not repeated)."""
+        c = self.compact()
+        for replica, top in c.vv.items():
             for counter in range(1, top + 1):
                 yield Dot(replica, counter)
-        yield from self.cloud
+        yield from c.cloud
 
     def includes(self, other: CausalContext) -> bool:
         """Has this context seen every dot ``other`` has?"""

@@ -1,0 +1,166 @@
+"""Compact, JSON-safe wire pieces shared by the document types (:mod:`crdt.cart`, :mod:`crdt.review`).
+
+A document's encoded state starts with a **replica table**: every replica id the payload mentions,
+once; dots and timestamps then name a replica by its index in that table. An id in the canonical form
+:func:`crdt.dots.new_replica_id` draws (32 lower-case hex digits, 16 bytes) is written as its 20
+characters of base85; any other id is written as ``"."`` followed by the id ("." is not a base85
+character, so the two forms cannot be confused).
+
+A **causal context** is a flat list of integer pairs ``[replica index, n, ...]``: ``n > 0`` is the
+version-vector entry "all of 1..n", ``n < 0`` the single cloud dot ``-n``. The dots of the entries a
+payload carries are always part of its context, so writers leave them out and readers add them back
+(``implied``): a one-line delta's context is then usually empty.
+
+Readers are strict: anything out of shape raises :class:`~crdt.codec.CodecError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+from crdt.codec import CodecError
+from crdt.context import CausalContext
+from crdt.dots import Dot
+from crdt.hlc import Timestamp
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_CACHE_LIMIT = 4096
+_packed: dict[str, str] = {}
+_unpacked: dict[str, str] = {}
+
+
+def pack_replica(replica: str) -> str:
+    text = _packed.get(replica)
+    if text is None:
+        if _HEX32.fullmatch(replica):
+            text = base64.b85encode(bytes.fromhex(replica)).decode("ascii")
+        else:
+            text = "." + replica
+        if len(_packed) >= _CACHE_LIMIT:
+            _packed.clear()
+        _packed[replica] = text
+    return text
+
+
+def unpack_replica(text: object) -> str:
+    if not isinstance(text, str):
+        raise CodecError("a replica id is a string")
+    replica = _unpacked.get(text)
+    if replica is not None:
+        return replica
+    if text.startswith("."):
+        replica = text[1:]
+        if not replica:
+            raise CodecError("empty replica id")
+    elif len(text) == 20:
+        try:
+            replica = base64.b85decode(text).hex()
+        except (ValueError, binascii.Error) as exc:
+            raise CodecError(f"bad base85 replica id {text!r}") from exc
+    else:
+        raise CodecError(f"bad replica id {text!r}")
+    if len(_unpacked) >= _CACHE_LIMIT:
+        _unpacked.clear()
+    _unpacked[text] = replica
+    return replica
+
+
+class ReplicaTable:
+    """Replica ids in order of first use, for one payload."""
+
+    __slots__ = ("_index", "ids")
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def index(self, replica: str) -> int:
+        i = self._index.get(replica)
+        if i is None:
+            i = self._index[replica] = len(self.ids)
+            self.ids.append(replica)
+        return i
+
+    def encoded(self) -> list[str]:
+        return [pack_replica(r) for r in self.ids]
+
+
+def decode_table(raw: object) -> list[str]:
+    items = need_list(raw)
+    ids = [unpack_replica(x) for x in items]
+    if len(set(ids)) != len(ids):
+        raise CodecError("a replica appears twice in the replica table")
+    return ids
+
+
+def encode_context(ctx: CausalContext, table: ReplicaTable, implied: Collection[Dot] = ()) -> list[int]:
+    out: list[int] = []
+    for replica, top in ctx.vv.items():
+        if top > 0:
+            out += (table.index(replica), top)
+    for dot in sorted(ctx.cloud):
+        if dot not in implied:
+            out += (table.index(dot.replica), -dot.counter)
+    return out
+
+
+def decode_context(raw: object, replicas: Sequence[str], implied: Iterable[Dot] = ()) -> CausalContext:
+    flat = need_list(raw)
+    if len(flat) % 2:
+        raise CodecError("a context is a flat list of (replica, n) pairs")
+    vv: dict[str, int] = {}
+    cloud: set[Dot] = set(implied)
+    for i in range(0, len(flat), 2):
+        replica = replicas[need_index(flat[i], len(replicas))]
+        n = need_int(flat[i + 1])
+        if n > 0:
+            if replica in vv:
+                raise CodecError(f"replica {replica!r} appears twice in a version vector")
+            vv[replica] = n
+        elif n < 0:
+            cloud.add(Dot(replica, -n))
+        else:
+            raise CodecError("a context entry is never 0")
+    return CausalContext(vv, frozenset(cloud)).compact()
+
+
+def encode_timestamp(ts: Timestamp, table: ReplicaTable) -> tuple[int, int, int]:
+    return ts.wall_ms, ts.logical, table.index(ts.replica)
+
+
+def decode_timestamp(wall: object, logical: object, replica: object, replicas: Sequence[str]) -> Timestamp:
+    return Timestamp(need_int(wall, 0), need_int(logical, 0), replicas[need_index(replica, len(replicas))])
+
+
+def need_int(value: object, low: int | None = None, high: int | None = None) -> int:
+    if type(value) is not int:
+        raise CodecError(f"expected an integer, got {type(value).__name__}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise CodecError(f"integer {value} out of range [{low}, {high}]")
+    return value
+
+
+def need_index(value: object, size: int) -> int:
+    if type(value) is not int or not 0 <= value < size:
+        raise CodecError(f"replica index {value!r} is not in the table")
+    return value
+
+
+def need_str(value: object, max_length: int, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise CodecError(f"expected a string, got {type(value).__name__}")
+    if len(value) > max_length or (not value and not allow_empty):
+        raise CodecError(f"string of length {len(value)} out of bounds")
+    return value
+
+
+def need_list(value: object, length: int | None = None) -> list[Any]:
+    if not isinstance(value, list):
+        raise CodecError(f"expected a list, got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise CodecError(f"expected {length} items, got {len(value)}")
+    return value

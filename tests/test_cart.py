@@ -1,0 +1,412 @@
+"""The cart's rules, one example each. Every delta and state that travels goes through the codec."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from crdt import codec
+from crdt.cart import MAX_QUANTITY, Cart, ClosedCartError, Line, RejectedEdit
+from crdt.dots import Dot, new_replica_id
+from crdt.hlc import Timestamp
+
+_formats = itertools.cycle(["dict", "msgpack"])
+
+
+def wire(value: Cart) -> Cart:
+    """What the other end receives: alternately through the JSON-safe dict and MessagePack."""
+    if next(_formats) == "dict":
+        out = codec.from_dict(codec.to_dict(value))
+    else:
+        out = codec.from_msgpack(codec.to_msgpack(value))
+    assert isinstance(out, Cart)
+    assert out == value
+    return out
+
+
+class Device:
+    """One replica of the cart: it applies its own deltas and returns them for sending."""
+
+    def __init__(self, replica: str, cart: Cart | None = None) -> None:
+        self.replica = replica
+        self.cart = Cart.new() if cart is None else wire(cart)
+        self.wall = 1_000
+
+    def ts(self, wall: int | None = None) -> Timestamp:
+        self.wall += 1
+        return Timestamp(self.wall if wall is None else wall, 0, self.replica)
+
+    def do(self, delta: Cart) -> Cart:
+        delta = wire(delta)
+        self.cart.apply(delta)
+        return delta
+
+    def add(self, sku: str, amount: int = 1) -> Cart:
+        return self.do(self.cart.add(self.replica, sku, amount))
+
+    def set(self, sku: str, quantity: int, wall: int | None = None) -> Cart:
+        return self.do(self.cart.set(self.replica, sku, quantity, self.ts(wall)))
+
+    def remove(self, sku: str) -> Cart:
+        return self.do(self.cart.remove(self.replica, sku))
+
+    def close(self) -> Cart:
+        return self.do(self.cart.close(self.replica))
+
+    def receive(self, *deltas: Cart) -> None:
+        for delta in deltas:
+            self.cart.apply(wire(delta))
+
+
+def pair() -> tuple[Device, Device]:
+    return Device("phone"), Device("laptop")
+
+
+def test_adding_to_the_cart_increments_the_line() -> None:
+    phone, _ = pair()
+    phone.add("tea")
+    phone.add("tea", 2)
+    assert phone.cart.value() == {"tea": 3}
+
+
+def test_concurrent_adds_on_two_devices_are_both_kept() -> None:
+    phone, laptop = pair()
+    a, b = phone.add("tea"), laptop.add("tea")
+    phone.receive(b)
+    laptop.receive(a)
+    assert phone.cart.value() == laptop.cart.value() == {"tea": 2}
+    assert phone.cart == laptop.cart
+
+
+def test_setting_the_quantity_replaces_it_and_cancels_the_adds_it_has_seen() -> None:
+    phone, laptop = pair()
+    laptop.receive(phone.add("tea"), phone.add("tea"))
+    d = laptop.set("tea", 5)
+    phone.receive(d)
+    assert phone.cart.value() == laptop.cart.value() == {"tea": 5}
+
+
+def test_concurrent_sets_of_the_same_value_give_that_value_not_the_sum() -> None:
+    phone, laptop = pair()
+    laptop.receive(phone.add("tea"))
+    a, b = phone.set("tea", 3), laptop.set("tea", 3)
+    phone.receive(b)
+    laptop.receive(a)
+    assert phone.cart.value() == laptop.cart.value() == {"tea": 3}
+    assert phone.cart.conflicts() == {}
+
+
+def test_of_two_concurrent_sets_the_later_by_clock_wins_and_the_loser_is_a_visible_conflict() -> None:
+    phone, laptop = pair()
+    a = phone.set("tea", 5, wall=2_000)
+    b = laptop.set("tea", 2, wall=1_500)
+    phone.receive(b)
+    laptop.receive(a)
+    for device in (phone, laptop):
+        assert device.cart.value() == {"tea": 5}
+        assert device.cart.line("tea") == Line(5, (2,))
+        assert device.cart.conflicts() == {"tea": (2,)}
+
+
+def test_a_clock_tie_between_concurrent_sets_is_broken_by_replica_id() -> None:
+    a_device, b_device = Device("a"), Device("b")
+    a = a_device.set("tea", 7, wall=2_000)
+    b = b_device.set("tea", 4, wall=2_000)
+    a_device.receive(b)
+    b_device.receive(a)
+    assert a_device.cart.value() == b_device.cart.value() == {"tea": 4}  # Timestamp(…, "b") > (…, "a")
+    assert a_device.cart.conflicts() == {"tea": (7,)}
+
+
+def test_setting_again_after_a_conflict_resolves_it() -> None:
+    phone, laptop = pair()
+    a, b = phone.set("tea", 5), laptop.set("tea", 2)
+    phone.receive(b)
+    laptop.receive(a, phone.set("tea", 4))
+    assert laptop.cart.value() == {"tea": 4}
+    assert laptop.cart.conflicts() == {}
+
+
+def test_a_set_concurrent_with_an_add_gives_the_set_plus_the_add() -> None:
+    phone, laptop = pair()
+    laptop.receive(phone.add("tea"))
+    a = phone.add("tea")
+    b = laptop.set("tea", 3)
+    phone.receive(b)
+    laptop.receive(a)
+    assert phone.cart.value() == laptop.cart.value() == {"tea": 4}
+
+
+def test_removing_a_line_removes_what_the_device_has_seen() -> None:
+    phone, laptop = pair()
+    laptop.receive(phone.add("tea"), phone.add("milk"))
+    phone.receive(laptop.set("tea", 4))
+    laptop.receive(phone.remove("tea"))
+    assert phone.cart.value() == laptop.cart.value() == {"milk": 1}
+    assert phone.cart == laptop.cart
+
+
+def test_a_stale_device_that_reconnects_never_brings_a_removed_line_back() -> None:
+    phone, laptop = pair()
+    laptop.receive(phone.add("tea", 2))
+    stale = laptop.cart.copy()  # the laptop goes offline holding the line
+    phone.remove("tea")
+    phone.receive(stale)  # it comes back with its whole old state
+    assert phone.cart.value() == {}
+    laptop.receive(phone.cart)  # and takes in the phone's state
+    assert laptop.cart.value() == {}
+    assert laptop.cart == phone.cart
+
+
+def test_a_new_add_concurrent_with_a_remove_wins_with_only_the_new_add() -> None:
+    phone, laptop = pair()
+    laptop.receive(phone.add("tea", 3))
+    a = phone.remove("tea")
+    b = laptop.add("tea")
+    phone.receive(b)
+    laptop.receive(a)
+    assert phone.cart.value() == laptop.cart.value() == {"tea": 1}
+
+
+def test_deltas_arriving_out_of_order_or_twice_give_the_same_cart() -> None:
+    phone, laptop = pair()
+    deltas = [phone.add("tea"), phone.add("tea"), phone.set("tea", 7), phone.add("milk"), phone.remove("tea")]
+    for delta in [*reversed(deltas), *deltas]:
+        laptop.receive(delta)
+    assert laptop.cart == phone.cart
+    assert laptop.cart.value() == {"milk": 1}
+
+
+def test_a_quantity_is_never_below_zero() -> None:
+    phone, _ = pair()
+    for bad in (0, -1, MAX_QUANTITY + 1, True, 1.5):
+        with pytest.raises(ValueError):
+            phone.cart.add("phone", "tea", bad)  # type: ignore[arg-type]
+    for bad in (-1, MAX_QUANTITY + 1, False):
+        with pytest.raises(ValueError):
+            phone.cart.set("phone", "tea", bad, phone.ts())
+    payload = codec.to_dict(phone.cart.add("phone", "tea"))
+    payload["s"][1][1][2] = -3  # a negative amount forged on the wire
+    with pytest.raises(codec.CodecError):
+        codec.from_dict(payload)
+
+
+def test_a_line_set_to_zero_is_not_in_the_value_but_keeps_its_conflicts() -> None:
+    phone, laptop = pair()
+    a, b = phone.set("tea", 0, wall=2_000), laptop.set("tea", 2, wall=1_000)
+    phone.receive(b)
+    assert phone.cart.value() == {}
+    assert phone.cart.lines() == {"tea": Line(0, (2,))}
+    laptop.receive(a)
+    assert laptop.cart == phone.cart
+
+
+def test_checking_out_closes_the_cart_and_later_local_edits_raise() -> None:
+    phone, laptop = pair()
+    laptop.receive(phone.add("tea", 2))
+    laptop.receive(phone.close())
+    assert phone.cart.closed and laptop.cart.closed
+    assert laptop.cart.value() == {"tea": 2}
+    for device in (phone, laptop):
+        with pytest.raises(ClosedCartError):
+            device.cart.add(device.replica, "tea")
+        with pytest.raises(ClosedCartError):
+            device.cart.set(device.replica, "tea", 1, device.ts())
+        with pytest.raises(ClosedCartError):
+            device.cart.remove(device.replica, "tea")
+        with pytest.raises(ClosedCartError):
+            device.cart.close(device.replica)
+
+
+def test_edits_the_checkout_had_not_seen_are_refused_by_the_merge_and_listed() -> None:
+    phone, laptop = pair()
+    laptop.receive(phone.add("tea", 2))
+    close = phone.close()
+    late = [laptop.add("tea"), laptop.add("milk"), laptop.set("tea", 9)]  # the laptop is offline
+    phone.receive(*late)
+    laptop.receive(close)
+    for device in (phone, laptop):
+        assert device.cart.value() == {"tea": 2}
+        assert {(e.sku, e.kind, e.quantity) for e in device.cart.rejected_edits()} == {
+            ("milk", "add", 1),
+            ("tea", "set", 9),  # (the laptop's own +1 was cancelled by its set: not listed)
+            ("tea", "cancel", 2),  # the set cancelled the checked-out add: refused too
+        }
+    assert phone.cart == laptop.cart
+
+
+def test_a_remove_the_checkout_had_not_seen_is_refused() -> None:
+    phone, laptop = pair()
+    laptop.receive(phone.add("tea", 2))
+    close = phone.close()
+    phone.receive(laptop.remove("tea"))
+    laptop.receive(close)
+    assert phone.cart.value() == laptop.cart.value() == {"tea": 2}
+    [edit] = phone.cart.rejected_edits()
+    assert edit == RejectedEdit("tea", "cancel", Dot("phone", 1), 2)
+
+
+def test_a_device_that_only_received_the_checkout_shows_the_checked_out_cart() -> None:
+    phone, laptop = pair()
+    phone.add("tea", 2)
+    laptop.receive(phone.close())  # never saw the add itself
+    assert laptop.cart.value() == {"tea": 2}
+    assert laptop.cart.rejected_edits() == []
+
+
+def test_concurrent_checkouts_freeze_the_union_of_what_the_devices_had_seen() -> None:
+    phone, laptop = pair()
+    tea, milk = phone.add("tea"), laptop.add("milk")
+    a, b = phone.close(), laptop.close()
+    phone.receive(b)
+    laptop.receive(a)
+    assert phone.cart.value() == laptop.cart.value() == {"tea": 1, "milk": 1}
+    phone.receive(milk)  # the live carts too, for equal states
+    laptop.receive(tea)
+    assert phone.cart.value() == laptop.cart.value() == {"tea": 1, "milk": 1}
+    assert phone.cart == laptop.cart
+
+
+def test_an_open_cart_has_no_rejected_edits() -> None:
+    phone, _ = pair()
+    phone.add("tea")
+    assert not phone.cart.closed
+    assert phone.cart.rejected_edits() == []
+
+
+def test_mutators_return_a_delta_and_leave_the_cart_unchanged() -> None:
+    phone, _ = pair()
+    phone.add("tea")
+    before = phone.cart.copy()
+    phone.cart.add("phone", "tea")
+    phone.cart.set("phone", "tea", 3, phone.ts())
+    phone.cart.remove("phone", "tea")
+    phone.cart.close("phone")
+    assert phone.cart == before
+
+
+def test_applying_a_delta_does_not_share_state_with_it() -> None:
+    phone, laptop = pair()
+    delta = phone.add("tea")
+    copy = wire(delta)
+    laptop.receive(delta)
+    laptop.add("tea")
+    laptop.set("tea", 4)
+    assert delta == copy
+
+
+def test_equality_is_structural_not_by_value() -> None:
+    phone, laptop = pair()
+    phone.add("tea", 2)
+    laptop.add("tea")
+    laptop.add("tea")
+    assert phone.cart.value() == laptop.cart.value()
+    assert phone.cart != laptop.cart
+
+
+def test_a_one_line_delta_does_not_grow_with_the_number_of_lines() -> None:
+    sizes = []
+    for lines in (300, 3_000):  # counters of both sizes take 3 bytes in MessagePack
+        phone, laptop = Device(new_replica_id()), Device(new_replica_id())
+        for i in range(lines):
+            phone.add(f"sku-{i:05d}")
+        laptop.receive(phone.cart)
+        for i in range(lines):
+            laptop.add(f"sku-{i:05d}")  # every line now holds dots of two replicas
+        phone.receive(laptop.cart)
+        for i in range(lines // 2):
+            phone.remove(f"sku-{i:05d}")  # and the context has gaps
+        last = f"sku-{lines - 1:05d}"
+        set_delta = phone.cart.set(phone.replica, last, 3, phone.ts(wall=1_700_000_000_000))
+        assert len(list(set_delta.context.dots())) == 3  # the line's two adds and the set itself
+        sizes.append(
+            (
+                len(codec.to_msgpack(phone.cart.add(phone.replica, last))),
+                len(codec.to_msgpack(set_delta)),
+                len(codec.to_msgpack(phone.cart.remove(phone.replica, last))),
+            )
+        )
+    small, large = sizes
+    assert small == large
+    assert max(large) < 100
+
+
+def test_the_worked_example_of_the_module_docstring_holds() -> None:
+    cart = Cart.new()
+    d1 = cart.add("P", "tea")
+    cart.apply(d1)
+    laptop = cart.merge(Cart.new())
+    d2 = cart.add("P", "tea")
+    cart.apply(d2)
+    d3 = laptop.set("L", "tea", 5, Timestamp(1, 0, "L"))
+    laptop.apply(d3)
+    cart.apply(d3)
+    assert cart.value() == {"tea": 6}
+    d4 = cart.remove("P", "tea")
+    assert set(d4.context.dots()) == {Dot("P", 2), Dot("L", 1), Dot("P", 3)}
+    cart.apply(d4)
+    laptop.apply(d2)
+    laptop.apply(d4)
+    assert cart == laptop
+    assert cart.value() == {}
+
+
+def test_merge_is_idempotent_commutative_and_associative_on_examples() -> None:
+    phone, laptop, tablet = Device("p"), Device("l"), Device("t")
+    phone.add("tea")
+    laptop.receive(phone.cart)
+    laptop.set("tea", 3)
+    tablet.add("tea", 2)
+    phone.remove("tea")
+    tablet.close()
+    a, b, c = phone.cart, laptop.cart, tablet.cart
+    assert a.merge(a) == a
+    assert a.merge(b) == b.merge(a)
+    assert a.merge(b).merge(c) == a.merge(b.merge(c))
+    assert a.merge(b).merge(c).closed
+    assert a.merge(b).merge(c).value() == {"tea": 2}  # the tablet had seen only its own add
+
+
+def test_inputs_are_validated() -> None:
+    cart = Cart.new()
+    with pytest.raises(ValueError):
+        cart.add("", "tea")
+    with pytest.raises(ValueError):
+        cart.add("phone", "")
+    with pytest.raises(ValueError):
+        cart.add("phone", "x" * 201)
+    with pytest.raises(ValueError):
+        cart.set("phone", "tea", 1, Timestamp(-1, 0, "phone"))
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        None,
+        [],
+        [[], []],
+        [["not base85!!"], [], []],
+        [[".a", ".a"], [], []],  # a replica twice in the table
+        [[".a"], ["tea", [], []], []],  # an empty line
+        [[".a"], ["tea", [0, 1, 1], [], "tea", [0, 2, 1], []], []],  # a line twice
+        [[".a"], ["tea", [0, 1, 1], [], "milk", [0, 1, 1], []], []],  # a dot twice
+        [[".a"], ["tea", [1, 1, 1], []], []],  # replica index out of the table
+        [[".a"], ["tea", [0, 0, 1], []], []],  # counter 0
+        [[".a"], ["tea", [0, 1, True], []], []],  # a bool is not a number
+        [[".a"], ["tea", [], [0, 1, 3, 5, 0]], []],  # a set entry is six numbers
+        [[".a"], [], [0, 0]],  # a context entry is never 0
+        [[".a"], [], [0, 1, 0, 2]],  # a replica twice in the version vector
+        [[".a"], [], [], [], []],  # a snapshot without its close dot
+    ],
+)
+def test_the_decoder_refuses_malformed_states(state: object) -> None:
+    with pytest.raises(codec.CodecError):
+        codec.from_dict({"t": "cart", "v": 1, "s": state})
+
+
+def test_an_unknown_cart_version_is_an_error() -> None:
+    payload = codec.to_dict(Cart.new())
+    payload["v"] = 2
+    with pytest.raises(codec.CodecError):
+        codec.from_dict(payload)
