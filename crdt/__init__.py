@@ -4,6 +4,7 @@ Importing the package registers every type below with :mod:`crdt.codec`, so that
 and ``codec.from_msgpack`` know them all.
 """
 
+from crdt.base import Crdt
 from crdt.ccounter import CCounter
 from crdt.flags import DWFlag, EWFlag
 from crdt.gcounter import GCounter
@@ -24,3 +25,16 @@ __all__ = [
     "ORMap",
     "PNCounter",
 ]
+
+# Checked by mypy: every type has the interface of crdt.base.Crdt.
+TYPES: tuple[type[Crdt], ...] = (
+    AWORSet,
+    CCounter,
+    DWFlag,
+    EWFlag,
+    GCounter,
+    LWWRegister,
+    MVRegister,
+    ORMap,
+    PNCounter,
+)

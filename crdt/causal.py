@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from crdt.codec import CodecError
 from crdt.context import CausalContext
@@ -120,7 +120,7 @@ class Causal(Generic[S]):
     it inherits ``new``, ``merge``, ``apply``, structural ``__eq__`` and the codec functions
     ``encode``/``decode`` (format ``{"e": <store>, "c": <context>}``)."""
 
-    TYPE_TAG: ClassVar[str]
+    TYPE_TAG: str  # set by codec.register
     __slots__ = ("_context", "_store")
 
     def __init__(self, store: S, context: CausalContext) -> None:

@@ -32,7 +32,7 @@ two replicas' increments overwrite each other (the maximum keeps one of them) â€
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 from crdt import codec
 from crdt.wire import UINT64_MAX, check_replica, expect_dict, expect_int, expect_str, same_type
@@ -74,7 +74,7 @@ def decode_counts(raw: Any, what: str) -> dict[str, int]:
 
 
 class GCounter:
-    TYPE_TAG: ClassVar[str]
+    TYPE_TAG: str  # set by codec.register
     __slots__ = ("_counts",)
 
     def __init__(self, counts: Mapping[str, int] | None = None) -> None:

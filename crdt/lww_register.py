@@ -35,7 +35,7 @@ a write made after seeing the current value can still lose to it if its clock is
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 from crdt import codec
 from crdt.hlc import Timestamp
@@ -53,7 +53,7 @@ from crdt.wire import (
 
 
 class LWWRegister:
-    TYPE_TAG: ClassVar[str]
+    TYPE_TAG: str  # set by codec.register
     __slots__ = ("_ts", "_value")
 
     def __init__(self, value: Any = None, ts: Timestamp | None = None) -> None:

@@ -29,7 +29,7 @@ forever, and a reused replica id loses counts (see :mod:`crdt.dots`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 from crdt import codec
 from crdt.gcounter import decode_counts, encode_counts, raise_entry
@@ -45,7 +45,7 @@ def _join(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
 
 
 class PNCounter:
-    TYPE_TAG: ClassVar[str]
+    TYPE_TAG: str  # set by codec.register
     __slots__ = ("_n", "_p")
 
     def __init__(self, p: Mapping[str, int] | None = None, n: Mapping[str, int] | None = None) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from crdt import codec
@@ -33,7 +34,13 @@ from crdt.ormap import ORMap
 from crdt.orset import AWORSet
 from crdt.pncounter import PNCounter
 from crdt.wire import canonical
-from tests import crdt_profiles  # noqa: F401  (registers and loads the Hypothesis profile)
+from tests.crdt_profiles import PROFILE  # (importing it registers and loads the Hypothesis profile)
+
+# The suites here run ~100 properties; the shared "ci" profile is sized for a few stateful tests.
+# Under "ci" they take this many examples each (the whole suite in well under a minute on 2 cores);
+# under any other profile ("deep"), what the profile says.
+CI_EXAMPLES = 50
+suite_settings = settings(max_examples=CI_EXAMPLES) if PROFILE == "ci" else settings()
 
 REPLICAS = ("a", "b", "c")
 MAX_STEPS = 14

@@ -20,7 +20,7 @@ from crdt.context import CausalContext, Order, compare
 from crdt.dots import Dot, new_replica_id
 from crdt.hlc import HybridClock, Timestamp
 from crdt.wire import decode_context, encode_context
-from tests import crdt_profiles  # noqa: F401  (registers and loads the Hypothesis profile)
+from tests.crdt_strategies import suite_settings
 
 REPLICAS = ("a", "b", "c")
 DOTS = st.builds(Dot, st.sampled_from(REPLICAS), st.integers(1, 9))
@@ -57,6 +57,7 @@ def seen(ctx: CausalContext) -> frozenset[Dot]:
     return frozenset(listed)
 
 
+@suite_settings
 @given(contexts())
 def test_a_context_stands_for_exactly_its_dots(c: tuple[CausalContext, frozenset[Dot]]) -> None:
     ctx, dots = c
@@ -66,6 +67,7 @@ def test_a_context_stands_for_exactly_its_dots(c: tuple[CausalContext, frozenset
             assert ctx.contains(Dot(replica, counter)) == (Dot(replica, counter) in dots)
 
 
+@suite_settings
 @given(DOT_SETS)
 def test_compaction_never_loses_or_invents_a_dot(dots: frozenset[Dot]) -> None:
     compact = CausalContext({}, dots).compact()
@@ -76,6 +78,7 @@ def test_compaction_never_loses_or_invents_a_dot(dots: frozenset[Dot]) -> None:
     assert compact.compact() == compact
 
 
+@suite_settings
 @given(contexts(), contexts(), contexts())
 def test_merge_is_union_and_a_lattice_join(x: Any, y: Any, z: Any) -> None:
     (a, da), (b, db), (c, dc) = x, y, z
@@ -87,6 +90,7 @@ def test_merge_is_union_and_a_lattice_join(x: Any, y: Any, z: Any) -> None:
     assert a.merge(b).includes(a) and a.merge(b).includes(b)
 
 
+@suite_settings
 @given(contexts(), contexts())
 def test_compare_is_set_inclusion(x: Any, y: Any) -> None:
     (a, da), (b, db) = x, y
@@ -100,6 +104,7 @@ def test_compare_is_set_inclusion(x: Any, y: Any) -> None:
     assert a.includes(b) == (db <= da)
 
 
+@suite_settings
 @given(contexts(), contexts())
 def test_equal_dot_sets_are_equal_contexts_with_equal_hashes(x: Any, y: Any) -> None:
     (a, da), (b, db) = x, y
@@ -119,6 +124,7 @@ def test_equal_contexts_hash_alike_however_written() -> None:
     assert CausalContext({"y": 0}) == CausalContext.empty()
 
 
+@suite_settings
 @given(contexts(), DOTS)
 def test_add_and_next_dot(x: Any, dot: Dot) -> None:
     ctx, dots = x
@@ -145,6 +151,7 @@ def test_a_dot_counts_from_1() -> None:
 # ------------------------------------------------------------------------------ the wire format
 
 
+@suite_settings
 @given(contexts())
 def test_the_context_wire_format_round_trips_and_is_json_safe(x: Any) -> None:
     ctx, dots = x
@@ -201,6 +208,7 @@ EVENTS = st.lists(
 )
 
 
+@suite_settings
 @given(EVENTS, st.integers(0, 10_000))
 def test_the_clock_never_runs_backwards_and_stays_ahead_of_what_it_saw(events: Any, start: int) -> None:
     time = FakeTime(start)
