@@ -1,10 +1,10 @@
 """Compact, JSON-safe wire pieces shared by the document types (:mod:`crdt.cart`, :mod:`crdt.review`).
 
 A document's encoded state starts with a **replica table**: every replica id the payload mentions,
-once; dots and timestamps then name a replica by its index in that table. An id in the canonical form
-:func:`crdt.dots.new_replica_id` draws (32 lower-case hex digits, 16 bytes) is written as its 20
-characters of base85; any other id is written as ``"."`` followed by the id ("." is not a base85
-character, so the two forms cannot be confused).
+once (a bare string when there is only one, else a list); dots then name a replica by its index in
+that table. An id in the canonical form :func:`crdt.dots.new_replica_id` draws (32 lower-case hex
+digits, 16 bytes) is written as its 20 characters of base85; any other id is written as ``"."``
+followed by the id ("." is not a base85 character, so the two forms cannot be confused).
 
 A **causal context** is a flat list of integer pairs ``[replica index, n, ...]``: ``n > 0`` is the
 version-vector entry "all of 1..n", ``n < 0`` the single cloud dot ``-n``. The dots of the entries a
@@ -19,13 +19,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from typing import Any
 
 from crdt.codec import CodecError
 from crdt.context import CausalContext
 from crdt.dots import Dot
-from crdt.hlc import Timestamp
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _CACHE_LIMIT = 4096
@@ -85,55 +84,77 @@ class ReplicaTable:
             self.ids.append(replica)
         return i
 
-    def encoded(self) -> list[str]:
+    def encoded(self) -> str | list[str]:
+        """The table as written: a lone replica as a bare string, else a list."""
+        if len(self.ids) == 1:
+            return pack_replica(self.ids[0])
         return [pack_replica(r) for r in self.ids]
 
 
 def decode_table(raw: object) -> list[str]:
-    items = need_list(raw)
-    ids = [unpack_replica(x) for x in items]
+    cached = _unpacked.get  # an unhashable item raises TypeError, which the codec reports
+    if type(raw) is str:
+        return [cached(raw) or unpack_replica(raw)]
+    if type(raw) is not list:
+        raise CodecError("the replica table is a string or a list")
+    ids = [cached(text) or unpack_replica(text) for text in raw]
     if len(set(ids)) != len(ids):
         raise CodecError("a replica appears twice in the replica table")
     return ids
 
 
-def encode_context(ctx: CausalContext, table: ReplicaTable, implied: Collection[Dot] = ()) -> list[int]:
+RawDot = tuple[str, int]  # (replica, counter): a dot in the hot paths, hashed by C
+
+
+def encode_pairs(
+    vv: Mapping[str, int], cloud: Iterable[RawDot], table: ReplicaTable, implied: Container[RawDot] = ()
+) -> list[int]:
+    """A context (version vector + cloud) as flat ``[index, n, ...]`` pairs, leaving out ``implied``."""
     out: list[int] = []
-    for replica, top in ctx.vv.items():
+    index = table.index
+    for replica, top in vv.items():
         if top > 0:
-            out += (table.index(replica), top)
-    for dot in sorted(ctx.cloud):
+            out += (index(replica), top)
+    for dot in sorted(cloud):
         if dot not in implied:
-            out += (table.index(dot.replica), -dot.counter)
+            out += (index(dot[0]), -dot[1])
     return out
 
 
-def decode_context(raw: object, replicas: Sequence[str], implied: Iterable[Dot] = ()) -> CausalContext:
+def decode_pairs(raw: object, replicas: Sequence[str]) -> tuple[dict[str, int], list[RawDot]]:
+    """The version vector and the cloud dots of an encoded context (not compacted)."""
     flat = need_list(raw)
     if len(flat) % 2:
         raise CodecError("a context is a flat list of (replica, n) pairs")
     vv: dict[str, int] = {}
-    cloud: set[Dot] = set(implied)
+    cloud: list[RawDot] = []
+    size = len(replicas)
     for i in range(0, len(flat), 2):
-        replica = replicas[need_index(flat[i], len(replicas))]
-        n = need_int(flat[i + 1])
+        index, n = flat[i], flat[i + 1]
+        if type(index) is not int or not 0 <= index < size:
+            raise CodecError(f"replica index {index!r} is not in the table")
+        if type(n) is not int or n == 0:
+            raise CodecError(f"a context entry is a non-zero integer, not {n!r}")
+        replica = replicas[index]
         if n > 0:
             if replica in vv:
                 raise CodecError(f"replica {replica!r} appears twice in a version vector")
             vv[replica] = n
-        elif n < 0:
-            cloud.add(Dot(replica, -n))
         else:
-            raise CodecError("a context entry is never 0")
-    return CausalContext(vv, frozenset(cloud)).compact()
+            cloud.append((replica, -n))
+    return vv, cloud
 
 
-def encode_timestamp(ts: Timestamp, table: ReplicaTable) -> tuple[int, int, int]:
-    return ts.wall_ms, ts.logical, table.index(ts.replica)
+def encode_context(ctx: CausalContext, table: ReplicaTable, implied: Collection[Dot] = ()) -> list[int]:
+    raw_implied = {(d.replica, d.counter) for d in implied}
+    return encode_pairs(ctx.vv, ((d.replica, d.counter) for d in ctx.cloud), table, raw_implied)
 
 
-def decode_timestamp(wall: object, logical: object, replica: object, replicas: Sequence[str]) -> Timestamp:
-    return Timestamp(need_int(wall, 0), need_int(logical, 0), replicas[need_index(replica, len(replicas))])
+def decode_context(raw: object, replicas: Sequence[str], implied: Iterable[Dot] = ()) -> CausalContext:
+    vv, cloud = decode_pairs(raw, replicas)
+    dots = set(implied)
+    dots.update(Dot(r, c) for r, c in cloud)
+    return CausalContext(vv, frozenset(dots)).compact()
 
 
 def need_int(value: object, low: int | None = None, high: int | None = None) -> int:

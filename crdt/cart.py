@@ -5,7 +5,8 @@ checkout.
 seen) and, per SKU, a line with two kinds of entries, each under the dot of the write that made it:
 
 * *add* entries ``dot → amount`` (a positive number of units: "add to cart");
-* *set* entries ``dot → (quantity, Timestamp)`` ("set quantity", an absolute value).
+* *set* entries ``dot → (quantity, Timestamp)`` ("set quantity", an absolute value; the timestamp
+  comes from the writing replica's own hybrid logical clock).
 
 A mutator mints a fresh dot and returns a delta whose context holds only the dots it concerns:
 
@@ -15,15 +16,21 @@ A mutator mints a fresh dot and returns a delta whose context holds only the dot
 * ``remove(sku)``: no entry; context = the line's entry dots (an *observed* remove) plus a fresh dot
   that marks the remove itself.
 * ``close()`` (checkout): records the closer's whole cart as of that moment — a *snapshot* (its
-  lines and its context, plus the close dot) — beside the live cart.
+  lines and its context, plus the close dot) — beside the live cart; the delta's live part holds
+  only the close dot.
 
 **Merge** (the least upper bound), per entry dot: keep an entry that both sides hold, or that one side
 holds and the other side's context does not contain (that side has not seen it); drop it when the
 other side has seen its dot and no longer holds it (a set or a remove cancelled it). Contexts merge by
-union. Snapshots merge the same way among themselves (the closed part starts at bottom, "open"). Each
-line's value: the winning surviving set's quantity (0 when there is none) plus the sum of the
-surviving adds. The merge is a join of two lattices side by side — live cart and snapshots — so it is
-idempotent, commutative and associative, whatever order deltas arrive in.
+union. Snapshots merge with each other by the same rule (bottom: no snapshot, the cart is open). The
+merge is the product of two joins — live cart, snapshots — so it is idempotent, commutative and
+associative, whatever order deltas arrive in.
+
+**Value.** A line reads the winning surviving set's quantity (0 when there is none) plus the sum of
+the surviving adds. An open cart shows its live lines; a closed cart shows the merged snapshots: an
+edit counts only if some checkout had seen it, and a cancellation only if some checkout had seen it
+too. Edits the checkouts had not seen keep arriving in the live state — the merge stays a join, and
+nothing is silently applied — and :meth:`Cart.rejected_edits` lists them.
 
 **Who wins, concurrently**
 
@@ -48,13 +55,15 @@ edits from devices that had not yet heard of the checkout are *refused* by the v
 **Worked example** (phone ``P``, laptop ``L``)::
 
     cart = Cart.new()
-    d1 = cart.add("P", "tea"); cart.apply(d1)          # tea: add P1 → 1
-    laptop = cart.merge(Cart.new())                     # L sees P1
-    d2 = cart.add("P", "tea"); cart.apply(d2)           # phone: add P2 → 2
-    d3 = laptop.set("L", "tea", 5, ts)                  # laptop: set L1=5, cancels P1 (it saw P1)
-    cart.apply(d3)                                      # P1 dropped; P2 survives: 5 + 1 = 6
-    d4 = cart.remove("P", "tea"); cart.apply(d4)        # context {P2, L1, P3}: line gone
-    laptop.apply(d2); laptop.apply(d4)                  # same state on both: tea absent
+    d1 = cart.add("P", "tea"); cart.apply(d1)             # tea: add P1 → 1
+    laptop = cart.merge(Cart.new())                        # L sees P1
+    d2 = cart.add("P", "tea"); cart.apply(d2)              # phone: add P2 → 2
+    d3 = laptop.set("L", "tea", 5, Timestamp(1, 0, "L"))   # set L1=5; context {P1, L1}: cancels P1
+    laptop.apply(d3); cart.apply(d3)                       # phone: P1 dropped, P2 kept: 5 + 1 = 6
+    d4 = cart.remove("P", "tea"); cart.apply(d4)           # context {P2, L1, P3}: the line is gone
+    laptop.apply(d2); laptop.apply(d4)                     # both equal, tea absent
+
+(``tests/test_cart.py`` runs this example.)
 
 **Known anomalies**
 
@@ -65,10 +74,10 @@ edits from devices that had not yet heard of the checkout are *refused* by the v
 * Each add is one entry until a set or a remove of the line cancels it: a line tapped "+" fifty
   times carries fifty small entries (apps can write ``set`` instead to keep it to one).
 * Two concurrent checkouts freeze the union of what their devices had seen.
-* Deltas carry only the dots they concern, so a device must persist a write before shipping any
-  delta that follows it (write-ahead). A device that ships a later set or remove, crashes and loses
-  the earlier write that cancelled something, leaves that cancellation undone. A full state is
-  always safe to ship.
+* Deltas carry only the dots they concern. If a device ships a delta, then crashes and loses an
+  earlier write of its own that it had not persisted (say, a remove), the later write survives and
+  the lost one's cancellations never happen. Persisting before shipping (write-ahead) rules this
+  out; a whole state is always safe to ship.
 * Replica ids are never reused (see :mod:`crdt.dots`): a device that lost writes in a crash takes a
   new id.
 """
@@ -80,16 +89,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crdt import codec
-from crdt._compact import (
-    ReplicaTable,
-    decode_context,
-    decode_table,
-    encode_context,
-    need_index,
-    need_int,
-    need_list,
-    need_str,
-)
+from crdt._compact import RawDot, ReplicaTable, decode_pairs, decode_table, encode_pairs
 from crdt.context import CausalContext
 from crdt.dots import Dot
 from crdt.hlc import Timestamp
@@ -97,7 +97,9 @@ from crdt.hlc import Timestamp
 MAX_QUANTITY = 1_000_000
 MAX_SKU_LENGTH = 200
 
-_EMPTY = CausalContext({}, frozenset())
+# A set entry: (quantity, wall_ms, logical). The timestamp's replica is the dot's (a replica stamps its
+# own writes), so the entry's Timestamp is (wall_ms, logical, dot's replica).
+_SetEntry = tuple[int, int, int]
 
 
 class ClosedCartError(ValueError):
@@ -125,13 +127,13 @@ class _Line:
     __slots__ = ("adds", "sets")
 
     def __init__(self) -> None:
-        self.adds: dict[Dot, int] = {}
-        self.sets: dict[Dot, tuple[int, Timestamp]] = {}
+        self.adds: dict[RawDot, int] = {}
+        self.sets: dict[RawDot, _SetEntry] = {}
 
     def copy(self) -> _Line:
         line = _Line()
-        line.adds = dict(self.adds)
-        line.sets = dict(self.sets)
+        line.adds = self.adds.copy()
+        line.sets = self.sets.copy()
         return line
 
     def __eq__(self, other: object) -> bool:
@@ -141,57 +143,117 @@ class _Line:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def dots(self) -> Iterator[Dot]:
-        yield from self.adds
-        yield from self.sets
+    def dots(self) -> list[RawDot]:
+        return [*self.adds, *self.sets]
 
     def view(self) -> Line:
         added = sum(self.adds.values())
         if not self.sets:
             return Line(added, ())
-        ranked = sorted(self.sets.items(), key=lambda item: (item[1][1], item[0]), reverse=True)
+        # The winner: the latest timestamp (wall, logical, replica), then the greatest dot.
+        ranked = sorted(self.sets.items(), key=lambda item: (item[1][1], item[1][2], item[0]), reverse=True)
         base = ranked[0][1][0]
         conflicts: list[int] = []
-        for _, (quantity, _ts) in ranked[1:]:
+        for _, (quantity, *_ts) in ranked[1:]:
             if quantity != base and quantity not in conflicts:
                 conflicts.append(quantity)
         return Line(base + added, tuple(conflicts))
 
 
 class _Store:
-    """A context and the lines it explains: the live cart, or a checkout snapshot."""
+    """A causal context and the lines it explains: the live cart, or a checkout snapshot.
 
-    __slots__ = ("ctx", "lines", "where")
+    The context is kept here as a mutable version vector ``vv`` and cloud (the same model as
+    :class:`~crdt.context.CausalContext`, which :attr:`Cart.context` returns), and dots as plain
+    ``(replica, counter)`` tuples: applying a delta then updates a few dicts in place.
+    Invariant: a cloud dot is above its replica's vector entry and not next to it.
+    """
 
-    def __init__(self, ctx: CausalContext = _EMPTY) -> None:
-        self.ctx = ctx
+    __slots__ = ("cloud", "lines", "vv", "where")
+
+    def __init__(self) -> None:
+        self.vv: dict[str, int] = {}
+        self.cloud: set[RawDot] = set()
         self.lines: dict[str, _Line] = {}
-        self.where: dict[Dot, str] = {}  # entry dot → SKU, to find what a small context cancels
+        self.where: dict[RawDot, str] = {}  # entry dot → SKU, to find what a small context cancels
 
     def copy(self) -> _Store:
-        store = _Store(self.ctx)
+        store = _Store()
+        store.vv = self.vv.copy()
+        store.cloud = self.cloud.copy()
         store.lines = {sku: line.copy() for sku, line in self.lines.items()}
-        store.where = dict(self.where)
+        store.where = self.where.copy()
         return store
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, _Store):
             return NotImplemented
-        return self.ctx == other.ctx and self.lines == other.lines
+        return self.vv == other.vv and self.cloud == other.cloud and self.lines == other.lines
 
     __hash__ = None  # type: ignore[assignment]
 
-    def line_dots(self, sku: str) -> list[Dot]:
-        line = self.lines.get(sku)
-        return list(line.dots()) if line is not None else []
+    # -- the context -------------------------------------------------------------------------------
 
-    def _line(self, sku: str) -> _Line:
-        line = self.lines.get(sku)
-        if line is None:
-            line = self.lines[sku] = _Line()
-        return line
+    def seen(self, dot: RawDot) -> bool:
+        return dot[1] <= self.vv.get(dot[0], 0) or dot in self.cloud
 
-    def _drop(self, dot: Dot, sku: str) -> None:
+    def see(self, dot: RawDot) -> None:
+        replica, counter = dot
+        top = self.vv.get(replica, 0)
+        if counter == top + 1:
+            cloud = self.cloud
+            if cloud:
+                while (replica, counter + 1) in cloud:
+                    counter += 1
+                    cloud.remove((replica, counter))
+            self.vv[replica] = counter
+        elif counter > top:
+            self.cloud.add(dot)
+
+    def normalize(self) -> None:
+        """Restore the invariant (after a decoder filled the cloud in any order)."""
+        dots, self.cloud = sorted(self.cloud), set()
+        for dot in dots:
+            self.see(dot)
+
+    def see_context(self, other: _Store) -> None:
+        vv = self.vv
+        raised = False
+        for replica, top in other.vv.items():
+            if top > vv.get(replica, 0):
+                vv[replica] = top
+                raised = True
+        if raised and self.cloud:
+            self.normalize()
+        for dot in other.cloud:
+            self.see(dot)
+
+    def context_size(self) -> int:
+        return sum(self.vv.values()) + len(self.cloud)
+
+    def context_dots(self) -> Iterator[RawDot]:
+        for replica, top in self.vv.items():
+            for counter in range(1, top + 1):
+                yield replica, counter
+        yield from self.cloud
+
+    def context(self) -> CausalContext:
+        return CausalContext(dict(self.vv), frozenset(Dot(r, c) for r, c in self.cloud))
+
+    def next_dot(self, replica: str) -> RawDot:
+        top = self.vv.get(replica, 0)
+        for r, c in self.cloud:
+            if r == replica and c > top:
+                top = c
+        return replica, top + 1
+
+    # -- the entries -------------------------------------------------------------------------------
+
+    def line_dots(self, sku: str) -> list[RawDot]:
+        line = self.lines.get(sku)
+        return line.dots() if line is not None else []
+
+    def _drop(self, dot: RawDot, sku: str) -> None:
         line = self.lines[sku]
         if line.adds.pop(dot, None) is None:
             del line.sets[dot]
@@ -201,38 +263,49 @@ class _Store:
 
     def absorb(self, other: _Store) -> None:
         """Join ``other`` into this store (in place); ``other`` is not changed or aliased."""
-        mine, theirs = self.ctx, other.ctx
         where, their_where = self.where, other.where
+        their_vv, their_cloud = other.vv, other.cloud
         # 1. Entries the other side has seen and no longer holds were cancelled there.
         if where:
-            if sum(theirs.vv.values()) + len(theirs.cloud) < len(where):
-                for dot in theirs.dots():
+            if not their_vv and len(their_cloud) < len(where):  # a delta: look its few dots up
+                for dot in their_cloud:
+                    if dot not in their_where:
+                        sku = where.get(dot)
+                        if sku is not None:
+                            self._drop(dot, sku)
+            elif other.context_size() < len(where):
+                for dot in other.context_dots():
                     sku = where.get(dot)
                     if sku is not None and dot not in their_where:
                         self._drop(dot, sku)
             else:
+                their_seen = other.seen
                 for dot, sku in list(where.items()):
-                    if dot not in their_where and theirs.contains(dot):
+                    if dot not in their_where and their_seen(dot):
                         self._drop(dot, sku)
         # 2. Entries we have not seen yet arrive (ones we have seen and dropped stay dropped).
+        vv, cloud, lines = self.vv, self.cloud, self.lines
         for sku, their_line in other.lines.items():
-            line = None
+            line = lines.get(sku)
             for dot, amount in their_line.adds.items():
-                if dot not in where and not mine.contains(dot):
+                if dot[1] > vv.get(dot[0], 0) and dot not in cloud and dot not in where:
                     if line is None:
-                        line = self._line(sku)
+                        line = lines[sku] = _Line()
                     line.adds[dot] = amount
                     where[dot] = sku
             for dot, entry in their_line.sets.items():
-                if dot not in where and not mine.contains(dot):
+                if dot[1] > vv.get(dot[0], 0) and dot not in cloud and dot not in where:
                     if line is None:
-                        line = self._line(sku)
+                        line = lines[sku] = _Line()
                     line.sets[dot] = entry
                     where[dot] = sku
-        self.ctx = mine.merge(theirs)
-
-    def views(self) -> dict[str, Line]:
-        return {sku: line.view() for sku, line in self.lines.items()}
+        # 3. And the contexts join.
+        if their_vv:
+            self.see_context(other)
+        else:
+            see = self.see
+            for dot in their_cloud:
+                see(dot)
 
 
 class Cart:
@@ -266,7 +339,7 @@ class Cart:
 
     def lines(self) -> dict[str, Line]:
         """Every line that holds an entry, with its conflicts (a line set to 0 is listed)."""
-        return self._shown().views()
+        return {sku: line.view() for sku, line in self._shown().lines.items()}
 
     def line(self, sku: str) -> Line:
         line = self._shown().lines.get(sku)
@@ -281,7 +354,8 @@ class Cart:
 
     @property
     def context(self) -> CausalContext:
-        return self._live.ctx
+        """Every write this replica has seen (of the live cart)."""
+        return self._live.context()
 
     @property
     def closed(self) -> bool:
@@ -295,31 +369,34 @@ class Cart:
         out: list[RejectedEdit] = []
         for sku, line in live.lines.items():
             for dot, amount in line.adds.items():
-                if not frozen.ctx.contains(dot):
-                    out.append(RejectedEdit(sku, "add", dot, amount))
-            for dot, (quantity, _ts) in line.sets.items():
-                if not frozen.ctx.contains(dot):
-                    out.append(RejectedEdit(sku, "set", dot, quantity))
+                if not frozen.seen(dot):
+                    out.append(RejectedEdit(sku, "add", Dot(*dot), amount))
+            for dot, (quantity, *_ts) in line.sets.items():
+                if not frozen.seen(dot):
+                    out.append(RejectedEdit(sku, "set", Dot(*dot), quantity))
         for sku, line in frozen.lines.items():
             for dot, amount in line.adds.items():
-                if dot not in live.where and live.ctx.contains(dot):
-                    out.append(RejectedEdit(sku, "cancel", dot, amount))
-            for dot, (quantity, _ts) in line.sets.items():
-                if dot not in live.where and live.ctx.contains(dot):
-                    out.append(RejectedEdit(sku, "cancel", dot, quantity))
+                if dot not in live.where and live.seen(dot):
+                    out.append(RejectedEdit(sku, "cancel", Dot(*dot), amount))
+            for dot, (quantity, *_ts) in line.sets.items():
+                if dot not in live.where and live.seen(dot):
+                    out.append(RejectedEdit(sku, "cancel", Dot(*dot), quantity))
         out.sort(key=lambda edit: (edit.sku, edit.dot))
         return out
 
     def max_timestamp(self) -> Timestamp | None:
         """The latest timestamp in the cart, for a clock to ``observe`` after a merge."""
         stamps = [
-            ts
+            (wall, logical, replica)
             for store in (self._live, self._closed)
             if store is not None
             for line in store.lines.values()
-            for _q, ts in line.sets.values()
+            for (replica, _counter), (_quantity, wall, logical) in line.sets.items()
         ]
-        return max(stamps, default=None)
+        if not stamps:
+            return None
+        wall, logical, replica = max(stamps)
+        return Timestamp(wall, logical, replica)
 
     # -- mutators: each returns a delta and leaves this cart unchanged ------------------------------
 
@@ -332,43 +409,48 @@ class Cart:
         self._check_open()
         _check_sku(sku)
         _check_quantity(amount, low=1)
-        dot = self._live.ctx.next_dot(_check_replica(replica))
-        store = _Store(CausalContext({}, frozenset((dot,))))
-        store.lines[sku] = line = _Line()
+        dot = self._live.next_dot(_check_replica(replica))
+        delta = _Store()
+        delta.see(dot)
+        delta.lines[sku] = line = _Line()
         line.adds[dot] = amount
-        store.where[dot] = sku
-        return Cart(store)
+        delta.where[dot] = sku
+        return Cart(delta)
 
     def set(self, replica: str, sku: str, quantity: int, ts: Timestamp) -> Cart:
-        """Set the line to ``quantity`` (≥ 0), cancelling the adds and sets of it this replica has seen."""
+        """Set the line to ``quantity`` (≥ 0), cancelling the adds and sets of it this replica has seen.
+        ``ts`` comes from this replica's own clock (``ts.replica == replica``)."""
         self._check_open()
         _check_sku(sku)
         _check_quantity(quantity, low=0)
-        _check_timestamp(ts)
-        dot = self._live.ctx.next_dot(_check_replica(replica))
-        seen = self._live.line_dots(sku)
-        seen.append(dot)
-        store = _Store(CausalContext.of(seen))
-        store.lines[sku] = line = _Line()
-        line.sets[dot] = (quantity, ts)
-        store.where[dot] = sku
-        return Cart(store)
+        _check_timestamp(ts, replica)
+        dot = self._live.next_dot(_check_replica(replica))
+        delta = _Store()
+        for seen in sorted([*self._live.line_dots(sku), dot]):
+            delta.see(seen)
+        delta.lines[sku] = line = _Line()
+        line.sets[dot] = (quantity, ts.wall_ms, ts.logical)
+        delta.where[dot] = sku
+        return Cart(delta)
 
     def remove(self, replica: str, sku: str) -> Cart:
         """Remove the line as this replica sees it; adds it has not seen survive (add wins)."""
         self._check_open()
         _check_sku(sku)
-        seen = self._live.line_dots(sku)
-        seen.append(self._live.ctx.next_dot(_check_replica(replica)))
-        return Cart(_Store(CausalContext.of(seen)))
+        delta = _Store()
+        for seen in sorted([*self._live.line_dots(sku), self._live.next_dot(_check_replica(replica))]):
+            delta.see(seen)
+        return Cart(delta)
 
     def close(self, replica: str) -> Cart:
         """Check out: freeze the cart as this replica sees it now."""
         self._check_open()
-        dot = self._live.ctx.next_dot(_check_replica(replica))
+        dot = self._live.next_dot(_check_replica(replica))
         snapshot = self._live.copy()
-        snapshot.ctx = snapshot.ctx.add(dot)
-        return Cart(_Store(CausalContext({}, frozenset((dot,)))), snapshot)
+        snapshot.see(dot)
+        delta = _Store()
+        delta.see(dot)
+        return Cart(delta, snapshot)
 
     # -- join --------------------------------------------------------------------------------------
 
@@ -381,7 +463,7 @@ class Cart:
                 self._closed.absorb(delta._closed)
 
     def merge(self, other: Cart) -> Cart:
-        out = Cart(self._live.copy(), self._closed.copy() if self._closed is not None else None)
+        out = self.copy()
         out.apply(other)
         return out
 
@@ -397,7 +479,7 @@ class Cart:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed is not None else "open"
-        return f"Cart({state}, {self.value()!r}, context={self._live.ctx!r})"
+        return f"Cart({state}, {self.value()!r}, context={self.context!r})"
 
 
 def _check_replica(replica: str) -> str:
@@ -416,9 +498,16 @@ def _check_quantity(value: int, *, low: int) -> None:
         raise ValueError(f"a quantity is an integer in [{low}, {MAX_QUANTITY}], not {value!r}")
 
 
-def _check_timestamp(ts: Timestamp) -> None:
-    if not isinstance(ts, Timestamp) or ts.wall_ms < 0 or ts.logical < 0 or not ts.replica:
-        raise ValueError(f"not a usable timestamp: {ts!r}")
+def _check_timestamp(ts: Timestamp, replica: str) -> None:
+    if (
+        not isinstance(ts, Timestamp)
+        or type(ts.wall_ms) is not int
+        or type(ts.logical) is not int
+        or ts.wall_ms < 0
+        or ts.logical < 0
+        or ts.replica != replica
+    ):
+        raise ValueError(f"not a timestamp of replica {replica!r}'s own clock: {ts!r}")
 
 
 # -- codec, version 1 -------------------------------------------------------------------------------
@@ -426,7 +515,8 @@ def _check_timestamp(ts: Timestamp) -> None:
 # s = [R, L, C] for an open cart, [R, L, C, SL, SC] once closed (SL, SC: the snapshot's lines and
 # context). R: the replica table (crdt._compact). L: flat [sku, adds, sets, sku, adds, sets, ...];
 # adds: flat [replica index, counter, amount, ...]; sets: flat [replica index, counter, quantity,
-# wall_ms, logical, timestamp's replica index, ...]. C: the context, without the entries' own dots.
+# wall_ms, logical, ...] (the timestamp's replica is the dot's). C: the context as flat pairs, without
+# the entries' own dots. The decoder is the apply path's hot spot: it checks types inline.
 
 
 def _encode_store(store: _Store, table: ReplicaTable) -> tuple[list[Any], list[int]]:
@@ -434,13 +524,13 @@ def _encode_store(store: _Store, table: ReplicaTable) -> tuple[list[Any], list[i
     index = table.index
     for sku, line in store.lines.items():
         adds: list[int] = []
-        for dot, amount in line.adds.items():
-            adds += (index(dot.replica), dot.counter, amount)
+        for (replica, counter), amount in line.adds.items():
+            adds += (index(replica), counter, amount)
         sets: list[int] = []
-        for dot, (quantity, ts) in line.sets.items():
-            sets += (index(dot.replica), dot.counter, quantity, ts.wall_ms, ts.logical, index(ts.replica))
+        for (replica, counter), (quantity, wall, logical) in line.sets.items():
+            sets += (index(replica), counter, quantity, wall, logical)
         flat += (sku, adds, sets)
-    return flat, encode_context(store.ctx, table, store.where)
+    return flat, encode_pairs(store.vv, store.cloud, table, store.where)
 
 
 def _encode_v1(cart: Cart) -> list[Any]:
@@ -453,53 +543,95 @@ def _encode_v1(cart: Cart) -> list[Any]:
     return out
 
 
+def _bad(why: str) -> codec.CodecError:
+    return codec.CodecError(f"malformed cart: {why}")
+
+
 def _decode_store(raw_lines: object, raw_ctx: object, replicas: list[str]) -> _Store:
-    flat = need_list(raw_lines)
-    if len(flat) % 3:
-        raise codec.CodecError("cart lines are flat (sku, adds, sets) triples")
+    if type(raw_lines) is not list or len(raw_lines) % 3:
+        raise _bad("lines are a flat list of (sku, adds, sets) triples")
     store = _Store()
     lines, where = store.lines, store.where
     size = len(replicas)
-    for i in range(0, len(flat), 3):
-        sku = need_str(flat[i], MAX_SKU_LENGTH)
-        if sku in lines:
-            raise codec.CodecError(f"line {sku!r} appears twice")
-        line = _Line()
-        adds = need_list(flat[i + 1])
-        sets = need_list(flat[i + 2])
-        if len(adds) % 3 or len(sets) % 6 or not (adds or sets):
-            raise codec.CodecError(f"malformed entries in line {sku!r}")
+    for i in range(0, len(raw_lines), 3):
+        sku, adds, sets = raw_lines[i], raw_lines[i + 1], raw_lines[i + 2]
+        if type(sku) is not str or not 0 < len(sku) <= MAX_SKU_LENGTH or sku in lines:
+            raise _bad(f"bad or repeated SKU {sku!r}")
+        if (
+            type(adds) is not list
+            or type(sets) is not list
+            or len(adds) % 3
+            or len(sets) % 5
+            or not (adds or sets)
+        ):
+            raise _bad(f"malformed entries in line {sku!r}")
+        line = lines[sku] = _Line()
+        line_adds, line_sets = line.adds, line.sets
         for j in range(0, len(adds), 3):
-            dot = Dot(replicas[need_index(adds[j], size)], need_int(adds[j + 1], 1))
+            index, counter, amount = adds[j], adds[j + 1], adds[j + 2]
+            if not (
+                type(index) is int
+                and 0 <= index < size
+                and type(counter) is int
+                and counter > 0
+                and type(amount) is int
+                and 0 < amount <= MAX_QUANTITY
+            ):
+                raise _bad(f"bad add entry {adds[j : j + 3]!r} in line {sku!r}")
+            dot = (replicas[index], counter)
             if dot in where:
-                raise codec.CodecError(f"dot {dot} appears twice")
-            line.adds[dot] = need_int(adds[j + 2], 1, MAX_QUANTITY)
+                raise _bad(f"dot {dot} appears twice")
+            line_adds[dot] = amount
             where[dot] = sku
-        for j in range(0, len(sets), 6):
-            dot = Dot(replicas[need_index(sets[j], size)], need_int(sets[j + 1], 1))
+        for j in range(0, len(sets), 5):
+            index, counter, quantity, wall, logical = sets[j : j + 5]
+            if not (
+                type(index) is int
+                and 0 <= index < size
+                and type(counter) is int
+                and counter > 0
+                and type(quantity) is int
+                and 0 <= quantity <= MAX_QUANTITY
+                and type(wall) is int
+                and wall >= 0
+                and type(logical) is int
+                and logical >= 0
+            ):
+                raise _bad(f"bad set entry {sets[j : j + 5]!r} in line {sku!r}")
+            dot = (replicas[index], counter)
             if dot in where:
-                raise codec.CodecError(f"dot {dot} appears twice")
-            ts = Timestamp(
-                need_int(sets[j + 3], 0), need_int(sets[j + 4], 0), replicas[need_index(sets[j + 5], size)]
-            )
-            line.sets[dot] = (need_int(sets[j + 2], 0, MAX_QUANTITY), ts)
+                raise _bad(f"dot {dot} appears twice")
+            line_sets[dot] = (quantity, wall, logical)
             where[dot] = sku
-        lines[sku] = line
-    store.ctx = decode_context(raw_ctx, replicas, where)
+    # The context: the pairs written, plus the entries' own dots (left out by the writer).
+    vv, extra = ({}, ()) if type(raw_ctx) is list and not raw_ctx else decode_pairs(raw_ctx, replicas)
+    store.vv = vv
+    if vv:
+        cloud = store.cloud
+        for dots in (where, extra):
+            for dot in dots:
+                if dot[1] > vv.get(dot[0], 0):
+                    cloud.add(dot)
+    else:  # a delta's usual context: its entries' dots and the few it cancels
+        cloud = store.cloud = set(where)
+        cloud.update(extra)
+    for replica, counter in cloud:
+        if counter == vv.get(replica, 0) + 1:  # next to the vector: fold (the invariant of _Store)
+            store.normalize()
+            break
     return store
 
 
 def _decode_v1(state: object) -> Cart:
-    parts = need_list(state)
-    if len(parts) not in (3, 5):
-        raise codec.CodecError("a cart is [replicas, lines, context] (+ [lines, context] once closed)")
-    replicas = decode_table(parts[0])
-    live = _decode_store(parts[1], parts[2], replicas)
+    if type(state) is not list or len(state) not in (3, 5):
+        raise _bad("a cart is [replicas, lines, context] (+ [lines, context] once closed)")
+    replicas = decode_table(state[0])
+    live = _decode_store(state[1], state[2], replicas)
     closed = None
-    if len(parts) == 5:
-        closed = _decode_store(parts[3], parts[4], replicas)
-        if not closed.ctx.vv and not closed.ctx.cloud:
-            raise codec.CodecError("a checkout snapshot has at least its close dot")
+    if len(state) == 5:
+        closed = _decode_store(state[3], state[4], replicas)
+        if not closed.vv and not closed.cloud:
+            raise _bad("a checkout snapshot has at least its close dot")
     return Cart(live, closed)
 
 

@@ -4,8 +4,9 @@ moderation, deletion and GDPR erasure.
 **State model.** A causal context and:
 
 * identity — review id, product, author: each written once (``create``), bottom until then;
-* rating (1–5) and text: multi-value registers — ``dot → (value, Timestamp)``; a write's delta
-  context covers the register's entries the writer has seen, so they are superseded;
+* rating (1–5) and text: multi-value registers — ``dot → (value, Timestamp)``, the timestamp from
+  the writer's own hybrid logical clock; a write's delta context covers the register's entries the
+  writer has seen, so they are superseded;
 * media URLs: an add-wins set — ``dot → url``; a remove's context covers the URL's entries it saw;
 * ``deleted`` and ``erased``: grow-only flags (each write of one also mints a dot);
 * moderation: ``(server_seq, status, judged)`` — written only by the server, ``judged`` being the
@@ -34,17 +35,19 @@ moderation and an author edit    the edit: the displayed status is ``pending`` w
 two moderations                  the higher server sequence number
 ==============================  ==============================================================
 
-**Worked example**::
+**Worked example** (``ts(n, r)`` is ``Timestamp(n, 0, r)``; the tablet's id is ``"tab"``)::
 
     r = Review.new(); r.apply(r.create("rev-1", "sku-9", "ana"))
-    r.apply(r.set_rating("phone", 4, t1))       # phone1: rating 4
+    r.apply(r.set_rating("phone", 4, ts(1, "phone")))      # phone1: rating 4
     tablet = r.copy()
-    r.apply(r.set_text("phone", "Great", t2))   # phone2
-    d = tablet.set_rating("tab", 5, t3)         # tablet1, context {phone1, tablet1}
-    r.apply(d)                                  # rating 5 (phone1 superseded), text "Great"
-    server.apply(...); m = server.moderate(7, PUBLISHED)  # judged = {phone1, phone2, tablet1}
-    r.apply(m)                                  # status published
-    r.apply(r.add_media("phone", url))          # phone3 is not judged: status pending again
+    r.apply(r.set_text("phone", "Great", ts(2, "phone")))  # phone2
+    d = tablet.set_rating("tab", 5, ts(3, "tab"))          # tab1; context {phone1, tab1}
+    r.apply(d)                                             # rating 5 (phone1 superseded), text "Great"
+    server = r.copy()                                      # the server has it all
+    r.apply(server.moderate(7, PUBLISHED))                 # judged {phone1, phone2, tab1}: published
+    r.apply(r.add_media("phone", "https://img/1"))         # phone3 is not judged: pending again
+
+(``tests/test_review.py`` runs this example.)
 
 **Known anomalies**
 
@@ -274,10 +277,11 @@ class Review:
         return delta
 
     def set_rating(self, replica: str, rating: int, ts: Timestamp) -> Review:
+        """Rate 1 to 5; ``ts`` comes from this replica's own clock (``ts.replica == replica``)."""
         self._check_editable()
         if type(rating) is not int or not 1 <= rating <= 5:
             raise ValueError(f"a rating is an integer from 1 to 5, not {rating!r}")
-        _check_timestamp(ts)
+        _check_timestamp(ts, replica)
         dot = self._ctx.next_dot(_check_replica(replica))
         delta = self._delta(CausalContext.of([*self._rating, dot]))
         delta._rating[dot] = (rating, ts)
@@ -288,7 +292,7 @@ class Review:
         self._check_editable()
         if not isinstance(text, str) or len(text) > MAX_TEXT_LENGTH:
             raise ValueError(f"a review text is a string of at most {MAX_TEXT_LENGTH} characters")
-        _check_timestamp(ts)
+        _check_timestamp(ts, replica)
         dot = self._ctx.next_dot(_check_replica(replica))
         delta = self._delta(CausalContext.of([*self._text, dot]))
         delta._text[dot] = (text, ts)
@@ -414,17 +418,25 @@ def _check_url(url: str) -> None:
         raise ValueError(f"a media URL is a string of 1 to {MAX_URL_LENGTH} characters")
 
 
-def _check_timestamp(ts: Timestamp) -> None:
-    if not isinstance(ts, Timestamp) or ts.wall_ms < 0 or ts.logical < 0 or not ts.replica:
-        raise ValueError(f"not a usable timestamp: {ts!r}")
+def _check_timestamp(ts: Timestamp, replica: str) -> None:
+    if (
+        not isinstance(ts, Timestamp)
+        or type(ts.wall_ms) is not int
+        or type(ts.logical) is not int
+        or ts.wall_ms < 0
+        or ts.logical < 0
+        or ts.replica != replica
+    ):
+        raise ValueError(f"not a timestamp of replica {replica!r}'s own clock: {ts!r}")
 
 
 # -- codec, version 1 -------------------------------------------------------------------------------
 #
 # s = {"r": replica table, "id": [review id, product, author] (each a string or null), "c": context
 # (without the entries' own dots), "rt" / "tx": flat [replica index, counter, value, wall_ms, logical,
-# timestamp's replica index, ...], "m": flat [replica index, counter, url, ...], "f": flags (1 deleted,
-# 2 erased), "mod": [] or [seq, status, judged context]}. See crdt._compact for tables and contexts.
+# ...] (the timestamp's replica is the dot's: a replica stamps its own writes), "m": flat [replica
+# index, counter, url, ...], "f": flags (1 deleted, 2 erased), "mod": [] or [seq, status, judged
+# context]}. See crdt._compact for tables and contexts.
 
 _KEYS = {"r", "id", "c", "rt", "tx", "m", "f", "mod"}
 
@@ -432,14 +444,7 @@ _KEYS = {"r", "id", "c", "rt", "tx", "m", "f", "mod"}
 def _encode_register(entries: dict[Dot, tuple[Any, Timestamp]], table: ReplicaTable) -> list[Any]:
     flat: list[Any] = []
     for dot, (value, ts) in entries.items():
-        flat += (
-            table.index(dot.replica),
-            dot.counter,
-            value,
-            ts.wall_ms,
-            ts.logical,
-            table.index(ts.replica),
-        )
+        flat += (table.index(dot.replica), dot.counter, value, ts.wall_ms, ts.logical)
     return flat
 
 
@@ -465,18 +470,16 @@ def _encode_v1(review: Review) -> dict[str, Any]:
 
 def _decode_register(raw: object, replicas: list[str], check: Any, seen: set[Dot]) -> dict[Dot, Any]:
     flat = need_list(raw)
-    if len(flat) % 6:
-        raise codec.CodecError("register entries are flat 6-tuples")
+    if len(flat) % 5:
+        raise codec.CodecError("register entries are flat 5-tuples")
     out: dict[Dot, Any] = {}
     size = len(replicas)
-    for i in range(0, len(flat), 6):
+    for i in range(0, len(flat), 5):
         dot = Dot(replicas[need_index(flat[i], size)], need_int(flat[i + 1], 1))
         if dot in seen:
             raise codec.CodecError(f"dot {dot} appears twice")
         seen.add(dot)
-        ts = Timestamp(
-            need_int(flat[i + 3], 0), need_int(flat[i + 4], 0), replicas[need_index(flat[i + 5], size)]
-        )
+        ts = Timestamp(need_int(flat[i + 3], 0), need_int(flat[i + 4], 0), dot.replica)
         out[dot] = (check(flat[i + 2]), ts)
     return out
 

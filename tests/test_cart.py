@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crdt import codec
 from crdt.cart import MAX_QUANTITY, Cart, ClosedCartError, Line, RejectedEdit
 from crdt.dots import Dot, new_replica_id
 from crdt.hlc import Timestamp
+from tests import crdt_profiles  # noqa: F401  (registers and loads the Hypothesis profile)
 
 _formats = itertools.cycle(["dict", "msgpack"])
 
@@ -378,6 +381,8 @@ def test_inputs_are_validated() -> None:
         cart.add("phone", "x" * 201)
     with pytest.raises(ValueError):
         cart.set("phone", "tea", 1, Timestamp(-1, 0, "phone"))
+    with pytest.raises(ValueError):
+        cart.set("phone", "tea", 1, Timestamp(5, 0, "laptop"))  # a replica stamps its own writes
 
 
 @pytest.mark.parametrize(
@@ -394,7 +399,8 @@ def test_inputs_are_validated() -> None:
         [[".a"], ["tea", [1, 1, 1], []], []],  # replica index out of the table
         [[".a"], ["tea", [0, 0, 1], []], []],  # counter 0
         [[".a"], ["tea", [0, 1, True], []], []],  # a bool is not a number
-        [[".a"], ["tea", [], [0, 1, 3, 5, 0]], []],  # a set entry is six numbers
+        [[".a"], ["tea", [], [0, 1, 3, 5]], []],  # a set entry is five numbers
+        [[".a"], ["tea", [], [0, 1, 3, -5, 0]], []],  # a wall clock before 1970
         [[".a"], [], [0, 0]],  # a context entry is never 0
         [[".a"], [], [0, 1, 0, 2]],  # a replica twice in the version vector
         [[".a"], [], [], [], []],  # a snapshot without its close dot
@@ -410,3 +416,37 @@ def test_an_unknown_cart_version_is_an_error() -> None:
     payload["v"] = 2
     with pytest.raises(codec.CodecError):
         codec.from_dict(payload)
+
+
+@st.composite
+def reachable_carts(draw: st.DrawFn) -> tuple[Cart, Cart, Cart]:
+    """Three replicas after random edits and exchanges: states a real system can reach."""
+    devices = [Device(name) for name in ("a", "b", "c")]
+    for _ in range(draw(st.integers(0, 14))):
+        device = draw(st.sampled_from(devices))
+        kind = draw(st.sampled_from(["add", "add", "set", "remove", "sync", "sync", "close"]))
+        sku = draw(st.sampled_from(["tea", "jam"]))
+        if kind == "sync":
+            device.receive(draw(st.sampled_from(devices)).cart)
+        elif device.cart.closed:
+            continue
+        elif kind == "add":
+            device.add(sku, draw(st.integers(1, 3)))
+        elif kind == "set":
+            device.set(sku, draw(st.integers(0, 3)), wall=draw(st.integers(1, 4)))
+        elif kind == "remove":
+            device.remove(sku)
+        else:
+            device.close()
+    a, b, c = (device.cart for device in devices)
+    return a, b, c
+
+
+@given(reachable_carts())
+def test_merge_is_a_join_on_reachable_carts(carts: tuple[Cart, Cart, Cart]) -> None:
+    a, b, c = carts
+    assert a.merge(a) == a
+    assert a.merge(b) == b.merge(a)
+    assert a.merge(b).merge(c) == a.merge(b.merge(c))
+    assert a.merge(b).merge(a) == a.merge(b)  # a ⊑ a ⊔ b
+    assert wire(a.merge(b)) == a.merge(b)
