@@ -5,6 +5,7 @@ and ``codec.from_msgpack`` know them all.
 """
 
 from crdt.base import Crdt
+from crdt.cart import Cart
 from crdt.ccounter import CCounter
 from crdt.flags import DWFlag, EWFlag
 from crdt.gcounter import GCounter
@@ -13,10 +14,12 @@ from crdt.mv_register import MVRegister
 from crdt.ormap import ORMap
 from crdt.orset import AWORSet
 from crdt.pncounter import PNCounter
+from crdt.review import Review
 
 __all__ = [
     "AWORSet",
     "CCounter",
+    "Cart",
     "DWFlag",
     "EWFlag",
     "GCounter",
@@ -24,12 +27,14 @@ __all__ = [
     "MVRegister",
     "ORMap",
     "PNCounter",
+    "Review",
 ]
 
 # Checked by mypy: every type has the interface of crdt.base.Crdt.
 TYPES: tuple[type[Crdt], ...] = (
     AWORSet,
     CCounter,
+    Cart,
     DWFlag,
     EWFlag,
     GCounter,
@@ -37,4 +42,5 @@ TYPES: tuple[type[Crdt], ...] = (
     MVRegister,
     ORMap,
     PNCounter,
+    Review,
 )
