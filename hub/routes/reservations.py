@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.auth import Principal, require
+from hub.auth import require
 from hub.errors import BadRequest, ConflictError, NotFoundError
 from hub.keys import METRICS, SETTINGS, STORE
 from hub.responses import iso, json_response
@@ -124,28 +124,25 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
     raise error_cls(str(result.body.get("detail", "")), code=code, headers=headers, **extra)
 
 
-async def _owned(request: web.Request) -> tuple[Principal, str]:
+async def _owned(request: web.Request) -> Reservation:
+    """The reservation of the path, if the caller may see it."""
     who = require(request, *USER_ROLES)
     reservation_id = path_uuid(request, "reservation_id")
     reservation = await request.app[STORE].get_reservation(reservation_id)
     # Someone else's reservation is reported as missing: its existence is not the caller's business.
     if reservation is None or (reservation.owner != who.sub and not who.roles & PRIVILEGED):
         raise NotFoundError("no such reservation", code="reservation_not_found")
-    return who, reservation_id
+    return reservation
 
 
 @routes.get("/api/v1/reservations/{reservation_id}", name="get_reservation")
 async def get_reservation(request: web.Request) -> web.StreamResponse:
-    _, reservation_id = await _owned(request)
-    reservation = await request.app[STORE].get_reservation(reservation_id)
-    assert reservation is not None
-    return json_response(_render(reservation))
+    return json_response(_render(await _owned(request)))
 
 
 @routes.post("/api/v1/reservations/{reservation_id}/commit", name="commit_reservation")
 async def commit_reservation(request: web.Request) -> web.StreamResponse:
-    _, reservation_id = await _owned(request)
-    reservation = await request.app[STORE].commit_reservation(reservation_id)
+    reservation = await request.app[STORE].commit_reservation((await _owned(request)).id)
     request.app[METRICS].reservations.labels("committed").inc()
     notify_relay(request)
     return json_response(_render(reservation))
@@ -153,8 +150,7 @@ async def commit_reservation(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/api/v1/reservations/{reservation_id}/release", name="release_reservation")
 async def release_reservation(request: web.Request) -> web.StreamResponse:
-    _, reservation_id = await _owned(request)
-    reservation = await request.app[STORE].release_reservation(reservation_id)
+    reservation = await request.app[STORE].release_reservation((await _owned(request)).id)
     request.app[METRICS].reservations.labels("released").inc()
     notify_relay(request)
     return json_response(_render(reservation))
