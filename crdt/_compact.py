@@ -1,10 +1,11 @@
 """Compact, JSON-safe wire pieces shared by the document types (:mod:`crdt.cart`, :mod:`crdt.review`).
 
 A document's encoded state starts with a **replica table**: every replica id the payload mentions,
-once (a bare string when there is only one, else a list); dots then name a replica by its index in
-that table. An id in the canonical form :func:`crdt.dots.new_replica_id` draws (32 lower-case hex
-digits, 16 bytes) is written as its 20 characters of base85; any other id is written as ``"."``
-followed by the id ("." is not a base85 character, so the two forms cannot be confused).
+once, in order of first use; dots then name a replica by its index in that table. An id in the
+canonical form :func:`crdt.dots.new_replica_id` draws (16 lower-case hex digits, 8 bytes) is written
+as its 10 characters of base85, and a table of canonical ids is one string, their concatenation. A
+table holding any other id is a list with one string per id: canonical ones as above, others as
+``"."`` followed by the id ("." is not a base85 character, so the forms cannot be confused).
 
 A **causal context** is a flat list of integer pairs ``[replica index, n, ...]``: ``n > 0`` is the
 version-vector entry "all of 1..n", ``n < 0`` the single cloud dot ``-n``. The dots of the entries a
@@ -26,7 +27,8 @@ from crdt.codec import CodecError
 from crdt.context import CausalContext
 from crdt.dots import Dot
 
-_HEX32 = re.compile(r"[0-9a-f]{32}")
+_CANONICAL = re.compile(r"[0-9a-f]{16}")
+_PACKED_LENGTH = 10  # base85 of 8 bytes
 _CACHE_LIMIT = 4096
 _packed: dict[str, str] = {}
 _unpacked: dict[str, str] = {}
@@ -35,7 +37,7 @@ _unpacked: dict[str, str] = {}
 def pack_replica(replica: str) -> str:
     text = _packed.get(replica)
     if text is None:
-        if _HEX32.fullmatch(replica):
+        if _CANONICAL.fullmatch(replica):
             text = base64.b85encode(bytes.fromhex(replica)).decode("ascii")
         else:
             text = "." + replica
@@ -55,7 +57,7 @@ def unpack_replica(text: object) -> str:
         replica = text[1:]
         if not replica:
             raise CodecError("empty replica id")
-    elif len(text) == 20:
+    elif len(text) == _PACKED_LENGTH:
         try:
             replica = base64.b85decode(text).hex()
         except (ValueError, binascii.Error) as exc:
@@ -85,25 +87,37 @@ class ReplicaTable:
         return i
 
     def encoded(self) -> str | list[str]:
-        """The table as written: a lone replica as a bare string, else a list."""
-        if len(self.ids) == 1:
-            return pack_replica(self.ids[0])
-        return [pack_replica(r) for r in self.ids]
+        """The table as written: one string when every id is canonical (or there is only one), else a list."""
+        packed = [pack_replica(r) for r in self.ids]
+        if len(packed) == 1 or not any(text.startswith(".") for text in packed):
+            return "".join(packed)
+        return packed
 
 
 def decode_table(raw: object) -> list[str]:
     cached = _unpacked.get  # an unhashable item raises TypeError, which the codec reports
     if type(raw) is str:
-        return [cached(raw) or unpack_replica(raw)]
-    if type(raw) is not list:
+        if raw.startswith(".") or len(raw) == _PACKED_LENGTH:
+            ids = [cached(raw) or unpack_replica(raw)]
+        elif len(raw) % _PACKED_LENGTH == 0:  # "" included: no replica at all
+            step = _PACKED_LENGTH
+            ids = [
+                cached(raw[i : i + step]) or unpack_replica(raw[i : i + step])
+                for i in range(0, len(raw), step)
+            ]
+        else:
+            raise CodecError(f"bad replica table {raw!r}")
+    elif type(raw) is list:
+        ids = [cached(text) or unpack_replica(text) for text in raw]
+    else:
         raise CodecError("the replica table is a string or a list")
-    ids = [cached(text) or unpack_replica(text) for text in raw]
-    if len(set(ids)) != len(ids):
+    if len(ids) > 1 and len(set(ids)) != len(ids):
         raise CodecError("a replica appears twice in the replica table")
     return ids
 
 
 RawDot = tuple[str, int]  # (replica, counter): a dot in the hot paths, hashed by C
+_SHORT_RUN = 8
 
 
 def encode_pairs(
@@ -113,7 +127,8 @@ def encode_pairs(
     out: list[int] = []
     index = table.index
     for replica, top in vv.items():
-        if top > 0:
+        # A new replica's first writes are often all entries of the payload: nothing to write.
+        if top > 0 and not (top <= _SHORT_RUN and all((replica, c) in implied for c in range(1, top + 1))):
             out += (index(replica), top)
     for dot in sorted(cloud):
         if dot not in implied:

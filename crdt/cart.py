@@ -84,22 +84,25 @@ edits from devices that had not yet heard of the checkout are *refused* by the v
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from crdt import codec
-from crdt._compact import RawDot, ReplicaTable, decode_pairs, decode_table, encode_pairs
+from crdt._cart_state import (
+    MAX_QUANTITY,
+    MAX_SKU_LENGTH,
+    CartState,
+    DeltaEntries,
+    LineState,
+    decode_state,
+    encode_state,
+)
+from crdt._compact import ReplicaTable, decode_table
 from crdt.context import CausalContext
 from crdt.dots import Dot
 from crdt.hlc import Timestamp
 
-MAX_QUANTITY = 1_000_000
-MAX_SKU_LENGTH = 200
-
-# A set entry: (quantity, wall_ms, logical). The timestamp's replica is the dot's (a replica stamps its
-# own writes), so the entry's Timestamp is (wall_ms, logical, dot's replica).
-_SetEntry = tuple[int, int, int]
+__all__ = ["MAX_QUANTITY", "MAX_SKU_LENGTH", "Cart", "ClosedCartError", "Line", "RejectedEdit"]
 
 
 class ClosedCartError(ValueError):
@@ -123,201 +126,32 @@ class RejectedEdit:
     quantity: int
 
 
-class _Line:
-    __slots__ = ("adds", "sets")
-
-    def __init__(self) -> None:
-        self.adds: dict[RawDot, int] = {}
-        self.sets: dict[RawDot, _SetEntry] = {}
-
-    def copy(self) -> _Line:
-        line = _Line()
-        line.adds = self.adds.copy()
-        line.sets = self.sets.copy()
-        return line
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _Line):
-            return NotImplemented
-        return self.adds == other.adds and self.sets == other.sets
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def dots(self) -> list[RawDot]:
-        return [*self.adds, *self.sets]
-
-    def view(self) -> Line:
-        added = sum(self.adds.values())
-        if not self.sets:
-            return Line(added, ())
-        # The winner: the latest timestamp (wall, logical, replica), then the greatest dot.
-        ranked = sorted(self.sets.items(), key=lambda item: (item[1][1], item[1][2], item[0]), reverse=True)
-        base = ranked[0][1][0]
-        conflicts: list[int] = []
-        for _, (quantity, *_ts) in ranked[1:]:
-            if quantity != base and quantity not in conflicts:
-                conflicts.append(quantity)
-        return Line(base + added, tuple(conflicts))
-
-
-class _Store:
-    """A causal context and the lines it explains: the live cart, or a checkout snapshot.
-
-    The context is kept here as a mutable version vector ``vv`` and cloud (the same model as
-    :class:`~crdt.context.CausalContext`, which :attr:`Cart.context` returns), and dots as plain
-    ``(replica, counter)`` tuples: applying a delta then updates a few dicts in place.
-    Invariant: a cloud dot is above its replica's vector entry and not next to it.
-    """
-
-    __slots__ = ("cloud", "lines", "vv", "where")
-
-    def __init__(self) -> None:
-        self.vv: dict[str, int] = {}
-        self.cloud: set[RawDot] = set()
-        self.lines: dict[str, _Line] = {}
-        self.where: dict[RawDot, str] = {}  # entry dot → SKU, to find what a small context cancels
-
-    def copy(self) -> _Store:
-        store = _Store()
-        store.vv = self.vv.copy()
-        store.cloud = self.cloud.copy()
-        store.lines = {sku: line.copy() for sku, line in self.lines.items()}
-        store.where = self.where.copy()
-        return store
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _Store):
-            return NotImplemented
-        return self.vv == other.vv and self.cloud == other.cloud and self.lines == other.lines
-
-    __hash__ = None  # type: ignore[assignment]
-
-    # -- the context -------------------------------------------------------------------------------
-
-    def seen(self, dot: RawDot) -> bool:
-        return dot[1] <= self.vv.get(dot[0], 0) or dot in self.cloud
-
-    def see(self, dot: RawDot) -> None:
-        replica, counter = dot
-        top = self.vv.get(replica, 0)
-        if counter == top + 1:
-            cloud = self.cloud
-            if cloud:
-                while (replica, counter + 1) in cloud:
-                    counter += 1
-                    cloud.remove((replica, counter))
-            self.vv[replica] = counter
-        elif counter > top:
-            self.cloud.add(dot)
-
-    def normalize(self) -> None:
-        """Restore the invariant (after a decoder filled the cloud in any order)."""
-        dots, self.cloud = sorted(self.cloud), set()
-        for dot in dots:
-            self.see(dot)
-
-    def see_context(self, other: _Store) -> None:
-        vv = self.vv
-        raised = False
-        for replica, top in other.vv.items():
-            if top > vv.get(replica, 0):
-                vv[replica] = top
-                raised = True
-        if raised and self.cloud:
-            self.normalize()
-        for dot in other.cloud:
-            self.see(dot)
-
-    def context_size(self) -> int:
-        return sum(self.vv.values()) + len(self.cloud)
-
-    def context_dots(self) -> Iterator[RawDot]:
-        for replica, top in self.vv.items():
-            for counter in range(1, top + 1):
-                yield replica, counter
-        yield from self.cloud
-
-    def context(self) -> CausalContext:
-        return CausalContext(dict(self.vv), frozenset(Dot(r, c) for r, c in self.cloud))
-
-    def next_dot(self, replica: str) -> RawDot:
-        top = self.vv.get(replica, 0)
-        for r, c in self.cloud:
-            if r == replica and c > top:
-                top = c
-        return replica, top + 1
-
-    # -- the entries -------------------------------------------------------------------------------
-
-    def line_dots(self, sku: str) -> list[RawDot]:
-        line = self.lines.get(sku)
-        return line.dots() if line is not None else []
-
-    def _drop(self, dot: RawDot, sku: str) -> None:
-        line = self.lines[sku]
-        if line.adds.pop(dot, None) is None:
-            del line.sets[dot]
-        if not line.adds and not line.sets:
-            del self.lines[sku]
-        del self.where[dot]
-
-    def absorb(self, other: _Store) -> None:
-        """Join ``other`` into this store (in place); ``other`` is not changed or aliased."""
-        where, their_where = self.where, other.where
-        their_vv, their_cloud = other.vv, other.cloud
-        # 1. Entries the other side has seen and no longer holds were cancelled there.
-        if where:
-            if not their_vv and len(their_cloud) < len(where):  # a delta: look its few dots up
-                for dot in their_cloud:
-                    if dot not in their_where:
-                        sku = where.get(dot)
-                        if sku is not None:
-                            self._drop(dot, sku)
-            elif other.context_size() < len(where):
-                for dot in other.context_dots():
-                    sku = where.get(dot)
-                    if sku is not None and dot not in their_where:
-                        self._drop(dot, sku)
-            else:
-                their_seen = other.seen
-                for dot, sku in list(where.items()):
-                    if dot not in their_where and their_seen(dot):
-                        self._drop(dot, sku)
-        # 2. Entries we have not seen yet arrive (ones we have seen and dropped stay dropped).
-        vv, cloud, lines = self.vv, self.cloud, self.lines
-        for sku, their_line in other.lines.items():
-            line = lines.get(sku)
-            for dot, amount in their_line.adds.items():
-                if dot[1] > vv.get(dot[0], 0) and dot not in cloud and dot not in where:
-                    if line is None:
-                        line = lines[sku] = _Line()
-                    line.adds[dot] = amount
-                    where[dot] = sku
-            for dot, entry in their_line.sets.items():
-                if dot[1] > vv.get(dot[0], 0) and dot not in cloud and dot not in where:
-                    if line is None:
-                        line = lines[sku] = _Line()
-                    line.sets[dot] = entry
-                    where[dot] = sku
-        # 3. And the contexts join.
-        if their_vv:
-            self.see_context(other)
-        else:
-            see = self.see
-            for dot in their_cloud:
-                see(dot)
-
-
 class Cart:
     """A shopping cart (see the module docstring for the rules)."""
 
-    __slots__ = ("_closed", "_live")
+    __slots__ = ("_closed", "_delta", "_store")
 
     TYPE_TAG = "cart"
 
-    def __init__(self, live: _Store | None = None, closed: _Store | None = None) -> None:
-        self._live = live if live is not None else _Store()
+    def __init__(
+        self,
+        live: CartState | None = None,
+        closed: CartState | None = None,
+        delta: DeltaEntries | None = None,
+    ) -> None:
+        # A decoded delta comes as ``delta`` alone, its store built only if something asks for it.
+        self._store: CartState | None = live if live is not None or delta is not None else CartState()
+        self._delta = delta
         self._closed = closed
+
+    @property
+    def _live(self) -> CartState:
+        store = self._store
+        if store is None:
+            assert self._delta is not None
+            store = self._store = self._delta.store()
+            self._delta = None
+        return store
 
     @classmethod
     def new(cls) -> Cart:
@@ -325,25 +159,25 @@ class Cart:
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def _shown(self) -> _Store:
+    def _shown(self) -> CartState:
         return self._closed if self._closed is not None else self._live
 
     def value(self) -> dict[str, int]:
         """SKU → quantity, for the lines with a quantity above zero (the snapshot, once closed)."""
         out: dict[str, int] = {}
         for sku, line in self._shown().lines.items():
-            quantity = line.view().quantity
+            quantity = line.view()[0]
             if quantity > 0:
                 out[sku] = quantity
         return out
 
     def lines(self) -> dict[str, Line]:
         """Every line that holds an entry, with its conflicts (a line set to 0 is listed)."""
-        return {sku: line.view() for sku, line in self._shown().lines.items()}
+        return {sku: Line(*line.view()) for sku, line in self._shown().lines.items()}
 
     def line(self, sku: str) -> Line:
         line = self._shown().lines.get(sku)
-        return line.view() if line is not None else Line(0, ())
+        return Line(*line.view()) if line is not None else Line(0, ())
 
     def quantity(self, sku: str) -> int:
         return self.line(sku).quantity
@@ -410,9 +244,9 @@ class Cart:
         _check_sku(sku)
         _check_quantity(amount, low=1)
         dot = self._live.next_dot(_check_replica(replica))
-        delta = _Store()
+        delta = CartState()
         delta.see(dot)
-        delta.lines[sku] = line = _Line()
+        delta.lines[sku] = line = LineState()
         line.adds[dot] = amount
         delta.where[dot] = sku
         return Cart(delta)
@@ -425,10 +259,10 @@ class Cart:
         _check_quantity(quantity, low=0)
         _check_timestamp(ts, replica)
         dot = self._live.next_dot(_check_replica(replica))
-        delta = _Store()
+        delta = CartState()
         for seen in sorted([*self._live.line_dots(sku), dot]):
             delta.see(seen)
-        delta.lines[sku] = line = _Line()
+        delta.lines[sku] = line = LineState()
         line.sets[dot] = (quantity, ts.wall_ms, ts.logical)
         delta.where[dot] = sku
         return Cart(delta)
@@ -437,7 +271,7 @@ class Cart:
         """Remove the line as this replica sees it; adds it has not seen survive (add wins)."""
         self._check_open()
         _check_sku(sku)
-        delta = _Store()
+        delta = CartState()
         for seen in sorted([*self._live.line_dots(sku), self._live.next_dot(_check_replica(replica))]):
             delta.see(seen)
         return Cart(delta)
@@ -448,14 +282,18 @@ class Cart:
         dot = self._live.next_dot(_check_replica(replica))
         snapshot = self._live.copy()
         snapshot.see(dot)
-        delta = _Store()
+        delta = CartState()
         delta.see(dot)
         return Cart(delta, snapshot)
 
     # -- join --------------------------------------------------------------------------------------
 
     def apply(self, delta: Cart) -> None:
-        self._live.absorb(delta._live)
+        entries = delta._delta
+        if entries is not None:
+            self._live.absorb_delta(entries)
+        else:
+            self._live.absorb(delta._live)
         if delta._closed is not None:
             if self._closed is None:
                 self._closed = delta._closed.copy()
@@ -519,26 +357,12 @@ def _check_timestamp(ts: Timestamp, replica: str) -> None:
 # the entries' own dots. The decoder is the apply path's hot spot: it checks types inline.
 
 
-def _encode_store(store: _Store, table: ReplicaTable) -> tuple[list[Any], list[int]]:
-    flat: list[Any] = []
-    index = table.index
-    for sku, line in store.lines.items():
-        adds: list[int] = []
-        for (replica, counter), amount in line.adds.items():
-            adds += (index(replica), counter, amount)
-        sets: list[int] = []
-        for (replica, counter), (quantity, wall, logical) in line.sets.items():
-            sets += (index(replica), counter, quantity, wall, logical)
-        flat += (sku, adds, sets)
-    return flat, encode_pairs(store.vv, store.cloud, table, store.where)
-
-
 def _encode_v1(cart: Cart) -> list[Any]:
     table = ReplicaTable()
-    lines, ctx = _encode_store(cart._live, table)
+    lines, ctx = encode_state(cart._live, table)
     out: list[Any] = [None, lines, ctx]
     if cart._closed is not None:
-        out += _encode_store(cart._closed, table)
+        out += encode_state(cart._closed, table)
     out[0] = table.encoded()
     return out
 
@@ -547,91 +371,18 @@ def _bad(why: str) -> codec.CodecError:
     return codec.CodecError(f"malformed cart: {why}")
 
 
-def _decode_store(raw_lines: object, raw_ctx: object, replicas: list[str]) -> _Store:
-    if type(raw_lines) is not list or len(raw_lines) % 3:
-        raise _bad("lines are a flat list of (sku, adds, sets) triples")
-    store = _Store()
-    lines, where = store.lines, store.where
-    size = len(replicas)
-    for i in range(0, len(raw_lines), 3):
-        sku, adds, sets = raw_lines[i], raw_lines[i + 1], raw_lines[i + 2]
-        if type(sku) is not str or not 0 < len(sku) <= MAX_SKU_LENGTH or sku in lines:
-            raise _bad(f"bad or repeated SKU {sku!r}")
-        if (
-            type(adds) is not list
-            or type(sets) is not list
-            or len(adds) % 3
-            or len(sets) % 5
-            or not (adds or sets)
-        ):
-            raise _bad(f"malformed entries in line {sku!r}")
-        line = lines[sku] = _Line()
-        line_adds, line_sets = line.adds, line.sets
-        for j in range(0, len(adds), 3):
-            index, counter, amount = adds[j], adds[j + 1], adds[j + 2]
-            if not (
-                type(index) is int
-                and 0 <= index < size
-                and type(counter) is int
-                and counter > 0
-                and type(amount) is int
-                and 0 < amount <= MAX_QUANTITY
-            ):
-                raise _bad(f"bad add entry {adds[j : j + 3]!r} in line {sku!r}")
-            dot = (replicas[index], counter)
-            if dot in where:
-                raise _bad(f"dot {dot} appears twice")
-            line_adds[dot] = amount
-            where[dot] = sku
-        for j in range(0, len(sets), 5):
-            index, counter, quantity, wall, logical = sets[j : j + 5]
-            if not (
-                type(index) is int
-                and 0 <= index < size
-                and type(counter) is int
-                and counter > 0
-                and type(quantity) is int
-                and 0 <= quantity <= MAX_QUANTITY
-                and type(wall) is int
-                and wall >= 0
-                and type(logical) is int
-                and logical >= 0
-            ):
-                raise _bad(f"bad set entry {sets[j : j + 5]!r} in line {sku!r}")
-            dot = (replicas[index], counter)
-            if dot in where:
-                raise _bad(f"dot {dot} appears twice")
-            line_sets[dot] = (quantity, wall, logical)
-            where[dot] = sku
-    # The context: the pairs written, plus the entries' own dots (left out by the writer).
-    vv, extra = ({}, ()) if type(raw_ctx) is list and not raw_ctx else decode_pairs(raw_ctx, replicas)
-    store.vv = vv
-    if vv:
-        cloud = store.cloud
-        for dots in (where, extra):
-            for dot in dots:
-                if dot[1] > vv.get(dot[0], 0):
-                    cloud.add(dot)
-    else:  # a delta's usual context: its entries' dots and the few it cancels
-        cloud = store.cloud = set(where)
-        cloud.update(extra)
-    for replica, counter in cloud:
-        if counter == vv.get(replica, 0) + 1:  # next to the vector: fold (the invariant of _Store)
-            store.normalize()
-            break
-    return store
-
-
 def _decode_v1(state: object) -> Cart:
     if type(state) is not list or len(state) not in (3, 5):
         raise _bad("a cart is [replicas, lines, context] (+ [lines, context] once closed)")
     replicas = decode_table(state[0])
-    live = _decode_store(state[1], state[2], replicas)
-    closed = None
-    if len(state) == 5:
-        closed = _decode_store(state[3], state[4], replicas)
-        if not closed.vv and not closed.cloud:
-            raise _bad("a checkout snapshot has at least its close dot")
+    if len(state) == 3:
+        live = decode_state(state[1], state[2], replicas, lazy=True)
+        return Cart(delta=live) if isinstance(live, DeltaEntries) else Cart(live)
+    live = decode_state(state[1], state[2], replicas)
+    closed = decode_state(state[3], state[4], replicas)
+    assert isinstance(live, CartState) and isinstance(closed, CartState)
+    if not closed.vv and not closed.cloud:
+        raise _bad("a checkout snapshot has at least its close dot")
     return Cart(live, closed)
 
 

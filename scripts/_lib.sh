@@ -7,7 +7,8 @@
 # script that sources it. Every function that fails prints why and exits the script.
 #
 #   bootstrap_venv   .venv with `pip install -e '.[test,dev]'`, redone only when
-#                    setup.cfg or pyproject.toml changed (SYNCHUB_FORCE_INSTALL=1 forces it)
+#                    setup.cfg, pyproject.toml, setup.py or a compiled module changed
+#                    (SYNCHUB_FORCE_INSTALL=1 forces it; see setup.py for the compiled modules)
 #   ensure_postgres  PostgreSQL accepting connections at 127.0.0.1:5432
 #   ensure_redis     Redis answering PONG at 127.0.0.1:6379
 #
@@ -66,16 +67,21 @@ _python_ok() {
 	"$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1
 }
 
-# One hash over setup.cfg and pyproject.toml (a missing file counts as its own state).
+# One hash over what an install depends on (a missing file counts as its own state): the
+# metadata, setup.py and the modules it compiles (an edit to one needs a fresh build), and
+# whether compiling is switched off.
 _deps_hash() {
 	local f
-	for f in setup.cfg pyproject.toml; do
-		if [[ -f $SYNCHUB_ROOT/$f ]]; then
-			printf '%s %s\n' "$f" "$(sha256sum <"$SYNCHUB_ROOT/$f")"
-		else
-			printf '%s missing\n' "$f"
-		fi
-	done | sha256sum | cut -d' ' -f1
+	{
+		for f in setup.cfg pyproject.toml setup.py crdt/_cart_state.py crdt/_compact.py crdt/codec.py; do
+			if [[ -f $SYNCHUB_ROOT/$f ]]; then
+				printf '%s %s\n' "$f" "$(sha256sum <"$SYNCHUB_ROOT/$f")"
+			else
+				printf '%s missing\n' "$f"
+			fi
+		done
+		printf 'SYNCHUB_PURE_PYTHON=%s\n' "${SYNCHUB_PURE_PYTHON:-0}"
+	} | sha256sum | cut -d' ' -f1
 }
 
 # pip in .venv, all its output on stderr, less one warning: a pip configuration may name

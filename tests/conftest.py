@@ -26,6 +26,13 @@ from hub.settings import Settings
 from storage.factory import open_store
 from storage.models import NewProduct, Warehouse
 from storage.sql import SqlStore
+from tests import native_modules
+
+CRDT_BUILD = native_modules.select()  # before any test module imports crdt
+
+
+def pytest_report_header() -> str:
+    return f"crdt build: {CRDT_BUILD}"
 
 BACKENDS = ["sqlite", "postgres"]
 JWT_SECRET = "test-secret-" + secrets.token_hex(16)

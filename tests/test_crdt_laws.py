@@ -289,15 +289,40 @@ def test_every_type_is_registered_under_its_short_tag_version_1() -> None:
         {"t": 1, "v": 1, "s": {}},
         {"t": "gc", "v": 1},
         {"t": "gc", "v": 1, "s": {}, "x": 0},
-        ["gc", 1, {}],
+        {"t": "gc", "v": 1, "x": {}},
+        ["gc", 1, {}],  # the MessagePack envelope is not the JSON one
         None,
     ],
 )
-def test_an_unknown_tag_or_version_or_envelope_is_an_error(payload: Any) -> None:
+def test_an_unknown_tag_or_version_or_envelope_is_an_error_in_json(payload: Any) -> None:
     with pytest.raises(CodecError):
         codec.from_dict(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        ["nope", 1, {}],
+        ["gc", 2, {}],
+        ["gc", 0, {}],
+        ["gc", "1", {}],
+        ["gc", True, {}],
+        [1, 1, {}],
+        ["gc", 1],
+        ["gc", 1, {}, 0],
+        {"t": "gc", "v": 1, "s": {}},  # the JSON envelope is not the MessagePack one
+        None,
+    ],
+)
+def test_an_unknown_tag_or_version_or_envelope_is_an_error_in_messagepack(payload: Any) -> None:
     with pytest.raises(CodecError):
         codec.from_msgpack(msgpack.packb(payload))
+
+
+def test_the_two_envelopes_carry_the_same_tag_version_and_state() -> None:
+    value = GCounter({"a": 2})
+    as_dict = codec.to_dict(value)
+    assert msgpack.unpackb(codec.to_msgpack(value)) == [as_dict["t"], as_dict["v"], as_dict["s"]]
 
 
 @pytest.mark.parametrize("tag", sorted(TAGS))
@@ -458,9 +483,7 @@ def test_random_bytes_are_messagepack_of_a_valid_state_or_a_codec_error(blob: by
     roundtrip(value)
 
 
-@pytest.mark.parametrize(
-    "blob", [b"", b"\xc1", b"\x92", b"\x81\x90\x00", b"\x83\xa1t\xa2gc\xa1v\x01\xa1s\x80\x00"]
-)
+@pytest.mark.parametrize("blob", [b"", b"\xc1", b"\x92", b"\x81\x90\x00", b"\x93\xa2gc\x01\x80\x00"])
 def test_bad_messagepack_is_a_codec_error(blob: bytes) -> None:
     with pytest.raises(CodecError):
         codec.from_msgpack(blob)
