@@ -34,6 +34,7 @@ CRDT_BUILD = native_modules.select()  # before any test module imports crdt
 def pytest_report_header() -> str:
     return f"crdt build: {CRDT_BUILD}"
 
+
 BACKENDS = ["sqlite", "postgres"]
 JWT_SECRET = "test-secret-" + secrets.token_hex(16)
 TABLES = "outbox, idempotency_keys, reservation_lines, reservations, stock, warehouses, products"
