@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.machinery
 import math
 import random
 import statistics
@@ -40,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from crdt import codec
+from crdt import _cart_state, codec
 from crdt.cart import Cart
 from crdt.dots import new_replica_id
 from crdt.hlc import HybridClock
@@ -249,6 +250,8 @@ def main(argv: list[str]) -> int:
         cases += group
 
     peer = f", pycrdt {getattr(pycrdt, '__version__', '?')}" if pycrdt is not None else ""
+    compiled = (_cart_state.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    peer += ", crdt build: " + ("compiled (mypyc)" if compiled else "pure Python")
     print(f"One edit of a freshly built cart, applied to {args.fresh} replicas of it, decode included;")
     print(f"best of {args.repeat} runs{peer}:\n")
     print("| impl | lines | edit | apply µs | applies/s | delta bytes | state bytes/line |")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from crdt._compact import RawDot, ReplicaTable, decode_pairs, encode_pairs
+from crdt._compact import RawDot, ReplicaTable, decode_pairs, decode_table, encode_pairs
 from crdt.codec import CodecError
 from crdt.context import CausalContext
 from crdt.dots import Dot
@@ -378,10 +378,35 @@ def decode_state(
             dots.add(dot)
             sets_out.append((sku, dot, (quantity, wall, logical)))
     # The context: the pairs written, plus the entries' own dots (left out by the writer).
-    vv, extra = ({}, []) if type(raw_ctx) is list and not raw_ctx else decode_pairs(raw_ctx, replicas)
-    if lazy and all(top <= _SHORT_VECTOR for top in vv.values()):
-        # A delta's context: a few dots (a new replica's first ones folded into a vector entry).
-        for replica, top in vv.items():
-            extra.extend((replica, counter) for counter in range(1, top + 1))
-        return DeltaEntries(adds_out, sets_out, [dot for dot in extra if dot not in dots])
-    return DeltaEntries(adds_out, sets_out, [dot for dot in extra if dot not in dots]).store(vv)
+    if type(raw_ctx) is list and not raw_ctx:
+        return DeltaEntries(adds_out, sets_out, []) if lazy else DeltaEntries(adds_out, sets_out, []).store()
+    vv, extra = decode_pairs(raw_ctx, replicas)
+    short = lazy
+    for top in vv.values():
+        if top > _SHORT_VECTOR:
+            short = False
+    cancels = [dot for dot in extra if dot not in dots]
+    if not short:
+        return DeltaEntries(adds_out, sets_out, cancels).store(vv)
+    # A delta's context: a few dots (a new replica's first ones folded into a vector entry).
+    for replica, top in vv.items():
+        for counter in range(1, top + 1):
+            if (replica, counter) not in dots:
+                cancels.append((replica, counter))
+    return DeltaEntries(adds_out, sets_out, cancels)
+
+
+def decode_v1(state: object) -> tuple[CartState | DeltaEntries, CartState | None]:
+    """A cart's v1 state (see :mod:`crdt.cart`): the live part — as :class:`DeltaEntries` when its
+    context is a delta's — and the checkout snapshot, if any."""
+    if type(state) is not list or len(state) not in (3, 5):
+        raise _bad("a cart is [replicas, lines, context] (+ [lines, context] once closed)")
+    replicas = decode_table(state[0])
+    if len(state) == 3:
+        return decode_state(state[1], state[2], replicas, lazy=True), None
+    live = decode_state(state[1], state[2], replicas)
+    closed = decode_state(state[3], state[4], replicas)
+    assert isinstance(closed, CartState)
+    if not closed.vv and not closed.cloud:
+        raise _bad("a checkout snapshot has at least its close dot")
+    return live, closed

@@ -94,10 +94,10 @@ from crdt._cart_state import (
     CartState,
     DeltaEntries,
     LineState,
-    decode_state,
+    decode_v1,
     encode_state,
 )
-from crdt._compact import ReplicaTable, decode_table
+from crdt._compact import ReplicaTable
 from crdt.context import CausalContext
 from crdt.dots import Dot
 from crdt.hlc import Timestamp
@@ -350,11 +350,7 @@ def _check_timestamp(ts: Timestamp, replica: str) -> None:
 
 # -- codec, version 1 -------------------------------------------------------------------------------
 #
-# s = [R, L, C] for an open cart, [R, L, C, SL, SC] once closed (SL, SC: the snapshot's lines and
-# context). R: the replica table (crdt._compact). L: flat [sku, adds, sets, sku, adds, sets, ...];
-# adds: flat [replica index, counter, amount, ...]; sets: flat [replica index, counter, quantity,
-# wall_ms, logical, ...] (the timestamp's replica is the dot's). C: the context as flat pairs, without
-# the entries' own dots. The decoder is the apply path's hot spot: it checks types inline.
+# The format is described, and decoded, in crdt._cart_state.
 
 
 def _encode_v1(cart: Cart) -> list[Any]:
@@ -367,22 +363,10 @@ def _encode_v1(cart: Cart) -> list[Any]:
     return out
 
 
-def _bad(why: str) -> codec.CodecError:
-    return codec.CodecError(f"malformed cart: {why}")
-
-
 def _decode_v1(state: object) -> Cart:
-    if type(state) is not list or len(state) not in (3, 5):
-        raise _bad("a cart is [replicas, lines, context] (+ [lines, context] once closed)")
-    replicas = decode_table(state[0])
-    if len(state) == 3:
-        live = decode_state(state[1], state[2], replicas, lazy=True)
-        return Cart(delta=live) if isinstance(live, DeltaEntries) else Cart(live)
-    live = decode_state(state[1], state[2], replicas)
-    closed = decode_state(state[3], state[4], replicas)
-    assert isinstance(live, CartState) and isinstance(closed, CartState)
-    if not closed.vv and not closed.cloud:
-        raise _bad("a checkout snapshot has at least its close dot")
+    live, closed = decode_v1(state)
+    if isinstance(live, DeltaEntries):
+        return Cart(delta=live)
     return Cart(live, closed)
 
 
