@@ -1,0 +1,1 @@
+"""Peer servers the fan-out benchmark compares synchub against (see ``servers.py`` and README.md)."""
