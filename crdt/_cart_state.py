@@ -210,8 +210,8 @@ class CartState:
                 see(dot)
 
     def absorb_delta(self, delta: DeltaEntries) -> None:
-        """:meth:`absorb` for a decoded delta whose context is only dots (what a mutator ships): the same
-        join, without building the delta's store first."""
+        """:meth:`absorb` for a decoded payload whose context is a short list of dots (what a mutator
+        ships, or a small cart's state): the same join, without building the payload's store first."""
         # Entries first: a set that cancels its line's only other entry then never empties the line
         # (dropping it and making it again). The two steps touch different dots, so order is free.
         vv, cloud, lines, where = self.vv, self.cloud, self.lines, self.where
@@ -239,9 +239,10 @@ class CartState:
 
 
 class DeltaEntries:
-    """A decoded payload whose context holds no version vector — a delta as mutators make them — kept
-    as its validated entries until something needs it as a store: :meth:`Cart.apply` joins it straight
-    from these lists, which is the hot path of a hub or a device receiving edits."""
+    """A decoded payload whose context is a few dots (no vector entry above ``_SHORT_VECTOR``) — a delta
+    as mutators make them — kept as its validated entries until something needs it as a store:
+    :meth:`Cart.apply` joins it straight from these lists, the hot path of a hub or a device receiving
+    edits. ``cancels`` are the context's dots that are not entry dots."""
 
     __slots__ = ("adds", "cancels", "sets")
 
@@ -318,8 +319,8 @@ def _bad(why: str) -> CodecError:
 def decode_state(
     raw_lines: object, raw_ctx: object, replicas: list[str], *, lazy: bool = False
 ) -> CartState | DeltaEntries:
-    """The lines and context of a store; with ``lazy``, a context without a version vector (a delta's)
-    comes back as a :class:`DeltaEntries`, for :meth:`Cart.apply` to join without building the store."""
+    """The lines and context of a store; with ``lazy``, a short context (a delta's) comes back as
+    :class:`DeltaEntries`, for :meth:`Cart.apply` to join without building the store."""
     if type(raw_lines) is not list or len(raw_lines) % 3:
         raise _bad("lines are a flat list of (sku, adds, sets) triples")
     adds_out: list[tuple[str, RawDot, int]] = []
