@@ -101,6 +101,7 @@ from crdt._compact import ReplicaTable
 from crdt.context import CausalContext
 from crdt.dots import Dot
 from crdt.hlc import Timestamp
+from crdt.wire import check_own_timestamp, check_replica
 
 __all__ = ["MAX_QUANTITY", "MAX_SKU_LENGTH", "Cart", "ClosedCartError", "Line", "RejectedEdit"]
 
@@ -243,7 +244,7 @@ class Cart:
         self._check_open()
         _check_sku(sku)
         _check_quantity(amount, low=1)
-        dot = self._live.next_dot(_check_replica(replica))
+        dot = self._live.next_dot(check_replica(replica))
         delta = CartState()
         delta.see(dot)
         delta.lines[sku] = line = LineState()
@@ -257,8 +258,8 @@ class Cart:
         self._check_open()
         _check_sku(sku)
         _check_quantity(quantity, low=0)
-        _check_timestamp(ts, replica)
-        dot = self._live.next_dot(_check_replica(replica))
+        check_own_timestamp(ts, replica)
+        dot = self._live.next_dot(check_replica(replica))
         delta = CartState()
         for seen in sorted([*self._live.line_dots(sku), dot]):
             delta.see(seen)
@@ -272,14 +273,14 @@ class Cart:
         self._check_open()
         _check_sku(sku)
         delta = CartState()
-        for seen in sorted([*self._live.line_dots(sku), self._live.next_dot(_check_replica(replica))]):
+        for seen in sorted([*self._live.line_dots(sku), self._live.next_dot(check_replica(replica))]):
             delta.see(seen)
         return Cart(delta)
 
     def close(self, replica: str) -> Cart:
         """Check out: freeze the cart as this replica sees it now."""
         self._check_open()
-        dot = self._live.next_dot(_check_replica(replica))
+        dot = self._live.next_dot(check_replica(replica))
         snapshot = self._live.copy()
         snapshot.see(dot)
         delta = CartState()
@@ -320,12 +321,6 @@ class Cart:
         return f"Cart({state}, {self.value()!r}, context={self.context!r})"
 
 
-def _check_replica(replica: str) -> str:
-    if not isinstance(replica, str) or not replica:
-        raise ValueError("a replica id is a non-empty string")
-    return replica
-
-
 def _check_sku(sku: str) -> None:
     if not isinstance(sku, str) or not sku or len(sku) > MAX_SKU_LENGTH:
         raise ValueError(f"a SKU is a string of 1 to {MAX_SKU_LENGTH} characters")
@@ -334,18 +329,6 @@ def _check_sku(sku: str) -> None:
 def _check_quantity(value: int, *, low: int) -> None:
     if type(value) is not int or not low <= value <= MAX_QUANTITY:
         raise ValueError(f"a quantity is an integer in [{low}, {MAX_QUANTITY}], not {value!r}")
-
-
-def _check_timestamp(ts: Timestamp, replica: str) -> None:
-    if (
-        not isinstance(ts, Timestamp)
-        or type(ts.wall_ms) is not int
-        or type(ts.logical) is not int
-        or ts.wall_ms < 0
-        or ts.logical < 0
-        or ts.replica != replica
-    ):
-        raise ValueError(f"not a timestamp of replica {replica!r}'s own clock: {ts!r}")
 
 
 # -- codec, version 1 -------------------------------------------------------------------------------

@@ -83,6 +83,7 @@ from crdt._compact import (
 from crdt.context import CausalContext
 from crdt.dots import Dot
 from crdt.hlc import Timestamp
+from crdt.wire import check_own_timestamp, check_replica
 
 MAX_TEXT_LENGTH = 10_000
 MAX_URL_LENGTH = 2_048
@@ -281,8 +282,8 @@ class Review:
         self._check_editable()
         if type(rating) is not int or not 1 <= rating <= 5:
             raise ValueError(f"a rating is an integer from 1 to 5, not {rating!r}")
-        _check_timestamp(ts, replica)
-        dot = self._ctx.next_dot(_check_replica(replica))
+        check_own_timestamp(ts, replica)
+        dot = self._ctx.next_dot(check_replica(replica))
         delta = self._delta(CausalContext.of([*self._rating, dot]))
         delta._rating[dot] = (rating, ts)
         return delta
@@ -292,8 +293,8 @@ class Review:
         self._check_editable()
         if not isinstance(text, str) or len(text) > MAX_TEXT_LENGTH:
             raise ValueError(f"a review text is a string of at most {MAX_TEXT_LENGTH} characters")
-        _check_timestamp(ts, replica)
-        dot = self._ctx.next_dot(_check_replica(replica))
+        check_own_timestamp(ts, replica)
+        dot = self._ctx.next_dot(check_replica(replica))
         delta = self._delta(CausalContext.of([*self._text, dot]))
         delta._text[dot] = (text, ts)
         return delta
@@ -301,7 +302,7 @@ class Review:
     def add_media(self, replica: str, url: str) -> Review:
         self._check_editable()
         _check_url(url)
-        dot = self._ctx.next_dot(_check_replica(replica))
+        dot = self._ctx.next_dot(check_replica(replica))
         delta = self._delta(CausalContext.of([*self._media_dots(url), dot]))
         delta._media[dot] = url
         return delta
@@ -310,7 +311,7 @@ class Review:
         """Remove the URL as this replica sees it; a concurrent add of it wins."""
         self._check_editable()
         _check_url(url)
-        dot = self._ctx.next_dot(_check_replica(replica))
+        dot = self._ctx.next_dot(check_replica(replica))
         return self._delta(CausalContext.of([*self._media_dots(url), dot]))
 
     def _media_dots(self, url: str) -> list[Dot]:
@@ -320,13 +321,13 @@ class Review:
         """Hide the review for good (a grow-only flag)."""
         if self._erased:
             raise ReviewGoneError("the review is erased")
-        delta = self._delta(CausalContext.of([self._ctx.next_dot(_check_replica(replica))]))
+        delta = self._delta(CausalContext.of([self._ctx.next_dot(check_replica(replica))]))
         delta._deleted = True
         return delta
 
     def erase(self, replica: str) -> Review:
         """Erase the content for good (GDPR): absorbing; keeps the id, the flags and the context."""
-        delta = self._delta(CausalContext.of([self._ctx.next_dot(_check_replica(replica))]))
+        delta = self._delta(CausalContext.of([self._ctx.next_dot(check_replica(replica))]))
         delta._erased = True
         return delta
 
@@ -407,27 +408,9 @@ class Review:
         return f"Review({self._review_id!r}, {flags}, {self.value()!r}, context={self._ctx!r})"
 
 
-def _check_replica(replica: str) -> str:
-    if not isinstance(replica, str) or not replica:
-        raise ValueError("a replica id is a non-empty string")
-    return replica
-
-
 def _check_url(url: str) -> None:
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
         raise ValueError(f"a media URL is a string of 1 to {MAX_URL_LENGTH} characters")
-
-
-def _check_timestamp(ts: Timestamp, replica: str) -> None:
-    if (
-        not isinstance(ts, Timestamp)
-        or type(ts.wall_ms) is not int
-        or type(ts.logical) is not int
-        or ts.wall_ms < 0
-        or ts.logical < 0
-        or ts.replica != replica
-    ):
-        raise ValueError(f"not a timestamp of replica {replica!r}'s own clock: {ts!r}")
 
 
 # -- codec, version 1 -------------------------------------------------------------------------------

@@ -99,6 +99,20 @@ def check_replica(replica: Any) -> str:
     return replica
 
 
+def check_own_timestamp(ts: Any, replica: str) -> Timestamp:
+    """For mutators: ``ts`` comes from ``replica``'s own clock (ValueError otherwise)."""
+    if (
+        not isinstance(ts, Timestamp)
+        or type(ts.wall_ms) is not int
+        or type(ts.logical) is not int
+        or ts.wall_ms < 0
+        or ts.logical < 0
+        or ts.replica != replica
+    ):
+        raise ValueError(f"not a timestamp of replica {replica!r}'s own clock: {ts!r}")
+    return ts
+
+
 # ------------------------------------------------------------------------------ dots, contexts
 
 

@@ -28,7 +28,9 @@ def extensions() -> dict[str, Path]:
     out: dict[str, Path] = {}
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         for path in CRDT.glob(f"*{suffix}"):
-            out["crdt." + path.name[: -len(suffix)]] = path
+            stem = path.name[: -len(suffix)]
+            if "." not in stem:  # ".so" also matches "x.cpython-311-….so": the module is "x"
+                out["crdt." + stem] = path
     return out
 
 
