@@ -14,6 +14,7 @@ Every delta made in a world and every state handed to a law goes through both co
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,20 @@ def is_json_safe(x: Any) -> bool:
 
 def canonical_encoding(x: Any) -> str:
     return json.dumps(codec.to_dict(x), sort_keys=True)
+
+
+_formats = itertools.cycle(["dict", "msgpack"])
+
+
+def through_the_wire(value: Any) -> Any:
+    """What the other end receives: alternately through the JSON-safe dict and MessagePack, checked to
+    decode equal to what was sent."""
+    if next(_formats) == "dict":
+        out = codec.from_dict(codec.to_dict(value))
+    else:
+        out = codec.from_msgpack(codec.to_msgpack(value))
+    assert type(out) is type(value) and out == value
+    return out
 
 
 def roundtrip(x: Any) -> Any:

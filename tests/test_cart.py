@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,18 +11,11 @@ from crdt.cart import MAX_QUANTITY, Cart, ClosedCartError, Line, RejectedEdit
 from crdt.dots import Dot, new_replica_id
 from crdt.hlc import Timestamp
 from tests import crdt_profiles  # noqa: F401  (registers and loads the Hypothesis profile)
-
-_formats = itertools.cycle(["dict", "msgpack"])
+from tests.crdt_strategies import through_the_wire
 
 
 def wire(value: Cart) -> Cart:
-    """What the other end receives: alternately through the JSON-safe dict and MessagePack."""
-    if next(_formats) == "dict":
-        out = codec.from_dict(codec.to_dict(value))
-    else:
-        out = codec.from_msgpack(codec.to_msgpack(value))
-    assert isinstance(out, Cart)
-    assert out == value
+    out: Cart = through_the_wire(value)
     return out
 
 

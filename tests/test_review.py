@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +11,7 @@ from crdt.dots import Dot
 from crdt.hlc import Timestamp
 from crdt.review import MAX_TEXT_LENGTH, ModerationStatus, Review, ReviewGoneError
 from tests import crdt_profiles  # noqa: F401  (registers and loads the Hypothesis profile)
+from tests.crdt_strategies import through_the_wire
 
 PUBLISHED, PENDING, FLAGGED, REJECTED = (
     ModerationStatus.PUBLISHED,
@@ -20,16 +19,10 @@ PUBLISHED, PENDING, FLAGGED, REJECTED = (
     ModerationStatus.FLAGGED,
     ModerationStatus.REJECTED,
 )
-_formats = itertools.cycle(["dict", "msgpack"])
 
 
 def wire(value: Review) -> Review:
-    if next(_formats) == "dict":
-        out = codec.from_dict(codec.to_dict(value))
-    else:
-        out = codec.from_msgpack(codec.to_msgpack(value))
-    assert isinstance(out, Review)
-    assert out == value
+    out: Review = through_the_wire(value)
     return out
 
 
