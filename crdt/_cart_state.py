@@ -7,21 +7,22 @@ what callers pass; this module trusts its callers and checks only what it decode
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Collection, Iterator
+from typing import Any, Final, cast
 
-from crdt._compact import RawDot, ReplicaTable, decode_pairs, decode_table, encode_pairs
+from crdt._compact import DotObject, RawDot, ReplicaTable, decode_pairs, decode_table, encode_pairs
 from crdt.codec import CodecError
 from crdt.context import CausalContext
 from crdt.dots import Dot
 
-MAX_QUANTITY = 1_000_000
-MAX_SKU_LENGTH = 200
-_SHORT_VECTOR = 8  # a decoded context whose vector entries are all this short is treated as a delta's
+MAX_QUANTITY: Final = 1_000_000
+MAX_SKU_LENGTH: Final = 200
+_SHORT_VECTOR: Final = 8  # a decoded context whose vector entries are all this short is treated as a delta's
 
 # A set entry: (quantity, wall_ms, logical). The timestamp's replica is the dot's (a replica stamps its
 # own writes), so the entry's Timestamp is (wall_ms, logical, dot's replica).
 SetEntry = tuple[int, int, int]
+SetEntryObject = Any  # a SetEntry kept as its tuple object, for the reason DotObject gives
 
 
 class LineState:
@@ -68,7 +69,9 @@ class CartState:
     The context is kept here as a mutable version vector ``vv`` and cloud (the same model as
     :class:`~crdt.context.CausalContext`, which :attr:`Cart.context` returns), and dots as plain
     ``(replica, counter)`` tuples: applying a delta then updates a few dicts in place.
-    Invariant: a cloud dot is above its replica's vector entry and not next to it.
+    Invariants: a cloud dot is above its replica's vector entry and not next to it; every entry dot
+    (a key of ``where``) is in the context — so an entry whose dot is not in the context is new here,
+    which is all the joins test before taking one in.
     """
 
     __slots__ = ("cloud", "lines", "vv", "where")
@@ -99,8 +102,8 @@ class CartState:
     def seen(self, dot: RawDot) -> bool:
         return dot[1] <= self.vv.get(dot[0], 0) or dot in self.cloud
 
-    def see(self, dot: RawDot) -> None:
-        replica, counter = dot
+    def see(self, dot: DotObject) -> None:
+        replica, counter = cast(RawDot, dot)
         top = self.vv.get(replica, 0)
         if counter == top + 1:
             cloud = self.cloud
@@ -114,7 +117,8 @@ class CartState:
 
     def normalize(self) -> None:
         """Restore the invariant (after a decoder filled the cloud in any order)."""
-        dots, self.cloud = sorted(self.cloud), set()
+        dots: list[DotObject] = sorted(self.cloud)
+        self.cloud = set()
         for dot in dots:
             self.see(dot)
 
@@ -127,6 +131,7 @@ class CartState:
                 raised = True
         if raised and self.cloud:
             self.normalize()
+        dot: DotObject
         for dot in other.cloud:
             self.see(dot)
 
@@ -155,12 +160,16 @@ class CartState:
         line = self.lines.get(sku)
         return line.dots() if line is not None else []
 
-    def _drop(self, dot: RawDot, sku: str) -> None:
+    def _unlink(self, dot: DotObject, sku: str) -> None:
+        """Take the entry ``dot`` out of its line (the caller takes it out of ``where``)."""
         line = self.lines[sku]
         if line.adds.pop(dot, None) is None:
             del line.sets[dot]
         if not line.adds and not line.sets:
             del self.lines[sku]
+
+    def _drop(self, dot: DotObject, sku: str) -> None:
+        self._unlink(dot, sku)
         del self.where[dot]
 
     def absorb(self, other: CartState) -> None:
@@ -190,13 +199,13 @@ class CartState:
         for sku, their_line in other.lines.items():
             line = lines.get(sku)
             for dot, amount in their_line.adds.items():
-                if dot[1] > vv.get(dot[0], 0) and dot not in cloud and dot not in where:
+                if dot[1] > vv.get(dot[0], 0) and not (cloud and dot in cloud):
                     if line is None:
                         line = lines[sku] = LineState()
                     line.adds[dot] = amount
                     where[dot] = sku
             for dot, entry in their_line.sets.items():
-                if dot[1] > vv.get(dot[0], 0) and dot not in cloud and dot not in where:
+                if dot[1] > vv.get(dot[0], 0) and not (cloud and dot in cloud):
                     if line is None:
                         line = lines[sku] = LineState()
                     line.sets[dot] = entry
@@ -216,7 +225,8 @@ class CartState:
         # (dropping it and making it again). The two steps touch different dots, so order is free.
         vv, cloud, lines, where = self.vv, self.cloud, self.lines, self.where
         for sku, dot, amount in delta.adds:
-            if dot[1] > vv.get(dot[0], 0) and dot not in cloud and dot not in where:
+            replica, counter = cast(RawDot, dot)
+            if counter > vv.get(replica, 0) and not (cloud and dot in cloud):
                 line = lines.get(sku)
                 if line is None:
                     line = lines[sku] = LineState()
@@ -224,7 +234,8 @@ class CartState:
                 where[dot] = sku
             self.see(dot)  # entry dots are distinct: seeing one changes no other entry's test
         for sku, dot, entry in delta.sets:
-            if dot[1] > vv.get(dot[0], 0) and dot not in cloud and dot not in where:
+            replica, counter = cast(RawDot, dot)
+            if counter > vv.get(replica, 0) and not (cloud and dot in cloud):
                 line = lines.get(sku)
                 if line is None:
                     line = lines[sku] = LineState()
@@ -232,9 +243,9 @@ class CartState:
                 where[dot] = sku
             self.see(dot)
         for dot in delta.cancels:
-            held = where.get(dot)
+            held = where.pop(dot, None)
             if held is not None:
-                self._drop(dot, held)
+                self._unlink(dot, held)
             self.see(dot)
 
 
@@ -248,9 +259,9 @@ class DeltaEntries:
 
     def __init__(
         self,
-        adds: list[tuple[str, RawDot, int]],
-        sets: list[tuple[str, RawDot, SetEntry]],
-        cancels: list[RawDot],
+        adds: list[tuple[str, DotObject, int]],
+        sets: list[tuple[str, DotObject, SetEntryObject]],
+        cancels: list[DotObject],
     ) -> None:
         self.adds = adds
         self.sets = sets
@@ -276,7 +287,8 @@ class DeltaEntries:
             cloud = store.cloud
             for dots in (where, self.cancels):
                 for dot in dots:
-                    if dot[1] > vv.get(dot[0], 0):
+                    replica, counter = cast(RawDot, dot)
+                    if counter > vv.get(replica, 0):
                         cloud.add(dot)
         else:
             cloud = store.cloud = set(where)
@@ -323,16 +335,17 @@ def decode_state(
     :class:`DeltaEntries`, for :meth:`Cart.apply` to join without building the store."""
     if type(raw_lines) is not list or len(raw_lines) % 3:
         raise _bad("lines are a flat list of (sku, adds, sets) triples")
-    adds_out: list[tuple[str, RawDot, int]] = []
-    sets_out: list[tuple[str, RawDot, SetEntry]] = []
-    skus: set[str] = set()
-    dots: set[RawDot] = set()
+    # Written for the one-line delta, the common payload: no set is built where a short list does.
+    adds_out: list[tuple[str, DotObject, int]] = []
+    sets_out: list[tuple[str, DotObject, SetEntryObject]] = []
+    entry_dots: list[DotObject] = []
+    dot: DotObject
+    entry: SetEntryObject
     size = len(replicas)
     for i in range(0, len(raw_lines), 3):
         sku, adds, sets = raw_lines[i], raw_lines[i + 1], raw_lines[i + 2]
-        if type(sku) is not str or not 0 < len(sku) <= MAX_SKU_LENGTH or sku in skus:
-            raise _bad(f"bad or repeated SKU {sku!r}")
-        skus.add(sku)
+        if type(sku) is not str or not 0 < len(sku) <= MAX_SKU_LENGTH:
+            raise _bad(f"bad SKU {sku!r}")
         if (
             type(adds) is not list
             or type(sets) is not list
@@ -353,9 +366,7 @@ def decode_state(
             ):
                 raise _bad(f"bad add entry {adds[j : j + 3]!r} in line {sku!r}")
             dot = (replicas[index], counter)
-            if dot in dots:
-                raise _bad(f"dot {dot} appears twice")
-            dots.add(dot)
+            entry_dots.append(dot)
             adds_out.append((sku, dot, amount))
         for j in range(0, len(sets), 5):
             index, counter, quantity = sets[j], sets[j + 1], sets[j + 2]
@@ -374,10 +385,16 @@ def decode_state(
             ):
                 raise _bad(f"bad set entry {sets[j : j + 5]!r} in line {sku!r}")
             dot = (replicas[index], counter)
-            if dot in dots:
-                raise _bad(f"dot {dot} appears twice")
-            dots.add(dot)
-            sets_out.append((sku, dot, (quantity, wall, logical)))
+            entry_dots.append(dot)
+            entry = (quantity, wall, logical)
+            sets_out.append((sku, dot, entry))
+    if len(raw_lines) > 3 and len({raw_lines[i] for i in range(0, len(raw_lines), 3)}) * 3 != len(raw_lines):
+        raise _bad("a SKU appears twice")
+    dots: Collection[DotObject] = entry_dots
+    if len(entry_dots) > 1:
+        dots = set(entry_dots)
+        if len(dots) != len(entry_dots):
+            raise _bad("a dot appears twice")
     # The context: the pairs written, plus the entries' own dots (left out by the writer).
     if type(raw_ctx) is list and not raw_ctx:
         return DeltaEntries(adds_out, sets_out, []) if lazy else DeltaEntries(adds_out, sets_out, []).store()
@@ -386,14 +403,18 @@ def decode_state(
     for top in vv.values():
         if top > _SHORT_VECTOR:
             short = False
-    cancels = [dot for dot in extra if dot not in dots]
+    cancels: list[DotObject] = []
+    for dot in extra:
+        if dot not in dots:
+            cancels.append(dot)
     if not short:
         return DeltaEntries(adds_out, sets_out, cancels).store(vv)
     # A delta's context: a few dots (a new replica's first ones folded into a vector entry).
     for replica, top in vv.items():
         for counter in range(1, top + 1):
-            if (replica, counter) not in dots:
-                cancels.append((replica, counter))
+            dot = (replica, counter)
+            if dot not in dots:
+                cancels.append(dot)
     return DeltaEntries(adds_out, sets_out, cancels)
 
 

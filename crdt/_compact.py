@@ -21,15 +21,15 @@ import base64
 import binascii
 import re
 from collections.abc import Collection, Container, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from crdt.codec import CodecError
 from crdt.context import CausalContext
 from crdt.dots import Dot
 
 _CANONICAL = re.compile(r"[0-9a-f]{16}")
-_PACKED_LENGTH = 10  # base85 of 8 bytes
-_CACHE_LIMIT = 4096
+_PACKED_LENGTH: Final = 10  # base85 of 8 bytes
+_CACHE_LIMIT: Final = 4096
 _packed: dict[str, str] = {}
 _unpacked: dict[str, str] = {}
 
@@ -95,20 +95,21 @@ class ReplicaTable:
 
 
 def decode_table(raw: object) -> list[str]:
-    cached = _unpacked.get  # an unhashable item raises TypeError, which the codec reports
+    # _unpacked.get is spelled out at each call: the compiled build then looks the dict up directly.
+    # An unhashable item raises TypeError, which the codec reports.
     if type(raw) is str:
         if raw.startswith(".") or len(raw) == _PACKED_LENGTH:
-            ids = [cached(raw) or unpack_replica(raw)]
+            ids = [_unpacked.get(raw) or unpack_replica(raw)]
         elif len(raw) % _PACKED_LENGTH == 0:  # "" included: no replica at all
             step = _PACKED_LENGTH
             ids = [
-                cached(raw[i : i + step]) or unpack_replica(raw[i : i + step])
+                _unpacked.get(raw[i : i + step]) or unpack_replica(raw[i : i + step])
                 for i in range(0, len(raw), step)
             ]
         else:
             raise CodecError(f"bad replica table {raw!r}")
     elif type(raw) is list:
-        ids = [cached(text) or unpack_replica(text) for text in raw]
+        ids = [_unpacked.get(text) or unpack_replica(text) for text in raw]
     else:
         raise CodecError("the replica table is a string or a list")
     if len(ids) > 1 and len(set(ids)) != len(ids):
@@ -117,7 +118,12 @@ def decode_table(raw: object) -> list[str]:
 
 
 RawDot = tuple[str, int]  # (replica, counter): a dot in the hot paths, hashed by C
-_SHORT_RUN = 8
+# The same dot, typed so that the compiled build keeps it as the tuple object it is: mypyc holds a value
+# typed ``RawDot`` unboxed and builds a fresh tuple each time it becomes a dict or set key again — an
+# allocation per lookup, and garbage-collector work with it. Hot loops hold dots as ``DotObject`` and
+# unpack them with ``cast(RawDot, dot)`` (a check, no allocation) where they need the parts.
+DotObject = Any
+_SHORT_RUN: Final = 8
 
 
 def encode_pairs(
@@ -136,13 +142,13 @@ def encode_pairs(
     return out
 
 
-def decode_pairs(raw: object, replicas: Sequence[str]) -> tuple[dict[str, int], list[RawDot]]:
+def decode_pairs(raw: object, replicas: Sequence[str]) -> tuple[dict[str, int], list[DotObject]]:
     """The version vector and the cloud dots of an encoded context (not compacted)."""
     flat = need_list(raw)
     if len(flat) % 2:
         raise CodecError("a context is a flat list of (replica, n) pairs")
     vv: dict[str, int] = {}
-    cloud: list[RawDot] = []
+    cloud: list[DotObject] = []
     size = len(replicas)
     for i in range(0, len(flat), 2):
         index, n = flat[i], flat[i + 1]
@@ -156,7 +162,8 @@ def decode_pairs(raw: object, replicas: Sequence[str]) -> tuple[dict[str, int], 
                 raise CodecError(f"replica {replica!r} appears twice in a version vector")
             vv[replica] = n
         else:
-            cloud.append((replica, -n))
+            dot: DotObject = (replica, -n)
+            cloud.append(dot)
     return vv, cloud
 
 

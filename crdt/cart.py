@@ -290,11 +290,14 @@ class Cart:
     # -- join --------------------------------------------------------------------------------------
 
     def apply(self, delta: Cart) -> None:
+        store = self._store
+        if store is None:
+            store = self._live
         entries = delta._delta
         if entries is not None:
-            self._live.absorb_delta(entries)
+            store.absorb_delta(entries)
         else:
-            self._live.absorb(delta._live)
+            store.absorb(delta._live)
         if delta._closed is not None:
             if self._closed is None:
                 self._closed = delta._closed.copy()
@@ -346,11 +349,19 @@ def _encode_v1(cart: Cart) -> list[Any]:
     return out
 
 
+_blank = object.__new__
+
+
 def _decode_v1(state: object) -> Cart:
     live, closed = decode_v1(state)
+    # Every delta a hub or a device receives comes through here: slots set directly, no __init__ call.
+    cart: Cart = _blank(Cart)
     if isinstance(live, DeltaEntries):
-        return Cart(delta=live)
-    return Cart(live, closed)
+        cart._store, cart._delta = None, live
+    else:
+        cart._store, cart._delta = live, None
+    cart._closed = closed
+    return cart
 
 
 codec.register(Cart, "cart", 1, _encode_v1, _decode_v1)

@@ -97,4 +97,4 @@ def from_msgpack(data: object) -> Any:
         raise CodecError(f"not MessagePack: {exc}") from exc
     if type(payload) is not list or len(payload) != 3:
         raise CodecError("an encoded CRDT is the MessagePack array [tag, version, state]")
-    return _decode(*payload)
+    return _decode(payload[0], payload[1], payload[2])

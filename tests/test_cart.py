@@ -433,6 +433,19 @@ def reachable_carts(draw: st.DrawFn) -> tuple[Cart, Cart, Cart]:
     return a, b, c
 
 
+def assert_store_invariants(cart: Cart) -> None:
+    """What the joins rely on (see ``CartState``): ``where`` indexes exactly the lines' entries, no
+    line is empty, every entry dot is in the context, and the cloud holds only dots above the vector
+    and not next to it."""
+    for store in (cart._live, cart._closed):
+        if store is None:
+            continue
+        assert store.where == {dot: sku for sku, line in store.lines.items() for dot in line.dots()}
+        assert all(line.adds or line.sets for line in store.lines.values())
+        assert all(store.seen(dot) for dot in store.where)
+        assert all(counter > store.vv.get(replica, 0) + 1 for replica, counter in store.cloud)
+
+
 @given(reachable_carts())
 def test_merge_is_a_join_on_reachable_carts(carts: tuple[Cart, Cart, Cart]) -> None:
     a, b, c = carts
@@ -441,6 +454,8 @@ def test_merge_is_a_join_on_reachable_carts(carts: tuple[Cart, Cart, Cart]) -> N
     assert a.merge(b).merge(c) == a.merge(b.merge(c))
     assert a.merge(b).merge(a) == a.merge(b)  # a ⊑ a ⊔ b
     assert wire(a.merge(b)) == a.merge(b)
+    for cart in (a, b, c, a.merge(b), a.merge(b).merge(c), wire(a.merge(b))):
+        assert_store_invariants(cart)
 
 
 @given(reachable_carts(), st.data())
@@ -475,3 +490,4 @@ def test_a_decoded_delta_joins_the_same_as_its_built_store(
     via_store.apply(built)
     assert via_shortcut == via_store
     assert wire(via_shortcut) == via_store
+    assert_store_invariants(via_shortcut)
