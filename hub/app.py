@@ -13,13 +13,14 @@ from aiohttp import web
 
 from hub.auth import auth_middleware
 from hub.errors import error_middleware
-from hub.keys import BROKER, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE
+from hub.keys import BROKER, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE, WS_WRITES
 from hub.metrics import Metrics, metrics_middleware
 from hub.realtime import Connections
 from hub.responses import compression_middleware
 from hub.routes import catalog, inventory, ops, reservations
 from hub.settings import Settings
 from hub.transports import poll, sse, websocket
+from hub.transports.writes import WriteBatcher
 from storage.factory import open_store
 from sync.broker import Broker
 from sync.broker_memory import MemoryBroker
@@ -139,6 +140,12 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[CONNECTIONS] = Connections()
+    metrics = app[METRICS]
+    app[WS_WRITES] = WriteBatcher(
+        metrics.messages_sent.labels("websocket"),
+        metrics.bytes_sent.labels("websocket"),
+        metrics.delivery_latency.labels("websocket"),
+    )
     app.add_routes(ops.routes)
     app.add_routes(catalog.routes)
     app.add_routes(inventory.routes)

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from hub.metrics import Metrics
     from hub.realtime import Connections
     from hub.settings import Settings
+    from hub.transports.writes import WriteBatcher
     from storage.sql import SqlStore
     from sync.broker import Broker
     from sync.engine import SyncEngine
@@ -23,5 +24,6 @@ RELAY: web.AppKey[OutboxRelay | None] = web.AppKey("relay")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ENGINE: web.AppKey[SyncEngine] = web.AppKey("engine")
 CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")
+WS_WRITES: web.AppKey[WriteBatcher] = web.AppKey("ws_writes")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous

@@ -6,6 +6,7 @@ re-serialising the data: one fan-out to 10,000 WebSockets encodes each event onc
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ class Event:
         "_json",
         "_msgpack",
         "_sse",
+        "_ws",
         "position_text",
         "product_id",
         "publication",
@@ -40,6 +42,7 @@ class Event:
         self._json: dict[str, bytes] = {}
         self._msgpack: dict[str, bytes] = {}
         self._sse: dict[str, bytes] = {}
+        self._ws: dict[tuple[str, bool], bytes] = {}
 
     @property
     def data(self) -> dict[str, Any]:
@@ -84,5 +87,29 @@ class Event:
             self._sse[channel] = encoded
         return encoded
 
+    def ws_frame(self, channel: str, binary: bool) -> bytes:
+        """The whole WebSocket frame (header included) of :meth:`msgpack` or :meth:`json`: every
+        connection of a fan-out writes these same bytes."""
+        key = (channel, binary)
+        frame = self._ws.get(key)
+        if frame is None:
+            frame = self._ws[key] = websocket_frame(
+                self.msgpack(channel) if binary else self.json(channel), binary
+            )
+        return frame
+
     def as_dict(self, channel: str) -> dict[str, Any]:
         return {"type": "event", "channel": channel, "position": self.position_text, "data": self._data}
+
+
+def websocket_frame(payload: bytes, binary: bool) -> bytes:
+    """A complete, final, unmasked WebSocket data frame (RFC 6455 §5.2: a server never masks)."""
+    first = 0x82 if binary else 0x81
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", first, size)
+    elif size < 65536:
+        header = struct.pack("!BBH", first, 126, size)
+    else:
+        header = struct.pack("!BBQ", first, 127, size)
+    return header + payload

@@ -15,18 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import msgpack
 import orjson
 from aiohttp import WSMsgType, web
 
-from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS
+from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WS_WRITES
 from hub.realtime import (
     CloseCode,
     ConnectionState,
-    SendBuffer,
     realtime_principal,
     resync_message,
     seconds_until_expiry,
@@ -37,7 +35,7 @@ from sync.broker import BrokerError, Position, PositionExpired
 from sync.channels import Channel, ChannelError, parse_channel
 from sync.cursor import CursorError, format_position, parse_position
 from sync.engine import Feed
-from sync.events import Event
+from sync.events import Event, websocket_frame
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -61,7 +59,15 @@ class ProtocolError(Exception):
 
 
 class WsConnection:
-    """One WebSocket client: its subscriptions (one feed each) and its bounded send buffer."""
+    """One WebSocket client: its subscriptions (one feed each) and what is queued for it.
+
+    Outgoing frames are queued and written by the app's :class:`~hub.transports.writes.WriteBatcher`,
+    all of one turn in one write, straight to the transport (whole frames, so they never interleave
+    with aiohttp's own pings and close frame). Nothing waits on a slow reader: what the kernel does not
+    take stays in the transport's buffer, and a client whose backlog there passes
+    ``send_buffer_messages`` or ``send_buffer_bytes`` is cut off as a slow consumer (it resumes from
+    its last position, possibly on another node).
+    """
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse, binary: bool) -> None:
         settings = request.app[SETTINGS]
@@ -72,9 +78,16 @@ class WsConnection:
         self.metrics = request.app[METRICS]
         self.settings = settings
         self.feeds: dict[str, Feed] = {}
-        self.buffer = SendBuffer(settings.send_buffer_messages, settings.send_buffer_bytes)
         self.state = ConnectionState.OPEN
         self._closing: asyncio.Task[None] | None = None
+        self._writes = request.app[WS_WRITES]
+        self._transport = request.transport
+        self._queued: list[bytes] = []
+        self._queued_bytes = 0
+        self._oldest_ts: float | None = None
+        self._backlog = 0  # messages written while the transport still held unsent bytes
+        self._max_messages = settings.send_buffer_messages
+        self._max_bytes = settings.send_buffer_bytes
 
     # -- outgoing ----------------------------------------------------------------------------------
     def encode(self, message: dict[str, Any]) -> bytes:
@@ -84,41 +97,54 @@ class WsConnection:
         return orjson.dumps(message)
 
     def send(self, message: dict[str, Any]) -> None:
-        payload = self.encode(message)
-        self._push(payload, None)
-
-    def _push(self, payload: bytes, ts: float | None) -> None:
-        if not self.buffer.push(payload, len(payload), ts) and self.state is ConnectionState.OPEN:
-            self.metrics.slow_consumers.labels("websocket").inc()
-            self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: resume from your last position")
+        self._queue(websocket_frame(self.encode(message), self.binary), None)
 
     def deliver(self, event: Event, channel: Channel) -> None:
-        # The shared encoding goes out as it is: no per-connection copy or re-encoding.
-        self._push(event.msgpack(channel.name) if self.binary else event.json(channel.name), event.ts)
+        # The event's frame is built once and shared by every connection: no copy, no re-encoding.
+        self._queue(event.ws_frame(channel.name, self.binary), event.ts)
+
+    def _queue(self, frame: bytes, ts: float | None) -> None:
+        if self.state is not ConnectionState.OPEN or self._transport is None:
+            return
+        queued = self._queued
+        if not queued:
+            self._writes.enlist(self)
+            self._oldest_ts = ts
+        elif self._oldest_ts is None:
+            self._oldest_ts = ts
+        queued.append(frame)
+        self._queued_bytes += len(frame)
+
+    def flush(self) -> tuple[int, int, float | None]:
+        """Write what was queued this turn in one write (called by the batcher)."""
+        queued, size, ts = self._queued, self._queued_bytes, self._oldest_ts
+        if not queued:
+            return 0, 0, None
+        self._queued, self._queued_bytes, self._oldest_ts = [], 0, None
+        transport = self._transport
+        if self.state is not ConnectionState.OPEN or transport is None or transport.is_closing():
+            return 0, 0, None
+        # What the kernel has not taken yet stays in the transport: the backlog counts the messages
+        # written since it last took everything. Past the limits the client is cut off, and this turn's
+        # frames are not written: it resumes from the last position it received.
+        unsent = transport.get_write_buffer_size()
+        backlog = (self._backlog if unsent else 0) + len(queued)
+        if backlog > self._max_messages or unsent + size > self._max_bytes:
+            self.metrics.slow_consumers.labels("websocket").inc()
+            self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: resume from your last position")
+            return 0, 0, None
+        transport.write(queued[0] if len(queued) == 1 else b"".join(queued))
+        self._backlog = backlog if transport.get_write_buffer_size() else 0
+        return len(queued), size, ts
 
     def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("websocket", reason).inc()
         for channel in channels:
             self.send(resync_message(channel.name, self.engine.region, reason, current))
 
-    async def write_forever(self) -> None:
-        latency = self.metrics.delivery_latency.labels("websocket")
-        sent = self.metrics.messages_sent.labels("websocket")
-        sent_bytes = self.metrics.bytes_sent.labels("websocket")
-        opcode = WSMsgType.BINARY if self.binary else WSMsgType.TEXT
-        while True:
-            batch = await self.buffer.take()
-            if not batch:
-                return
-            for payload, _size, ts in batch:
-                await self.ws.send_frame(payload, opcode)
-                if ts is not None:
-                    latency.observe(max(0.0, time.time() - ts))
-            sent.inc(len(batch))
-            sent_bytes.inc(sum(size for _, size, _ in batch))
-
     # -- closing -----------------------------------------------------------------------------------
     def close_soon(self, code: CloseCode, reason: str) -> None:
+        """Close without sending what is still queued (a slow consumer, an expired token)."""
         if self.state is ConnectionState.OPEN:
             self.state = self.state.to(ConnectionState.CLOSING)
             self._closing = asyncio.create_task(self.close(code, reason))
@@ -127,8 +153,8 @@ class WsConnection:
         if self.state is ConnectionState.CLOSED:
             return
         if self.state is ConnectionState.OPEN:
+            self.flush()  # a graceful close (going away) sends what was queued first
             self.state = self.state.to(ConnectionState.CLOSING)
-        self.buffer.close()
         for feed in self.feeds.values():
             feed.close()
         try:
@@ -268,6 +294,11 @@ class WsConnection:
         self.metrics.subscriptions.labels("websocket").dec()
         self.send({"type": "unsubscribed", "channel": name, **_echo(message)})
 
+    def stop(self) -> None:
+        """The handler is done: nothing more is written (queued frames are dropped)."""
+        self._transport = None
+        self._queued, self._queued_bytes, self._oldest_ts = [], 0, None
+
     def release(self) -> None:
         for feed in self.feeds.values():
             feed.close()
@@ -299,7 +330,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     region = settings.region
     connections.add(connection, lambda: connection.close(CloseCode.GOING_AWAY, "node going away"))
     metrics.connections.labels("websocket", region).inc()
-    writer = asyncio.create_task(connection.write_forever())
     expiry: asyncio.TimerHandle | None = None
     remaining = seconds_until_expiry(principal)
     if remaining is not None:
@@ -324,10 +354,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if expiry is not None:
             expiry.cancel()
         connection.release()
-        connection.buffer.close()
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await writer
+        connection.stop()
         connections.discard(connection)
         metrics.connections.labels("websocket", region).dec()
     return ws
