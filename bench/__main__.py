@@ -1,4 +1,4 @@
-"""``python -m bench <name>``: run one benchmark (``reservations``, ``fanout``, ``crdt``)."""
+"""``python -m bench <name>``: run one benchmark (``suite``, ``reservations``, ``fanout``, ``crdt``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import sys
 
 
 def main() -> int:
-    names = {"reservations": "bench.reservations", "fanout": "bench.fanout", "crdt": "bench.crdt"}
+    names = {
+        "reservations": "bench.reservations",
+        "fanout": "bench.fanout",
+        "crdt": "bench.crdt",
+        "suite": "bench.suite",
+    }
     if len(sys.argv) < 2 or sys.argv[1] not in names:
         print(f"usage: python -m bench {{{','.join(names)}}} [options]", file=sys.stderr)
         return 2

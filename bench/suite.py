@@ -1,0 +1,490 @@
+"""``python -m bench suite``: synchub beside the servers a user would pick instead, on this machine, with
+one load generator, in one run.
+
+For each server and each client count (1,000 / 10,000 / 19,000; ``--quick``: 200), the suite:
+
+1. starts the server (synchub as a real hub process on the embedded default; the peers of
+   ``bench/peers``: bare aiohttp, python-socketio, Node ``ws``, Node socket.io) — a peer that cannot
+   be installed or started is reported and skipped, the rest carry on;
+2. opens the clients through :mod:`bench.loadgen` (several processes, many loopback source addresses)
+   and records the server's resident memory before and after: **idle KB per connection**;
+3. publishes at stepped rates (targets in deliveries per second; a step lasts ``--step-seconds``, and
+   at least ten publishes) until the server saturates — less than 99% delivered within the drain
+   time, or a p99 above ``--max-p99-ms`` — and reports per step: deliveries per second, delivered
+   fraction, publish→receive latency p50/p99/max (from the ``ts`` each message carries: for synchub
+   the stock change's commit, for the peers the publish), the server's CPU seconds from /proc and
+   **deliveries per server CPU-second**, and the load generator's own CPU.
+
+synchub publishes through its real path — an HTTP stock adjustment, a committed row and its outbox
+entry, the relay, the broker and the fan-out — while a peer's ``POST /publish`` just broadcasts: that
+cost is synchub's to carry. Results: a JSON file and a Markdown table per run in ``bench/results/``
+(ignored by git), PNG plots there when matplotlib is importable, and a progress line on stderr.
+
+Every loop is bounded in count and time; every server is on 127.0.0.1; every process it starts, it stops.
+``--quick`` (CI smoke, under two minutes) runs 200 clients and two steps on synchub (WebSocket and SSE)
+and the bare aiohttp peer, and exits non-zero unless synchub delivered 100% at its first step.
+
+Run: ``python -m bench suite [--quick] [--clients 1000,10000,19000] [--servers synchub-ws,...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench._hub import cpu_seconds, free_port, hub_process
+from bench.loadgen import LoadGen, Target
+from bench.peers.servers import PeerUnavailable, make_body, rss_bytes, start_peer
+from hub.auth import issue_token
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ALL_SERVERS = (
+    "synchub-ws",
+    "synchub-sse",
+    "synchub-mix",
+    "aiohttp",
+    "python-socketio",
+    "node-ws",
+    "node-socketio",
+)
+QUICK_SERVERS = ("synchub-ws", "synchub-sse", "aiohttp")
+FULL_STEPS = (10_000, 25_000, 50_000, 100_000, 150_000, 200_000)  # deliveries per second
+QUICK_STEPS = (2_000, 5_000)
+
+
+@dataclass
+class Step:
+    target_deliveries_per_s: int
+    publishes_per_s: float
+    published: int
+    expected: int
+    received: int
+    delivered_fraction: float
+    deliveries_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    server_cpu_s: float
+    deliveries_per_server_cpu_s: float
+    loadgen_cpu_s: float
+    seconds: float
+
+
+@dataclass
+class Run:
+    server: str
+    version: str
+    clients: int
+    connected: int = 0
+    idle_rss_before_kb: float = 0.0
+    idle_rss_after_kb: float = 0.0
+    idle_kb_per_connection: float = 0.0
+    steps: list[Step] = field(default_factory=list)
+    saturated_at: int | None = None
+    error: str | None = None
+
+    @property
+    def best(self) -> Step | None:
+        complete = [s for s in self.steps if s.delivered_fraction >= 0.99]
+        return max(complete or self.steps, key=lambda s: s.deliveries_per_server_cpu_s, default=None)
+
+
+@dataclass
+class Server:
+    name: str
+    version: str
+    pids: list[int]
+    targets: list[Target]  # the clients are spread evenly over these
+    publish: Callable[[aiohttp.ClientSession, int], Awaitable[None]]
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, text: str) -> None:
+        line = f"[suite {time.monotonic() - self.started:6.1f}s] {text}"
+        if self.tty:
+            sys.stderr.write("\r\x1b[2K" + line[:160])
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+# -- servers ---------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def synchub(transport: str) -> Any:
+    """One hub on the embedded default (SQLite + in-process broker), region eu, one product."""
+    secret = secrets.token_urlsafe(32)
+    admin = {"Authorization": f"Bearer {issue_token(secret, 'bench', ['admin'])}"}
+    database = str(Path(tempfile.mkdtemp(prefix="synchub-suite-")) / "hub.sqlite3")
+    async with hub_process(database, secret, "--region", "eu") as (base, pid):
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                base + "/api/v1/warehouses", headers=admin, json={"id": "w1", "region": "eu", "name": "w1"}
+            ) as r:
+                assert r.status == 201, await r.text()
+            async with session.post(
+                base + "/api/v1/products", headers=admin, json={"sku": "SUITE-1", "name": "s", "price": "1"}
+            ) as r:
+                assert r.status == 201, await r.text()
+                product = (await r.json())["id"]
+        path = f"{base}/api/v1/products/{product}/inventory/w1/adjustments"
+        port = int(base.rsplit(":", 1)[1])
+
+        async def publish(session: aiohttp.ClientSession, seq: int) -> None:
+            async with session.post(path, headers=admin, json={"delta": 1}) as r:
+                await r.read()
+                if r.status >= 300:
+                    raise RuntimeError(f"adjustment answered {r.status}")
+
+        ws = Target.synchub_ws("127.0.0.1", port, "inventory:eu")
+        sse = Target.synchub_sse("127.0.0.1", port, "inventory:eu")
+        targets = {"ws": [ws], "sse": [sse], "mix": [ws, sse]}[transport]
+        yield Server(f"synchub-{transport}", _synchub_version(), [pid], targets, publish)
+
+
+def _synchub_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("synchub")
+    except PackageNotFoundError:
+        return "source"
+
+
+@contextlib.asynccontextmanager
+async def peer(name: str) -> Any:
+    async with start_peer(name, free_port()) as running:
+
+        async def publish(session: aiohttp.ClientSession, seq: int) -> None:
+            await running.publish(session, make_body(seq))
+
+        yield Server(name, running.version, [running.pid], [Target.for_peer(running)], publish)
+
+
+def open_server(name: str) -> Any:
+    if name.startswith("synchub-"):
+        return synchub(name.removeprefix("synchub-"))
+    return peer(name)
+
+
+# -- measuring -------------------------------------------------------------------------------------------
+
+
+def _rss_kb(pids: list[int]) -> float:
+    return sum(rss_bytes(pid) for pid in pids) / 1024
+
+
+async def publish_at(
+    server: Server, session: aiohttp.ClientSession, rate: float, count: int, start_seq: int
+) -> int:
+    """Publish ``count`` times at ``rate`` per second (up to 32 in flight); returns how many succeeded."""
+    gate = asyncio.Semaphore(32)
+    ok = 0
+
+    async def one(seq: int) -> None:
+        nonlocal ok
+        try:
+            await server.publish(session, seq)
+            ok += 1
+        finally:
+            gate.release()
+
+    tasks = []
+    started = time.perf_counter()
+    for i in range(count):
+        await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+        await gate.acquire()
+        tasks.append(asyncio.create_task(one(start_seq + i)))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors and not ok:
+        raise RuntimeError(f"every publish failed: {errors[0]!r}")
+    return ok
+
+
+async def measure(
+    server: Server,
+    gen: LoadGen,
+    session: aiohttp.ClientSession,
+    clients: int,
+    args: argparse.Namespace,
+    progress: Progress,
+) -> Run:
+    run = Run(server.name, server.version, clients)
+    run.idle_rss_before_kb = _rss_kb(server.pids)
+    share = [clients // len(server.targets)] * len(server.targets)
+    share[0] += clients - sum(share)
+    for target, n in zip(server.targets, share, strict=True):
+        progress(f"{server.name}: opening {n:,} {target.kind} connections")
+        run.connected += await gen.connect(target, n, timeout=args.connect_seconds)
+    await asyncio.sleep(args.settle_seconds)  # let allocations settle before reading the idle memory
+    run.idle_rss_after_kb = _rss_kb(server.pids)
+    run.idle_kb_per_connection = (run.idle_rss_after_kb - run.idle_rss_before_kb) / max(1, run.connected)
+    seq = 0
+    for index, target_rate in enumerate(args.steps):
+        rate = target_rate / clients
+        count = max(10, math.ceil(rate * args.step_seconds))
+        progress(
+            f"{server.name} · {clients:,} clients · step {index + 1}/{len(args.steps)}: "
+            f"{target_rate:,} deliveries/s ({rate:.1f} publishes/s × {count})"
+        )
+        await gen.reset()
+        cpu_before = sum(cpu_seconds(pid) for pid in server.pids)
+        started = time.perf_counter()
+        published = await publish_at(server, session, rate, count, seq)
+        seq += count
+        expected = published * clients
+        await gen.wait_received(expected, timeout=args.drain_seconds)
+        seconds = time.perf_counter() - started
+        server_cpu = sum(cpu_seconds(pid) for pid in server.pids) - cpu_before
+        stats = await gen.collect()
+        step = Step(
+            target_deliveries_per_s=target_rate,
+            publishes_per_s=rate,
+            published=published,
+            expected=expected,
+            received=stats.received,
+            delivered_fraction=stats.received / expected if expected else 0.0,
+            deliveries_per_s=stats.received / seconds,
+            p50_ms=stats.p50_ms,
+            p99_ms=stats.p99_ms,
+            max_ms=stats.max_ms,
+            server_cpu_s=server_cpu,
+            deliveries_per_server_cpu_s=stats.received / server_cpu if server_cpu > 0 else 0.0,
+            loadgen_cpu_s=stats.cpu_s,
+            seconds=seconds,
+        )
+        run.steps.append(step)
+        if step.delivered_fraction < 0.99 or step.p99_ms > args.max_p99_ms:
+            run.saturated_at = target_rate
+            break
+    await gen.disconnect()
+    return run
+
+
+# -- reporting -------------------------------------------------------------------------------------------
+
+
+def markdown(runs: list[Run], meta: dict[str, Any]) -> str:
+    out = [
+        f"# synchub bench suite — {meta['started']}",
+        "",
+        f"{meta['machine']}; load generator: {meta['loadgen_workers']} processes. "
+        "Deliveries per server CPU-second at each server's best complete step (≥ 99% delivered):",
+        "",
+        "| server | version | clients | best step deliveries/s | delivered | p50 ms | p99 ms | max ms "
+        "| server CPU s | deliveries / server CPU s | load-gen CPU s | idle KB / conn | saturated at |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        if run.error is not None:
+            out.append(
+                f"| {run.server} | {run.version} | {run.clients:,} | — | — | — | — | — | — | — | — | — | "
+                f"{run.error} |"
+            )
+            continue
+        best = run.best
+        if best is None:
+            continue
+        out.append(
+            f"| {run.server} | {run.version} | {run.clients:,} | {best.deliveries_per_s:,.0f} | "
+            f"{best.delivered_fraction:.1%} | {best.p50_ms:.1f} | {best.p99_ms:.1f} | {best.max_ms:.1f} | "
+            f"{best.server_cpu_s:.2f} | {best.deliveries_per_server_cpu_s:,.0f} | {best.loadgen_cpu_s:.2f} | "
+            f"{run.idle_kb_per_connection:.1f} | "
+            f"{f'{run.saturated_at:,}/s' if run.saturated_at else 'not reached'} |"
+        )
+    out += [
+        "",
+        "Every step:",
+        "",
+        "| server | clients | target/s | publishes/s | delivered | deliveries/s | p50 ms | p99 ms | max ms "
+        "| server CPU s | deliveries / server CPU s | load-gen CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for s in run.steps:
+            out.append(
+                f"| {run.server} | {run.clients:,} | {s.target_deliveries_per_s:,} | "
+                f"{s.publishes_per_s:.1f} | "
+                f"{s.delivered_fraction:.1%} | {s.deliveries_per_s:,.0f} | {s.p50_ms:.1f} | {s.p99_ms:.1f} | "
+                f"{s.max_ms:.1f} | {s.server_cpu_s:.2f} | {s.deliveries_per_server_cpu_s:,.0f} | "
+                f"{s.loadgen_cpu_s:.2f} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def plots(runs: list[Run], stem: Path) -> list[Path]:
+    """PNG plots beside the JSON; none (and a note) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run in runs:
+        if run.steps:
+            ax.plot(
+                [s.deliveries_per_s for s in run.steps],
+                [s.p99_ms for s in run.steps],
+                marker="o",
+                label=f"{run.server} · {run.clients:,}",
+            )
+    ax.set_xlabel("deliveries per second")
+    ax.set_ylabel("p99 publish→receive (ms)")
+    ax.set_yscale("log")
+    ax.legend(fontsize="small")
+    ax.set_title("Latency against rate")
+    path = stem.with_name(stem.name + "-latency.png")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    made.append(path)
+    plt.close(fig)
+    for metric, title, unit in (
+        ("deliveries", "Deliveries per server CPU-second (best complete step)", "deliveries / CPU s"),
+        ("memory", "Idle memory per connection", "KB per connection"),
+    ):
+        fig, ax = plt.subplots(figsize=(9, 5))
+        labels, values = [], []
+        for run in runs:
+            best = run.best
+            if run.error is not None or best is None:
+                continue
+            labels.append(f"{run.server}\n{run.clients:,}")
+            values.append(
+                best.deliveries_per_server_cpu_s if metric == "deliveries" else run.idle_kb_per_connection
+            )
+        ax.bar(range(len(values)), values)
+        ax.set_xticks(range(len(values)), labels, fontsize="x-small", rotation=60)
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        path = stem.with_name(f"{stem.name}-{metric}.png")
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        made.append(path)
+        plt.close(fig)
+    return made
+
+
+# -- main ------------------------------------------------------------------------------------------------
+
+
+async def suite(args: argparse.Namespace) -> tuple[list[Run], dict[str, Any]]:
+    progress = Progress()
+    runs: list[Run] = []
+    meta = {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "loadgen_workers": args.loadgen_workers,
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+    }
+    try:
+        async with (
+            LoadGen(workers=args.loadgen_workers) as gen,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session,
+        ):
+            for name in args.servers:
+                for clients in args.clients:
+                    try:
+                        async with open_server(name) as server:
+                            runs.append(await measure(server, gen, session, clients, args, progress))
+                    except PeerUnavailable as exc:
+                        progress(f"{name}: unavailable — {exc}")
+                        runs.append(Run(name, "—", clients, error=f"unavailable: {exc}"[:200]))
+                        break  # no use trying the other client counts
+                    except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as exc:
+                        progress(f"{name} · {clients:,} clients: failed — {exc!r}")
+                        runs.append(Run(name, "—", clients, error=f"failed: {exc!r}"[:200]))
+                        with contextlib.suppress(Exception):
+                            await gen.disconnect()
+    finally:
+        progress.done()
+    return runs, meta
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench suite", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 200 clients, two steps, < 2 min")
+    parser.add_argument("--clients", help="comma-separated client counts (default 1000,10000,19000)")
+    parser.add_argument("--servers", help=f"comma-separated, of: {', '.join(ALL_SERVERS)}")
+    parser.add_argument("--steps", help="comma-separated target deliveries per second")
+    parser.add_argument("--step-seconds", type=float, default=None)
+    parser.add_argument("--drain-seconds", type=float, default=None)
+    parser.add_argument("--connect-seconds", type=float, default=120.0)
+    parser.add_argument("--settle-seconds", type=float, default=None)
+    parser.add_argument("--max-p99-ms", type=float, default=2_000.0, help="a step above this p99 saturates")
+    parser.add_argument("--loadgen-workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.clients = (
+        [int(x) for x in args.clients.split(",")]
+        if args.clients
+        else ([200] if quick else [1_000, 10_000, 19_000])
+    )
+    args.servers = args.servers.split(",") if args.servers else list(QUICK_SERVERS if quick else ALL_SERVERS)
+    unknown = set(args.servers) - set(ALL_SERVERS)
+    if unknown:
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    args.steps = (
+        [int(x) for x in args.steps.split(",")] if args.steps else list(QUICK_STEPS if quick else FULL_STEPS)
+    )
+    args.step_seconds = args.step_seconds or (2.0 if quick else 5.0)
+    args.drain_seconds = args.drain_seconds or (10.0 if quick else 20.0)
+    args.settle_seconds = args.settle_seconds if args.settle_seconds is not None else (0.5 if quick else 2.0)
+
+    try:
+        import uvloop
+
+        runs, meta = uvloop.run(suite(args))
+    except ImportError:
+        runs, meta = asyncio.run(suite(args))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"suite-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if quick else ''}"
+    table = markdown(runs, meta)
+    stem.with_suffix(".md").write_text(table)
+    document = {"meta": meta, "runs": [asdict(run) for run in runs]}
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=1, default=str))
+    pictures = plots(runs, stem)
+    print(table)
+    print(f"results: {stem}.json, {stem}.md" + "".join(f", {p.name}" for p in pictures))
+    if not pictures:
+        print("(no plots: matplotlib is not installed — pip install matplotlib)")
+
+    # The smoke check: synchub delivered everything at its first step, on every transport it ran.
+    failures = [
+        f"{run.server} · {run.clients:,}: "
+        + (run.error or f"{run.steps[0].delivered_fraction:.2%} delivered at the first step")
+        for run in runs
+        if run.server.startswith("synchub")
+        and (run.error or not run.steps or run.steps[0].delivered_fraction < 1.0)
+    ]
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
