@@ -1,11 +1,17 @@
-"""The ``synchub`` command: serve, migrate, token."""
+"""The ``synchub`` command: serve, migrate, token.
+
+``serve --workers N`` (N > 1) makes this process a supervisor (:mod:`hub.workers`) of N worker
+processes, each running ``serve`` again with the hidden ``--worker-index``/``--ready-fd`` flags.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +19,10 @@ from aiohttp import web
 
 from hub.auth import ROLES, issue_token
 from hub.settings import DEFAULT_DATABASE_URL, Settings, dev_jwt_secret
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT = 10.0  # seconds a node gives its open requests and connections when it stops
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -33,11 +43,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="synchub", description="Real-time sync hub")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _workers(value: str) -> int:
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes or 'auto', not {value!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {count}")
+    return count
 
-    serve = commands.add_parser("serve", help="run a hub node")
+
+def _add_serve(serve: argparse.ArgumentParser) -> None:
     _add_common(serve)
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="env SYNCHUB_HOST")
     serve.add_argument("--port", type=int, default=int(_env("PORT", "8080") or 8080), help="env SYNCHUB_PORT")
@@ -61,7 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("RELAY", "on") == "off",
         help="do not relay the outbox on this node (env SYNCHUB_RELAY=off)",
     )
-    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="env SYNCHUB_LOG_LEVEL")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=_env("WORKERS", "1"),
+        help="worker processes sharing the port (SO_REUSEPORT), each a node of the region; 'auto' = one "
+        "per CPU core. More than 1 needs --redis-url and a PostgreSQL --database-url (env SYNCHUB_WORKERS)",
+    )
+    # Internal: how the supervisor starts worker K, and the pipe on which the worker says it is ready.
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synchub", description="Real-time sync hub")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run a hub node")
+    _add_serve(serve)
 
     migrate = commands.add_parser("migrate", help="apply schema migrations and exit")
     _add_common(migrate)
@@ -108,17 +144,27 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from hub.app import create_app
-
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    loop: asyncio.AbstractEventLoop | None = None
+def _new_loop() -> asyncio.AbstractEventLoop | None:
     try:
         import uvloop
 
-        loop = uvloop.new_event_loop()
+        return uvloop.new_event_loop()
     except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
-        pass
+        return None
+
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.worker_index is not None:
+        return _serve_worker(args)
+    if args.workers > 1:
+        return _supervise(args)
+    from hub.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
+    loop = _new_loop()
     settings = _settings(args)
     app = create_app(settings)
     print(
@@ -126,8 +172,161 @@ def _serve(args: argparse.Namespace) -> int:
         f" (store: {settings.database_url.split('@')[-1]})",
         flush=True,
     )
-    web.run_app(app, host=settings.host, port=settings.port, print=None, loop=loop, shutdown_timeout=10)
+    web.run_app(
+        app, host=settings.host, port=settings.port, print=None, loop=loop, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
     return 0
+
+
+# -- serve --workers N
+
+# Every serve flag, by the SYNCHUB_* variable that sets it: how the supervisor hands its resolved
+# settings to the workers (beside RELAY, JWT_SECRET, NODE_ID and WORKERS, set in _worker_env; the
+# tests check that no flag is left out).
+_FORWARDED = {
+    "host": "HOST",
+    "port": "PORT",
+    "database_url": "DATABASE_URL",
+    "redis_url": "REDIS_URL",
+    "redis_prefix": "REDIS_PREFIX",
+    "region": "REGION",
+    "max_body_bytes": "MAX_BODY_BYTES",
+    "log_level": "LOG_LEVEL",
+}
+
+
+def _check_workers(args: argparse.Namespace) -> None:
+    """Workers share state only through the store and the broker: both must be shared ones."""
+    missing = []
+    if not args.redis_url:
+        missing.append("--redis-url (the Redis Streams broker)")
+    if not Settings(database_url=args.database_url).uses_postgres:
+        missing.append("a PostgreSQL --database-url (postgresql://…)")
+    if missing:
+        raise SystemExit(
+            f"synchub: --workers {args.workers} needs a broker and a store shared by every worker process: "
+            f"pass {' and '.join(missing)}. The embedded default (SQLite and the in-process broker) runs "
+            "as a single process: use --workers 1."
+        )
+    if args.port == 0:
+        raise SystemExit("synchub: --workers needs a fixed --port (with 0 each worker would pick its own)")
+
+
+def _worker_env(args: argparse.Namespace, jwt_secret: str, node_id: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for dest, name in _FORWARDED.items():
+        value = getattr(args, dest)
+        if value is None:
+            env.pop(f"SYNCHUB_{name}", None)
+        else:
+            env[f"SYNCHUB_{name}"] = str(value)
+    env["SYNCHUB_RELAY"] = "off" if args.no_relay else "on"
+    env["SYNCHUB_JWT_SECRET"] = jwt_secret  # resolved once: workers must not race to create var/jwt-secret
+    env["SYNCHUB_NODE_ID"] = node_id
+    env["SYNCHUB_WORKERS"] = "1"
+    return env
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    from hub.workers import Supervisor, WorkerSlot, check_port_free
+
+    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
+    _check_workers(args)
+    try:
+        check_port_free(args.host, args.port)
+    except OSError as exc:
+        raise SystemExit(f"synchub: cannot listen on {args.host}:{args.port}: {exc}") from None
+    secret = _secret(args)
+    # Each worker is a node of its own (its /healthz, its logs): <node-id>-w<k>, kept across restarts.
+    base = args.node_id or Settings().node_id
+    slots = [
+        WorkerSlot(k, f"{base}-w{k}", _worker_env(args, secret, f"{base}-w{k}")) for k in range(args.workers)
+    ]
+    address = f"http://{args.host}:{args.port}"
+    print(
+        f"synchub supervisor (pid {os.getpid()}) starting {args.workers} workers, nodes {base}-w0…"
+        f"{base}-w{args.workers - 1}, serving region {args.region!r} on {address}"
+        f" (store: {args.database_url.split('@')[-1]})",
+        flush=True,
+    )
+    supervisor = Supervisor(
+        [sys.executable, "-m", "hub.cli", "serve"],
+        slots,
+        address=address,
+        shutdown_timeout=SHUTDOWN_TIMEOUT + 5,
+    )
+    return supervisor.run()
+
+
+def _serve_worker(args: argparse.Namespace) -> int:
+    """One worker of a supervisor: a node like any other, but on a port shared with SO_REUSEPORT."""
+    from hub.app import create_app
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=_LOG_FORMAT.replace("%(name)s", f"[{settings.node_id.replace('%', '%%')}] %(name)s"),
+    )
+    loop = _new_loop() or asyncio.new_event_loop()
+    app = create_app(settings)
+
+    # The supervisor signals once; the kernel may too (parent death), or a service manager that signals
+    # the whole group. The first signal starts the graceful shutdown, later ones must not cut it short
+    # (aiohttp's own handlers would raise again in the middle of it).
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise web.GracefulExit()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+
+    reporting: set[asyncio.Task[None]] = set()
+
+    def listening(_message: str) -> None:
+        if args.ready_fd is not None:
+            task = loop.create_task(_report_ready(app, args.ready_fd, args.worker_index))
+            reporting.add(task)
+            task.add_done_callback(reporting.discard)
+
+    print(
+        f"synchub {settings.node_id} (worker {args.worker_index}, pid {os.getpid()}) serving region "
+        f"{settings.region!r} on http://{settings.host}:{settings.port}",
+        flush=True,
+    )
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=listening,
+        loop=loop,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        reuse_port=True,
+        handle_signals=False,
+    )
+    return 0
+
+
+async def _report_ready(app: web.Application, fd: int, index: int) -> None:
+    """Once listening: wait until the store answers (what /readyz checks), then tell the supervisor."""
+    from hub.keys import STORE
+    from storage.errors import StoreError
+
+    while True:
+        try:
+            await app[STORE].ping()
+            break
+        except StoreError as exc:
+            log.warning("not ready yet, the store does not answer: %s", exc)
+            await asyncio.sleep(0.5)
+    with contextlib.suppress(OSError):  # the supervisor is gone: the kernel stops us anyway
+        os.write(fd, f"{index} {os.getpid()}\n".encode())
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _migrate(args: argparse.Namespace) -> int:
