@@ -996,10 +996,6 @@ class _Worker:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if os.environ.get("LG_QA"):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
-            if os.environ.get("LG_RCVBUF"):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(os.environ["LG_RCVBUF"]))
             sock.bind((source, 0))
             await loop.sock_connect(sock, (target.host, target.port))
             if target.kind == "sse":
