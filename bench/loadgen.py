@@ -971,13 +971,13 @@ class _Worker:
                 try:
                     client = await asyncio.wait_for(self.open(target, source, resume_from), remaining)
                 except Exception as exc:  # counted and reported; the others go on
-                    self.failed += 1
                     errors[_describe(exc)] += 1
                     continue
                 self.conns.append(client)
                 ready[0] += 1
 
         await asyncio.gather(*(opener() for _ in range(min(concurrency, count))))
+        self.failed += count - ready[0]
         gc.collect()
         gc.freeze()  # the connections live until the end: keep them out of later collections
         return {
@@ -1084,13 +1084,6 @@ async def _serve(sock: socket.socket, index: int) -> None:
     worker = _Worker(index)
     reader, writer = await asyncio.open_connection(sock=sock)
     tasks: set[asyncio.Task[None]] = set()
-    pace = float(os.environ.get("LG_PACE", "0"))
-    if pace:
-        async def pacer() -> None:
-            while True:
-                time.sleep(pace)
-                await asyncio.sleep(0)
-        tasks.add(asyncio.create_task(pacer()))
 
     async def handle(ident: int, command: str, kwargs: dict[str, Any]) -> None:
         try:
