@@ -160,6 +160,13 @@ class CartState:
         line = self.lines.get(sku)
         return line.dots() if line is not None else []
 
+    def _line(self, sku: str) -> LineState:
+        """The line of ``sku``, made empty if there is none (the caller puts an entry in it)."""
+        line = self.lines.get(sku)
+        if line is None:
+            line = self.lines[sku] = LineState()
+        return line
+
     def _unlink(self, dot: DotObject, sku: str) -> None:
         """Take the entry ``dot`` out of its line (the caller takes it out of ``where``)."""
         line = self.lines[sku]
@@ -195,20 +202,15 @@ class CartState:
                     if dot not in their_where and their_seen(dot):
                         self._drop(dot, sku)
         # 2. Entries we have not seen yet arrive (ones we have seen and dropped stay dropped).
-        vv, cloud, lines = self.vv, self.cloud, self.lines
+        vv, cloud = self.vv, self.cloud
         for sku, their_line in other.lines.items():
-            line = lines.get(sku)
             for dot, amount in their_line.adds.items():
                 if dot[1] > vv.get(dot[0], 0) and not (cloud and dot in cloud):
-                    if line is None:
-                        line = lines[sku] = LineState()
-                    line.adds[dot] = amount
+                    self._line(sku).adds[dot] = amount
                     where[dot] = sku
             for dot, entry in their_line.sets.items():
                 if dot[1] > vv.get(dot[0], 0) and not (cloud and dot in cloud):
-                    if line is None:
-                        line = lines[sku] = LineState()
-                    line.sets[dot] = entry
+                    self._line(sku).sets[dot] = entry
                     where[dot] = sku
         # 3. And the contexts join.
         if their_vv:
@@ -223,23 +225,17 @@ class CartState:
         ships, or a small cart's state): the same join, without building the payload's store first."""
         # Entries first: a set that cancels its line's only other entry then never empties the line
         # (dropping it and making it again). The two steps touch different dots, so order is free.
-        vv, cloud, lines, where = self.vv, self.cloud, self.lines, self.where
+        vv, cloud, where = self.vv, self.cloud, self.where
         for sku, dot, amount in delta.adds:
             replica, counter = cast(RawDot, dot)
             if counter > vv.get(replica, 0) and not (cloud and dot in cloud):
-                line = lines.get(sku)
-                if line is None:
-                    line = lines[sku] = LineState()
-                line.adds[dot] = amount
+                self._line(sku).adds[dot] = amount
                 where[dot] = sku
             self.see(dot)  # entry dots are distinct: seeing one changes no other entry's test
         for sku, dot, entry in delta.sets:
             replica, counter = cast(RawDot, dot)
             if counter > vv.get(replica, 0) and not (cloud and dot in cloud):
-                line = lines.get(sku)
-                if line is None:
-                    line = lines[sku] = LineState()
-                line.sets[dot] = entry
+                self._line(sku).sets[dot] = entry
                 where[dot] = sku
             self.see(dot)
         for dot in delta.cancels:
@@ -269,18 +265,12 @@ class DeltaEntries:
 
     def store(self, vv: dict[str, int] | None = None) -> CartState:
         store = CartState()
-        lines, where = store.lines, store.where
+        where = store.where
         for sku, dot, amount in self.adds:
-            line = lines.get(sku)
-            if line is None:
-                line = lines[sku] = LineState()
-            line.adds[dot] = amount
+            store._line(sku).adds[dot] = amount
             where[dot] = sku
         for sku, dot, entry in self.sets:
-            line = lines.get(sku)
-            if line is None:
-                line = lines[sku] = LineState()
-            line.sets[dot] = entry
+            store._line(sku).sets[dot] = entry
             where[dot] = sku
         if vv:
             store.vv = vv

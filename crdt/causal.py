@@ -135,7 +135,8 @@ class Causal(Generic[S]):
 
     @classmethod
     def store_is_bottom(cls, store: S) -> bool:
-        raise NotImplementedError
+        """An empty store is bottom; a type whose empty store is not falsy (a tuple of two) overrides."""
+        return not store
 
     @classmethod
     def join_stores(cls, a: S, ca: CausalContext, b: S, cb: CausalContext) -> S:

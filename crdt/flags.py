@@ -61,10 +61,6 @@ class EWFlag(Causal[frozenset[Dot]]):
         return _EMPTY
 
     @classmethod
-    def store_is_bottom(cls, store: frozenset[Dot]) -> bool:
-        return not store
-
-    @classmethod
     def join_stores(
         cls, a: frozenset[Dot], ca: CausalContext, b: frozenset[Dot], cb: CausalContext
     ) -> frozenset[Dot]:

@@ -79,10 +79,6 @@ class MVRegister(Causal[Store]):
         return {}
 
     @classmethod
-    def store_is_bottom(cls, store: Store) -> bool:
-        return not store
-
-    @classmethod
     def join_stores(cls, a: Store, ca: CausalContext, b: Store, cb: CausalContext) -> Store:
         return join_dotfuns(a, ca, b, cb, _pick)
 

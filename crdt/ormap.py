@@ -97,10 +97,6 @@ class ORMap(Causal[Store]):
         return {}
 
     @classmethod
-    def store_is_bottom(cls, store: Store) -> bool:
-        return not store
-
-    @classmethod
     def join_stores(cls, a: Store, ca: CausalContext, b: Store, cb: CausalContext) -> Store:
         def join(field: Field, x: Any, y: Any) -> Any:
             kind = _kind(field[1])

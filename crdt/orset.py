@@ -81,10 +81,6 @@ class AWORSet(Causal[Store]):
         return {}
 
     @classmethod
-    def store_is_bottom(cls, store: Store) -> bool:
-        return not store
-
-    @classmethod
     def join_stores(cls, a: Store, ca: CausalContext, b: Store, cb: CausalContext) -> Store:
         def join(_: Element, x: frozenset[Dot] | None, y: frozenset[Dot] | None) -> frozenset[Dot]:
             return join_dotsets(x or _EMPTY, ca, y or _EMPTY, cb)
