@@ -19,6 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from redis.asyncio import Redis
 
 from hub.app import create_app
 from hub.auth import issue_token
@@ -66,6 +67,40 @@ async def postgres_url() -> AsyncIterator[str]:
     base = _admin_url().rsplit("/", 1)[0]
     yield f"{base}/{name}"
     await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def pg(postgres_url: str) -> str:
+    """The session's PostgreSQL database, emptied (for tests that start hub processes on it)."""
+    await reset_postgres(postgres_url)
+    return postgres_url
+
+
+def redis_url() -> str:
+    return os.environ.get("SYNCHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def fresh_redis_prefix() -> str:
+    """A key prefix no other test (nor any other run sharing the server) uses."""
+    return f"{os.environ.get('SYNCHUB_TEST_REDIS_PREFIX', 'synchub_test:')}{secrets.token_hex(4)}:"
+
+
+async def delete_redis_keys(url: str, prefix: str) -> None:
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A fresh Redis key prefix, its keys deleted after the test."""
+    prefix = fresh_redis_prefix()
+    yield prefix
+    await delete_redis_keys(redis_url(), prefix)
 
 
 async def reset_postgres(url: str) -> None:

@@ -9,38 +9,17 @@ subscribers is synchronous in memory and goes through a reader task with Redis, 
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
-from redis.asyncio import Redis
 
 from sync.broker import Broker, Position, PositionExpired, Publication
 from sync.broker_memory import MemoryBroker
 from sync.broker_redis import RedisBroker
+from tests.conftest import delete_redis_keys, fresh_redis_prefix, redis_url
 
 RETENTION = 5  # max_len of every broker in this suite
-
-
-def redis_url() -> str:
-    return os.environ.get("SYNCHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def redis_prefix() -> str:
-    """A key prefix no other test (nor any other run sharing the server) uses."""
-    return f"{os.environ.get('SYNCHUB_TEST_REDIS_PREFIX', 'synchub_test:')}{secrets.token_hex(4)}:"
-
-
-async def delete_keys(url: str, prefix: str) -> None:
-    client = Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 @asynccontextmanager
@@ -48,7 +27,7 @@ async def redis_broker(
     *, max_len: int = 10_000, max_age_seconds: float | None = 3600, block_ms: int = 5000
 ) -> AsyncIterator[RedisBroker]:
     """A started RedisBroker under a fresh prefix; stopped, and its keys deleted, afterwards."""
-    prefix = redis_prefix()
+    prefix = fresh_redis_prefix()
     broker = RedisBroker(
         redis_url(), prefix=prefix, max_len=max_len, max_age_seconds=max_age_seconds, block_ms=block_ms
     )
@@ -57,7 +36,7 @@ async def redis_broker(
         yield broker
     finally:
         await broker.stop()
-        await delete_keys(redis_url(), prefix)
+        await delete_redis_keys(redis_url(), prefix)
 
 
 @asynccontextmanager

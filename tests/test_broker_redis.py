@@ -23,7 +23,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sync.broker import BrokerError, Position, PositionExpired, Publication
 from sync.broker_redis import BrokerUnavailable, RedisBroker
-from tests.test_broker_contract import Inbox, delete_keys, redis_broker, redis_prefix, redis_url
+from tests.conftest import delete_redis_keys, fresh_redis_prefix, redis_url
+from tests.test_broker_contract import Inbox, redis_broker
 
 pytestmark = pytest.mark.redis
 
@@ -116,7 +117,7 @@ async def test_a_lost_stream_starts_a_new_epoch_and_old_positions_expire() -> No
         before = positions[-1]
         assert before is not None
 
-        await delete_keys(redis_url(), broker.prefix)  # a flush, an eviction, a restart without disk
+        await delete_redis_keys(redis_url(), broker.prefix)  # a flush, an eviction, a restart without disk
 
         top = await broker.top("s")
         assert top.epoch != before.epoch
@@ -212,7 +213,7 @@ async def test_a_failing_subscriber_is_logged_and_the_others_still_receive(
 async def test_a_short_socket_timeout_in_the_url_does_not_cut_blocking_reads(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    prefix = redis_prefix()
+    prefix = fresh_redis_prefix()
     broker = RedisBroker(f"{redis_url()}?socket_timeout=0.2", prefix=prefix, block_ms=600)
     await broker.start()
     try:
@@ -225,7 +226,7 @@ async def test_a_short_socket_timeout_in_the_url_does_not_cut_blocking_reads(
         assert [r for r in caplog.records if r.name == "sync.broker_redis"] == []
     finally:
         await broker.stop()
-        await delete_keys(redis_url(), prefix)
+        await delete_redis_keys(redis_url(), prefix)
 
 
 async def test_publishing_to_an_unreachable_redis_fails_promptly() -> None:

@@ -8,46 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from tests.cluster_helpers import Client, Node, RedisServer, free_port, start_node, versions_by_key
-from tests.conftest import reset_postgres, token
+from tests.conftest import redis_url, token
 
 pytestmark = pytest.mark.slow
 ADMIN = {"Authorization": f"Bearer {token('root', 'admin')}"}
-
-
-@pytest.fixture
-async def pg(postgres_url: str) -> str:
-    await reset_postgres(postgres_url)
-    return postgres_url
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    import os
-
-    prefix = os.environ.get("SYNCHUB_TEST_REDIS_PREFIX", "synchub_test:") + f"cluster-{secrets.token_hex(4)}:"
-    yield prefix
-    client = aioredis.from_url(shared_redis_url())
-    try:
-        keys = [key async for key in client.scan_iter(match=prefix + "*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-def shared_redis_url() -> str:
-    import os
-
-    return os.environ.get("SYNCHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @contextlib.asynccontextmanager
@@ -154,7 +125,7 @@ def assert_every_event_once_in_order(client: Client, expected: dict[tuple[str, s
 async def test_a_burst_through_both_nodes_reaches_every_client_once_in_order(
     pg: str, redis_prefix: str
 ) -> None:
-    async with cluster(pg, shared_redis_url(), redis_prefix) as nodes:
+    async with cluster(pg, redis_url(), redis_prefix) as nodes:
         clients = await start_clients(nodes)
         product_ids = await seed(nodes)
         await burst(nodes, product_ids, 150)
@@ -169,7 +140,7 @@ async def test_a_burst_through_both_nodes_reaches_every_client_once_in_order(
 async def test_clients_of_a_killed_node_resume_on_the_other_without_loss_or_duplicate(
     pg: str, redis_prefix: str
 ) -> None:
-    async with cluster(pg, shared_redis_url(), redis_prefix) as nodes:
+    async with cluster(pg, redis_url(), redis_prefix) as nodes:
         clients = await start_clients(nodes)
         product_ids = await seed(nodes)
         await burst(nodes, product_ids, 60)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import re
-import secrets
 import signal
 import sys
 import time
@@ -25,39 +24,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from hub import cli
 from tests.cluster_helpers import free_port, start_node
-from tests.conftest import JWT_SECRET, reset_postgres, token
+from tests.conftest import JWT_SECRET, redis_url, token
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = {"Authorization": f"Bearer {token('root', 'admin')}"}
 NODE = "wk"  # --node-id of the supervised hubs: workers are wk-w0, wk-w1
-
-
-def redis_url() -> str:
-    return os.environ.get("SYNCHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture
-async def pg(postgres_url: str) -> str:
-    await reset_postgres(postgres_url)
-    return postgres_url
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    prefix = os.environ.get("SYNCHUB_TEST_REDIS_PREFIX", "synchub_test:") + f"workers-{secrets.token_hex(4)}:"
-    yield prefix
-    client = aioredis.from_url(redis_url())
-    try:
-        keys = [key async for key in client.scan_iter(match=prefix + "*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 # -- processes -------------------------------------------------------------------------------------
