@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 import sys
 import tempfile
@@ -72,3 +73,34 @@ async def hub_process(database_url: str, secret: str, *extra: str) -> AsyncItera
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+@asynccontextmanager
+async def throwaway_postgres_and_redis(admin_url: str, redis_url: str) -> AsyncIterator[tuple[str, str]]:
+    """(database URL, Redis key prefix), both new and both removed afterwards, for hubs on a shared
+    broker and store."""
+    import asyncpg
+    import redis.asyncio as redis
+
+    name = f"synchub_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    prefix = f"{name}:"
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name, prefix
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        client = redis.Redis.from_url(redis_url)
+        try:
+            keys = [key async for key in client.scan_iter(match=prefix + "*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()

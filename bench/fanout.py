@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 
-from bench._hub import cpu_seconds, hub_process
+from bench._hub import cpu_seconds, hub_process, throwaway_postgres_and_redis
 from hub.auth import issue_token
 
 
@@ -93,19 +92,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             database = str(Path(tempfile.mkdtemp(prefix="synchub-fanout-")) / "hub.sqlite3")
             extra: tuple[str, ...] = ("--region", "eu")
         else:
-            name = f"synchub_fanout_{secrets.token_hex(4)}"
-            conn = await asyncpg.connect(args.postgres_admin_url)
-            await conn.execute(f'CREATE DATABASE "{name}"')
-            await conn.close()
-
-            async def drop() -> None:
-                c = await asyncpg.connect(args.postgres_admin_url)
-                await c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                await c.close()
-
-            stack.push_async_callback(drop)
-            database = args.postgres_admin_url.rsplit("/", 1)[0] + "/" + name
-            extra = ("--region", "eu", "--redis-url", args.redis_url, "--redis-prefix", f"fanout-{name}:")
+            database, prefix = await stack.enter_async_context(
+                throwaway_postgres_and_redis(args.postgres_admin_url, args.redis_url)
+            )
+            extra = ("--region", "eu", "--redis-url", args.redis_url, "--redis-prefix", prefix)
         writer_base, writer_pid = await stack.enter_async_context(hub_process(database, secret, *extra))
         pids = [writer_pid]
         reader_base = writer_base

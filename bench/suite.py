@@ -52,7 +52,7 @@ from typing import Any
 
 import aiohttp
 
-from bench._hub import cpu_seconds, free_port, hub_process
+from bench._hub import cpu_seconds, free_port, hub_process, throwaway_postgres_and_redis
 from bench.loadgen import ConnectError, LoadGen, Target, WorkerError
 from bench.peers.servers import PeerUnavailable, make_body, rss_bytes, start_peer
 from hub.auth import issue_token
@@ -152,36 +152,6 @@ def _process_tree(pid: int) -> list[int]:
 
 
 @contextlib.asynccontextmanager
-async def _postgres_and_redis(args: argparse.Namespace) -> Any:
-    """A throwaway PostgreSQL database and Redis key prefix for a many-worker hub, removed afterwards."""
-    import asyncpg
-    import redis.asyncio as redis
-
-    name = f"synchub_suite_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(args.postgres_admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    prefix = f"{name}:"
-    try:
-        yield args.postgres_admin_url.rsplit("/", 1)[0] + "/" + name, prefix
-    finally:
-        admin = await asyncpg.connect(args.postgres_admin_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-        client = redis.Redis.from_url(args.redis_url)
-        try:
-            keys = [key async for key in client.scan_iter(match=prefix + "*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
-
-
-@contextlib.asynccontextmanager
 async def synchub(transport: str, args: argparse.Namespace) -> Any:
     """One hub, region eu, one product: on the embedded default (SQLite + in-process broker), or — for
     ``ws-2w`` — two ``--workers`` on PostgreSQL and Redis (every worker a node reading the stream)."""
@@ -189,7 +159,9 @@ async def synchub(transport: str, args: argparse.Namespace) -> Any:
     admin = {"Authorization": f"Bearer {issue_token(secret, 'bench', ['admin'])}"}
     async with contextlib.AsyncExitStack() as stack:
         if transport.endswith("-2w"):
-            database, prefix = await stack.enter_async_context(_postgres_and_redis(args))
+            database, prefix = await stack.enter_async_context(
+                throwaway_postgres_and_redis(args.postgres_admin_url, args.redis_url)
+            )
             extra: tuple[str, ...] = (
                 "--redis-url",
                 args.redis_url,
