@@ -23,7 +23,8 @@ class Event:
         "_json",
         "_msgpack",
         "_sse",
-        "_ws",
+        "_ws_binary",
+        "_ws_text",
         "position_text",
         "product_id",
         "publication",
@@ -42,7 +43,8 @@ class Event:
         self._json: dict[str, bytes] = {}
         self._msgpack: dict[str, bytes] = {}
         self._sse: dict[str, bytes] = {}
-        self._ws: dict[tuple[str, bool], bytes] = {}
+        self._ws_text: dict[str, bytes] = {}
+        self._ws_binary: dict[str, bytes] = {}
 
     @property
     def data(self) -> dict[str, Any]:
@@ -90,10 +92,11 @@ class Event:
     def ws_frame(self, channel: str, binary: bool) -> bytes:
         """The whole WebSocket frame (header included) of :meth:`msgpack` or :meth:`json`: every
         connection of a fan-out writes these same bytes."""
-        key = (channel, binary)
-        frame = self._ws.get(key)
+        # Called once per delivery: two dicts by channel, so the lookup builds no key tuple.
+        frames = self._ws_binary if binary else self._ws_text
+        frame = frames.get(channel)
         if frame is None:
-            frame = self._ws[key] = websocket_frame(
+            frame = frames[channel] = websocket_frame(
                 self.msgpack(channel) if binary else self.json(channel), binary
             )
         return frame
