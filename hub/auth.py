@@ -8,6 +8,7 @@ work, everything else answers 401; an authenticated request lacking the role ans
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -30,6 +31,14 @@ class Principal:
     expires_at: int
 
 
+# Verified tokens, so that a client sending the same token with every request pays for the HMAC
+# and the JSON once: PyJWT's decode was 14% of the hub's CPU under a reservation load. Keyed by
+# secret and token; an entry is used only until the token expires. Bounded: the oldest half goes
+# when it is full.
+_VERIFIED_MAX = 10_000
+_verified: dict[tuple[str, str], Principal] = {}
+
+
 def issue_token(secret: str, sub: str, roles: Iterable[str], ttl_seconds: int = 3600) -> str:
     now = int(time.time())
     claims = {"sub": sub, "roles": sorted(set(roles)), "iat": now, "exp": now + ttl_seconds}
@@ -37,6 +46,18 @@ def issue_token(secret: str, sub: str, roles: Iterable[str], ttl_seconds: int = 
 
 
 def decode_token(secret: str, token: str) -> Principal:
+    cached = _verified.get((secret, token))
+    if cached is not None and time.time() < cached.expires_at + _LEEWAY_SECONDS:
+        return cached
+    verified = _verify(secret, token)
+    if len(_verified) >= _VERIFIED_MAX:
+        for key in list(itertools.islice(_verified, _VERIFIED_MAX // 2)):
+            del _verified[key]
+    _verified[(secret, token)] = verified
+    return verified
+
+
+def _verify(secret: str, token: str) -> Principal:
     try:
         claims = jwt.decode(
             token,

@@ -7,16 +7,24 @@ code point, so that keyset cursors sort identically on both backends).
 
 Timestamps are epoch microseconds (BIGINT), prices are integers of 1/10,000 of a unit, ids are text
 UUIDs, JSON is text: every value round-trips exactly on both backends.
+
+A statement written as ``(dialect, sql)`` runs on that dialect only (taken verbatim: no tokens), for
+what one backend does in its own way — PostgreSQL's batched reservations (:mod:`storage.pg_reserve`).
+Every migration version is recorded on every backend, so versions stay aligned.
 """
 
 from __future__ import annotations
+
+from storage import pg_reserve
+
+Statement = str | tuple[str, str]
 
 DIALECT_TOKENS: dict[str, dict[str, str]] = {
     "sqlite": {"seq_pk": "INTEGER PRIMARY KEY AUTOINCREMENT", "bytewise": ""},
     "postgres": {"seq_pk": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "bytewise": 'COLLATE "C"'},
 }
 
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
     (
         1,
         "catalog, stock, reservations, idempotency keys, outbox",
@@ -107,9 +115,22 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        2,
+        "PostgreSQL: reservations in batches, one server-side call per transaction",
+        [("postgres", sql) for sql in pg_reserve.MIGRATION],
+    ),
 ]
 
 
-def statements_for(dialect: str, statements: list[str]) -> list[str]:
+def statements_for(dialect: str, statements: list[Statement]) -> list[str]:
     tokens = DIALECT_TOKENS[dialect]
-    return [s.format(**tokens) for s in statements]
+    chosen = []
+    for statement in statements:
+        if isinstance(statement, tuple):
+            only, sql = statement
+            if only == dialect:
+                chosen.append(sql)
+        else:
+            chosen.append(statement.format(**tokens))
+    return chosen

@@ -280,3 +280,47 @@ async def test_reservations_need_a_token(hub):
     assert_problem(status, body, headers, 401, "unauthenticated")
     status, body, headers = await hub.call("GET", "/api/v1/reservations/00000000-0000-4000-8000-000000000000")
     assert_problem(status, body, headers, 401, "unauthenticated")
+
+
+# -- the cache of verified tokens ------------------------------------------------------------------
+
+CACHE_SECRET = "cache-secret-" + "x" * 32
+OTHER_SECRET = "other-secret-" + "y" * 32
+
+
+def test_a_cached_token_is_still_refused_once_it_expires():
+    from hub import auth
+    from hub.errors import Unauthenticated
+
+    time.sleep(1.01 - time.time() % 1)  # just past a whole second: the token below has ~1 s to live
+    signed = auth.issue_token(CACHE_SECRET, "carol", ["customer"], ttl_seconds=-auth._LEEWAY_SECONDS + 1)
+    assert auth.decode_token(CACHE_SECRET, signed).sub == "carol"
+    assert (CACHE_SECRET, signed) in auth._verified
+    time.sleep(1.2)
+    with pytest.raises(Unauthenticated) as refused:
+        auth.decode_token(CACHE_SECRET, signed)
+    assert refused.value.code == "token_expired"
+
+
+def test_a_token_verified_under_one_secret_is_not_accepted_under_another():
+    from hub import auth
+    from hub.errors import Unauthenticated
+
+    signed = auth.issue_token(CACHE_SECRET, "dave", ["admin"])
+    assert auth.decode_token(CACHE_SECRET, signed).roles == {"admin"}
+    with pytest.raises(Unauthenticated) as refused:
+        auth.decode_token(OTHER_SECRET, signed)
+    assert refused.value.code == "invalid_token"
+
+
+def test_the_cache_of_verified_tokens_stays_bounded(monkeypatch):
+    from hub import auth
+
+    monkeypatch.setattr(auth, "_VERIFIED_MAX", 8)
+    monkeypatch.setattr(auth, "_verified", {})
+    tokens = [auth.issue_token(CACHE_SECRET, f"user-{i}", ["customer"]) for i in range(20)]
+    for signed in tokens:
+        auth.decode_token(CACHE_SECRET, signed)
+    assert 0 < len(auth._verified) <= 8
+    assert (CACHE_SECRET, tokens[-1]) in auth._verified  # the newest stays
+    assert [auth.decode_token(CACHE_SECRET, t).sub for t in tokens] == [f"user-{i}" for i in range(20)]
