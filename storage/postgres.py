@@ -9,6 +9,7 @@ serialization failures are retried by :meth:`PostgresDatabase.run`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -93,16 +94,27 @@ class PostgresDatabase:
             self._pool = None
 
     async def run(
-        self, work: Callable[[PostgresTx], Awaitable[T]], *, exclusive: bool = False, readonly: bool = False
+        self,
+        work: Callable[[PostgresTx], Awaitable[T]],
+        *,
+        exclusive: bool = False,
+        readonly: bool = False,
+        single_statement: bool = False,
     ) -> T:
+        """:meth:`storage.db.Database.run`, and ``single_statement``: ``work`` runs one statement,
+        which PostgreSQL makes a transaction by itself — no BEGIN and COMMIT round trips."""
         if self._pool is None:
             raise StoreUnavailable("the PostgreSQL store is not open")
         for attempt in range(_RETRIES):
             try:
-                async with self._pool.acquire() as conn, conn.transaction(readonly=readonly):
-                    if exclusive:
-                        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
-                    return await work(PostgresTx(conn))
+                async with self._pool.acquire() as conn:
+                    transaction = (
+                        contextlib.nullcontext() if single_statement else conn.transaction(readonly=readonly)
+                    )
+                    async with transaction:
+                        if exclusive:
+                            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
+                        return await work(PostgresTx(conn))
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 if attempt == _RETRIES - 1:
                     raise
@@ -120,8 +132,13 @@ class PostgresStore(SqlStore):
     """The SQL store on PostgreSQL, with reservations committed in batches (:mod:`storage.pg_reserve`)."""
 
     def __init__(self, dsn: str) -> None:
-        super().__init__(PostgresDatabase(dsn))
-        self._batcher = ReservationBatcher(self.db.run, now_us)
+        self._postgres = PostgresDatabase(dsn)
+        super().__init__(self._postgres)
+        self._batcher = ReservationBatcher(self._run_batch, now_us)
+
+    async def _run_batch(self, work: Callable[[PostgresTx], Awaitable[T]]) -> T:
+        # The batch is one call of synchub_reserve_batch: atomic without an explicit transaction.
+        return await self._postgres.run(work, single_statement=True)
 
     async def close(self) -> None:
         await self._batcher.close()
