@@ -36,7 +36,12 @@ class Database(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def run(
-        self, work: Callable[[Tx], Awaitable[T]], *, exclusive: bool = False, readonly: bool = False
+        self,
+        work: Callable[[Tx], Awaitable[T]],
+        *,
+        exclusive: bool = False,
+        readonly: bool = False,
+        single_statement: bool = False,
     ) -> T:
         """Run ``work`` in one transaction and commit it; roll back if it raises.
 
@@ -45,5 +50,7 @@ class Database(Protocol):
         A transaction aborted by the database for a transient reason (deadlock, serialization) is
         retried from the start, so ``work`` must have no side effects outside the transaction.
         ``exclusive`` serialises the transaction against every other exclusive one (migrations).
+        ``single_statement`` promises that ``work`` runs exactly one statement, which a database such
+        as PostgreSQL makes atomic by itself: the adapter may skip the BEGIN and COMMIT round trips.
         """
         ...

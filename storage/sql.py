@@ -118,7 +118,7 @@ class SqlStore:
         async def work(tx: Tx) -> None:
             await tx.fetchrow("SELECT 1 AS ok")
 
-        await self.db.run(work, readonly=True)
+        await self.db.run(work, readonly=True, single_statement=True)
 
     async def migrate(self) -> list[int]:
         async def work(tx: Tx) -> list[int]:
@@ -177,7 +177,7 @@ class SqlStore:
         async def work(tx: Tx) -> Row | None:
             return await tx.fetchrow(f"SELECT {_PRODUCT_COLUMNS} FROM products WHERE id = $1", product_id)
 
-        row = await self.db.run(work, readonly=True)
+        row = await self.db.run(work, readonly=True, single_statement=True)
         return _product(row) if row else None
 
     async def update_product(
@@ -308,7 +308,7 @@ class SqlStore:
         async def work(tx: Tx) -> list[Row]:
             return await tx.fetch(sql, *args)
 
-        rows = await self.db.run(work, readonly=True)
+        rows = await self.db.run(work, readonly=True, single_statement=True)
         items = [_product(r) for r in rows[: query.limit]]
         next_after = None
         if len(rows) > query.limit:
@@ -336,7 +336,7 @@ class SqlStore:
         async def work(tx: Tx) -> Row | None:
             return await tx.fetchrow("SELECT id, region, name FROM warehouses WHERE id = $1", warehouse_id)
 
-        row = await self.db.run(work, readonly=True)
+        row = await self.db.run(work, readonly=True, single_statement=True)
         return Warehouse(row["id"], row["region"], row["name"]) if row else None
 
     async def list_warehouses(self, region: str | None = None) -> list[Warehouse]:
@@ -347,7 +347,10 @@ class SqlStore:
                 "SELECT id, region, name FROM warehouses WHERE region = $1 ORDER BY id", region
             )
 
-        return [Warehouse(r["id"], r["region"], r["name"]) for r in await self.db.run(work, readonly=True)]
+        return [
+            Warehouse(r["id"], r["region"], r["name"])
+            for r in await self.db.run(work, readonly=True, single_statement=True)
+        ]
 
     async def _require_product_and_warehouse(self, tx: Tx, product_id: str, warehouse_id: str) -> None:
         if await tx.fetchrow("SELECT 1 AS ok FROM products WHERE id = $1", product_id) is None:
@@ -496,7 +499,7 @@ class SqlStore:
         async def work(tx: Tx) -> list[Row]:
             return await tx.fetch(sql, *args)
 
-        return [(_stock(r), r["sku"]) for r in await self.db.run(work, readonly=True)]
+        return [(_stock(r), r["sku"]) for r in await self.db.run(work, readonly=True, single_statement=True)]
 
     # -- reservations --------------------------------------------------------------------------
     async def reserve(
@@ -747,7 +750,7 @@ class SqlStore:
         async def work(tx: Tx) -> int:
             return await tx.execute("DELETE FROM idempotency_keys WHERE created_at < $1", older_than_us)
 
-        return await self.db.run(work)
+        return await self.db.run(work, single_statement=True)
 
     # -- outbox --------------------------------------------------------------------------------
     async def read_outbox(self, limit: int = 500) -> list[OutboxEntry]:
@@ -756,7 +759,7 @@ class SqlStore:
 
         return [
             OutboxEntry(seq=r["seq"], delta=InventoryDelta(**json.loads(r["payload"])))
-            for r in await self.db.run(work, readonly=True)
+            for r in await self.db.run(work, readonly=True, single_statement=True)
         ]
 
     async def ack_outbox(self, seqs: Sequence[int]) -> None:
@@ -764,21 +767,23 @@ class SqlStore:
             return
         ordered = sorted(set(seqs))
 
+        # Entries are acknowledged in order, so deleting a contiguous range is the common case.
+        contiguous = ordered[-1] - ordered[0] + 1 == len(ordered)
+
         async def work(tx: Tx) -> None:
-            # Entries are acknowledged in order, so deleting a contiguous range is the common case.
-            if ordered[-1] - ordered[0] + 1 == len(ordered):
+            if contiguous:
                 await tx.execute("DELETE FROM outbox WHERE seq >= $1 AND seq <= $2", ordered[0], ordered[-1])
                 return
             for seq in ordered:
                 await tx.execute("DELETE FROM outbox WHERE seq = $1", seq)
 
-        await self.db.run(work)
+        await self.db.run(work, single_statement=contiguous)
 
     async def outbox_backlog(self) -> tuple[int, int | None]:
         async def work(tx: Tx) -> Row | None:
             return await tx.fetchrow("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox")
 
-        row = await self.db.run(work, readonly=True)
+        row = await self.db.run(work, readonly=True, single_statement=True)
         assert row is not None
         return int(row["n"]), row["oldest"]
 

@@ -121,7 +121,12 @@ class SqliteDatabase:
         return self._conn.execute(sql, args).rowcount
 
     async def run(
-        self, work: Callable[[SqliteTx], Awaitable[T]], *, exclusive: bool = False, readonly: bool = False
+        self,
+        work: Callable[[SqliteTx], Awaitable[T]],
+        *,
+        exclusive: bool = False,
+        readonly: bool = False,
+        single_statement: bool = False,  # nothing to save: SQLite's BEGIN and COMMIT cost no round trip
     ) -> T:
         async with self._lock:
             if self._conn is None:
