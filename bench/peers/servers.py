@@ -10,8 +10,9 @@ Every peer is one server process on 127.0.0.1 speaking the same small contract:
 - ``GET /stats`` answers ``{"clients": n, "peer": name}``.
 
 Peers: ``aiohttp`` (bare ``web.WebSocketResponse``, the floor of aiohttp), ``python-socketio``
-(AsyncServer on aiohttp, one room), ``node-ws`` (a plain ``ws`` WebSocketServer) and ``node-socketio``
-(a socket.io Server, one room). Use::
+(AsyncServer on aiohttp, one room), ``node-ws`` (a plain ``ws`` WebSocketServer), ``node-socketio``
+(a socket.io Server, one room) and ``c-epoll`` (a single-threaded epoll server in C, one ``write()`` per
+message per socket: the floor). Use::
 
     async with start_peer("node-ws", port) as peer:
         async with connect_clients(peer, 1000, on_message) as clients:
@@ -19,8 +20,9 @@ Peers: ``aiohttp`` (bare ``web.WebSocketResponse``, the floor of aiohttp), ``pyt
         ... cpu_seconds(peer.pid), rss_bytes(peer.pid)
 
 What is missing is installed on first use (Node packages from ``package.json`` into
-``bench/peers/node_modules``, python-socketio into the running interpreter with pip); a peer that cannot
-be installed or started raises :class:`PeerUnavailable` so the bench can say so and go on.
+``bench/peers/node_modules``, python-socketio into the running interpreter with pip, ``c_server.c``
+compiled with gcc into ``bench/peers/build/``); a peer that cannot be installed, built or started raises
+:class:`PeerUnavailable` so the bench can say so and go on.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -63,16 +67,22 @@ HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 PYTHON_SOCKETIO = "python-socketio==5.18.1"  # installed with pip only when the interpreter lacks it
 NPM_INSTALL = ("npm", "install", "--no-audit", "--no-fund", "--no-package-lock", "--prefix", str(HERE))
+BUILD = HERE / "build"  # git-ignored: the compiled C peer
+C_SOURCE = HERE / "c_server.c"
+C_BINARY = BUILD / "c_server"
+CFLAGS = ("-O2", "-Wall", "-Wextra")
 
 Protocol = Literal["ws", "socketio"]
+Runtime = Literal["python", "node", "c"]
 OnMessage = Callable[[str], None]
 
-# name -> (protocol, runtime, server program)
-_PEERS: dict[str, tuple[Protocol, Literal["python", "node"], str]] = {
+# name -> (protocol, runtime, server program: a script, or for "c" the source compiled on first use)
+_PEERS: dict[str, tuple[Protocol, Runtime, str]] = {
     "aiohttp": ("ws", "python", "aiohttp_server.py"),
     "python-socketio": ("socketio", "python", "socketio_server.py"),
     "node-ws": ("ws", "node", "ws_server.js"),
     "node-socketio": ("socketio", "node", "socketio_server.js"),
+    "c-epoll": ("ws", "c", "c_server.c"),
 }
 PEERS: tuple[str, ...] = tuple(_PEERS)
 
@@ -207,6 +217,45 @@ async def _ensure_python(name: str, install: bool) -> str:
     )
 
 
+def _c_stale() -> bool:
+    """Whether the C peer must be (re)built: no binary, or one older than its source."""
+    try:
+        return C_BINARY.stat().st_mtime_ns < C_SOURCE.stat().st_mtime_ns
+    except FileNotFoundError:
+        return True
+
+
+async def _ensure_c(name: str, install: bool) -> str:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise PeerUnavailable(name, "gcc is not installed (no `gcc` on PATH)")
+    try:
+        status, out = await _run(gcc, "-dumpfullversion", seconds=20)
+    except (OSError, TimeoutError) as exc:
+        raise PeerUnavailable(name, f"`gcc -dumpfullversion` failed: {exc!r}") from exc
+    if status != 0:
+        raise PeerUnavailable(name, f"`gcc -dumpfullversion` failed: {out.strip()[-500:]}")
+    version = f"c epoll (gcc {out.strip()})"
+    async with _install_lock():
+        if not _c_stale():
+            return version
+        if not install:
+            raise PeerUnavailable(name, f"{C_BINARY} is missing or older than {C_SOURCE.name}")
+        # Into a file of our own, then renamed: another process starting the peer never runs half a binary.
+        partial = BUILD / f".c_server.{os.getpid()}.{secrets.token_hex(4)}"
+        try:
+            BUILD.mkdir(exist_ok=True)
+            status, out = await _run(gcc, *CFLAGS, "-o", str(partial), str(C_SOURCE), seconds=300, cwd=HERE)
+            if status != 0:
+                raise PeerUnavailable(name, f"gcc failed ({status}): {out.strip()[-1500:]}")
+            os.replace(partial, C_BINARY)
+        except (OSError, TimeoutError) as exc:
+            raise PeerUnavailable(name, f"gcc failed: {exc!r}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+    return version
+
+
 async def ensure_peer(name: str, *, install: bool = True) -> str:
     """Make sure a peer can run, installing what it lacks if ``install``; a line naming its versions."""
     if name not in _PEERS:
@@ -214,6 +263,8 @@ async def ensure_peer(name: str, *, install: bool = True) -> str:
     _protocol, runtime, _program = _PEERS[name]
     if runtime == "node":
         return await _ensure_node(name, install)
+    if runtime == "c":
+        return await _ensure_c(name, install)
     return await _ensure_python(name, install)
 
 
@@ -330,6 +381,8 @@ async def start_peer(
         node = shutil.which("node")
         assert node is not None  # ensure_peer checked
         argv = [node, str(HERE / program), str(port)]
+    elif runtime == "c":
+        argv = [str(C_BINARY), str(port)]
     else:
         argv = [sys.executable, str(HERE / program), str(port)]
     with tempfile.TemporaryFile(prefix=f"peer-{name}-") as stderr:
