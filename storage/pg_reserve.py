@@ -7,9 +7,9 @@ queued and each transaction takes the whole queue (group commit): the lock is he
 the fsync is paid once per batch, and the work of each request runs inside the server as one call of
 ``synchub_reserve_batch`` — a PL/pgSQL function installed by migration 2.
 
-The function keeps every rule of :mod:`storage.base`, statement for statement the same as
-``SqlStore.reserve`` (a test compares both paths on the same database): the claim of the idempotency
-key, the guarded ``UPDATE`` that makes overselling impossible, all or nothing per reservation (a
+The function keeps every rule of :mod:`storage.base`, as ``SqlStore.reserve`` does (a test compares
+both paths on the same database): one outcome per idempotency key, the guarded ``UPDATE`` that makes
+overselling impossible, all or nothing per reservation (a
 failed line rolls back that reservation's earlier lines through a subtransaction, and only
 reservations of more than one line pay for one), and one outbox delta per stock change. Each request
 in a batch succeeds or fails on its own; only a database error fails the whole batch, and then every
@@ -31,32 +31,10 @@ from storage.db import Tx
 from storage.errors import IdempotencyMismatch
 from storage.models import IdempotentResult, ReservationLineRequest
 
-# The outbox delta of a stock row, as storage.models.InventoryDelta.to_dict and stock_status build it.
-_EMIT = """
-CREATE FUNCTION synchub_emit(pid TEXT, wid TEXT, ts BIGINT) RETURNS VOID
-LANGUAGE plpgsql AS $fn$
-BEGIN
-    INSERT INTO outbox (product_id, warehouse_id, payload, created_at)
-    SELECT s.product_id, s.warehouse_id, jsonb_build_object(
-        'product_id', s.product_id, 'sku', p.sku, 'warehouse_id', s.warehouse_id, 'region', w.region,
-        'on_hand', s.on_hand, 'reserved', s.reserved, 'available', s.on_hand - s.reserved,
-        'status', CASE
-            WHEN p.status = 'discontinued' THEN 'discontinued'
-            WHEN p.status = 'preorder' THEN 'preorder'
-            WHEN s.on_hand - s.reserved <= 0 THEN 'out_of_stock'
-            WHEN s.on_hand - s.reserved <= p.low_stock_threshold THEN 'low_stock'
-            ELSE 'in_stock' END,
-        'version', s.version, 'ts', ts)::TEXT, ts
-    FROM stock s
-    JOIN warehouses w ON w.id = s.warehouse_id
-    JOIN products p ON p.id = s.product_id
-    WHERE s.product_id = pid AND s.warehouse_id = wid;
-END
-$fn$
-"""
-
 # One line: {"product_id", "quantity", "index", "warehouse_id"?, "region"?}. Returns
-# {"warehouse_id": w} once reserved, or the refusal {"status", "body"} having changed nothing.
+# {"warehouse_id": w} once reserved (and its outbox delta written, built as
+# storage.models.InventoryDelta.to_dict and stock_status build it), or the refusal
+# {"status", "body"} having changed nothing.
 _TAKE_LINE = """
 CREATE FUNCTION synchub_take_line(line JSONB, ts BIGINT) RETURNS JSONB
 LANGUAGE plpgsql AS $fn$
@@ -64,22 +42,23 @@ DECLARE
     pid TEXT := line->>'product_id';
     qty BIGINT := (line->>'quantity')::BIGINT;
     idx INTEGER := (line->>'index')::INTEGER;
-    product_status TEXT;
-    candidate TEXT;
+    product RECORD;
+    candidate RECORD;
+    changed RECORD;
 BEGIN
-    SELECT status INTO product_status FROM products WHERE id = pid;
+    SELECT status, sku, low_stock_threshold INTO product FROM products WHERE id = pid;
     IF NOT FOUND THEN
         RETURN jsonb_build_object('status', 404, 'body', jsonb_build_object(
             'code', 'product_not_found', 'detail', 'no such product',
             'resource', 'product', 'line', idx, 'product_id', pid));
     END IF;
-    IF product_status = 'discontinued' THEN
+    IF product.status = 'discontinued' THEN
         RETURN jsonb_build_object('status', 409, 'body', jsonb_build_object(
             'code', 'insufficient_stock', 'detail', 'the product is discontinued',
             'line', idx, 'product_id', pid));
     END IF;
     FOR candidate IN
-        SELECT s.warehouse_id FROM stock s JOIN warehouses w ON w.id = s.warehouse_id
+        SELECT s.warehouse_id, w.region FROM stock s JOIN warehouses w ON w.id = s.warehouse_id
         WHERE s.product_id = pid AND s.on_hand - s.reserved >= qty
           AND (line->>'warehouse_id' IS NULL OR s.warehouse_id = line->>'warehouse_id')
           AND (line->>'region' IS NULL OR w.region = line->>'region')
@@ -88,10 +67,21 @@ BEGIN
     LOOP
         -- The guard is evaluated against the latest row: the statement that makes overselling impossible.
         UPDATE stock SET reserved = reserved + qty, version = version + 1, updated_at = ts
-        WHERE product_id = pid AND warehouse_id = candidate AND on_hand - reserved >= qty;
+        WHERE product_id = pid AND warehouse_id = candidate.warehouse_id AND on_hand - reserved >= qty
+        RETURNING on_hand, reserved, version INTO changed;
         IF FOUND THEN
-            PERFORM synchub_emit(pid, candidate, ts);
-            RETURN jsonb_build_object('warehouse_id', candidate);
+            INSERT INTO outbox (product_id, warehouse_id, payload, created_at)
+            VALUES (pid, candidate.warehouse_id, jsonb_build_object(
+                'product_id', pid, 'sku', product.sku, 'warehouse_id', candidate.warehouse_id,
+                'region', candidate.region, 'on_hand', changed.on_hand, 'reserved', changed.reserved,
+                'available', changed.on_hand - changed.reserved,
+                'status', CASE
+                    WHEN product.status = 'preorder' THEN 'preorder'
+                    WHEN changed.on_hand - changed.reserved <= 0 THEN 'out_of_stock'
+                    WHEN changed.on_hand - changed.reserved <= product.low_stock_threshold THEN 'low_stock'
+                    ELSE 'in_stock' END,
+                'version', changed.version, 'ts', ts)::TEXT, ts);
+            RETURN jsonb_build_object('warehouse_id', candidate.warehouse_id);
         END IF;
     END LOOP;
     RETURN jsonb_build_object('status', 409, 'body', jsonb_build_object(
@@ -163,7 +153,7 @@ DECLARE
     request JSONB;
     prior RECORD;
     outcome JSONB;
-    results JSONB := '[]'::JSONB;
+    results JSONB[] := '{}';  -- appended in place; concatenating JSONB would copy it every time
 BEGIN
     -- Every stock row the batch may touch, locked up front in one global order: concurrent batches
     -- then queue behind each other instead of deadlocking.
@@ -175,33 +165,39 @@ BEGIN
     ORDER BY product_id, warehouse_id
     FOR UPDATE;
     FOR request IN SELECT value FROM jsonb_array_elements(requests) LOOP
-        INSERT INTO idempotency_keys (owner, key, request_hash, status, body, created_at)
-        VALUES (request->>'owner', request->>'key', request->>'hash', 0, '', ts)
-        ON CONFLICT (owner, key) DO NOTHING;
+        SELECT k.request_hash, k.status, k.body INTO prior FROM idempotency_keys k
+        WHERE k.owner = request->>'owner' AND k.key = request->>'key';
         IF FOUND THEN
-            outcome := synchub_reserve_one(request, ts);
-            UPDATE idempotency_keys SET status = (outcome->>'status')::INTEGER, body = (outcome->'body')::TEXT
-            WHERE owner = request->>'owner' AND key = request->>'key';
-            outcome := outcome || jsonb_build_object('replayed', false);
-        ELSE
-            -- Claimed before, in an earlier transaction or earlier in this batch.
-            SELECT k.request_hash, k.status, k.body INTO prior FROM idempotency_keys k
-            WHERE k.owner = request->>'owner' AND k.key = request->>'key';
+            -- Used before, in an earlier transaction or earlier in this batch.
             IF prior.request_hash <> request->>'hash' THEN
                 outcome := jsonb_build_object('mismatch', true);
             ELSE
                 outcome := jsonb_build_object(
                     'status', prior.status, 'body', prior.body::JSONB, 'replayed', true);
             END IF;
+        ELSE
+            outcome := synchub_reserve_one(request, ts);
+            INSERT INTO idempotency_keys (owner, key, request_hash, status, body, created_at)
+            VALUES (request->>'owner', request->>'key', request->>'hash',
+                    (outcome->>'status')::INTEGER, (outcome->'body')::TEXT, ts)
+            ON CONFLICT (owner, key) DO NOTHING;
+            IF NOT FOUND THEN
+                -- A concurrent transaction committed this key after our look: this request's work
+                -- must not count. The batch is retried as a serialization failure; the look then
+                -- finds the key and replays its outcome.
+                RAISE EXCEPTION 'idempotency key % claimed concurrently', request->>'key'
+                    USING ERRCODE = 'serialization_failure';
+            END IF;
+            outcome := outcome || jsonb_build_object('replayed', false);
         END IF;
-        results := results || jsonb_build_array(outcome);
+        results := results || outcome;
     END LOOP;
-    RETURN results;
+    RETURN to_jsonb(results);
 END
 $fn$
 """
 
-MIGRATION = [_EMIT, _TAKE_LINE, _RESERVE_ONE, _RESERVE_BATCH]
+MIGRATION = [_TAKE_LINE, _RESERVE_ONE, _RESERVE_BATCH]
 
 
 @dataclass(slots=True)

@@ -222,3 +222,21 @@ async def test_a_caller_that_gives_up_does_not_cancel_its_batch(store):
     retry = await store.reserve("alice", "order-9", "h", [line(pid)], 60)
     assert (retry.status, retry.replayed) == (201, True)
     assert (await store.get_inventory(pid))[0].reserved == 1
+
+
+async def test_the_same_key_raced_from_two_nodes_reserves_once(store, pg):
+    """Two hub nodes (two stores, two batchers) get the same retried request at the same moment."""
+    pid = await product(store, "RACE", {"par-1": 1000})
+    other = PostgresStore(pg)
+    await other.open()
+    try:
+        for round_no in range(20):
+            key = f"race-{round_no}"
+            results = await asyncio.gather(
+                *(s.reserve("alice", key, "h", [line(pid)], 60) for s in (store, other, store, other))
+            )
+            assert sorted(r.replayed for r in results) == [False, True, True, True], round_no
+            assert len({r.body["id"] for r in results}) == 1
+    finally:
+        await other.close()
+    assert (await store.get_inventory(pid))[0].reserved == 20
