@@ -1,22 +1,27 @@
-"""``python -m bench <name>``: run one benchmark (``suite``, ``reservations``, ``fanout``, ``crdt``)."""
+"""``python -m bench <name>`` (or ``synchub bench <name>``): run one benchmark (``suite``,
+``reservations``, ``fanout``, ``crdt``)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+
+NAMES = {
+    "reservations": "bench.reservations",
+    "fanout": "bench.fanout",
+    "crdt": "bench.crdt",
+    "suite": "bench.suite",
+}
 
 
-def main() -> int:
-    names = {
-        "reservations": "bench.reservations",
-        "fanout": "bench.fanout",
-        "crdt": "bench.crdt",
-        "suite": "bench.suite",
-    }
-    if len(sys.argv) < 2 or sys.argv[1] not in names:
-        print(f"usage: python -m bench {{{','.join(names)}}} [options]", file=sys.stderr)
-        return 2
-    module = __import__(names[sys.argv[1]], fromlist=["main"])
-    return int(module.main(sys.argv[2:]))
+def main(argv: Sequence[str] | None = None, prog: str = "python -m bench") -> int:
+    """Run the benchmark ``argv[0]`` with the rest of ``argv`` (default: this process's arguments)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in NAMES:
+        print(f"usage: {prog} {{{','.join(NAMES)}}} [options]", file=sys.stderr)
+        return 0 if args[:1] in (["-h"], ["--help"]) else 2
+    module = __import__(NAMES[args[0]], fromlist=["main"])
+    return int(module.main(args[1:]))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ import secrets
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
+import orjson
 
 
 def free_port() -> int:
@@ -41,8 +43,7 @@ async def hub_process(database_url: str, secret: str, *extra: str) -> AsyncItera
         str(port),
         "--database-url",
         database_url,
-        "--jwt-secret",
-        secret,
+        f"--jwt-secret={secret}",  # one argument: a token_urlsafe secret may begin with "-"
         "--log-level",
         "WARNING",
         *extra,
@@ -104,3 +105,83 @@ async def throwaway_postgres_and_redis(admin_url: str, redis_url: str) -> AsyncI
                 await client.delete(*keys)
         finally:
             await client.aclose()
+
+
+def admin_headers(secret: str) -> dict[str, str]:
+    """An admin bearer token for a hub started with ``secret``."""
+    from hub.auth import issue_token
+
+    return {"Authorization": f"Bearer {issue_token(secret, 'bench', ['admin'])}"}
+
+
+async def stock_product(
+    session: aiohttp.ClientSession, base: str, admin: dict[str, str], sku: str = "BENCH-1"
+) -> str:
+    """Warehouse ``w1`` in region eu and one product on the hub at ``base``; the URL of that product's
+    stock adjustments at ``w1``. Each adjustment commits one stock change, which the hub publishes as one
+    event on ``inventory:eu``; the answer and the event both carry the stock row's ``version`` (1, 2, …)."""
+    async with session.post(
+        base + "/api/v1/warehouses", headers=admin, json={"id": "w1", "region": "eu", "name": "w1"}
+    ) as r:
+        if r.status != 201:
+            raise RuntimeError(f"creating the warehouse answered {r.status}: {(await r.text())[:300]}")
+    async with session.post(
+        base + "/api/v1/products", headers=admin, json={"sku": sku, "name": sku, "price": "1"}
+    ) as r:
+        if r.status != 201:
+            raise RuntimeError(f"creating the product answered {r.status}: {(await r.text())[:300]}")
+        product = (await r.json())["id"]
+    return f"{base}/api/v1/products/{product}/inventory/w1/adjustments"
+
+
+async def adjust_at(
+    session: aiohttp.ClientSession,
+    url: str,
+    admin: dict[str, str],
+    rate: float,
+    count: int | None = None,
+    stop: asyncio.Event | None = None,
+    versions: list[int] | None = None,
+    in_flight: int = 32,
+) -> list[int]:
+    """Adjust the stock at ``url`` by +1, ``rate`` times per second (at most ``in_flight`` at a time),
+    ``count`` times or until ``stop`` is set; the versions the hub answered, appended to ``versions``
+    (also returned) as they come. Raises if every adjustment failed."""
+    versions = [] if versions is None else versions
+    errors: list[BaseException] = []
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one() -> None:
+        try:
+            async with session.post(url, headers=admin, json={"delta": 1}) as r:
+                body = await r.read()
+                if r.status >= 300:
+                    raise RuntimeError(f"adjustment answered {r.status}: {body[:200]!r}")
+                versions.append(int(orjson.loads(body)["version"]))
+        except (aiohttp.ClientError, RuntimeError, OSError, TimeoutError, ValueError, KeyError) as exc:
+            errors.append(exc)
+        finally:
+            gate.release()
+
+    tasks: list[asyncio.Task[None]] = []
+    started = time.perf_counter()
+    i = 0
+    try:
+        while (count is None or i < count) and not (stop is not None and stop.is_set()):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                if stop is None:
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    if stop.is_set():
+                        break
+            await gate.acquire()
+            tasks.append(asyncio.create_task(one()))
+            i += 1
+    finally:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if errors and not versions:
+        raise RuntimeError(f"every stock adjustment failed: {errors[0]!r}")
+    return versions

@@ -23,6 +23,10 @@ What it guarantees:
   and carries on counting, so after a reconnect storm ``min == max == events published`` still means
   every simulated client got every event exactly once (without ``resume``, a new generation starts
   afresh).
+- **Sequence numbers, when asked for** (``Target.sequence``, e.g. synchub's ``"version"``): each slot
+  also records which numbers it received and how often, across resumed reconnects, so
+  :meth:`LoadGen.sequences` can say, against the numbers that were published, how many each client
+  missed or got twice. Off by default: it costs a few hundred ns per delivery.
 - **Cheap per message.** A read that is exactly one message (the usual case) is looked up by its bytes
   in a per-worker cache (every client of a fan-out receives the same bytes), so the marker, ``ts`` and
   position searches run once per event and worker, not once per delivery: ~0.5 µs of Python per
@@ -77,7 +81,7 @@ import struct
 import time
 import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
@@ -87,6 +91,7 @@ __all__ = [
     "ConnectError",
     "Histogram",
     "LoadGen",
+    "Sequences",
     "Stats",
     "Target",
     "WorkerError",
@@ -127,6 +132,8 @@ class Target:
       every data message once ready (SSE: every message with a ``data:`` line; Socket.IO: every ``42``
       event packet).
     - ``positions``: keep each connection's last ``"position":"…"`` (one more bytes search per event).
+    - ``sequence``: the JSON key of an integer numbering the events (``b"version"``): each slot records
+      the numbers it received, for :meth:`LoadGen.sequences` (``None``: not recorded).
     """
 
     kind: Kind
@@ -140,6 +147,7 @@ class Target:
     resume_send: bytes | None = None
     headers: tuple[tuple[str, str], ...] = ()
     positions: bool = True
+    sequence: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("ws", "sse", "socketio"):
@@ -311,6 +319,38 @@ class Stats:
         }
 
 
+@dataclass
+class Sequences:
+    """Per client (slot) of a ``Target.sequence``, against the sequence numbers that were published:
+    each maps a number of events missed (never received), duplicated (received more than once) or
+    unexpected (received but not published) to how many clients had exactly that many."""
+
+    clients: int
+    missed: dict[int, int]
+    duplicated: dict[int, int]
+    unexpected: dict[int, int]
+
+    @staticmethod
+    def _total(counts: dict[int, int]) -> int:
+        return sum(n * clients for n, clients in counts.items())
+
+    @staticmethod
+    def _affected(counts: dict[int, int]) -> int:
+        return sum(clients for n, clients in counts.items() if n)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "clients": self.clients,
+            "missed": self._total(self.missed),
+            "clients_missing": self._affected(self.missed),
+            "max_missed_per_client": max(self.missed, default=0),
+            "duplicated": self._total(self.duplicated),
+            "clients_with_duplicates": self._affected(self.duplicated),
+            "max_duplicated_per_client": max(self.duplicated, default=0),
+            "unexpected": self._total(self.unexpected),
+        }
+
+
 class ConnectError(Exception):
     """Not every connection became ready in time (the message says how many did, and the first errors)."""
 
@@ -324,7 +364,8 @@ class WorkerError(Exception):
 # What an event message is, worked out once per distinct message and cached per worker and target: every
 # connection of a fan-out receives the same bytes, so the bytes searches and the integer parse run once
 # per event and worker, not once per delivery. ``(ts in µs or -1, position or None)``.
-_Info = tuple[int, bytes | None]
+# With ``Target.sequence`` a third element: the event's sequence number (-1 when it has none).
+_Info = tuple[int, bytes | None] | tuple[int, bytes | None, int]
 _SKIP: _Info = (-2, None)  # a complete message that is not an event (heartbeat, pong, error...)
 _SLOW: _Info = (-3, None)  # not exactly one complete message: parsed the long way (never cached)
 CACHE_ENTRIES = 20_000  # distinct messages remembered per worker and target (then forgotten at once)
@@ -375,6 +416,60 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return head + key + _mask(payload, key)
 
 
+class _Seen:
+    """The sequence numbers one slot received and how often (a count per number, saturating at 255),
+    in one byte per number from the lowest seen: compact for the dense numbers of one event stream."""
+
+    __slots__ = ("low", "marks", "stray")
+
+    SPAN = 1 << 22  # numbers further than this from the lowest are not stored, only counted (stray)
+
+    def __init__(self) -> None:
+        self.low = 0
+        self.marks = bytearray()
+        self.stray = 0
+
+    def add(self, seq: int) -> None:
+        marks = self.marks
+        if not marks:
+            self.low = seq
+            marks.append(1)
+            return
+        i = seq - self.low
+        if i < 0:
+            if len(marks) - i > self.SPAN:
+                self.stray += 1
+                return
+            marks[0:0] = bytes(-i)
+            self.low = seq
+            i = 0
+        elif i >= len(marks):
+            if i >= self.SPAN:
+                self.stray += 1
+                return
+            marks.extend(bytes(i + 1 - len(marks)))
+        if marks[i] < 255:
+            marks[i] += 1
+
+    def check(self, expected: frozenset[int]) -> tuple[int, int, int]:
+        """(missed, duplicated, unexpected): numbers of ``expected`` never received, receipts beyond the
+        first of a number, and receipts of numbers not in ``expected``."""
+        low, marks = self.low, self.marks
+        missed = duplicated = 0
+        for seq in expected:
+            i = seq - low
+            if not 0 <= i < len(marks) or not marks[i]:
+                missed += 1
+        unexpected = self.stray
+        for i, times in enumerate(marks):
+            if times:
+                if low + i in expected:
+                    duplicated += times - 1
+                else:
+                    unexpected += times
+        return missed, duplicated, unexpected
+
+
 _CONNECTING, _OPEN, _DONE = 0, 1, 2
 
 
@@ -395,6 +490,7 @@ class _Client(asyncio.Protocol):
         slot: int = 0,
         count: int = 0,
         position: bytes | None = None,
+        seen: _Seen | None = None,
     ) -> None:
         self.sh = shared
         self.slot = slot  # its place in the worker: a slot keeps its count and position across reconnects
@@ -411,6 +507,12 @@ class _Client(asyncio.Protocol):
         self.fast = False
         self.count = count
         self.position = position
+        self.seen: _Seen | None = None
+        self.sequence: re.Pattern[bytes] | None = None
+        if target.sequence is not None:  # the per-event recording, only on clients that asked for it
+            self.seen = seen if seen is not None else _Seen()
+            self.sequence = re.compile(rb'"' + re.escape(target.sequence) + rb'\\?":(\d+)')
+            self.tally = self.tally_sequenced  # type: ignore[method-assign]
         self.ended = False  # closed by the server, or broke the protocol, after it was ready
         self.ours = False  # we closed it (disconnect)
         self.error: str | None = None
@@ -504,6 +606,9 @@ class _Client(asyncio.Protocol):
             found = _POSITION.search(data, start, stop)
             if found is not None:
                 position = found[1]
+        if self.sequence is not None:
+            number = self.sequence.search(data, start, stop)
+            return (ts, position, int(number[1]) if number is not None else -1)
         return (ts, position)
 
     def remember(self, key: bytes, info: _Info) -> _Info:
@@ -546,6 +651,14 @@ class _Client(asyncio.Protocol):
             sh.no_ts += 1
         if info[1] is not None:
             self.position = info[1]
+
+    def tally_sequenced(self, info: _Info) -> None:
+        """:meth:`tally`, and the event's sequence number recorded (clients of a ``Target.sequence``)."""
+        _Client.tally(self, info)
+        if len(info) > 2 and info[0] != -2 and self.seen is not None:
+            seq = info[2]
+            if seq >= 0:
+                self.seen.add(seq)
 
 
 _time_ns = time.time_ns
@@ -945,7 +1058,8 @@ class _Worker:
         self.index = index
         self.shared = _Shared()
         self.conns: list[_Client] = []
-        self.previous: dict[int, tuple[int, bytes | None]] = {}  # slot -> (count, position) before
+        # slot -> (count, position, sequence numbers) in the previous generation
+        self.previous: dict[int, tuple[int, bytes | None, _Seen | None]] = {}
         self.disconnected = False
         self.next_slot = 0
         self.failed = 0
@@ -967,7 +1081,7 @@ class _Worker:
         resume: bool,
     ) -> dict[str, Any]:
         if self.disconnected:  # a new generation: remember the last positions, for resume
-            self.previous = {c.slot: (c.count, c.position) for c in self.conns}
+            self.previous = {c.slot: (c.count, c.position, c.seen) for c in self.conns}
             self.conns = []
             self.next_slot = 0
             self.failed = 0
@@ -994,8 +1108,12 @@ class _Worker:
                     continue
                 source = sources[(first + i) % len(sources)]
                 slot = base + i
-                count, position = self.previous.get(slot, (0, None)) if resume else (0, None)
-                opening = self.open(target, source, position, slot=slot, count=count, position=position)
+                count, position, seen = (
+                    self.previous.get(slot, (0, None, None)) if resume else (0, None, None)
+                )
+                opening = self.open(
+                    target, source, position, slot=slot, count=count, position=position, seen=seen
+                )
                 try:
                     client = await asyncio.wait_for(opening, remaining)
                 except Exception as exc:  # counted and reported; the others go on
@@ -1048,6 +1166,8 @@ class _Worker:
         self.shared.reset()
         for client in self.conns:
             client.count = 0
+            if client.seen is not None:
+                client.seen = _Seen()
         self.cpu_mark = _cpu_self()
 
     async def cmd_received(self) -> int:
@@ -1071,6 +1191,19 @@ class _Worker:
             "cpu_total_s": cpu,
             "pid": os.getpid(),
         }
+
+    async def cmd_sequences(self, expected: frozenset[int]) -> dict[str, Any]:
+        missed: Counter[int] = Counter()
+        duplicated: Counter[int] = Counter()
+        unexpected: Counter[int] = Counter()
+        for client in self.conns:
+            if client.seen is None:
+                continue
+            m, d, u = client.seen.check(expected)
+            missed[m] += 1
+            duplicated[d] += 1
+            unexpected[u] += 1
+        return {"missed": dict(missed), "duplicated": dict(duplicated), "unexpected": dict(unexpected)}
 
     async def cmd_positions(self) -> list[str | None]:
         return [None if c.position is None else c.position.decode() for c in self.conns]
@@ -1445,6 +1578,26 @@ class LoadGen:
             cpu_s=sum(p["cpu_s"] for p in parts),
             cpu_total_s=sum(p["cpu_total_s"] for p in parts),
             worker_pids=[p["pid"] for p in parts],
+        )
+
+    async def sequences(self, published: Iterable[int]) -> Sequences:
+        """What every connection of a ``Target.sequence`` received (through resumed reconnects too),
+        against the sequence numbers ``published`` (since the last :meth:`reset`)."""
+        expected = frozenset(published)
+        parts = await self._all("sequences", expected=expected)
+        merged: dict[str, Counter[int]] = {
+            "missed": Counter(),
+            "duplicated": Counter(),
+            "unexpected": Counter(),
+        }
+        for part in parts:
+            for key, counts in merged.items():
+                counts.update(part[key])
+        return Sequences(
+            clients=sum(merged["missed"].values()),
+            missed=dict(merged["missed"]),
+            duplicated=dict(merged["duplicated"]),
+            unexpected=dict(merged["unexpected"]),
         )
 
     async def positions(self) -> list[str | None]:

@@ -1,7 +1,13 @@
 """``python -m bench suite``: synchub beside the servers a user would pick instead, on this machine, with
 one load generator, in one run.
 
-For each server and each client count (1,000 / 10,000 / 19,000; ``--quick``: 200), the suite:
+Four sections (``--sections``, default all): **throughput** (below), **crossnode** (what the Redis Streams
+hop between two hub nodes adds to the latency, :mod:`bench.crossnode`), **storm** (every WebSocket client
+dropped at once and resuming: time to resume, missed and duplicated events per client,
+:mod:`bench.storm`) and **idle** (server memory with 0, 10,000 and 19,000 idle connections, KB per
+connection, :mod:`bench.idle`).
+
+Throughput: for each server and each client count (1,000 / 10,000 / 19,000; ``--quick``: 200), the suite:
 
 1. starts the server (synchub as a real hub process on the embedded default; the peers of
    ``bench/peers``: bare aiohttp, python-socketio, Node ``ws``, Node socket.io) — a peer that cannot
@@ -21,14 +27,20 @@ key prefix), the one-per-core figure on this 2-core machine.
 
 synchub publishes through its real path — an HTTP stock adjustment, a committed row and its outbox
 entry, the relay, the broker and the fan-out — while a peer's ``POST /publish`` just broadcasts: that
-cost is synchub's to carry. Results: a JSON file and a Markdown table per run in ``bench/results/``
-(ignored by git), PNG plots there when matplotlib is importable, and a progress line on stderr.
+cost is synchub's to carry. Results: a JSON file and a Markdown report per run in ``bench/results/``
+(ignored by git), PNG plots there when matplotlib is importable (the ``bench`` extra), and progress
+lines on stderr.
 
 Every loop is bounded in count and time; every server is on 127.0.0.1; every process it starts, it stops.
-``--quick`` (CI smoke, under two minutes) runs 200 clients and two steps on synchub (WebSocket and SSE)
-and the bare aiohttp peer, and exits non-zero unless synchub delivered 100% at its first step.
+``--quick`` (CI smoke, under two minutes) runs every section small: throughput with 200 clients and two
+steps on synchub (WebSocket and SSE) and the bare aiohttp peer, cross-node with 50 clients per path,
+the storm with 300 clients, idle with 200 and 500 connections on the same three servers. The run exits
+non-zero unless synchub delivered 100% (throughput's first step, both cross-node paths) and the storm
+delivered every event to every client exactly once (0 missed, 0 duplicated).
 
-Run: ``python -m bench suite [--quick] [--clients 1000,10000,19000] [--servers synchub-ws,...]``
+Run: ``python -m bench suite [--quick] [--sections throughput,crossnode,storm,idle] [--clients
+1000,10000,19000] [--servers synchub-ws,...]`` (or ``synchub bench suite …``); ``--help`` lists each
+section's options.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -48,7 +61,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -56,6 +69,11 @@ from bench._hub import cpu_seconds, free_port, hub_process, throwaway_postgres_a
 from bench.loadgen import ConnectError, LoadGen, Target, WorkerError
 from bench.peers.servers import PeerUnavailable, make_body, rss_bytes, start_peer
 from hub.auth import issue_token
+
+if TYPE_CHECKING:
+    from bench.crossnode import CrossNode
+    from bench.idle import IdleRun
+    from bench.storm import Storm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALL_SERVERS = (
@@ -67,6 +85,7 @@ ALL_SERVERS = (
     "python-socketio",
     "node-ws",
     "node-socketio",
+    "c-epoll",
 )
 QUICK_SERVERS = ("synchub-ws", "synchub-sse", "aiohttp")
 FULL_STEPS = (10_000, 25_000, 50_000, 100_000, 150_000, 200_000)  # deliveries per second
@@ -432,52 +451,140 @@ def plots(runs: list[Run], stem: Path) -> list[Path]:
 # -- main ------------------------------------------------------------------------------------------------
 
 
-async def suite(args: argparse.Namespace) -> tuple[list[Run], dict[str, Any]]:
-    progress = Progress()
+SECTIONS = ("throughput", "crossnode", "storm", "idle")
+
+
+@dataclass
+class Results:
+    """One run of the suite: each section's results (``None`` or empty when it was not selected)."""
+
+    meta: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)  # throughput
+    crossnode: CrossNode | None = None
+    storm: Storm | None = None
+    idle: list[IdleRun] = field(default_factory=list)
+
+
+async def throughput(args: argparse.Namespace, progress: Progress) -> list[Run]:
+    """Each server and client count in turn: idle memory, then stepped publish rates."""
     runs: list[Run] = []
-    meta = {
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "loadgen_workers": args.loadgen_workers,
-        "args": {k: v for k, v in vars(args).items() if k != "func"},
-    }
+    async with (
+        LoadGen(workers=args.loadgen_workers) as gen,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session,
+    ):
+        for name in args.servers:
+            for clients in args.clients:
+                try:
+                    async with open_server(name, args) as server:
+                        runs.append(await measure(server, gen, session, clients, args, progress))
+                except PeerUnavailable as exc:
+                    progress(f"{name}: unavailable — {exc}")
+                    runs.append(Run(name, "—", clients, error=f"unavailable: {exc}"[:200]))
+                    break  # no use trying the other client counts
+                except (
+                    ConnectError,
+                    WorkerError,
+                    RuntimeError,
+                    TimeoutError,
+                    OSError,
+                    aiohttp.ClientError,
+                ) as exc:
+                    progress(f"{name} · {clients:,} clients: failed — {exc!r}")
+                    runs.append(Run(name, "—", clients, error=f"failed: {exc!r}"[:200]))
+                    with contextlib.suppress(Exception):
+                        await gen.disconnect()
+    return runs
+
+
+async def suite(args: argparse.Namespace) -> Results:
+    from bench import crossnode, idle, storm
+
+    progress = Progress()
+    results = Results(
+        {
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "loadgen_workers": args.loadgen_workers,
+            "sections": list(args.sections),
+            "args": {k: v for k, v in vars(args).items() if k != "func"},
+        }
+    )
     try:
-        async with (
-            LoadGen(workers=args.loadgen_workers) as gen,
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session,
-        ):
-            for name in args.servers:
-                for clients in args.clients:
-                    try:
-                        async with open_server(name, args) as server:
-                            runs.append(await measure(server, gen, session, clients, args, progress))
-                    except PeerUnavailable as exc:
-                        progress(f"{name}: unavailable — {exc}")
-                        runs.append(Run(name, "—", clients, error=f"unavailable: {exc}"[:200]))
-                        break  # no use trying the other client counts
-                    except (
-                        ConnectError,
-                        WorkerError,
-                        RuntimeError,
-                        TimeoutError,
-                        OSError,
-                        aiohttp.ClientError,
-                    ) as exc:
-                        progress(f"{name} · {clients:,} clients: failed — {exc!r}")
-                        runs.append(Run(name, "—", clients, error=f"failed: {exc!r}"[:200]))
-                        with contextlib.suppress(Exception):
-                            await gen.disconnect()
+        if "throughput" in args.sections:
+            results.runs = await throughput(args, progress)
+        if "crossnode" in args.sections:
+            results.crossnode = await crossnode.run(args, progress)
+        if "storm" in args.sections:
+            results.storm = await storm.run(args, progress)
+        if "idle" in args.sections:
+            results.idle = await idle.run(args, progress)
     finally:
         progress.done()
-    return runs, meta
+    return results
+
+
+def report(results: Results) -> tuple[str, dict[str, Any]]:
+    """The run's Markdown and its JSON document."""
+    from bench import crossnode, idle, storm
+
+    if results.runs:
+        parts = [markdown(results.runs, results.meta)]
+    else:
+        parts = [f"# synchub bench suite — {results.meta['started']}\n\n{results.meta['machine']}.\n"]
+    if results.crossnode is not None:
+        parts.append(crossnode.markdown(results.crossnode))
+    if results.storm is not None:
+        parts.append(storm.markdown(results.storm))
+    if results.idle:
+        parts.append(idle.markdown(results.idle))
+    document = {
+        "meta": results.meta,
+        "runs": [asdict(run) for run in results.runs],
+        "crossnode": None if results.crossnode is None else crossnode.as_dict(results.crossnode),
+        "storm": None if results.storm is None else storm.as_dict(results.storm),
+        "idle": idle.as_dict(results.idle),
+    }
+    return "\n".join(parts), document
+
+
+def failures(results: Results) -> list[str]:
+    """What fails the run: synchub not delivering everything at its first step on any transport it ran,
+    in either cross-node path, or the storm not delivering every event exactly once; synchub not holding
+    its idle connections. (Peers that fail are reported, not failed; latency targets are reported.)"""
+    from bench import crossnode, idle, storm
+
+    found = [
+        f"{run.server} · {run.clients:,}: "
+        + (run.error or f"{run.steps[0].delivered_fraction:.2%} delivered at the first step")
+        for run in results.runs
+        if run.server.startswith("synchub")
+        and (run.error or not run.steps or run.steps[0].delivered_fraction < 1.0)
+    ]
+    found += crossnode.failures(results.crossnode)
+    found += storm.failures(results.storm)
+    found += idle.failures(results.idle)
+    return found
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench suite", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CI smoke: 200 clients, two steps, < 2 min")
-    parser.add_argument("--clients", help="comma-separated client counts (default 1000,10000,19000)")
-    parser.add_argument("--servers", help=f"comma-separated, of: {', '.join(ALL_SERVERS)}")
-    parser.add_argument("--steps", help="comma-separated target deliveries per second")
+    from bench import crossnode, idle, storm
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench suite",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="CI smoke: every section at small sizes, under two minutes"
+    )
+    parser.add_argument(
+        "--sections", help=f"comma-separated, of: {', '.join(SECTIONS)} (default: all of them)"
+    )
+    parser.add_argument(
+        "--clients", help="throughput: comma-separated client counts (default 1000,10000,19000)"
+    )
+    parser.add_argument("--servers", help=f"throughput: comma-separated, of: {', '.join(ALL_SERVERS)}")
+    parser.add_argument("--steps", help="throughput: comma-separated target deliveries per second")
     parser.add_argument("--step-seconds", type=float, default=None)
     parser.add_argument("--drain-seconds", type=float, default=None)
     parser.add_argument("--connect-seconds", type=float, default=120.0)
@@ -485,10 +592,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-p99-ms", type=float, default=2_000.0, help="a step above this p99 saturates")
     parser.add_argument("--loadgen-workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="for synchub-ws-2w")
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/0", help="for synchub-ws-2w, crossnode"
+    )
     parser.add_argument("--postgres-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    crossnode.add_arguments(parser)
+    storm.add_arguments(parser)
+    idle.add_arguments(parser)
     args = parser.parse_args(argv)
     quick = args.quick
+    args.sections = args.sections.split(",") if args.sections else list(SECTIONS)
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     args.clients = (
         [int(x) for x in args.clients.split(",")]
         if args.clients
@@ -504,34 +620,37 @@ def main(argv: list[str]) -> int:
     args.step_seconds = args.step_seconds or (2.0 if quick else 5.0)
     args.drain_seconds = args.drain_seconds or (10.0 if quick else 20.0)
     args.settle_seconds = args.settle_seconds if args.settle_seconds is not None else (0.5 if quick else 2.0)
+    crossnode.finish_arguments(args)
+    storm.finish_arguments(args)
+    problem = idle.finish_arguments(args, ALL_SERVERS, QUICK_SERVERS)
+    if problem:
+        parser.error(problem)
 
     try:
         import uvloop
 
-        runs, meta = uvloop.run(suite(args))
+        results = uvloop.run(suite(args))
     except ImportError:
-        runs, meta = asyncio.run(suite(args))
+        results = asyncio.run(suite(args))
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"suite-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if quick else ''}"
-    table = markdown(runs, meta)
+    table, document = report(results)
     stem.with_suffix(".md").write_text(table)
-    document = {"meta": meta, "runs": [asdict(run) for run in runs]}
     stem.with_suffix(".json").write_text(json.dumps(document, indent=1, default=str))
-    pictures = plots(runs, stem)
+    pictures = plots(results.runs, stem) if results.runs else []
+    for extra in (
+        crossnode.plot(results.crossnode, stem) if results.crossnode is not None else None,
+        idle.plot(results.idle, stem),
+    ):
+        if extra is not None:
+            pictures.append(extra)
     print(table)
     print(f"results: {stem}.json, {stem}.md" + "".join(f", {p.name}" for p in pictures))
-    if not pictures:
+    if not pictures and importlib.util.find_spec("matplotlib") is None:
         print("(no plots: matplotlib is not installed — pip install matplotlib)")
 
-    # The smoke check: synchub delivered everything at its first step, on every transport it ran.
-    failures = [
-        f"{run.server} · {run.clients:,}: "
-        + (run.error or f"{run.steps[0].delivered_fraction:.2%} delivered at the first step")
-        for run in runs
-        if run.server.startswith("synchub")
-        and (run.error or not run.steps or run.steps[0].delivered_fraction < 1.0)
-    ]
-    for failure in failures:
+    found = failures(results)
+    for failure in found:
         print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if found else 0

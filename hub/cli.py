@@ -1,4 +1,4 @@
-"""The ``synchub`` command: serve, migrate, token.
+"""The ``synchub`` command: serve, migrate, token, bench.
 
 ``serve --workers N`` (N > 1) makes this process a supervisor (:mod:`hub.workers`) of N worker
 processes, each running ``serve`` again with the hidden ``--worker-index``/``--ready-fd`` flags.
@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a role; repeat for several (default: customer)",
     )
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+
+    # Listed here for --help; main() hands everything after "bench" to bench.__main__ unparsed.
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark, as python -m bench does: suite, reservations, fanout, crdt",
+        add_help=False,
+    )
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark and its options")
     return parser
 
 
@@ -355,7 +363,19 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(argv: list[str]) -> int:
+    """``synchub bench …``: ``python -m bench …`` under the installed command."""
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError as exc:  # pragma: no cover - bench is part of the distribution
+        raise SystemExit(f"synchub: the benchmarks are not installed: {exc}") from None
+    return bench_main(argv, prog="synchub bench")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)

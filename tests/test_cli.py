@@ -75,3 +75,16 @@ async def test_migrate_creates_the_schema_once(database_url: str, tmp_path) -> N
 def test_a_short_jwt_secret_is_refused(tmp_path) -> None:
     result = run("token", "--sub", "a", "--jwt-secret", "short", cwd=str(tmp_path))
     assert result.returncode == 1 and "at least 32 bytes" in result.stderr
+
+
+def test_bench_hands_the_rest_of_the_command_line_to_python_m_bench(tmp_path) -> None:
+    listed = run("--help", cwd=str(tmp_path))
+    assert listed.returncode == 0 and "bench" in listed.stdout
+    usage = run("bench", cwd=str(tmp_path))
+    assert usage.returncode == 2
+    assert "usage: synchub bench {reservations,fanout,crdt,suite}" in usage.stderr
+    suite_help = run("bench", "suite", "--help", cwd=str(tmp_path))
+    assert suite_help.returncode == 0, suite_help.stderr
+    assert "--sections" in suite_help.stdout and "--storm-clients" in suite_help.stdout
+    refused = run("bench", "suite", "--sections", "nope", cwd=str(tmp_path))
+    assert refused.returncode == 2 and "unknown sections: nope" in refused.stderr
