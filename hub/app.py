@@ -13,7 +13,7 @@ from aiohttp import web
 
 from hub.auth import auth_middleware
 from hub.errors import error_middleware
-from hub.keys import BROKER, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE, WS_WRITES
+from hub.keys import BROKER, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE, WRITES
 from hub.metrics import Metrics, metrics_middleware
 from hub.realtime import Connections
 from hub.responses import compression_middleware
@@ -141,7 +141,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics()
     app[CONNECTIONS] = Connections()
     metrics = app[METRICS]
-    app[WS_WRITES] = WriteBatcher(
+    app[WRITES] = WriteBatcher(
         metrics.messages_sent.labels("websocket"),
         metrics.bytes_sent.labels("websocket"),
         metrics.delivery_latency.labels("websocket"),

@@ -24,6 +24,6 @@ RELAY: web.AppKey[OutboxRelay | None] = web.AppKey("relay")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ENGINE: web.AppKey[SyncEngine] = web.AppKey("engine")
 CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")
-WS_WRITES: web.AppKey[WriteBatcher] = web.AppKey("ws_writes")
+WRITES: web.AppKey[WriteBatcher] = web.AppKey("writes")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous

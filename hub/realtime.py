@@ -1,5 +1,5 @@
-"""What the three transports share: close codes, the bounded send buffer, the resync message, the
-registry of open connections (for graceful shutdown) and token checks for long-lived connections.
+"""What the three transports share: close codes, the resync message, the registry of open connections
+(for graceful shutdown, and the node's one heartbeat timer) and token checks for long-lived connections.
 
 Close and error codes come in ranges that tell a client what to do (docs/protocol.md has the table):
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -23,7 +23,10 @@ from hub.auth import Principal, decode_token
 from hub.errors import Unauthenticated
 from hub.keys import SETTINGS
 from sync.broker import Position
+from sync.channels import Channel, parse_channel
 from sync.cursor import format_position
+
+log = logging.getLogger(__name__)
 
 
 class CloseCode(enum.IntEnum):
@@ -67,68 +70,92 @@ def resync_message(channel: str, region: str, reason: str, current: Position | N
     }
 
 
+class Watched(Protocol):
+    """A long-lived connection (WebSocket, SSE) as the registry sees it."""
+
+    def beat(self, now: float) -> None:
+        """The app's heartbeat tick (``now``: the loop's clock): ping, check the peer, expire."""
+        ...
+
+    async def go_away(self) -> None:
+        """The node is shutting down: tell the client to resume elsewhere, and stop."""
+        ...
+
+
 class Connections:
-    """The open real-time connections of this node, so that shutdown can tell each to go away."""
+    """The open real-time connections of this node, so that shutdown can tell each to go away.
+
+    Long-lived connections are *watched*: one timer for the whole node (not one per connection) calls
+    each one's :meth:`Watched.beat` every tick — at most a second apart, a quarter of the shortest
+    heartbeat interval asked for — and runs only while some connection is watched. A beat is a few
+    attribute checks, so an idle connection costs no timer, task or wake-up of its own.
+    """
 
     def __init__(self) -> None:
         self._closers: dict[object, Callable[[], Awaitable[None]]] = {}
+        self._watched: dict[object, Watched] = {}
+        self._tick = 1.0
+        self._timer: asyncio.TimerHandle | None = None
         self.draining = False
 
     def add(self, key: object, close: Callable[[], Awaitable[None]]) -> None:
         self._closers[key] = close
 
+    def watch(self, connection: Watched, interval: float) -> None:
+        """Beat ``connection`` until it is discarded; ``interval`` is its heartbeat's, in seconds."""
+        self._watched[connection] = connection
+        tick = min(1.0, max(0.01, interval / 4))
+        if tick < self._tick:
+            self._tick = tick
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._tick, self._beat)
+
     def discard(self, key: object) -> None:
         self._closers.pop(key, None)
+        self._watched.pop(key, None)
 
     def __len__(self) -> int:
-        return len(self._closers)
+        return len(self._closers) + len(self._watched)
+
+    def _beat(self) -> None:
+        self._timer = None
+        if not self._watched:
+            return  # the next watch() starts the timer again
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for connection in tuple(self._watched.values()):  # a beat may end its connection (and discard it)
+            try:
+                connection.beat(now)
+            except Exception:  # one broken connection must not stop the others' heartbeats
+                log.exception("a connection's heartbeat failed")
+        if self._watched:
+            self._timer = loop.call_later(self._tick, self._beat)
 
     async def close_all(self) -> None:
         self.draining = True
-        closers = list(self._closers.values())
+        closers = [*self._closers.values(), *(c.go_away for c in self._watched.values())]
         await asyncio.gather(*(close() for close in closers), return_exceptions=True)
 
 
-class SendBuffer:
-    """A bounded queue of encoded messages for one connection, drained by one writer task.
+_SHARED_CHANNELS: dict[str, tuple[Channel, str]] = {}
+_SHARED_CHANNELS_MAX = 10_000
 
-    ``push`` never blocks the fan-out: when the client has fallen ``max_messages`` or ``max_bytes``
-    behind, the buffer reports overflow and the transport disconnects it with the slow-consumer code;
-    the client resumes from its last position, possibly on another node.
-    """
 
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
-        self._items: deque[tuple[Any, int, float | None]] = deque()
-        self._bytes = 0
-        self._max_messages = max_messages
-        self._max_bytes = max_bytes
-        self._ready = asyncio.Event()
-        self.closed = False
-
-    def push(self, item: Any, size: int, ts: float | None = None) -> bool:
-        """Queue one message; False if the buffer is full (the caller disconnects the client)."""
-        if self.closed:
-            return True
-        if len(self._items) >= self._max_messages or self._bytes + size > self._max_bytes:
-            return False
-        self._items.append((item, size, ts))
-        self._bytes += size
-        self._ready.set()
-        return True
-
-    async def take(self) -> list[tuple[Any, int, float | None]]:
-        """Everything queued, once there is something (or [] once closed)."""
-        while not self._items and not self.closed:
-            self._ready.clear()
-            await self._ready.wait()
-        batch = list(self._items)
-        self._items.clear()
-        self._bytes = 0
-        return batch
-
-    def close(self) -> None:
-        self.closed = True
-        self._ready.set()
+def shared_channel(name: str) -> tuple[Channel, str]:
+    """:func:`~sync.channels.parse_channel` and the channel's normalised name, the same objects for
+    every connection that names it so (a few hundred bytes less per subscription: a channel is not
+    allocated anew for each of 10,000 clients of ``inventory:eu``). Raises
+    :class:`~sync.channels.ChannelError`. Bounded: past 10,000 names the cache starts over."""
+    found = _SHARED_CHANNELS.get(name)
+    if found is None:
+        channel = parse_channel(name)
+        if len(_SHARED_CHANNELS) >= _SHARED_CHANNELS_MAX:
+            _SHARED_CHANNELS.clear()
+        found = _SHARED_CHANNELS[name] = (channel, channel.name)
+    return found
 
 
 def realtime_principal(request: web.Request) -> Principal | None:

@@ -23,6 +23,7 @@ class Event:
         "_json",
         "_msgpack",
         "_sse",
+        "_sse_chunks",
         "_ws_binary",
         "_ws_text",
         "position_text",
@@ -43,6 +44,7 @@ class Event:
         self._json: dict[str, bytes] = {}
         self._msgpack: dict[str, bytes] = {}
         self._sse: dict[str, bytes] = {}
+        self._sse_chunks: dict[str, bytes] = {}
         self._ws_text: dict[str, bytes] = {}
         self._ws_binary: dict[str, bytes] = {}
 
@@ -89,6 +91,14 @@ class Event:
             self._sse[channel] = encoded
         return encoded
 
+    def sse_chunk(self, channel: str) -> bytes:
+        """:meth:`sse` as one HTTP/1.1 chunk (size line, message, CRLF): every stream of a fan-out writes
+        these same bytes, and a connection's pending chunks concatenate into one write."""
+        chunk = self._sse_chunks.get(channel)
+        if chunk is None:
+            chunk = self._sse_chunks[channel] = http_chunk(self.sse(channel))
+        return chunk
+
     def ws_frame(self, channel: str, binary: bool) -> bytes:
         """The whole WebSocket frame (header included) of :meth:`msgpack` or :meth:`json`: every
         connection of a fan-out writes these same bytes."""
@@ -103,6 +113,12 @@ class Event:
 
     def as_dict(self, channel: str) -> dict[str, Any]:
         return {"type": "event", "channel": channel, "position": self.position_text, "data": self._data}
+
+
+def http_chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of an HTTP/1.1 chunked body (RFC 9112 §7.1); ``data`` must not be empty (an
+    empty chunk ends the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def websocket_frame(payload: bytes, binary: bool) -> bytes:

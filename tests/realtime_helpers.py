@@ -1,5 +1,6 @@
 """Clients for the real-time tests: WebSocket (JSON and MessagePack), SSE, long-poll, metrics, and a raw
-WebSocket on a plain socket that reads only when told to (a stalled consumer).
+WebSocket and a raw SSE stream on plain sockets that read only when told to (a stalled consumer; the
+raw stream also checks the HTTP chunked framing byte by byte).
 
 Every wait is bounded, so that a hub that never answers fails the test instead of hanging it.
 """
@@ -293,6 +294,142 @@ async def sse_stream(
         yield SseStream(response)
 
 
+def parse_sse(text: str) -> list[SseMessage]:
+    """The messages of a ``text/event-stream`` body (comment-only blocks included, as in :class:`SseStream`)."""
+    messages = []
+    for block in text.split("\n\n"):
+        if not block:
+            continue
+        message = SseMessage()
+        data: list[str] = []
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                message.comments.append(line[1:].strip())
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                message.event = value
+            elif name == "id":
+                message.id = value
+            elif name == "data":
+                data.append(value)
+            elif name == "retry":
+                message.retry = int(value)
+        message.data = "\n".join(data)
+        messages.append(message)
+    return messages
+
+
+_CHUNK_SIZE = re.compile(rb"[0-9a-f]+\r\n")
+
+
+class RawSse:
+    """An SSE stream on a plain socket that reads only when told to (a small receive buffer makes a
+    stalled consumer, as for :class:`RawWebSocket`), and checks the body's HTTP/1.1 chunked framing byte
+    by byte: the hub frames its chunks itself."""
+
+    def __init__(self, sock: socket.socket, head: bytes, leftover: bytes) -> None:
+        self.sock = sock
+        self.head = head
+        self.buffer = leftover
+        self.chunks: list[bytes] = []  # every chunk's payload so far (the empty last one included)
+        self.closed = False  # the server closed the connection
+
+    @classmethod
+    async def connect(cls, hub: Hub, channels: str = CHANNEL, *, receive_buffer: int | None = None) -> RawSse:
+        url = urlsplit(hub.base)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        await asyncio.wait_for(loop.sock_connect(sock, (url.hostname, url.port)), WAIT)
+        request = (
+            f"GET /api/v1/sse?channels={channels} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            "Accept: text/event-stream\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, request.encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), WAIT)
+            assert chunk, "the server closed before answering"
+            data += chunk
+        head, _, leftover = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"\r\ntransfer-encoding: chunked" in head.lower(), head
+        return cls(sock, head, leftover)
+
+    async def _more(self, deadline: float) -> bool:
+        """Read what the server sent; False once it closed the connection."""
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"nothing more within the time given ({len(self.chunks)} chunks read)"
+        try:
+            data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.sock, 65536), remaining)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.closed = True
+            return False
+        self.buffer += data
+        return True
+
+    async def chunk(self, within: float = WAIT) -> bytes | None:
+        """The next chunk's payload (b"" for the empty chunk that ends the body), or None if the
+        connection closed first. A malformed chunk fails the test."""
+        deadline = time.monotonic() + within
+        while True:
+            match = _CHUNK_SIZE.match(self.buffer)
+            if match is not None:
+                size = int(match.group()[:-2], 16)
+                end = match.end() + size
+                if len(self.buffer) >= end + 2:
+                    assert self.buffer[end : end + 2] == b"\r\n", (
+                        f"a chunk not ended by CRLF: {self.buffer[:200]!r}"
+                    )
+                    payload = self.buffer[match.end() : end]
+                    self.buffer = self.buffer[end + 2 :]
+                    self.chunks.append(payload)
+                    return payload
+            else:
+                assert len(self.buffer) < 10 and b"\n" not in self.buffer, (
+                    f"not a chunk size line: {self.buffer[:200]!r}"
+                )
+            if not await self._more(deadline):
+                assert not self.buffer, f"the connection closed inside a chunk: {self.buffer[:200]!r}"
+                return None
+
+    def messages(self) -> list[SseMessage]:
+        """The messages of every chunk read so far (a message never spans chunks: each is whole)."""
+        body = b"".join(self.chunks).decode()
+        assert body.endswith("\n\n") or not body, f"the chunks end inside a message: {body[-200:]!r}"
+        return parse_sse(body)
+
+    async def read_messages(self, count: int, within: float = WAIT) -> list[SseMessage]:
+        """Read until at least ``count`` messages (comments included) have come."""
+        deadline = time.monotonic() + within
+        while len(self.messages()) < count:
+            payload = await self.chunk(max(0.01, deadline - time.monotonic()))
+            assert payload, f"the stream ended after {len(self.messages())} messages"
+        return self.messages()
+
+    async def read_to_end(self, within: float = WAIT) -> tuple[list[SseMessage], bool]:
+        """Every message up to the end of the connection, and whether the body was ended properly (its
+        empty chunk, then nothing more)."""
+        deadline = time.monotonic() + within
+        while True:
+            payload = await self.chunk(max(0.01, deadline - time.monotonic()))
+            if payload is None:
+                return self.messages(), False
+            if payload == b"":
+                ended = not await self._more(deadline) and not self.buffer
+                return self.messages(), ended
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
 # -- long-poll ---------------------------------------------------------------------------------------
 
 
@@ -364,6 +501,7 @@ class RawWebSocket:
     def __init__(self, sock: socket.socket, leftover: bytes) -> None:
         self.sock = sock
         self.buffer = leftover
+        self.pings = b""  # the ping frames read (whole), concatenated
 
     @classmethod
     async def connect(cls, hub: Hub, protocol: str = JSON, receive_buffer: int = 4096) -> RawWebSocket:
@@ -430,6 +568,8 @@ class RawWebSocket:
                     return messages, struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
                 if opcode == 0x1:
                     messages.append(orjson.loads(payload))
+                elif opcode == 0x9:
+                    self.pings += bytes([0x89, len(payload)]) + payload
             remaining = deadline - time.monotonic()
             assert remaining > 0, f"no close frame within {within} s ({len(messages)} messages read)"
             try:

@@ -1,5 +1,6 @@
 """Server-Sent Events over a real socket, on both backends: the stream's framing, resume by Last-Event-ID,
-channels, resync, bad requests, auth, heartbeats and going away."""
+channels, resync, bad requests, auth, heartbeats, going away, and the hub's own writes (several events in
+one write, a stalled stream cut off, the chunked body ended properly)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,19 @@ import asyncio
 import contextlib
 import time
 import uuid
+from typing import Any
 
 import aiohttp
 import pytest
 
+from hub.transports.sse import SseConnection
 from tests.conftest import token
 from tests.realtime_helpers import (
     CHANNEL,
     REGION,
+    RawSse,
     SseMessage,
+    SseStream,
     current_position,
     epoch,
     eu_hub,
@@ -290,5 +295,150 @@ async def test_a_hub_shutting_down_ends_sse_streams_with_a_close_event(database_
     finally:
         await asyncio.wait_for(shutdown if shutdown is not None else stack.aclose(), 10)
     events = [m for m in rest if not m.comments]
+    assert [m.event for m in events] == ["close"]
+    assert events[0].json() == {"code": "going_away", "reconnect": True}
+
+
+# -- writes: several events in one turn, a stalled stream, the end of the body --------------------------
+
+
+SLOW_WID = "w" + "x" * 63  # the longest warehouse id and sku: larger events fill the socket buffers sooner
+
+
+async def reserve_each(hub, pid: str, wid: str, lines: int) -> None:
+    """One reservation of ``lines`` lines of one unit: as many stock changes, published in one batch."""
+    status, body, _ = await hub.call(
+        "POST",
+        "/api/v1/reservations",
+        token=hub.alice,
+        json={"lines": [{"product_id": pid, "warehouse_id": wid, "quantity": 1}] * lines},
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert status == 201, body
+
+
+async def test_events_pending_in_one_turn_leave_in_one_write_intact_and_in_order(
+    rt_hub, product, monkeypatch
+):
+    flushed: list[int] = []
+    flush = SseConnection.flush
+
+    def counting(self: SseConnection) -> tuple[int, int, float | None]:
+        result = flush(self)
+        flushed.append(result[0])
+        return result
+
+    monkeypatch.setattr(SseConnection, "flush", counting)
+    await rt_hub.stock(product, "par-1", 1_000)
+    await wait_for_position(rt_hub, 1)
+    stream = await RawSse.connect(rt_hub)
+    try:
+        opening = await stream.read_messages(2)
+        assert opening[0].retry == 2000 and opening[1].event == "ready"
+        assert stream.chunks[0].startswith(b"retry: 2000\n\n")  # the opening is one chunk
+        await reserve_each(rt_hub, product, "par-1", 80)  # 80 changes, relayed and fanned out in one turn
+        messages = (await stream.read_messages(2 + 80))[2:]
+    finally:
+        stream.close()
+    assert [m.event for m in messages] == ["inventory"] * 80
+    assert [m.json()["data"]["reserved"] for m in messages] == list(range(1, 81))
+    assert_contiguous([opening[1].id] + [m.id for m in messages])
+    assert all(m.json()["position"] == m.id for m in messages)
+    assert max(flushed) > 1, flushed  # several events went out in one write...
+    assert len(stream.chunks) - 1 == 80  # ...each its own whole chunk (so a client never sees half a one)
+
+
+def slow_hub(database_url: str):
+    return eu_hub(
+        database_url, warehouses=(SLOW_WID,), send_buffer_messages=200, send_buffer_bytes=1024 * 1024
+    )
+
+
+async def stall_until_cut_off(hub) -> tuple[RawSse, SseMessage, list[SseMessage], SseStream, Any]:
+    """A stream that never reads (and a small receive buffer) beside a healthy one, both following the
+    region and a product; bursts of 80 changes, one at a time, until the stalled one is cut off (a
+    reader that keeps up never holds more than 80 queued messages; one that stopped overflows the 200
+    allowed). Returns the stalled stream, its ready event, what the healthy one received and the healthy
+    stream (still open, in the returned context)."""
+    pid = str((await hub.product("S" * 64))["id"])
+    await hub.stock(pid, SLOW_WID, 1_000_000)
+    await wait_for_position(hub, 1)
+    channels = f"{CHANNEL},{product_channel(pid)}"
+    context = sse_stream(hub, channels)
+    healthy = await context.__aenter__()
+    await healthy.opening()
+    stalled = await RawSse.connect(hub, channels, receive_buffer=4096)
+    ready = (await stalled.read_messages(2))[1]
+    received: list[SseMessage] = []
+    deadline = time.monotonic() + 40
+    while await metric(hub, "synchub_slow_consumer_disconnects_total", transport="sse") == 0:
+        assert time.monotonic() < deadline, f"not cut off after {len(received)} events"
+        await reserve_each(hub, pid, SLOW_WID, 80)
+        received += await healthy.inventory(80)
+    return stalled, ready, received, healthy, context
+
+
+async def test_a_stream_that_stops_reading_is_cut_off_with_a_close_event_while_a_healthy_one_gets_every_event(
+    database_url,
+):
+    async with slow_hub(database_url) as hub:
+        stalled, ready, received, healthy, context = await stall_until_cut_off(hub)
+        try:
+            # Reading again at last, the stalled client finds what was written for it, then the close
+            # event and the end of the body.
+            messages, ended = await stalled.read_to_end(within=15)
+            assert ended, "the body did not end with its empty chunk, then the end of the connection"
+            events = [m for m in messages[2:] if not m.comments]
+            assert events[-1].event == "close"
+            assert events[-1].json() == {"code": "slow_consumer", "reconnect": True}
+            inventory = events[:-1]
+            assert inventory and all(m.event == "inventory" for m in inventory)
+            assert_contiguous([ready.id] + [m.id for m in inventory])  # it resumes from its last id
+            assert len(inventory) < len(received)
+            # The healthy stream carries on after its neighbour was cut off, and missed nothing.
+            await hub.stock(str(received[0].json()["data"]["product_id"]), SLOW_WID, 2_000_000)
+            received += await healthy.inventory(1)
+            assert [m.json()["data"]["reserved"] for m in received[:-1]] == list(range(1, len(received)))
+            assert_contiguous([m.id for m in received])
+            # One stream was cut off once: the counter counts disconnects, not dropped messages.
+            assert await metric(hub, "synchub_slow_consumer_disconnects_total", transport="sse") == 1
+        finally:
+            stalled.close()
+            await context.__aexit__(None, None, None)
+
+
+async def test_a_stream_cut_off_for_never_reading_is_released_within_seconds(database_url):
+    """The hub gives a stalled peer 2 s to take the end of the stream, then lets go of the connection; it
+    must not hold the socket and its buffers until the peer reads again (which may be never)."""
+    async with slow_hub(database_url) as hub:
+        stalled, _, _, _, context = await stall_until_cut_off(hub)
+        try:
+
+            async def only_the_healthy_one() -> bool:
+                return await metric(hub, "synchub_connections", transport="sse", region=REGION) == 1
+
+            await eventually(only_the_healthy_one, within=5, what="the stalled stream released")
+            assert await metric(hub, "synchub_subscriptions", transport="sse") == 1
+        finally:
+            stalled.close()
+            await context.__aexit__(None, None, None)
+
+
+async def test_a_hub_shutting_down_ends_the_body_of_every_stream_properly(database_url):
+    """The close event, then the empty chunk that ends a chunked body, then the end of the connection:
+    a client can tell a stream that ended from one that was cut."""
+    stack = contextlib.AsyncExitStack()
+    hub = await stack.enter_async_context(eu_hub(database_url))
+    shutdown: asyncio.Task[None] | None = None
+    stream = await RawSse.connect(hub)
+    try:
+        await stream.read_messages(2)
+        shutdown = asyncio.create_task(stack.aclose())
+        messages, ended = await stream.read_to_end(within=3)
+    finally:
+        stream.close()
+        await asyncio.wait_for(shutdown if shutdown is not None else stack.aclose(), 10)
+    assert ended
+    events = [m for m in messages[2:] if not m.comments]
     assert [m.event for m in events] == ["close"]
     assert events[0].json() == {"code": "going_away", "reconnect": True}

@@ -604,6 +604,66 @@ async def test_a_client_cut_off_for_never_reading_is_released_within_seconds(dat
             stalled.close()
 
 
+# -- heartbeats --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def beating_hub(database_url: str):
+    async with eu_hub(database_url, ws_heartbeat_seconds=0.4) as hub:
+        yield hub
+
+
+async def test_a_silent_peer_is_pinged_and_one_that_answers_stays(beating_hub):
+    async with beating_hub.session.ws_connect(
+        beating_hub.base + "/api/v1/ws", protocols=(JSON,), autoping=False, heartbeat=None
+    ) as ws:
+        pings = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 2:  # five heartbeat intervals
+            message = await asyncio.wait_for(ws.receive(), 2)
+            assert message.type == aiohttp.WSMsgType.PING, message
+            pings += 1
+            await ws.pong(message.data)
+        assert pings >= 2
+        await ws.send_str('{"type": "ping", "id": 1}')
+        reply = await asyncio.wait_for(ws.receive(), 2)
+        while reply.type == aiohttp.WSMsgType.PING:
+            reply = await asyncio.wait_for(ws.receive(), 2)
+        assert orjson.loads(reply.data) == {"type": "pong", "id": 1}
+
+
+async def test_a_peer_that_does_not_answer_pings_is_dropped(beating_hub):
+    silent = await RawWebSocket.connect(beating_hub)
+    try:
+        await silent.send_text('{"type": "subscribe", "channel": "inventory:eu"}')
+        started = time.monotonic()
+
+        async def dropped() -> bool:
+            return await metric(beating_hub, "synchub_connections", transport="websocket", region=REGION) == 0
+
+        await eventually(dropped, within=4, what="the silent peer dropped")
+        # Not before a heartbeat interval and half of one more: it was pinged (an empty ping frame),
+        # and then given time to answer.
+        assert time.monotonic() - started > 0.5
+        assert await metric(beating_hub, "synchub_subscriptions", transport="websocket") == 0
+        messages, code = await silent.read_until_close(within=2)
+        assert [m["type"] for m in messages] == ["subscribed"]
+        assert code is None  # no close frame: a peer that does not answer would not read one either
+        assert b"\x89\x00" in silent.pings
+    finally:
+        silent.close()
+
+
+async def test_a_protocol_ping_from_the_client_gets_a_pong(rt_hub):
+    async with rt_hub.session.ws_connect(
+        rt_hub.base + "/api/v1/ws", protocols=(JSON,), autoping=False, heartbeat=None
+    ) as ws:
+        await ws.ping(b"are you there")
+        reply = await asyncio.wait_for(ws.receive(), 5)
+    assert reply.type == aiohttp.WSMsgType.PONG
+    assert reply.data == b"are you there"
+
+
 # -- going away --------------------------------------------------------------------------------------
 
 

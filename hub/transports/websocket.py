@@ -15,24 +15,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import msgpack
 import orjson
 from aiohttp import WSMsgType, web
 
-from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WS_WRITES
+from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
 from hub.realtime import (
     CloseCode,
     ConnectionState,
     realtime_principal,
     resync_message,
     seconds_until_expiry,
+    shared_channel,
     snapshot_url,
 )
 from hub.routes.inventory import snapshot_items
 from sync.broker import BrokerError, Position, PositionExpired
-from sync.channels import Channel, ChannelError, parse_channel
+from sync.channels import Channel, ChannelError
 from sync.cursor import CursorError, format_position, parse_position
 from sync.engine import Feed
 from sync.events import Event, websocket_frame
@@ -43,6 +45,9 @@ routes = web.RouteTableDef()
 JSON_PROTOCOL = "synchub.json"
 MSGPACK_PROTOCOL = "synchub.msgpack"
 _HARD_FRAME_LIMIT = 1024 * 1024  # beyond this aiohttp closes with 1009; below it we answer an error
+_PROTOCOLS = (JSON_PROTOCOL, MSGPACK_PROTOCOL)
+_PING = b"\x89\x00"  # an empty ping frame, whole (a server never masks)
+_ENDS = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 _MESSAGE_FIELDS = {
     "subscribe": {"type", "id", "channel", "since", "recover"},
     "unsubscribe": {"type", "id", "channel"},
@@ -63,13 +68,51 @@ class WsConnection:
 
     Outgoing frames are queued and written by the app's :class:`~hub.transports.writes.WriteBatcher`,
     all of one turn in one write, straight to the transport (whole frames, so they never interleave
-    with aiohttp's own pings and close frame). Nothing waits on a slow reader: what the kernel does not
+    with aiohttp's own pongs and close frame). Nothing waits on a slow reader: what the kernel does not
     take stays in the transport's buffer, and a client whose backlog there passes
     ``send_buffer_messages`` or ``send_buffer_bytes`` is cut off as a slow consumer (it resumes from
     its last position, possibly on another node).
+
+    No timer or task of its own while idle: the node's heartbeat tick (:meth:`beat`) pings a peer that
+    has been silent for ``ws_heartbeat_seconds``, drops one that stays silent for half of that again,
+    and closes the connection when its token expires.
     """
 
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse, binary: bool) -> None:
+    __slots__ = (
+        "_backlog",
+        "_busy",
+        "_closing",
+        "_expires_at",
+        "_heard",
+        "_heartbeat",
+        "_max_bytes",
+        "_max_messages",
+        "_oldest_ts",
+        "_pinged_at",
+        "_queued",
+        "_queued_bytes",
+        "_quiet_since",
+        "_released",
+        "_transport",
+        "_writes",
+        "binary",
+        "engine",
+        "feeds",
+        "meter",
+        "metrics",
+        "request",
+        "settings",
+        "state",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        binary: bool,
+        expires_in: float | None = None,
+    ) -> None:
         settings = request.app[SETTINGS]
         self.request = request
         self.ws = ws
@@ -80,14 +123,23 @@ class WsConnection:
         self.feeds: dict[str, Feed] = {}
         self.state = ConnectionState.OPEN
         self._closing: asyncio.Task[None] | None = None
-        self._writes = request.app[WS_WRITES]
+        self._writes = writes = request.app[WRITES]
+        self.meter = writes.default_meter
         self._transport = request.transport
-        self._queued: list[bytes] = []
+        self._queued: list[bytes] | None = None
         self._queued_bytes = 0
         self._oldest_ts: float | None = None
         self._backlog = 0  # messages written while the transport still held unsent bytes
         self._max_messages = settings.send_buffer_messages
         self._max_bytes = settings.send_buffer_bytes
+        now = asyncio.get_running_loop().time()
+        self._heartbeat = settings.ws_heartbeat_seconds
+        self._heard = False  # a frame arrived since the last beat
+        self._busy = False  # a message is being answered
+        self._quiet_since = now
+        self._pinged_at: float | None = None
+        self._expires_at = None if expires_in is None else now + expires_in
+        self._released = False
 
     # -- outgoing ----------------------------------------------------------------------------------
     def encode(self, message: dict[str, Any]) -> bytes:
@@ -107,20 +159,22 @@ class WsConnection:
         if self.state is not ConnectionState.OPEN or self._transport is None:
             return
         queued = self._queued
-        if not queued:
+        if queued is None:  # the list exists only while something waits for the end of the turn
+            self._queued = [frame]
+            self._oldest_ts = ts
             self._writes.enlist(self)
-            self._oldest_ts = ts
-        elif self._oldest_ts is None:
-            self._oldest_ts = ts
-        queued.append(frame)
+        else:
+            queued.append(frame)
+            if self._oldest_ts is None:
+                self._oldest_ts = ts
         self._queued_bytes += len(frame)
 
     def flush(self) -> tuple[int, int, float | None]:
         """Write what was queued this turn in one write (called by the batcher)."""
         queued, size, ts = self._queued, self._queued_bytes, self._oldest_ts
-        if not queued:
+        if queued is None:
             return 0, 0, None
-        self._queued, self._queued_bytes, self._oldest_ts = [], 0, None
+        self._queued, self._queued_bytes, self._oldest_ts = None, 0, None
         transport = self._transport
         if self.state is not ConnectionState.OPEN or transport is None or transport.is_closing():
             return 0, 0, None
@@ -142,7 +196,30 @@ class WsConnection:
         for channel in channels:
             self.send(resync_message(channel.name, self.engine.region, reason, current))
 
+    def beat(self, now: float) -> None:
+        """The node's heartbeat tick (see the class)."""
+        if self.state is not ConnectionState.OPEN:
+            return
+        if self._expires_at is not None and now >= self._expires_at:
+            self.close_soon(CloseCode.AUTH_EXPIRED, "token expired: reconnect with a new one")
+        elif self._heard or self._busy:
+            self._heard = False
+            self._quiet_since = now
+            self._pinged_at = None
+        elif self._pinged_at is None:
+            transport = self._transport
+            if now - self._quiet_since >= self._heartbeat and transport is not None:
+                transport.write(_PING)
+                self._pinged_at = now
+        elif now - self._pinged_at >= self._heartbeat / 2 and self._transport is not None:
+            # No pong, nor anything else: the peer is gone (or its network is), and would acknowledge
+            # no close frame. Let go of the socket; the receive loop then ends.
+            self._transport.abort()
+
     # -- closing -----------------------------------------------------------------------------------
+    async def go_away(self) -> None:
+        await self.close(CloseCode.GOING_AWAY, "node going away")
+
     def close_soon(self, code: CloseCode, reason: str) -> None:
         """Close without sending what is still queued (a slow consumer, an expired token)."""
         if self.state is ConnectionState.OPEN:
@@ -167,6 +244,15 @@ class WsConnection:
         self.state = self.state.to(ConnectionState.CLOSED)
 
     # -- incoming ----------------------------------------------------------------------------------
+    async def _answer(self, frame: Any) -> None:
+        decoded: dict[str, Any] = {}
+        try:
+            decoded = self.decode(frame)
+            await self.handle(decoded)
+        except ProtocolError as exc:
+            echo = _echo(exc.request if isinstance(exc.request, dict) else decoded)
+            self.send({"type": "error", "code": exc.code, "message": exc.message, **echo})
+
     def decode(self, message: Any) -> dict[str, Any]:
         if message.type == WSMsgType.TEXT:
             if self.binary:
@@ -219,11 +305,11 @@ class WsConnection:
         if not isinstance(name, str):
             raise ProtocolError("invalid_channel", "channel must be a string")
         try:
-            channel = parse_channel(name)
+            channel, key = shared_channel(name)
             self.engine.check_channel(channel)
         except ChannelError as exc:
             raise ProtocolError(exc.code, exc.message) from exc
-        if channel.name in self.feeds:
+        if key in self.feeds:
             raise ProtocolError("already_subscribed", f"already subscribed to {channel.name}")
         if len(self.feeds) >= self.settings.ws_max_subscriptions:
             raise ProtocolError("too_many_subscriptions", f"at most {self.settings.ws_max_subscriptions}")
@@ -240,13 +326,13 @@ class WsConnection:
             except CursorError as exc:
                 raise ProtocolError("invalid_position", str(exc)) from exc
         feed = self.engine.feed([channel], self)
-        self.feeds[channel.name] = feed
+        self.feeds[key] = feed
         try:
             # "latest": the current stock instead of a replay; the feed goes live from the position
             # taken before the snapshot was read, so nothing falls in between (versions dedupe).
             position = await feed.start(None if recover == "latest" else since)
         except BrokerError as exc:
-            del self.feeds[channel.name]
+            del self.feeds[key]
             if not isinstance(exc, PositionExpired):
                 log.warning("subscribe failed: %s", exc)
                 raise ProtocolError(
@@ -286,7 +372,7 @@ class WsConnection:
         name = message.get("channel")
         if isinstance(name, str):
             with contextlib.suppress(ChannelError):
-                name = parse_channel(name).name  # the name it was subscribed under
+                name = shared_channel(name)[1]  # the name it was subscribed under
         feed = self.feeds.pop(name, None) if isinstance(name, str) else None
         if feed is None:
             raise ProtocolError("not_subscribed", f"not subscribed to {str(name)[:140]}")
@@ -294,16 +380,46 @@ class WsConnection:
         self.metrics.subscriptions.labels("websocket").dec()
         self.send({"type": "unsubscribed", "channel": name, **_echo(message)})
 
-    def stop(self) -> None:
-        """The handler is done: nothing more is written (queued frames are dropped)."""
-        self._transport = None
-        self._queued, self._queued_bytes, self._oldest_ts = [], 0, None
+    async def run(self) -> None:
+        """Read the client's frames until the connection closes, let go of everything it held, then
+        close as aiohttp closes any WebSocket (this is the response's ``write_eof``: see
+        :class:`_WebSocket`)."""
+        ws = self.ws
+        try:
+            while True:
+                frame = await ws.receive()
+                kind = frame.type
+                if kind in _ENDS:
+                    break
+                self._heard = True
+                if kind is WSMsgType.PING:
+                    await ws.pong(frame.data)
+                elif kind is not WSMsgType.PONG:
+                    # Frames (pongs too) wait while a message is answered (a subscription's replay may
+                    # take a while): the peer counts as heard meanwhile.
+                    self._busy = True
+                    try:
+                        await self._answer(frame)
+                    finally:
+                        self._busy = False
+                del frame  # an idle connection holds on to no message
+        finally:
+            self.release()
+        await web.WebSocketResponse.write_eof(ws)
 
     def release(self) -> None:
+        """Nothing more is written (queued frames are dropped); the feeds and the registration go."""
+        if self._released:
+            return
+        self._released = True
+        self._transport = None
+        self._queued, self._queued_bytes, self._oldest_ts = None, 0, None
         for feed in self.feeds.values():
             feed.close()
         self.metrics.subscriptions.labels("websocket").dec(len(self.feeds))
         self.feeds.clear()
+        self.request.app[CONNECTIONS].discard(self)
+        self.metrics.connections.labels("websocket", self.settings.region).dec()
 
 
 def _echo(message: dict[str, Any]) -> dict[str, Any]:
@@ -313,48 +429,31 @@ def _echo(message: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+class _WebSocket(web.WebSocketResponse):
+    """The connection's response. aiohttp finishes a response by awaiting its ``write_eof`` once the
+    handler *and the middlewares around it* have returned: the connection runs there
+    (:meth:`WsConnection.run`, which ends with aiohttp's own ``write_eof``), so that an open connection
+    keeps no handler or middleware coroutine alive (≈ 1.5 KB per connection)."""
+
+    connection: WsConnection | None = None
+
+    def write_eof(self) -> Coroutine[Any, Any, None]:  # type: ignore[override]  # (as aiohttp's own)
+        connection, self.connection = self.connection, None
+        return super().write_eof() if connection is None else connection.run()
+
+
 @routes.get("/api/v1/ws", name="websocket")
 async def websocket(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     principal = realtime_principal(request)  # before the upgrade: a bad token is a plain 401
-    ws = web.WebSocketResponse(
-        protocols=(JSON_PROTOCOL, MSGPACK_PROTOCOL),
-        heartbeat=settings.ws_heartbeat_seconds,
-        max_msg_size=_HARD_FRAME_LIMIT,
-        compress=False,
-    )
+    # No aiohttp heartbeat (a timer per connection) and no autoping: the node's tick pings, and the
+    # pongs (like every other frame) reach WsConnection.run(), which is how the peer is known to be there.
+    ws = _WebSocket(protocols=_PROTOCOLS, autoping=False, max_msg_size=_HARD_FRAME_LIMIT, compress=False)
     await ws.prepare(request)
-    connection = WsConnection(request, ws, binary=ws.ws_protocol == MSGPACK_PROTOCOL)
-    connections = request.app[CONNECTIONS]
-    metrics = request.app[METRICS]
-    region = settings.region
-    connections.add(connection, lambda: connection.close(CloseCode.GOING_AWAY, "node going away"))
-    metrics.connections.labels("websocket", region).inc()
-    expiry: asyncio.TimerHandle | None = None
-    remaining = seconds_until_expiry(principal)
-    if remaining is not None:
-        expiry = asyncio.get_running_loop().call_later(
-            remaining,
-            connection.close_soon,
-            CloseCode.AUTH_EXPIRED,
-            "token expired: reconnect with a new one",
-        )
-    try:
-        async for frame in ws:
-            if frame.type in (WSMsgType.ERROR, WSMsgType.CLOSE, WSMsgType.CLOSING):
-                break
-            decoded: dict[str, Any] = {}
-            try:
-                decoded = connection.decode(frame)
-                await connection.handle(decoded)
-            except ProtocolError as exc:
-                echo = _echo(exc.request if isinstance(exc.request, dict) else decoded)
-                connection.send({"type": "error", "code": exc.code, "message": exc.message, **echo})
-    finally:
-        if expiry is not None:
-            expiry.cancel()
-        connection.release()
-        connection.stop()
-        connections.discard(connection)
-        metrics.connections.labels("websocket", region).dec()
+    connection = WsConnection(
+        request, ws, ws.ws_protocol == MSGPACK_PROTOCOL, seconds_until_expiry(principal)
+    )
+    request.app[CONNECTIONS].watch(connection, settings.ws_heartbeat_seconds)
+    request.app[METRICS].connections.labels("websocket", settings.region).inc()
+    ws.connection = connection
     return ws

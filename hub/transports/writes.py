@@ -1,16 +1,17 @@
 """One write per connection per event-loop turn.
 
-A fan-out hands each connection the shared, already framed bytes of the events it should get. They are
-not written at once: the connection queues them and enlists itself here, once per turn. At the end of
-the turn (``loop.call_soon``) the batcher asks each enlisted connection to flush, and what it queued in
-that turn reaches the kernel in one ``transport.write``. Events that arrive faster than one fan-out
-takes pile up during it and leave together — fewer system calls than deliveries, and the system call
-is most of what a delivery costs (≈ 7–11 µs per socket write on the machines we measure on).
+A fan-out hands each connection the shared, already framed bytes of the events it should get (a
+WebSocket frame, an SSE message as an HTTP chunk). They are not written at once: the connection queues
+them and enlists itself here, once per turn. At the end of the turn (``loop.call_soon``) the batcher
+asks each enlisted connection to flush, and what it queued in that turn reaches the kernel in one
+``transport.write``. Events that arrive faster than one fan-out takes pile up during it and leave
+together — fewer system calls than deliveries, and the system call is most of what a delivery costs
+(≈ 7–11 µs per socket write on the machines we measure on).
 
 Guarantees: per connection, frames leave in the order they were queued; a connection that stops (it
-was closed, or cut off as a slow consumer) writes nothing more. Metrics are counted once per turn, not
-once per delivery: the latency observed is the oldest queued event's, from its commit to the end of the
-turn's writes — the worst of that turn.
+was closed, or cut off as a slow consumer) writes nothing more. Metrics are counted once per turn and
+transport (one :class:`WriteMeter` each), not once per delivery: the latency observed is the oldest
+queued event's, from its commit to the end of the turn's writes — the worst of that turn.
 """
 
 from __future__ import annotations
@@ -25,19 +26,56 @@ from prometheus_client import Counter, Histogram
 log = logging.getLogger(__name__)
 
 
+class WriteMeter:
+    """The write metrics of one transport, summed over a turn and counted once at its end."""
+
+    __slots__ = ("_latency", "_sent", "_sent_bytes", "messages", "oldest", "size")
+
+    def __init__(self, sent: Counter, sent_bytes: Counter, latency: Histogram) -> None:
+        self._sent = sent
+        self._sent_bytes = sent_bytes
+        self._latency = latency
+        self.messages = 0
+        self.size = 0
+        self.oldest: float | None = None
+
+    def commit(self) -> None:
+        if self.messages:
+            self._sent.inc(self.messages)
+            self._sent_bytes.inc(self.size)
+            self.messages = self.size = 0
+        if self.oldest is not None:
+            self._latency.observe(max(0.0, time.time() - self.oldest))
+            self.oldest = None
+
+
 class Flushable(Protocol):
+    @property
+    def meter(self) -> WriteMeter:
+        """Where this connection's writes are counted."""
+        ...
+
     def flush(self) -> tuple[int, int, float | None]:
         """Write what is queued; returns (messages, bytes, oldest event timestamp or None)."""
         ...
 
 
 class WriteBatcher:
+    """The app's batcher. ``sent``, ``sent_bytes`` and ``latency`` make :attr:`default_meter` (the
+    WebSocket's); :meth:`meter` gives other transports theirs."""
+
     def __init__(self, sent: Counter, sent_bytes: Counter, latency: Histogram) -> None:
-        self._sent = sent
-        self._sent_bytes = sent_bytes
-        self._latency = latency
+        self._meters: dict[Counter, WriteMeter] = {}
+        self.default_meter = self.meter(sent, sent_bytes, latency)
         self._enlisted: list[Flushable] = []
         self._scheduled = False
+
+    def meter(self, sent: Counter, sent_bytes: Counter, latency: Histogram) -> WriteMeter:
+        """The meter of these metrics (made on first use; one per transport)."""
+        meter = self._meters.get(sent)
+        if meter is None:
+            meter = self._meters[sent] = WriteMeter(sent, sent_bytes, latency)
+        return meter
 
     def enlist(self, connection: Flushable) -> None:
         """Flush ``connection`` at the end of this turn (call once per turn: when its queue was empty)."""
@@ -49,20 +87,17 @@ class WriteBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         enlisted, self._enlisted = self._enlisted, []
-        messages = size = 0
-        oldest: float | None = None
         for connection in enlisted:
             try:
                 count, written, ts = connection.flush()
             except Exception:  # one broken connection must not stop the others' writes
                 log.exception("flushing a connection failed")
                 continue
-            messages += count
-            size += written
-            if ts is not None and (oldest is None or ts < oldest):
-                oldest = ts
-        if messages:
-            self._sent.inc(messages)
-            self._sent_bytes.inc(size)
-        if oldest is not None:
-            self._latency.observe(max(0.0, time.time() - oldest))
+            if count:
+                meter = connection.meter
+                meter.messages += count
+                meter.size += written
+                if ts is not None and (meter.oldest is None or ts < meter.oldest):
+                    meter.oldest = ts
+        for meter in self._meters.values():
+            meter.commit()
