@@ -48,6 +48,9 @@ class FeedState(enum.Enum):
 
 
 class Feed:
+    # One per subscribed connection: slots and no lists while live keep an idle subscriber small.
+    __slots__ = ("_pending", "_replay", "channels", "engine", "position", "sink", "state", "stream")
+
     def __init__(self, engine: SyncEngine, stream: str, channels: Sequence[Channel], sink: Sink) -> None:
         self.engine = engine
         self.stream = stream
@@ -55,8 +58,8 @@ class Feed:
         self.sink = sink
         self.state = FeedState.NEW
         self.position: Position | None = None  # last publication seen, delivered or filtered out
-        self._replay: list[Event] = []
-        self._pending: list[Event] = []
+        self._replay: list[Event] | None = None  # what the history read, until go_live
+        self._pending: list[Event] | None = None  # what arrived live meanwhile
 
     async def start(self, since: Position | None) -> Position:
         """Attach to the live stream and read what came after ``since`` (None: from now).
@@ -69,6 +72,7 @@ class Feed:
         self.state = FeedState.BUFFERING
         self.engine._attach(self)
         try:
+            self._pending = []
             if since is None:
                 self.position = await self.engine.broker.top(self.stream)
             else:
@@ -94,8 +98,8 @@ class Feed:
         """Deliver the missed events, then what arrived live meanwhile (minus the overlap), then live."""
         if self.state is not FeedState.BUFFERING:
             return
-        backlog = self._replay + self._pending
-        self._replay, self._pending = [], []
+        backlog = (self._replay or []) + (self._pending or [])
+        self._replay, self._pending = None, []
         for event in backlog:
             self._dispatch(event)
         # Events that arrive during the loop above are buffered by offer() and delivered here.
@@ -103,12 +107,13 @@ class Feed:
             more, self._pending = self._pending, []
             for event in more:
                 self._dispatch(event)
+        self._pending = None
         self.state = FeedState.LIVE
 
     def offer(self, event: Event) -> None:
         if self.state is FeedState.LIVE:
             self._dispatch(event)
-        elif self.state is FeedState.BUFFERING:
+        elif self.state is FeedState.BUFFERING and self._pending is not None:
             self._pending.append(event)
 
     def _dispatch(self, event: Event) -> None:
@@ -135,7 +140,7 @@ class Feed:
     def close(self) -> None:
         if self.state is not FeedState.CLOSED:
             self.state = FeedState.CLOSED
-            self._replay, self._pending = [], []
+            self._replay = self._pending = None
             self.engine._detach(self)
 
 
