@@ -94,13 +94,21 @@ class ReplicaTable:
         return packed
 
 
+_tables: dict[str, list[str]] = {}
+
+
 def decode_table(raw: object) -> list[str]:
+    """The replica ids of a table. The list may be shared with other payloads' (a table read as one
+    string is cached whole): callers only read it."""
     # _unpacked.get is spelled out at each call: the compiled build then looks the dict up directly.
     # An unhashable item raises TypeError, which the codec reports.
     if type(raw) is str:
         if raw.startswith(".") or len(raw) == _PACKED_LENGTH:
             ids = [_unpacked.get(raw) or unpack_replica(raw)]
         elif len(raw) % _PACKED_LENGTH == 0:  # "" included: no replica at all
+            known = _tables.get(raw)
+            if known is not None:
+                return known
             step = _PACKED_LENGTH
             ids = [
                 _unpacked.get(raw[i : i + step]) or unpack_replica(raw[i : i + step])
@@ -112,8 +120,13 @@ def decode_table(raw: object) -> list[str]:
         ids = [_unpacked.get(text) or unpack_replica(text) for text in raw]
     else:
         raise CodecError("the replica table is a string or a list")
-    if len(ids) > 1 and len(set(ids)) != len(ids):
-        raise CodecError("a replica appears twice in the replica table")
+    if len(ids) > 1:
+        if len(set(ids)) != len(ids):
+            raise CodecError("a replica appears twice in the replica table")
+        if type(raw) is str:
+            if len(_tables) >= _CACHE_LIMIT:
+                _tables.clear()
+            _tables[raw] = ids
     return ids
 
 
@@ -123,7 +136,7 @@ RawDot = tuple[str, int]  # (replica, counter): a dot in the hot paths, hashed b
 # allocation per lookup, and garbage-collector work with it. Hot loops hold dots as ``DotObject`` and
 # unpack them with ``cast(RawDot, dot)`` (a check, no allocation) where they need the parts.
 DotObject = Any
-_SHORT_RUN: Final = 8
+SHORT_RUN: Final = 8  # a vector entry this short may be left out of a payload (see encode_pairs)
 
 
 def encode_pairs(
@@ -134,7 +147,7 @@ def encode_pairs(
     index = table.index
     for replica, top in vv.items():
         # A new replica's first writes are often all entries of the payload: nothing to write.
-        if top > 0 and not (top <= _SHORT_RUN and all((replica, c) in implied for c in range(1, top + 1))):
+        if top > 0 and not (top <= SHORT_RUN and all((replica, c) in implied for c in range(1, top + 1))):
             out += (index(replica), top)
     for dot in sorted(cloud):
         if dot not in implied:

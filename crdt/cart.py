@@ -93,9 +93,11 @@ from crdt._cart_state import (
     MAX_SKU_LENGTH,
     CartState,
     DeltaEntries,
-    LineState,
-    decode_v1,
+    cart_decoder,
     encode_state,
+    entry_kind,
+    intern_sku,
+    line_view,
 )
 from crdt._compact import ReplicaTable
 from crdt.context import CausalContext
@@ -167,18 +169,18 @@ class Cart:
         """SKU → quantity, for the lines with a quantity above zero (the snapshot, once closed)."""
         out: dict[str, int] = {}
         for sku, line in self._shown().lines.items():
-            quantity = line.view()[0]
+            quantity = line_view(line)[0]
             if quantity > 0:
                 out[sku] = quantity
         return out
 
     def lines(self) -> dict[str, Line]:
         """Every line that holds an entry, with its conflicts (a line set to 0 is listed)."""
-        return {sku: Line(*line.view()) for sku, line in self._shown().lines.items()}
+        return {sku: Line(*line_view(line)) for sku, line in self._shown().lines.items()}
 
     def line(self, sku: str) -> Line:
         line = self._shown().lines.get(sku)
-        return Line(*line.view()) if line is not None else Line(0, ())
+        return Line(*line_view(line)) if line is not None else Line(0, ())
 
     def quantity(self, sku: str) -> int:
         return self.line(sku).quantity
@@ -203,30 +205,26 @@ class Cart:
         frozen, live = self._closed, self._live
         out: list[RejectedEdit] = []
         for sku, line in live.lines.items():
-            for dot, amount in line.adds.items():
+            for dot, value in line.items():
                 if not frozen.seen(dot):
-                    out.append(RejectedEdit(sku, "add", Dot(*dot), amount))
-            for dot, (quantity, *_ts) in line.sets.items():
-                if not frozen.seen(dot):
-                    out.append(RejectedEdit(sku, "set", Dot(*dot), quantity))
+                    kind, quantity = entry_kind(value)
+                    out.append(RejectedEdit(sku, kind, Dot(*dot), quantity))
         for sku, line in frozen.lines.items():
-            for dot, amount in line.adds.items():
-                if dot not in live.where and live.seen(dot):
-                    out.append(RejectedEdit(sku, "cancel", Dot(*dot), amount))
-            for dot, (quantity, *_ts) in line.sets.items():
-                if dot not in live.where and live.seen(dot):
-                    out.append(RejectedEdit(sku, "cancel", Dot(*dot), quantity))
+            for dot, value in line.items():
+                if not live.holds(dot) and live.seen(dot):
+                    out.append(RejectedEdit(sku, "cancel", Dot(*dot), entry_kind(value)[1]))
         out.sort(key=lambda edit: (edit.sku, edit.dot))
         return out
 
     def max_timestamp(self) -> Timestamp | None:
         """The latest timestamp in the cart, for a clock to ``observe`` after a merge."""
         stamps = [
-            (wall, logical, replica)
+            (value[1], value[2], replica)  # a set's (quantity, wall, logical); an add is an int
             for store in (self._live, self._closed)
             if store is not None
             for line in store.lines.values()
-            for (replica, _counter), (_quantity, wall, logical) in line.sets.items()
+            for (replica, _counter), value in line.items()
+            if not isinstance(value, int)
         ]
         if not stamps:
             return None
@@ -245,11 +243,10 @@ class Cart:
         _check_sku(sku)
         _check_quantity(amount, low=1)
         dot = self._live.next_dot(check_replica(replica))
+        sku = intern_sku(str(sku))  # (a str subclass is stored as a plain str)
         delta = CartState()
         delta.see(dot)
-        delta.lines[sku] = line = LineState()
-        line.adds[dot] = amount
-        delta.where[dot] = sku
+        delta.lines[sku] = {dot: amount}
         return Cart(delta)
 
     def set(self, replica: str, sku: str, quantity: int, ts: Timestamp) -> Cart:
@@ -260,12 +257,11 @@ class Cart:
         _check_quantity(quantity, low=0)
         check_own_timestamp(ts, replica)
         dot = self._live.next_dot(check_replica(replica))
+        sku = intern_sku(str(sku))  # (a str subclass is stored as a plain str)
         delta = CartState()
         for seen in sorted([*self._live.line_dots(sku), dot]):
             delta.see(seen)
-        delta.lines[sku] = line = LineState()
-        line.sets[dot] = (quantity, ts.wall_ms, ts.logical)
-        delta.where[dot] = sku
+        delta.lines[sku] = {dot: (quantity, ts.wall_ms, ts.logical)}
         return Cart(delta)
 
     def remove(self, replica: str, sku: str) -> Cart:
@@ -349,19 +345,6 @@ def _encode_v1(cart: Cart) -> list[Any]:
     return out
 
 
-_blank = object.__new__
-
-
-def _decode_v1(state: object) -> Cart:
-    live, closed = decode_v1(state)
-    # Every delta a hub or a device receives comes through here: slots set directly, no __init__ call.
-    cart: Cart = _blank(Cart)
-    if isinstance(live, DeltaEntries):
-        cart._store, cart._delta = None, live
-    else:
-        cart._store, cart._delta = live, None
-    cart._closed = closed
-    return cart
-
-
-codec.register(Cart, "cart", 1, _encode_v1, _decode_v1)
+# Decoding (the apply path's hot spot, in crdt._cart_state) makes Cart objects with their slots set
+# directly: _store, _delta (a delta kept as its entries) and _closed, as Cart.__init__ documents them.
+codec.register(Cart, "cart", 1, _encode_v1, cart_decoder(Cart))

@@ -434,16 +434,98 @@ def reachable_carts(draw: st.DrawFn) -> tuple[Cart, Cart, Cart]:
 
 
 def assert_store_invariants(cart: Cart) -> None:
-    """What the joins rely on (see ``CartState``): ``where`` indexes exactly the lines' entries, no
-    line is empty, every entry dot is in the context, and the cloud holds only dots above the vector
-    and not next to it."""
+    """What the joins rely on (see ``CartState``): no line is empty, every entry dot is in the context,
+    the cloud holds only dots above the vector and not next to it, and the index ``where`` is either
+    not built or maps every entry dot to its line's SKU, its ``stale`` other keys being dots in the
+    context that no line holds."""
     for store in (cart._live, cart._closed):
         if store is None:
             continue
-        assert store.where == {dot: sku for sku, line in store.lines.items() for dot in line.dots()}
-        assert all(line.adds or line.sets for line in store.lines.values())
-        assert all(store.seen(dot) for dot in store.where)
+        entries = {dot: sku for sku, line in store.lines.items() for dot in line}
+        assert all(store.lines.values())
+        assert all(store.seen(dot) for dot in entries)
         assert all(counter > store.vv.get(replica, 0) + 1 for replica, counter in store.cloud)
+        if store.where is None:
+            assert store.stale == 0
+            continue
+        assert all(store.where.get(dot) == sku for dot, sku in entries.items())
+        stale = store.where.keys() - entries.keys()
+        assert store.stale == len(stale)
+        assert all(store.seen(dot) and not store.holds(dot) for dot in stale)
+        assert all(store.holds(dot) for dot in entries)
+
+
+def test_a_decoded_cart_builds_its_dot_index_only_when_a_join_needs_it() -> None:
+    phone = Device("phone")
+    for sku in ("tea", "jam", "rye"):
+        phone.add(sku)
+    laptop = Device("laptop", phone.cart)
+    store = laptop.cart._live
+    assert store.where is None  # decoding a state builds no index
+    laptop.receive(phone.add("tea"), phone.set("tea", 4), phone.set("jam", 2))
+    assert store.where is None  # adds land in their line, and a set finds what it cancels there
+    assert laptop.cart.value() == {"tea": 4, "jam": 2, "rye": 1}
+    laptop.receive(phone.remove("rye"))  # a remove names no line: the index finds its dots
+    assert store.where is not None
+    assert laptop.cart.value() == phone.cart.value() == {"tea": 4, "jam": 2}
+    assert laptop.cart == phone.cart
+    assert_store_invariants(laptop.cart)
+
+
+@pytest.mark.parametrize("lazy", [True, False], ids=["decoded deltas", "built deltas"])
+def test_stale_index_keys_are_never_taken_for_entries_and_do_not_pile_up(lazy: bool) -> None:
+    """A set cancels the entries of its line in the line, leaving their index keys stale: whether it
+    arrives decoded (joined from its entries) or as a store, and whatever comes next."""
+
+    def deliver(cart: Cart, delta: Cart) -> Cart:
+        cart.apply(codec.from_msgpack(codec.to_msgpack(delta)) if lazy else delta.copy())
+        return delta
+
+    phone, laptop = Cart.new(), Cart.new()
+    skus = [f"sku-{i}" for i in range(8)]
+    for sku in skus:
+        deliver(laptop, deliver(phone, phone.add("P", sku)))
+    deliver(laptop, laptop.remove("L", skus[-1]))  # a remove names no line: builds the index
+    store = laptop._live
+    assert store.where is not None
+    dropped = False
+    for n in range(1, 80):
+        deliver(laptop, laptop.set("L", "sku-0", n, Timestamp(n, 0, "L")))
+        if store.where is None:
+            dropped = True
+        else:
+            assert store.stale <= max(32, len(store.where) - store.stale)
+        assert_store_invariants(laptop)
+    assert dropped  # mostly stale: dropped, to be built again when needed
+    deliver(laptop, laptop.remove("L", skus[-2]))
+    assert store.where is not None
+    deliver(laptop, laptop.set("L", "sku-0", 5, Timestamp(100, 0, "L")))
+    assert store.stale == 1
+    assert_store_invariants(laptop)
+    # A stale key is neither written as an entry nor left out of the context on the wire,
+    assert wire(laptop) == laptop
+    # nor taken for an entry by a join or by a checkout's rejected edits.
+    deliver(phone, laptop)
+    assert phone == laptop
+    assert phone.value() == laptop.value() == {sku: 1 for sku in skus[1:-2]} | {"sku-0": 5}
+    close = deliver(laptop, laptop.close("L"))
+    deliver(phone, phone.set("P", "sku-0", 9, Timestamp(200, 0, "P")))
+    deliver(laptop, phone)
+    assert [edit.kind for edit in laptop.rejected_edits()] == ["cancel", "set"]
+    assert_store_invariants(laptop)
+    assert wire(close) == close
+
+
+def test_decoded_carts_share_their_skus_and_replica_tables() -> None:
+    phone, laptop = pair()
+    phone.add("tea")
+    laptop.receive(phone.cart)
+    laptop.add("tea")
+    payload = codec.to_msgpack(laptop.cart)
+    a, b = codec.from_msgpack(payload), codec.from_msgpack(payload)
+    (sku_a,), (sku_b,) = a._live.lines, b._live.lines
+    assert sku_a == sku_b == "tea" and sku_a is sku_b
+    assert a == b == laptop.cart
 
 
 @given(reachable_carts())
