@@ -642,9 +642,9 @@ async def test_a_peer_that_does_not_answer_pings_is_dropped(beating_hub):
             return await metric(beating_hub, "synchub_connections", transport="websocket", region=REGION) == 0
 
         await eventually(dropped, within=4, what="the silent peer dropped")
-        # Not before a heartbeat interval and half of one more: it was pinged (an empty ping frame),
-        # and then given time to answer.
-        assert time.monotonic() - started > 0.5
+        # Not before half a heartbeat interval (the earliest ping) and half of one more: it was pinged
+        # (an empty ping frame), and then given time to answer.
+        assert time.monotonic() - started > 0.35
         assert await metric(beating_hub, "synchub_subscriptions", transport="websocket") == 0
         messages, code = await silent.read_until_close(within=2)
         assert [m["type"] for m in messages] == ["subscribed"]
@@ -652,6 +652,23 @@ async def test_a_peer_that_does_not_answer_pings_is_dropped(beating_hub):
         assert b"\x89\x00" in silent.pings
     finally:
         silent.close()
+
+
+async def test_connections_opened_together_are_not_all_pinged_together(database_url):
+    async with eu_hub(database_url, ws_heartbeat_seconds=1.0) as hub:
+
+        async def first_ping(opened: float) -> float:
+            async with hub.session.ws_connect(
+                hub.base + "/api/v1/ws", protocols=(JSON,), autoping=False, heartbeat=None
+            ) as ws:
+                message = await asyncio.wait_for(ws.receive(), 3)
+                assert message.type == aiohttp.WSMsgType.PING, message
+                return time.monotonic() - opened
+
+        delays = await asyncio.gather(*(first_ping(time.monotonic()) for _ in range(20)))
+    # Each waits between half the interval and all of it (checked on ticks of a quarter interval).
+    assert all(0.4 < d < 1.5 for d in delays), delays
+    assert max(delays) - min(delays) >= 0.2, delays
 
 
 async def test_a_protocol_ping_from_the_client_gets_a_pong(rt_hub):

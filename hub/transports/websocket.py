@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Coroutine
 from typing import Any
 
@@ -74,8 +75,9 @@ class WsConnection:
     its last position, possibly on another node).
 
     No timer or task of its own while idle: the node's heartbeat tick (:meth:`beat`) pings a peer that
-    has been silent for ``ws_heartbeat_seconds``, drops one that stays silent for half of that again,
-    and closes the connection when its token expires.
+    has been silent for ``ws_heartbeat_seconds`` (each connection waits a random half to all of it, so
+    that connections opened together are not pinged together), drops one that stays silent for half of
+    ``ws_heartbeat_seconds`` again, and closes the connection when its token expires.
     """
 
     __slots__ = (
@@ -89,6 +91,7 @@ class WsConnection:
         "_max_messages",
         "_oldest_ts",
         "_pinged_at",
+        "_pong_wait",
         "_queued",
         "_queued_bytes",
         "_quiet_since",
@@ -133,7 +136,11 @@ class WsConnection:
         self._max_messages = settings.send_buffer_messages
         self._max_bytes = settings.send_buffer_bytes
         now = asyncio.get_running_loop().time()
-        self._heartbeat = settings.ws_heartbeat_seconds
+        # Silence before a ping: between half the setting and all of it, so that connections opened
+        # together (a reconnect storm, a bench) are not all pinged in the same tick — 19,000 pings and
+        # pongs at once held a fan-out back by most of a second.
+        self._heartbeat = settings.ws_heartbeat_seconds * (0.5 + random.random() / 2)
+        self._pong_wait = settings.ws_heartbeat_seconds / 2
         self._heard = False  # a frame arrived since the last beat
         self._busy = False  # a message is being answered
         self._quiet_since = now
@@ -211,7 +218,7 @@ class WsConnection:
             if now - self._quiet_since >= self._heartbeat and transport is not None:
                 transport.write(_PING)
                 self._pinged_at = now
-        elif now - self._pinged_at >= self._heartbeat / 2 and self._transport is not None:
+        elif now - self._pinged_at >= self._pong_wait and self._transport is not None:
             # No pong, nor anything else: the peer is gone (or its network is), and would acknowledge
             # no close frame. Let go of the socket; the receive loop then ends.
             self._transport.abort()
