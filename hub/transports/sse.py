@@ -120,7 +120,8 @@ class SseConnection:
             metrics.delivery_latency.labels("sse"),
         )
         self._transport = request.transport
-        self._queued: list[bytes] | None = None  # only while something waits for the end of the turn
+        # Only while something waits for the end of the turn: one chunk as it is, then a list.
+        self._queued: bytes | list[bytes] | None = None
         self._queued_bytes = 0
         self._oldest_ts: float | None = None
         self._backlog = 0  # chunks written while the transport still held unsent bytes
@@ -144,9 +145,16 @@ class SseConnection:
             return
         queued = self._queued
         if queued is None:
-            self._queued = [chunk]
+            # One frame is kept as it is; a list only from the second of a turn. A fan-out then
+            # allocates nothing the garbage collector tracks per connection: 19,000 lists alive at
+            # once were promoted by every young collection and brought on full ones (0.8-1.3 s).
+            self._queued = chunk
             self._oldest_ts = ts
             self._writes.enlist(self)
+        elif isinstance(queued, bytes):
+            self._queued = [queued, chunk]
+            if self._oldest_ts is None:
+                self._oldest_ts = ts
         else:
             queued.append(chunk)
             if self._oldest_ts is None:
@@ -168,15 +176,16 @@ class SseConnection:
         # As for a WebSocket: past the limits the client is cut off, and this turn's events are not
         # written; it resumes from the last id it received.
         unsent = transport.get_write_buffer_size()
-        backlog = (self._backlog if unsent else 0) + len(queued)
+        count = 1 if isinstance(queued, bytes) else len(queued)
+        backlog = (self._backlog if unsent else 0) + count
         if backlog > self._max_messages or unsent + size > self._max_bytes:
             self.metrics.slow_consumers.labels("sse").inc()
             self.end(_SLOW_CONSUMER)
             return 0, 0, None
-        transport.write(queued[0] if len(queued) == 1 else b"".join(queued))
+        transport.write(queued if isinstance(queued, bytes) else b"".join(queued))
         self._backlog = backlog if transport.get_write_buffer_size() else 0
         self._wrote = True
-        return len(queued), size, ts
+        return count, size, ts
 
     def beat(self, now: float) -> None:
         """The node's heartbeat tick: a comment after ``sse_heartbeat_seconds`` without a write, and the

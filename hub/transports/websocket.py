@@ -129,7 +129,7 @@ class WsConnection:
         self._writes = writes = request.app[WRITES]
         self.meter = writes.default_meter
         self._transport = request.transport
-        self._queued: list[bytes] | None = None
+        self._queued: bytes | list[bytes] | None = None
         self._queued_bytes = 0
         self._oldest_ts: float | None = None
         self._backlog = 0  # messages written while the transport still held unsent bytes
@@ -166,10 +166,17 @@ class WsConnection:
         if self.state is not ConnectionState.OPEN or self._transport is None:
             return
         queued = self._queued
-        if queued is None:  # the list exists only while something waits for the end of the turn
-            self._queued = [frame]
+        if queued is None:
+            # One frame is kept as it is; a list only from the second of a turn. A fan-out then
+            # allocates nothing the garbage collector tracks per connection: 19,000 lists alive at
+            # once were promoted by every young collection and brought on full ones (0.8-1.3 s).
+            self._queued = frame
             self._oldest_ts = ts
             self._writes.enlist(self)
+        elif isinstance(queued, bytes):
+            self._queued = [queued, frame]
+            if self._oldest_ts is None:
+                self._oldest_ts = ts
         else:
             queued.append(frame)
             if self._oldest_ts is None:
@@ -189,14 +196,15 @@ class WsConnection:
         # written since it last took everything. Past the limits the client is cut off, and this turn's
         # frames are not written: it resumes from the last position it received.
         unsent = transport.get_write_buffer_size()
-        backlog = (self._backlog if unsent else 0) + len(queued)
+        count = 1 if isinstance(queued, bytes) else len(queued)
+        backlog = (self._backlog if unsent else 0) + count
         if backlog > self._max_messages or unsent + size > self._max_bytes:
             self.metrics.slow_consumers.labels("websocket").inc()
             self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: resume from your last position")
             return 0, 0, None
-        transport.write(queued[0] if len(queued) == 1 else b"".join(queued))
+        transport.write(queued if isinstance(queued, bytes) else b"".join(queued))
         self._backlog = backlog if transport.get_write_buffer_size() else 0
-        return len(queued), size, ts
+        return count, size, ts
 
     def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("websocket", reason).inc()
