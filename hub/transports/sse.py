@@ -19,6 +19,7 @@ from aiohttp import web
 from hub.errors import BadRequest
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
 from hub.realtime import ConnectionState, realtime_principal, resync_message, shared_channel
+from hub.transports.writes import TurnQueue
 from sync.broker import Position, PositionExpired
 from sync.channels import Channel, ChannelError
 from sync.cursor import CursorError, format_position, parse_position
@@ -68,7 +69,7 @@ _SLOW_CONSUMER = http_chunk(_sse("close", {"code": "slow_consumer", "reconnect":
 _STALLED_PEER_SECONDS = 2.0  # how long a stream that ended may take to leave before its socket is aborted
 
 
-class SseConnection:
+class SseConnection(TurnQueue):
     """One event stream, once opened: what is queued for it, and how it ends.
 
     Like a WebSocket (:class:`~hub.transports.websocket.WsConnection`), it writes whole pre-framed
@@ -83,17 +84,10 @@ class SseConnection:
     """
 
     __slots__ = (
-        "_backlog",
         "_connections",
         "_heartbeat",
-        "_max_bytes",
-        "_max_messages",
-        "_oldest_ts",
-        "_queued",
-        "_queued_bytes",
         "_quiet_since",
         "_transport",
-        "_writes",
         "_wrote",
         "done",
         "feed",
@@ -113,20 +107,14 @@ class SseConnection:
         self.done: asyncio.Future[bytes | None] = loop.create_future()  # the chunk that ends the stream
         self.feed: Feed | None = None
         self._connections = app[CONNECTIONS]
-        self._writes = writes = app[WRITES]
+        writes = app[WRITES]
         self.meter = writes.meter(
             metrics.messages_sent.labels("sse"),
             metrics.bytes_sent.labels("sse"),
             metrics.delivery_latency.labels("sse"),
         )
         self._transport = request.transport
-        # Only while something waits for the end of the turn: one chunk as it is, then a list.
-        self._queued: bytes | list[bytes] | None = None
-        self._queued_bytes = 0
-        self._oldest_ts: float | None = None
-        self._backlog = 0  # chunks written while the transport still held unsent bytes
-        self._max_messages = settings.send_buffer_messages
-        self._max_bytes = settings.send_buffer_bytes
+        self._init_queue(writes, settings.send_buffer_messages, settings.send_buffer_bytes)
         self._heartbeat = settings.sse_heartbeat_seconds
         self._quiet_since = loop.time()
         self._wrote = False
@@ -141,49 +129,24 @@ class SseConnection:
         self._queue(http_chunk(_sse("resync", message)), None)
 
     def _queue(self, chunk: bytes, ts: float | None) -> None:
-        if self.state is not ConnectionState.OPEN:
-            return
-        queued = self._queued
-        if queued is None:
-            # One frame is kept as it is; a list only from the second of a turn. A fan-out then
-            # allocates nothing the garbage collector tracks per connection: 19,000 lists alive at
-            # once were promoted by every young collection and brought on full ones (0.8-1.3 s).
-            self._queued = chunk
-            self._oldest_ts = ts
-            self._writes.enlist(self)
-        elif isinstance(queued, bytes):
-            self._queued = [queued, chunk]
-            if self._oldest_ts is None:
-                self._oldest_ts = ts
-        else:
-            queued.append(chunk)
-            if self._oldest_ts is None:
-                self._oldest_ts = ts
-        self._queued_bytes += len(chunk)
+        if self.state is ConnectionState.OPEN:
+            self._enqueue(chunk, ts)
 
     def flush(self) -> tuple[int, int, float | None]:
         """Write what was queued this turn in one write (called by the batcher)."""
-        queued, size, ts = self._queued, self._queued_bytes, self._oldest_ts
-        if queued is None:
+        taken = self._take()
+        if taken is None or self.state is not ConnectionState.OPEN:
             return 0, 0, None
-        self._queued, self._queued_bytes, self._oldest_ts = None, 0, None
         transport = self._transport
-        if self.state is not ConnectionState.OPEN:
-            return 0, 0, None
         if transport is None or transport.is_closing():
             self.end()  # the client went away
             return 0, 0, None
-        # As for a WebSocket: past the limits the client is cut off, and this turn's events are not
-        # written; it resumes from the last id it received.
-        unsent = transport.get_write_buffer_size()
-        count = 1 if isinstance(queued, bytes) else len(queued)
-        backlog = (self._backlog if unsent else 0) + count
-        if backlog > self._max_messages or unsent + size > self._max_bytes:
+        queued, size, ts = taken
+        count = self._write_within_limits(transport, queued, size)
+        if not count:  # too slow: cut off; it resumes from the last id it received
             self.metrics.slow_consumers.labels("sse").inc()
             self.end(_SLOW_CONSUMER)
             return 0, 0, None
-        transport.write(queued if isinstance(queued, bytes) else b"".join(queued))
-        self._backlog = backlog if transport.get_write_buffer_size() else 0
         self._wrote = True
         return count, size, ts
 
@@ -246,7 +209,7 @@ class SseConnection:
             return
         self.state = ConnectionState.CLOSED
         self._transport = None
-        self._queued, self._queued_bytes, self._oldest_ts = None, 0, None
+        self._drop_queue()
         if self.feed is not None:
             self.feed.close()
         self._connections.discard(self)

@@ -34,6 +34,7 @@ from hub.realtime import (
     snapshot_url,
 )
 from hub.routes.inventory import snapshot_items
+from hub.transports.writes import TurnQueue
 from sync.broker import BrokerError, Position, PositionExpired
 from sync.channels import Channel, ChannelError
 from sync.cursor import CursorError, format_position, parse_position
@@ -64,7 +65,7 @@ class ProtocolError(Exception):
         self.request = request  # the decoded message, when there was one: its id is echoed
 
 
-class WsConnection:
+class WsConnection(TurnQueue):
     """One WebSocket client: its subscriptions (one feed each) and what is queued for it.
 
     Outgoing frames are queued and written by the app's :class:`~hub.transports.writes.WriteBatcher`,
@@ -81,23 +82,16 @@ class WsConnection:
     """
 
     __slots__ = (
-        "_backlog",
         "_busy",
         "_closing",
         "_expires_at",
         "_heard",
         "_heartbeat",
-        "_max_bytes",
-        "_max_messages",
-        "_oldest_ts",
         "_pinged_at",
         "_pong_wait",
-        "_queued",
-        "_queued_bytes",
         "_quiet_since",
         "_released",
         "_transport",
-        "_writes",
         "binary",
         "engine",
         "feeds",
@@ -126,15 +120,10 @@ class WsConnection:
         self.feeds: dict[str, Feed] = {}
         self.state = ConnectionState.OPEN
         self._closing: asyncio.Task[None] | None = None
-        self._writes = writes = request.app[WRITES]
+        writes = request.app[WRITES]
         self.meter = writes.default_meter
         self._transport = request.transport
-        self._queued: bytes | list[bytes] | None = None
-        self._queued_bytes = 0
-        self._oldest_ts: float | None = None
-        self._backlog = 0  # messages written while the transport still held unsent bytes
-        self._max_messages = settings.send_buffer_messages
-        self._max_bytes = settings.send_buffer_bytes
+        self._init_queue(writes, settings.send_buffer_messages, settings.send_buffer_bytes)
         now = asyncio.get_running_loop().time()
         # Silence before a ping: between half the setting and all of it, so that connections opened
         # together (a reconnect storm, a bench) are not all pinged in the same tick — 19,000 pings and
@@ -163,47 +152,26 @@ class WsConnection:
         self._queue(event.ws_frame(channel.name, self.binary), event.ts)
 
     def _queue(self, frame: bytes, ts: float | None) -> None:
-        if self.state is not ConnectionState.OPEN or self._transport is None:
-            return
-        queued = self._queued
-        if queued is None:
-            # One frame is kept as it is; a list only from the second of a turn. A fan-out then
-            # allocates nothing the garbage collector tracks per connection: 19,000 lists alive at
-            # once were promoted by every young collection and brought on full ones (0.8-1.3 s).
-            self._queued = frame
-            self._oldest_ts = ts
-            self._writes.enlist(self)
-        elif isinstance(queued, bytes):
-            self._queued = [queued, frame]
-            if self._oldest_ts is None:
-                self._oldest_ts = ts
-        else:
-            queued.append(frame)
-            if self._oldest_ts is None:
-                self._oldest_ts = ts
-        self._queued_bytes += len(frame)
+        if self.state is ConnectionState.OPEN and self._transport is not None:
+            self._enqueue(frame, ts)
 
     def flush(self) -> tuple[int, int, float | None]:
         """Write what was queued this turn in one write (called by the batcher)."""
-        queued, size, ts = self._queued, self._queued_bytes, self._oldest_ts
-        if queued is None:
-            return 0, 0, None
-        self._queued, self._queued_bytes, self._oldest_ts = None, 0, None
+        taken = self._take()
         transport = self._transport
-        if self.state is not ConnectionState.OPEN or transport is None or transport.is_closing():
+        if (
+            taken is None
+            or self.state is not ConnectionState.OPEN
+            or transport is None
+            or transport.is_closing()
+        ):
             return 0, 0, None
-        # What the kernel has not taken yet stays in the transport: the backlog counts the messages
-        # written since it last took everything. Past the limits the client is cut off, and this turn's
-        # frames are not written: it resumes from the last position it received.
-        unsent = transport.get_write_buffer_size()
-        count = 1 if isinstance(queued, bytes) else len(queued)
-        backlog = (self._backlog if unsent else 0) + count
-        if backlog > self._max_messages or unsent + size > self._max_bytes:
+        queued, size, ts = taken
+        count = self._write_within_limits(transport, queued, size)
+        if not count:  # too slow: cut off; it resumes from the last position it received
             self.metrics.slow_consumers.labels("websocket").inc()
             self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: resume from your last position")
             return 0, 0, None
-        transport.write(queued if isinstance(queued, bytes) else b"".join(queued))
-        self._backlog = backlog if transport.get_write_buffer_size() else 0
         return count, size, ts
 
     def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
@@ -428,7 +396,7 @@ class WsConnection:
             return
         self._released = True
         self._transport = None
-        self._queued, self._queued_bytes, self._oldest_ts = None, 0, None
+        self._drop_queue()
         for feed in self.feeds.values():
             feed.close()
         self.metrics.subscriptions.labels("websocket").dec(len(self.feeds))

@@ -60,6 +60,77 @@ class Flushable(Protocol):
         ...
 
 
+class TurnQueue:
+    """A connection's side of the batching: what it queued this turn, and the slow-consumer limits.
+
+    Subclasses (a WebSocket, an SSE stream) decide when to queue and what a cut-off means; the queue,
+    its accounting and the limits are the same for both. What the kernel has not taken stays in the
+    transport's buffer: the backlog counts the messages written since it last took everything, and
+    past ``max_messages`` or ``max_bytes`` the client is too slow and this turn's data is not written.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_max_bytes",
+        "_max_messages",
+        "_oldest_ts",
+        "_queued",
+        "_queued_bytes",
+        "_writes",
+    )
+
+    def _init_queue(self, writes: WriteBatcher, max_messages: int, max_bytes: int) -> None:
+        self._writes = writes
+        self._queued: bytes | list[bytes] | None = None  # only while something waits for the turn's end
+        self._queued_bytes = 0
+        self._oldest_ts: float | None = None
+        self._backlog = 0
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+
+    def _enqueue(self, data: bytes, ts: float | None) -> None:
+        queued = self._queued
+        if queued is None:
+            # One frame is kept as it is; a list only from the second of a turn. A fan-out then
+            # allocates nothing the garbage collector tracks per connection: 19,000 lists alive at
+            # once were promoted by every young collection and brought on full ones (0.8-1.3 s).
+            self._queued = data
+            self._writes.enlist(self)  # type: ignore[arg-type]  # subclasses are Flushable
+        elif isinstance(queued, bytes):
+            self._queued = [queued, data]
+        else:
+            queued.append(data)
+        if self._oldest_ts is None:
+            self._oldest_ts = ts
+        self._queued_bytes += len(data)
+
+    def _take(self) -> tuple[bytes | list[bytes], int, float | None] | None:
+        """This turn's data (and empties the queue), or None if nothing was queued."""
+        queued = self._queued
+        if queued is None:
+            return None
+        taken = queued, self._queued_bytes, self._oldest_ts
+        self._queued, self._queued_bytes, self._oldest_ts = None, 0, None
+        return taken
+
+    def _write_within_limits(
+        self, transport: asyncio.WriteTransport, queued: bytes | list[bytes], size: int
+    ) -> int:
+        """Write ``queued`` in one write and return how many messages it held — or 0, writing nothing,
+        if the client is past the limits (the caller cuts it off)."""
+        unsent = transport.get_write_buffer_size()
+        count = 1 if isinstance(queued, bytes) else len(queued)
+        backlog = (self._backlog if unsent else 0) + count
+        if backlog > self._max_messages or unsent + size > self._max_bytes:
+            return 0
+        transport.write(queued if isinstance(queued, bytes) else b"".join(queued))
+        self._backlog = backlog if transport.get_write_buffer_size() else 0
+        return count
+
+    def _drop_queue(self) -> None:
+        self._queued, self._queued_bytes, self._oldest_ts = None, 0, None
+
+
 class WriteBatcher:
     """The app's batcher. ``sent``, ``sent_bytes`` and ``latency`` make :attr:`default_meter` (the
     WebSocket's); :meth:`meter` gives other transports theirs."""
