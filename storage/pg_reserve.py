@@ -232,6 +232,11 @@ class _Request:
         }
 
 
+def _seen(done: asyncio.Future[IdempotentResult]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 RunInTransaction = Callable[[Callable[[Tx], Awaitable[Any]]], Awaitable[Any]]
 
 
@@ -267,6 +272,8 @@ class ReservationBatcher:
         reservation_id: str,
     ) -> IdempotentResult:
         request = _Request(owner, idempotency_key, request_hash, reservation_id, lines, ttl_seconds)
+        # Marks an error as seen even when the caller stopped waiting (no "never retrieved" warning).
+        request.done.add_done_callback(_seen)
         self._queue.append(request)
         if not self._start_scheduled:
             self._start_scheduled = True
