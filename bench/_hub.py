@@ -16,6 +16,19 @@ from contextlib import asynccontextmanager
 import aiohttp
 import orjson
 
+from bench.loadgen import ConnectError, WorkerError
+
+# What ends one measured server, section or run without ending the suite: it is reported in the
+# results and the suite goes on with the next.
+RUN_FAILURES: tuple[type[BaseException], ...] = (
+    ConnectError,
+    WorkerError,
+    RuntimeError,
+    TimeoutError,
+    OSError,
+    aiohttp.ClientError,
+)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -39,8 +39,15 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from bench._hub import adjust_at, admin_headers, hub_process, stock_product, throwaway_postgres_and_redis
-from bench.loadgen import ConnectError, LoadGen, Stats, Target, WorkerError
+from bench._hub import (
+    RUN_FAILURES,
+    adjust_at,
+    admin_headers,
+    hub_process,
+    stock_product,
+    throwaway_postgres_and_redis,
+)
+from bench.loadgen import ConnectError, LoadGen, Stats, Target
 
 if TYPE_CHECKING:
     from bench.suite import Progress
@@ -111,7 +118,7 @@ async def run(args: argparse.Namespace, progress: Progress) -> CrossNode:
     result = CrossNode(args.crossnode_clients, args.crossnode_rate, args.crossnode_seconds)
     try:
         await _run(args, progress, result)
-    except (ConnectError, WorkerError, RuntimeError, OSError, TimeoutError, aiohttp.ClientError) as exc:
+    except RUN_FAILURES as exc:
         progress(f"crossnode: failed — {exc!r}")
         result.error = f"failed: {exc!r}"[:400]
     same, cross, alone = result.path(SAME), result.path(CROSS), result.path(IN_PROCESS)

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
-from bench.loadgen import ConnectError, LoadGen, WorkerError
+from bench._hub import RUN_FAILURES
+from bench.loadgen import LoadGen
 from bench.peers.servers import PeerUnavailable
 
 if TYPE_CHECKING:
@@ -111,14 +110,7 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[IdleRun]:
             except PeerUnavailable as exc:
                 progress(f"idle · {name}: unavailable — {exc}")
                 run.error = f"unavailable: {exc}"[:300]
-            except (
-                ConnectError,
-                WorkerError,
-                RuntimeError,
-                TimeoutError,
-                OSError,
-                aiohttp.ClientError,
-            ) as exc:
+            except RUN_FAILURES as exc:
                 progress(f"idle · {name}: failed — {exc!r}")
                 run.error = f"failed: {exc!r}"[:300]
             finally:

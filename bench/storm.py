@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from bench._hub import adjust_at, admin_headers, cpu_seconds, hub_process, stock_product
-from bench.loadgen import ConnectError, LoadGen, Target, WorkerError
+from bench._hub import RUN_FAILURES, adjust_at, admin_headers, cpu_seconds, hub_process, stock_product
+from bench.loadgen import LoadGen, Target
 
 if TYPE_CHECKING:
     from bench.suite import Progress
@@ -109,7 +109,7 @@ async def run(args: argparse.Namespace, progress: Progress) -> Storm:
     result = Storm(args.storm_clients, args.storm_rate, args.storm_before, args.storm_after)
     try:
         await _run(args, progress, result)
-    except (ConnectError, WorkerError, RuntimeError, OSError, TimeoutError, aiohttp.ClientError) as exc:
+    except RUN_FAILURES as exc:
         progress(f"storm: failed — {exc!r}")
         result.error = f"failed: {exc!r}"[:400]
     return result

@@ -65,8 +65,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from bench._hub import cpu_seconds, free_port, hub_process, throwaway_postgres_and_redis
-from bench.loadgen import ConnectError, LoadGen, Target, WorkerError
+from bench._hub import RUN_FAILURES, cpu_seconds, free_port, hub_process, throwaway_postgres_and_redis
+from bench.loadgen import LoadGen, Target
 from bench.peers.servers import PeerUnavailable, make_body, rss_bytes, start_peer
 from hub.auth import issue_token
 
@@ -481,14 +481,7 @@ async def throughput(args: argparse.Namespace, progress: Progress) -> list[Run]:
                     progress(f"{name}: unavailable — {exc}")
                     runs.append(Run(name, "—", clients, error=f"unavailable: {exc}"[:200]))
                     break  # no use trying the other client counts
-                except (
-                    ConnectError,
-                    WorkerError,
-                    RuntimeError,
-                    TimeoutError,
-                    OSError,
-                    aiohttp.ClientError,
-                ) as exc:
+                except RUN_FAILURES as exc:
                     progress(f"{name} · {clients:,} clients: failed — {exc!r}")
                     runs.append(Run(name, "—", clients, error=f"failed: {exc!r}"[:200]))
                     with contextlib.suppress(Exception):

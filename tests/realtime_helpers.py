@@ -221,19 +221,7 @@ class SseStream:
                     return message
                 continue
             seen = True
-            if line.startswith(":"):
-                message.comments.append(line[1:].strip())
-                continue
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                message.event = value
-            elif name == "id":
-                message.id = value
-            elif name == "data":
-                data.append(value)
-            elif name == "retry":
-                message.retry = int(value)
+            read_sse_line(message, data, line)
 
     async def next_event(self, within: float = WAIT) -> SseMessage:
         """The next message that is not a bare comment or retry block."""
@@ -294,6 +282,23 @@ async def sse_stream(
         yield SseStream(response)
 
 
+def read_sse_line(message: SseMessage, data: list[str], line: str) -> None:
+    """One line of an event-stream message: a comment or a field (``data`` lines gathered in ``data``)."""
+    if line.startswith(":"):
+        message.comments.append(line[1:].strip())
+        return
+    name, _, value = line.partition(":")
+    value = value.removeprefix(" ")
+    if name == "event":
+        message.event = value
+    elif name == "id":
+        message.id = value
+    elif name == "data":
+        data.append(value)
+    elif name == "retry":
+        message.retry = int(value)
+
+
 def parse_sse(text: str) -> list[SseMessage]:
     """The messages of a ``text/event-stream`` body (comment-only blocks included, as in :class:`SseStream`)."""
     messages = []
@@ -303,19 +308,7 @@ def parse_sse(text: str) -> list[SseMessage]:
         message = SseMessage()
         data: list[str] = []
         for line in block.split("\n"):
-            if line.startswith(":"):
-                message.comments.append(line[1:].strip())
-                continue
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                message.event = value
-            elif name == "id":
-                message.id = value
-            elif name == "data":
-                data.append(value)
-            elif name == "retry":
-                message.retry = int(value)
+            read_sse_line(message, data, line)
         message.data = "\n".join(data)
         messages.append(message)
     return messages

@@ -178,12 +178,8 @@ class SseConnection(TurnQueue):
         if self.state is ConnectionState.OPEN:
             count, size, ts = self.flush()
             if count:
-                meter = self.meter
-                meter.messages += count
-                meter.size += size
-                if ts is not None and (meter.oldest is None or ts < meter.oldest):
-                    meter.oldest = ts
-                meter.commit()
+                self.meter.add(count, size, ts)
+                self.meter.commit()
             self.end(_GOING_AWAY)
 
     async def run(self, response: web.StreamResponse) -> None:

@@ -39,6 +39,13 @@ class WriteMeter:
         self.size = 0
         self.oldest: float | None = None
 
+    def add(self, messages: int, size: int, oldest: float | None) -> None:
+        """One connection's flush of this turn (see :meth:`Flushable.flush`)."""
+        self.messages += messages
+        self.size += size
+        if oldest is not None and (self.oldest is None or oldest < self.oldest):
+            self.oldest = oldest
+
     def commit(self) -> None:
         if self.messages:
             self._sent.inc(self.messages)
@@ -165,10 +172,6 @@ class WriteBatcher:
                 log.exception("flushing a connection failed")
                 continue
             if count:
-                meter = connection.meter
-                meter.messages += count
-                meter.size += written
-                if ts is not None and (meter.oldest is None or ts < meter.oldest):
-                    meter.oldest = ts
+                connection.meter.add(count, written, ts)
         for meter in self._meters.values():
             meter.commit()
