@@ -8,6 +8,13 @@ frames). Client messages are objects with a ``type``; each may carry an ``id`` e
     ← {"type": "event", "channel": "inventory:eu", "position": "9f3a1c2b:42", "data": {…}}
 
 A bad message gets ``{"type": "error", "id": …, "code": …, "message": …}`` and the connection carries on.
+
+aiohttp routes the upgrade request (middlewares, auth, metrics); the hub answers it itself
+(:mod:`hub.transports.handshake`) and then hands the socket from aiohttp's request handler to a
+:class:`WsConnection`, which is the socket's asyncio protocol from then on and speaks RFC 6455 with
+:mod:`hub.transports.wsframes`. An idle connection is that one object, its subscriptions and the
+transport — no request, no reader/writer/queue objects, no task: ≈ 4 KB of memory instead of aiohttp's
+≈ 14 KB per WebSocket (bench/README.md, idle capacity).
 """
 
 from __future__ import annotations
@@ -16,12 +23,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Coroutine
+from collections import deque
 from typing import Any
 
 import msgpack
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
 from hub.realtime import (
@@ -34,7 +41,20 @@ from hub.realtime import (
     snapshot_url,
 )
 from hub.routes.inventory import snapshot_items
+from hub.transports.handshake import check_upgrade, switching_protocols
 from hub.transports.writes import TurnQueue
+from hub.transports.wsframes import (
+    BINARY,
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    FrameError,
+    FrameReader,
+    close_code_of,
+    close_frame,
+    control_frame,
+)
 from sync.broker import BrokerError, Position, PositionExpired
 from sync.channels import Channel, ChannelError
 from sync.cursor import CursorError, format_position, parse_position
@@ -46,10 +66,12 @@ routes = web.RouteTableDef()
 
 JSON_PROTOCOL = "synchub.json"
 MSGPACK_PROTOCOL = "synchub.msgpack"
-_HARD_FRAME_LIMIT = 1024 * 1024  # beyond this aiohttp closes with 1009; below it we answer an error
+_HARD_FRAME_LIMIT = 1024 * 1024  # beyond this the connection is failed with 1009; below, an error reply
 _PROTOCOLS = (JSON_PROTOCOL, MSGPACK_PROTOCOL)
-_PING = b"\x89\x00"  # an empty ping frame, whole (a server never masks)
-_ENDS = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
+_PING = control_frame(PING)
+_CLOSE_WAIT = 2.0  # seconds a closing connection waits for the peer's close frame before letting go
+_INBOX_LIMIT = 32  # messages waiting for an answer before the socket stops being read
+_INTERNAL_ERROR = 1011
 _MESSAGE_FIELDS = {
     "subscribe": {"type", "id", "channel", "since", "recover"},
     "unsubscribe": {"type", "id", "channel"},
@@ -65,64 +87,79 @@ class ProtocolError(Exception):
         self.request = request  # the decoded message, when there was one: its id is echoed
 
 
-class WsConnection(TurnQueue):
-    """One WebSocket client: its subscriptions (one feed each) and what is queued for it.
+class WsConnection(TurnQueue, asyncio.Protocol):
+    """One WebSocket client — the socket's protocol after the handshake: its subscriptions (one feed
+    each), what is queued for it, and the reading of its frames.
 
     Outgoing frames are queued and written by the app's :class:`~hub.transports.writes.WriteBatcher`,
-    all of one turn in one write, straight to the transport (whole frames, so they never interleave
-    with aiohttp's own pongs and close frame). Nothing waits on a slow reader: what the kernel does not
-    take stays in the transport's buffer, and a client whose backlog there passes
+    all of one turn in one write, straight to the transport. Nothing waits on a slow reader: what the
+    kernel does not take stays in the transport's buffer, and a client whose backlog there passes
     ``send_buffer_messages`` or ``send_buffer_bytes`` is cut off as a slow consumer (it resumes from
     its last position, possibly on another node).
+
+    Incoming messages are answered one at a time, in order, by a task that exists only while there
+    is something to answer (a subscription's replay may take a while); past 32 waiting messages the
+    socket is not read until they are answered. Pings are answered at once, between any frames.
 
     No timer or task of its own while idle: the node's heartbeat tick (:meth:`beat`) pings a peer that
     has been silent for ``ws_heartbeat_seconds`` (each connection waits a random half to all of it, so
     that connections opened together are not pinged together), drops one that stays silent for half of
     ``ws_heartbeat_seconds`` again, and closes the connection when its token expires.
+
+    Closing: the side that closes sends a close frame; the other answers with one; the server then
+    ends the TCP connection (RFC 6455 §7.1.1). A client that breaks the framing rules gets a close
+    frame with the code of its fault (1002, 1007, 1009), after which its input is discarded.
     """
 
     __slots__ = (
+        "_answering",
         "_busy",
+        "_closed",
         "_closing",
         "_expires_at",
         "_heard",
         "_heartbeat",
+        "_inbox",
         "_pinged_at",
         "_pong_wait",
         "_quiet_since",
+        "_reader",
         "_released",
         "_transport",
+        "app",
         "binary",
         "engine",
         "feeds",
         "meter",
         "metrics",
-        "request",
         "settings",
         "state",
-        "ws",
     )
 
     def __init__(
         self,
-        request: web.Request,
-        ws: web.WebSocketResponse,
+        app: web.Application,
+        transport: asyncio.Transport,
         binary: bool,
         expires_in: float | None = None,
     ) -> None:
-        settings = request.app[SETTINGS]
-        self.request = request
-        self.ws = ws
+        settings = app[SETTINGS]
+        self.app = app
         self.binary = binary
-        self.engine = request.app[ENGINE]
-        self.metrics = request.app[METRICS]
+        self.engine = app[ENGINE]
+        self.metrics = app[METRICS]
         self.settings = settings
         self.feeds: dict[str, Feed] = {}
         self.state = ConnectionState.OPEN
+        self._transport: asyncio.Transport | None = transport
+        # None once the connection failed: what the peer sends after that is not read.
+        self._reader: FrameReader | None = FrameReader(_HARD_FRAME_LIMIT)
+        self._inbox: deque[tuple[int, bytes]] | None = None  # only while messages wait for an answer
+        self._answering: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
-        writes = request.app[WRITES]
+        self._closed: asyncio.Future[None] | None = None  # only while a close waits for the peer
+        writes = app[WRITES]
         self.meter = writes.default_meter
-        self._transport = request.transport
         self._init_queue(writes, settings.send_buffer_messages, settings.send_buffer_bytes)
         now = asyncio.get_running_loop().time()
         # Silence before a ping: between half the setting and all of it, so that connections opened
@@ -210,52 +247,158 @@ class WsConnection(TurnQueue):
             self._closing = asyncio.create_task(self.close(code, reason))
 
     async def close(self, code: CloseCode, reason: str) -> None:
+        """Send a close frame and wait (at most two seconds) for the peer's, which ends the connection;
+        a peer that does not answer — stalled, or gone — is let go of. Returns once it is closed."""
         if self.state is ConnectionState.CLOSED:
             return
         if self.state is ConnectionState.OPEN:
             self.flush()  # a graceful close (going away) sends what was queued first
             self.state = self.state.to(ConnectionState.CLOSING)
+        transport = self._transport
+        if transport is None:
+            return
+        if not self._closed:  # the first close: the frame goes once
+            transport.write(close_frame(code, reason))
+            self._closed = asyncio.get_running_loop().create_future()
         for feed in self.feeds.values():
             feed.close()
         try:
-            # A stalled peer never acknowledges the close frame: do not wait for it for long.
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), timeout=2)
-        except (TimeoutError, ConnectionError):
+            await asyncio.wait_for(asyncio.shield(self._closed), timeout=_CLOSE_WAIT)
+        except TimeoutError:
             # abort, not close: close would wait to flush what the peer is not reading.
-            if self.request.transport is not None:
-                self.request.transport.abort()
-        self.state = self.state.to(ConnectionState.CLOSED)
+            transport.abort()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """The peer broke the protocol (or answering it broke): tell it why, read nothing more, and
+        end the connection once the close frame is out (the peer has two seconds to take it)."""
+        transport = self._transport
+        self._reader = None
+        if self.state is ConnectionState.OPEN:
+            self.state = self.state.to(ConnectionState.CLOSING)
+        if transport is None or transport.is_closing():
+            return
+        if not self._closed:
+            transport.write(close_frame(code, reason))
+            self._closed = asyncio.get_running_loop().create_future()
+        if transport.can_write_eof():
+            # Half-close: the close frame and then FIN reach the peer, and what it still sends is
+            # read and dropped — closing at once could answer its unread data with a reset, which
+            # may destroy the close frame before the peer reads it.
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(_CLOSE_WAIT, transport.abort)
+        else:
+            transport.close()
+
+    # -- the socket (asyncio.Protocol) ---------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        if reader is None:
+            return
+        self._heard = True
+        try:
+            frames = reader.feed(data)
+        except FrameError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        for opcode, payload in frames:
+            if opcode == PING:
+                transport = self._transport
+                if transport is not None and self.state is ConnectionState.OPEN:
+                    transport.write(control_frame(PONG, payload))
+            elif opcode == CLOSE:
+                self._peer_closed(payload)
+                return
+            elif opcode != PONG and self.state is ConnectionState.OPEN:
+                self._answer_soon(opcode, payload)
+
+    def _peer_closed(self, payload: bytes) -> None:
+        try:
+            code, _ = close_code_of(payload)
+        except FrameError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        transport = self._transport
+        self._reader = None
+        if transport is None:
+            return
+        if self.state is ConnectionState.OPEN:
+            # The peer closes: what was queued for it is dropped; the answer echoes its code.
+            self.state = self.state.to(ConnectionState.CLOSING)
+            self._drop_queue()
+            transport.write(close_frame(code or CloseCode.NORMAL))
+        transport.close()  # the server ends the TCP connection (RFC 6455 §7.1.1)
+
+    def eof_received(self) -> bool | None:
+        return None  # the peer is done sending: the transport closes, then connection_lost
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._reader = None
+        if self.state is not ConnectionState.CLOSED:
+            self.state = self.state.to(ConnectionState.CLOSED)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        if self._answering is None:  # else when the answer in progress ends (it may hold a feed)
+            self.release()
 
     # -- incoming ----------------------------------------------------------------------------------
-    async def _answer(self, frame: Any) -> None:
+    def _answer_soon(self, opcode: int, payload: bytes) -> None:
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = deque()
+        inbox.append((opcode, payload))
+        transport = self._transport
+        if len(inbox) >= _INBOX_LIMIT and transport is not None:
+            transport.pause_reading()
+        if self._answering is None:
+            self._answering = asyncio.create_task(self._answer_inbox(inbox))
+
+    async def _answer_inbox(self, inbox: deque[tuple[int, bytes]]) -> None:
+        try:
+            while inbox and self.state is ConnectionState.OPEN:
+                opcode, payload = inbox.popleft()
+                transport = self._transport
+                if len(inbox) == _INBOX_LIMIT // 2 and transport is not None:
+                    transport.resume_reading()  # (a no-op unless it was paused)
+                # Frames (pongs too) may wait behind a long answer: the peer counts as heard meanwhile.
+                self._busy = True
+                await self._answer(opcode, payload)
+        except Exception:
+            log.exception("answering a WebSocket message failed")
+            self._fail(_INTERNAL_ERROR, "internal error")
+        finally:
+            self._busy = False
+            self._answering = None
+            self._inbox = None  # an idle connection holds no queue
+            if self.state is ConnectionState.CLOSED:
+                self.release()
+
+    async def _answer(self, opcode: int, payload: bytes) -> None:
         decoded: dict[str, Any] = {}
         try:
-            decoded = self.decode(frame)
+            decoded = self.decode(opcode, payload)
             await self.handle(decoded)
         except ProtocolError as exc:
             echo = _echo(exc.request if isinstance(exc.request, dict) else decoded)
             self.send({"type": "error", "code": exc.code, "message": exc.message, **echo})
 
-    def decode(self, message: Any) -> dict[str, Any]:
-        if message.type == WSMsgType.TEXT:
+    def decode(self, opcode: int, payload: bytes) -> dict[str, Any]:
+        if opcode == TEXT:
             if self.binary:
                 raise ProtocolError(
                     "malformed_frame", "this connection speaks MessagePack: send binary frames"
                 )
-            raw: bytes | str = message.data
-        elif message.type == WSMsgType.BINARY:
+        elif opcode == BINARY:
             if not self.binary:
                 raise ProtocolError("malformed_frame", "this connection speaks JSON: send text frames")
-            raw = message.data
         else:
             raise ProtocolError("malformed_frame", "unsupported frame type")
-        size = len(raw.encode()) if isinstance(raw, str) else len(raw)
-        if size > self.settings.ws_max_frame_bytes:
+        if len(payload) > self.settings.ws_max_frame_bytes:
             raise ProtocolError(
                 "frame_too_large", f"frames are at most {self.settings.ws_max_frame_bytes} bytes"
             )
         try:
-            decoded = msgpack.unpackb(raw, raw=False) if self.binary else orjson.loads(raw)
+            decoded = msgpack.unpackb(payload, raw=False) if self.binary else orjson.loads(payload)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             raise ProtocolError("malformed_frame", f"the frame does not decode: {exc}") from exc
         if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
@@ -339,7 +482,7 @@ class WsConnection(TurnQueue):
             }
         )
         if recover == "latest":
-            items = await snapshot_items(self.request.app, channel.region, channel.product_id)
+            items = await snapshot_items(self.app, channel.region, channel.product_id)
             self.send(
                 {
                     "type": "snapshot",
@@ -363,33 +506,6 @@ class WsConnection(TurnQueue):
         self.metrics.subscriptions.labels("websocket").dec()
         self.send({"type": "unsubscribed", "channel": name, **_echo(message)})
 
-    async def run(self) -> None:
-        """Read the client's frames until the connection closes, let go of everything it held, then
-        close as aiohttp closes any WebSocket (this is the response's ``write_eof``: see
-        :class:`_WebSocket`)."""
-        ws = self.ws
-        try:
-            while True:
-                frame = await ws.receive()
-                kind = frame.type
-                if kind in _ENDS:
-                    break
-                self._heard = True
-                if kind is WSMsgType.PING:
-                    await ws.pong(frame.data)
-                elif kind is not WSMsgType.PONG:
-                    # Frames (pongs too) wait while a message is answered (a subscription's replay may
-                    # take a while): the peer counts as heard meanwhile.
-                    self._busy = True
-                    try:
-                        await self._answer(frame)
-                    finally:
-                        self._busy = False
-                del frame  # an idle connection holds on to no message
-        finally:
-            self.release()
-        await web.WebSocketResponse.write_eof(ws)
-
     def release(self) -> None:
         """Nothing more is written (queued frames are dropped); the feeds and the registration go."""
         if self._released:
@@ -401,7 +517,7 @@ class WsConnection(TurnQueue):
             feed.close()
         self.metrics.subscriptions.labels("websocket").dec(len(self.feeds))
         self.feeds.clear()
-        self.request.app[CONNECTIONS].discard(self)
+        self.app[CONNECTIONS].discard(self)
         self.metrics.connections.labels("websocket", self.settings.region).dec()
 
 
@@ -412,31 +528,55 @@ def _echo(message: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-class _WebSocket(web.WebSocketResponse):
-    """The connection's response. aiohttp finishes a response by awaiting its ``write_eof`` once the
-    handler *and the middlewares around it* have returned: the connection runs there
-    (:meth:`WsConnection.run`, which ends with aiohttp's own ``write_eof``), so that an open connection
-    keeps no handler or middleware coroutine alive (≈ 1.5 KB per connection)."""
+class _SwitchingProtocols(web.StreamResponse):
+    """The upgrade's answer. aiohttp sends a response with ``prepare`` and ``write_eof`` once the
+    handler and the middlewares around it have returned; here ``prepare`` writes the ``101`` and hands
+    the socket to a new :class:`WsConnection`, and ``write_eof`` has nothing left to do.
 
-    connection: WsConnection | None = None
+    Handing over: the transport gets the connection as its protocol (``set_protocol``), and aiohttp's
+    request handler is told its connection is gone (``connection_lost``) having first been made to let
+    go of the transport, so that it ends its loop without closing the socket and the server no longer
+    counts it (the hub's own registry does: shutdown closes these connections with 1001). Bytes that
+    a client sent after its request and before the ``101`` (it should not) were kept by aiohttp and are
+    passed on. tests/test_realtime_websocket.py pins all three, should aiohttp change.
+    """
 
-    def write_eof(self) -> Coroutine[Any, Any, None]:  # type: ignore[override]  # (as aiohttp's own)
-        connection, self.connection = self.connection, None
-        return super().write_eof() if connection is None else connection.run()
+    def __init__(self, accept: str, protocol: str | None, expires_in: float | None) -> None:
+        super().__init__(status=101)
+        self._accept = accept
+        self._protocol = protocol
+        self._expires_in = expires_in
+        self._handed_over = False
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        assert isinstance(request, web.Request)  # (an app's request, as every route's)
+        transport, handler = request.transport, request.protocol
+        if self._handed_over:
+            return
+        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+            raise ConnectionResetError("the client went away before the upgrade")
+        self._handed_over = True
+        app = request.app
+        settings = app[SETTINGS]
+        transport.write(switching_protocols(self._accept, self._protocol))
+        connection = WsConnection(app, transport, self._protocol == MSGPACK_PROTOCOL, self._expires_in)
+        early: bytes = getattr(handler, "_message_tail", b"")
+        transport.set_protocol(connection)
+        handler.transport = None
+        handler.connection_lost(None)
+        app[CONNECTIONS].watch(connection, settings.ws_heartbeat_seconds)
+        app[METRICS].connections.labels("websocket", settings.region).inc()
+        if not transport.is_reading():  # aiohttp may have paused it while the request was handled
+            transport.resume_reading()
+        if early:
+            connection.data_received(early)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        pass
 
 
 @routes.get("/api/v1/ws", name="websocket")
 async def websocket(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
     principal = realtime_principal(request)  # before the upgrade: a bad token is a plain 401
-    # No aiohttp heartbeat (a timer per connection) and no autoping: the node's tick pings, and the
-    # pongs (like every other frame) reach WsConnection.run(), which is how the peer is known to be there.
-    ws = _WebSocket(protocols=_PROTOCOLS, autoping=False, max_msg_size=_HARD_FRAME_LIMIT, compress=False)
-    await ws.prepare(request)
-    connection = WsConnection(
-        request, ws, ws.ws_protocol == MSGPACK_PROTOCOL, seconds_until_expiry(principal)
-    )
-    request.app[CONNECTIONS].watch(connection, settings.ws_heartbeat_seconds)
-    request.app[METRICS].connections.labels("websocket", settings.region).inc()
-    ws.connection = connection
-    return ws
+    accept, protocol = check_upgrade(request, _PROTOCOLS)
+    return _SwitchingProtocols(accept, protocol, seconds_until_expiry(principal))
