@@ -7,6 +7,7 @@ own throwaway database on the local server.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -32,8 +33,24 @@ from tests import native_modules
 CRDT_BUILD = native_modules.select()  # before any test module imports crdt
 
 
+# The loop the tests run on: uvloop, as `synchub serve` runs (hub/cli.py); SYNCHUB_TEST_LOOP=asyncio for
+# the standard library's (where uvloop is not installed). They differ where it shows: uvloop's
+# transports are not asyncio.Transport instances, its reads come in other sizes.
+TEST_LOOP = os.environ.get("SYNCHUB_TEST_LOOP", "uvloop")
+if TEST_LOOP not in ("uvloop", "asyncio"):
+    raise RuntimeError(f"SYNCHUB_TEST_LOOP is uvloop or asyncio, not {TEST_LOOP!r}")
+
+
 def pytest_report_header() -> str:
-    return f"crdt build: {CRDT_BUILD}"
+    return f"crdt build: {CRDT_BUILD}; event loop: {TEST_LOOP}"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    if TEST_LOOP == "uvloop":
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 BACKENDS = ["sqlite", "postgres"]
@@ -149,6 +166,7 @@ class Hub:
     base: str
     session: aiohttp.ClientSession
     app: web.Application
+    runner: web.AppRunner | None = None
     admin: str = field(default_factory=lambda: token("root", "admin"))
     alice: str = field(default_factory=lambda: token("alice", "customer"))
     bob: str = field(default_factory=lambda: token("bob", "customer"))
@@ -226,7 +244,7 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
     runner, base = await start_hub(settings)
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=600)) as session:
-            yield Hub(base=base, session=session, app=runner.app)
+            yield Hub(base=base, session=session, app=runner.app, runner=runner)
     finally:
         await runner.cleanup()
 

@@ -487,6 +487,26 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = WAIT,
 # -- a raw WebSocket that reads only when told to ----------------------------------------------------
 
 
+def client_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, masked: bool = True
+) -> bytes:
+    """A client frame as RFC 6455 §5.2 lays it out — or, with ``rsv`` or ``masked=False``, as it
+    forbids: the shortest length encoding, a random mask."""
+    size = len(payload)
+    first = (0x80 if fin else 0) | rsv << 4 | opcode
+    flag = 0x80 if masked else 0
+    if size < 126:
+        head = struct.pack("!BB", first, flag | size)
+    elif size < 65536:
+        head = struct.pack("!BBH", first, flag | 126, size)
+    else:
+        head = struct.pack("!BBQ", first, flag | 127, size)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 class RawWebSocket:
     """A WebSocket client on a plain socket with a tiny receive buffer. Between calls nothing reads
     the socket, so the kernel's buffers fill up and the server's writes stall: a stuck consumer."""
@@ -497,7 +517,10 @@ class RawWebSocket:
         self.pings = b""  # the ping frames read (whole), concatenated
 
     @classmethod
-    async def connect(cls, hub: Hub, protocol: str = JSON, receive_buffer: int = 4096) -> RawWebSocket:
+    async def connect(
+        cls, hub: Hub, protocol: str = JSON, receive_buffer: int = 4096, early: bytes = b""
+    ) -> RawWebSocket:
+        """``early``: bytes sent in the same write as the upgrade request, before the 101."""
         url = urlsplit(hub.base)
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -510,7 +533,7 @@ class RawWebSocket:
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
             f"Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
         )
-        await loop.sock_sendall(sock, head.encode())
+        await loop.sock_sendall(sock, head.encode() + early)
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), WAIT)
@@ -521,12 +544,26 @@ class RawWebSocket:
         return cls(sock, leftover)
 
     async def send_text(self, text: str) -> None:
-        payload = text.encode()
-        assert len(payload) < 126
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        frame = bytes([0x81, 0x80 | len(payload)]) + mask + masked
-        await asyncio.get_running_loop().sock_sendall(self.sock, frame)
+        await self.send(client_frame(0x1, text.encode()))
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def next_frame(self, within: float = WAIT) -> tuple[int, bytes] | None:
+        """The next frame the server sent (opcode, payload), or None if the connection ended."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + within
+        while (frame := self._frame()) is None:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no frame within {within} s"
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), remaining)
+            except ConnectionResetError:
+                return None
+            if not chunk:
+                return None
+            self.buffer += chunk
+        return frame
 
     def _frame(self) -> tuple[int, bytes] | None:
         data = self.buffer

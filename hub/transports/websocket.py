@@ -274,6 +274,7 @@ class WsConnection(TurnQueue, asyncio.Protocol):
         transport = self._transport
         self._reader = None
         if self.state is ConnectionState.OPEN:
+            self.flush()  # the answers already given go first
             self.state = self.state.to(ConnectionState.CLOSING)
         if transport is None or transport.is_closing():
             return
@@ -528,55 +529,54 @@ def _echo(message: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-class _SwitchingProtocols(web.StreamResponse):
-    """The upgrade's answer. aiohttp sends a response with ``prepare`` and ``write_eof`` once the
-    handler and the middlewares around it have returned; here ``prepare`` writes the ``101`` and hands
-    the socket to a new :class:`WsConnection`, and ``write_eof`` has nothing left to do.
+def _hand_over(request: web.Request, accept: str, protocol: str | None, expires_in: float | None) -> None:
+    """Write the ``101`` and make a new :class:`WsConnection` the socket's protocol.
 
-    Handing over: the transport gets the connection as its protocol (``set_protocol``), and aiohttp's
-    request handler is told its connection is gone (``connection_lost``) having first been made to let
-    go of the transport, so that it ends its loop without closing the socket and the server no longer
-    counts it (the hub's own registry does: shutdown closes these connections with 1001). Bytes that
-    a client sent after its request and before the ``101`` (it should not) were kept by aiohttp and are
-    passed on. tests/test_realtime_websocket.py pins all three, should aiohttp change.
+    The transport gets the connection as its protocol (``set_protocol``), and aiohttp's request
+    handler is told its connection is gone (``connection_lost``) having first been made to let go of
+    the transport, so that it ends its loop without closing the socket and the server no longer counts
+    it (the hub's own registry does: shutdown closes these connections with 1001). Bytes that a client
+    sent after its request and before the ``101`` (RFC 6455 §4.1 says it must wait; some do not) were
+    kept by aiohttp and are passed on. This runs in the handler, not later: once the handler returns,
+    aiohttp takes an upgrade that no WebSocket reader was set for as declined and reads those bytes
+    as HTTP. tests/test_websocket_protocol.py pins all of it, should aiohttp change.
     """
+    transport, handler = request.transport, request.protocol
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the client went away before the upgrade")
+    app = request.app
+    settings = app[SETTINGS]
+    transport.write(switching_protocols(accept, protocol))
+    connection = WsConnection(app, transport, protocol == MSGPACK_PROTOCOL, expires_in)
+    early: bytes = getattr(handler, "_message_tail", b"")
+    transport.set_protocol(connection)
+    handler.transport = None
+    handler.connection_lost(None)
+    app[CONNECTIONS].watch(connection, settings.ws_heartbeat_seconds)
+    app[METRICS].connections.labels("websocket", settings.region).inc()
+    if not transport.is_reading():  # aiohttp may have paused it while the request was handled
+        transport.resume_reading()
+    if early:
+        connection.data_received(early)
 
-    def __init__(self, accept: str, protocol: str | None, expires_in: float | None) -> None:
+
+class _SwitchingProtocols(web.StreamResponse):
+    """What the handler returns once the socket is handed over (for the middlewares, the metrics and
+    the access log): the ``101`` is already written, so sending it writes nothing."""
+
+    def __init__(self) -> None:
         super().__init__(status=101)
-        self._accept = accept
-        self._protocol = protocol
-        self._expires_in = expires_in
-        self._handed_over = False
 
     async def prepare(self, request: web.BaseRequest) -> None:
-        assert isinstance(request, web.Request)  # (an app's request, as every route's)
-        transport, handler = request.transport, request.protocol
-        if self._handed_over:
-            return
-        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
-            raise ConnectionResetError("the client went away before the upgrade")
-        self._handed_over = True
-        app = request.app
-        settings = app[SETTINGS]
-        transport.write(switching_protocols(self._accept, self._protocol))
-        connection = WsConnection(app, transport, self._protocol == MSGPACK_PROTOCOL, self._expires_in)
-        early: bytes = getattr(handler, "_message_tail", b"")
-        transport.set_protocol(connection)
-        handler.transport = None
-        handler.connection_lost(None)
-        app[CONNECTIONS].watch(connection, settings.ws_heartbeat_seconds)
-        app[METRICS].connections.labels("websocket", settings.region).inc()
-        if not transport.is_reading():  # aiohttp may have paused it while the request was handled
-            transport.resume_reading()
-        if early:
-            connection.data_received(early)
+        return None
 
     async def write_eof(self, data: bytes = b"") -> None:
-        pass
+        return None
 
 
 @routes.get("/api/v1/ws", name="websocket")
 async def websocket(request: web.Request) -> web.StreamResponse:
     principal = realtime_principal(request)  # before the upgrade: a bad token is a plain 401
     accept, protocol = check_upgrade(request, _PROTOCOLS)
-    return _SwitchingProtocols(accept, protocol, seconds_until_expiry(principal))
+    _hand_over(request, accept, protocol, seconds_until_expiry(principal))
+    return _SwitchingProtocols()
