@@ -221,3 +221,23 @@ def test_a_close_frame_we_send_fits_a_control_frame_and_keeps_whole_characters()
 def test_control_frames_we_send_are_whole_and_unmasked():
     assert control_frame(PING) == b"\x89\x00"
     assert control_frame(PONG, b"abc") == b"\x8a\x03abc"
+
+
+valid_frames = st.builds(
+    lambda opcode, payload, fin: client_frame(opcode, payload, fin=fin),
+    st.sampled_from([CONTINUATION, TEXT, BINARY, PING, PONG, CLOSE]),
+    st.binary(max_size=130),
+    st.booleans(),
+)
+
+
+@given(st.lists(st.one_of(valid_frames, st.binary(max_size=12)), max_size=10), st.integers(1, 50))
+def test_any_bytes_give_messages_or_a_frame_error_with_a_close_code_and_nothing_else(pieces, step):
+    stream = b"".join(pieces)
+    reader = FrameReader(300)
+    try:
+        for start in range(0, len(stream), step):
+            for opcode, _ in reader.feed(stream[start : start + step]):
+                assert opcode in (TEXT, BINARY, PING, PONG, CLOSE)
+    except FrameError as exc:
+        assert exc.code in (1002, 1007, 1009)

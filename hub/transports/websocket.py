@@ -257,9 +257,10 @@ class WsConnection(TurnQueue, asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        if not self._closed:  # the first close: the frame goes once
-            transport.write(close_frame(code, reason))
+        if self._closed is None:  # the first close: the frame goes once
             self._closed = asyncio.get_running_loop().create_future()
+            if not transport.is_closing():  # (else the peer closed first, and was answered)
+                transport.write(close_frame(code, reason))
         for feed in self.feeds.values():
             feed.close()
         try:
@@ -276,11 +277,10 @@ class WsConnection(TurnQueue, asyncio.Protocol):
         if self.state is ConnectionState.OPEN:
             self.flush()  # the answers already given go first
             self.state = self.state.to(ConnectionState.CLOSING)
-        if transport is None or transport.is_closing():
-            return
-        if not self._closed:
-            transport.write(close_frame(code, reason))
-            self._closed = asyncio.get_running_loop().create_future()
+        if transport is None or transport.is_closing() or self._closed is not None:
+            return  # gone, or a close is under way already (it ends the connection within 2 s)
+        self._closed = asyncio.get_running_loop().create_future()
+        transport.write(close_frame(code, reason))
         if transport.can_write_eof():
             # Half-close: the close frame and then FIN reach the peer, and what it still sends is
             # read and dropped — closing at once could answer its unread data with a reset, which
