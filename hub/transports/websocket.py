@@ -10,11 +10,9 @@ frames). Client messages are objects with a ``type``; each may carry an ``id`` e
 A bad message gets ``{"type": "error", "id": …, "code": …, "message": …}`` and the connection carries on.
 
 aiohttp routes the upgrade request (middlewares, auth, metrics); the hub answers it itself
-(:mod:`hub.transports.handshake`) and then hands the socket from aiohttp's request handler to a
-:class:`WsConnection`, which is the socket's asyncio protocol from then on and speaks RFC 6455 with
-:mod:`hub.transports.wsframes`. An idle connection is that one object, its subscriptions and the
-transport — no request, no reader/writer/queue objects, no task: ≈ 4 KB of memory instead of aiohttp's
-≈ 14 KB per WebSocket (bench/README.md, idle capacity).
+(:mod:`hub.transports.handshake`) and takes the socket over (:mod:`hub.transports.takeover`): a
+:class:`WsConnection` is the socket's asyncio protocol from then on and speaks RFC 6455 with
+:mod:`hub.transports.wsframes`.
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ from hub.realtime import (
 )
 from hub.routes.inventory import snapshot_items
 from hub.transports.handshake import check_upgrade, switching_protocols
+from hub.transports.takeover import HandedOver, take_over
 from hub.transports.writes import TurnQueue
 from hub.transports.wsframes import (
     BINARY,
@@ -529,54 +528,19 @@ def _echo(message: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _hand_over(request: web.Request, accept: str, protocol: str | None, expires_in: float | None) -> None:
-    """Write the ``101`` and make a new :class:`WsConnection` the socket's protocol.
-
-    The transport gets the connection as its protocol (``set_protocol``), and aiohttp's request
-    handler is told its connection is gone (``connection_lost``) having first been made to let go of
-    the transport, so that it ends its loop without closing the socket and the server no longer counts
-    it (the hub's own registry does: shutdown closes these connections with 1001). Bytes that a client
-    sent after its request and before the ``101`` (RFC 6455 §4.1 says it must wait; some do not) were
-    kept by aiohttp and are passed on. This runs in the handler, not later: once the handler returns,
-    aiohttp takes an upgrade that no WebSocket reader was set for as declined and reads those bytes
-    as HTTP. tests/test_websocket_protocol.py pins all of it, should aiohttp change.
-    """
-    transport, handler = request.transport, request.protocol
-    if transport is None or transport.is_closing():
-        raise ConnectionResetError("the client went away before the upgrade")
-    app = request.app
-    settings = app[SETTINGS]
-    transport.write(switching_protocols(accept, protocol))
-    connection = WsConnection(app, transport, protocol == MSGPACK_PROTOCOL, expires_in)
-    early: bytes = getattr(handler, "_message_tail", b"")
-    transport.set_protocol(connection)
-    handler.transport = None
-    handler.connection_lost(None)
-    app[CONNECTIONS].watch(connection, settings.ws_heartbeat_seconds)
-    app[METRICS].connections.labels("websocket", settings.region).inc()
-    if not transport.is_reading():  # aiohttp may have paused it while the request was handled
-        transport.resume_reading()
-    if early:
-        connection.data_received(early)
-
-
-class _SwitchingProtocols(web.StreamResponse):
-    """What the handler returns once the socket is handed over (for the middlewares, the metrics and
-    the access log): the ``101`` is already written, so sending it writes nothing."""
-
-    def __init__(self) -> None:
-        super().__init__(status=101)
-
-    async def prepare(self, request: web.BaseRequest) -> None:
-        return None
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
-
-
 @routes.get("/api/v1/ws", name="websocket")
 async def websocket(request: web.Request) -> web.StreamResponse:
     principal = realtime_principal(request)  # before the upgrade: a bad token is a plain 401
     accept, protocol = check_upgrade(request, _PROTOCOLS)
-    _hand_over(request, accept, protocol, seconds_until_expiry(principal))
-    return _SwitchingProtocols()
+    app, settings = request.app, request.app[SETTINGS]
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("the client went away before the upgrade")
+    binary = protocol == MSGPACK_PROTOCOL
+    connection = WsConnection(app, transport, binary, seconds_until_expiry(principal))
+    early = take_over(request, switching_protocols(accept, protocol), connection)
+    app[CONNECTIONS].watch(connection, settings.ws_heartbeat_seconds)
+    app[METRICS].connections.labels("websocket", settings.region).inc()
+    if early:
+        connection.data_received(early)
+    return HandedOver(status=101)
