@@ -9,6 +9,7 @@ import contextlib
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -442,3 +443,49 @@ async def test_a_hub_shutting_down_ends_the_body_of_every_stream_properly(databa
     events = [m for m in messages[2:] if not m.comments]
     assert [m.event for m in events] == ["close"]
     assert events[0].json() == {"code": "going_away", "reconnect": True}
+
+
+# -- the socket taken over from aiohttp ----------------------------------------------------------------
+
+
+async def test_an_open_stream_is_the_hubs_not_aiohttps_and_ignores_what_the_client_sends(rt_hub, product):
+    assert rt_hub.runner is not None and rt_hub.runner.server is not None
+    http_connections = len(rt_hub.runner.server.connections)
+    stream = await RawSse.connect(rt_hub)
+    try:
+        await stream.read_messages(2)
+        assert b"\r\nconnection: close" in stream.head.lower()  # not kept alive after the stream
+        # aiohttp's server no longer counts it: the hub's registry does (shutdown ends it)
+        assert len(rt_hub.runner.server.connections) == http_connections
+        await asyncio.get_running_loop().sock_sendall(stream.sock, b"GET / HTTP/1.1\r\n\r\nnonsense")
+        await rt_hub.stock(product, "par-1", 7)
+        event = (await stream.read_messages(3))[2]
+    finally:
+        stream.close()
+    assert event.event == "inventory" and event.json()["data"]["on_hand"] == 7
+
+
+async def test_an_http_1_0_client_gets_the_stream_unchunked_until_the_connection_ends(database_url):
+    stack = contextlib.AsyncExitStack()
+    hub = await stack.enter_async_context(eu_hub(database_url))
+    product = str((await hub.product("SKU-1"))["id"])
+    url = urlsplit(hub.base)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    shutdown: asyncio.Task[None] | None = None
+    try:
+        writer.write(f"GET /api/v1/sse?channels={CHANNEL} HTTP/1.0\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower(), head
+        opening = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+        ready = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+        await hub.stock(product, "par-1", 9)
+        event = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+        shutdown = asyncio.create_task(stack.aclose())
+        rest = await asyncio.wait_for(reader.read(), 5)  # to the end of the connection
+    finally:
+        writer.close()
+        await asyncio.wait_for(shutdown if shutdown is not None else stack.aclose(), 10)
+    assert opening == b"retry: 2000\n\n"
+    assert ready.startswith(b"id: ") and b"event: ready\n" in ready
+    assert b"event: inventory\n" in event and b'"on_hand":9' in event
+    assert rest.endswith(b'event: close\ndata: {"code":"going_away","reconnect":true}\n\n'), rest

@@ -10,15 +10,14 @@ the node shuts down (``going_away``) or the client fell too far behind (``slow_c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from hub.errors import BadRequest
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
 from hub.realtime import ConnectionState, realtime_principal, resync_message, shared_channel
+from hub.transports.takeover import HandedOver, take_over
 from hub.transports.writes import TurnQueue
 from sync.broker import Position, PositionExpired
 from sync.channels import Channel, ChannelError
@@ -63,33 +62,40 @@ def _sse(event: str, data: object, ident: str | None = None) -> bytes:
     return head + f"event: {event}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-_HEARTBEAT = http_chunk(b": heartbeat\n\n")
-_GOING_AWAY = http_chunk(_sse("close", {"code": "going_away", "reconnect": True}))
-_SLOW_CONSUMER = http_chunk(_sse("close", {"code": "slow_consumer", "reconnect": True}))
+_HEARTBEAT_MESSAGE = b": heartbeat\n\n"
+_HEARTBEAT = http_chunk(_HEARTBEAT_MESSAGE)
+_GOING_AWAY_MESSAGE = _sse("close", {"code": "going_away", "reconnect": True})
+_SLOW_CONSUMER = _sse("close", {"code": "slow_consumer", "reconnect": True})
+_LAST_CHUNK = b"0\r\n\r\n"  # ends a chunked body
 _STALLED_PEER_SECONDS = 2.0  # how long a stream that ended may take to leave before its socket is aborted
 
 
-class SseConnection(TurnQueue):
-    """One event stream, once opened: what is queued for it, and how it ends.
+class SseConnection(TurnQueue, asyncio.Protocol):
+    """One event stream, once opened — the socket's protocol after the response head
+    (:mod:`hub.transports.takeover`): what is queued for it, and how it ends.
 
     Like a WebSocket (:class:`~hub.transports.websocket.WsConnection`), it writes whole pre-framed
-    HTTP chunks (each event's, shared by every stream of a fan-out: :meth:`Event.sse_chunk`) straight to
-    the transport, all of one turn in one write, through the app's
+    messages (each event's, shared by every stream of a fan-out: :meth:`Event.sse_chunk`, or
+    :meth:`Event.sse` for an HTTP/1.0 client, whose body is not chunked and ends with the connection)
+    straight to the transport, all of one turn in one write, through the app's
     :class:`~hub.transports.writes.WriteBatcher`; nothing waits on a slow reader. A client whose
     backlog in the transport passes ``send_buffer_messages`` or ``send_buffer_bytes`` is cut off: its
     stream ends with ``event: close`` (``slow_consumer``) and it resumes from its ``Last-Event-ID``.
 
-    No task or timer of its own: :meth:`run` awaits :attr:`done`, and the node's heartbeat tick
-    (:meth:`beat`) writes the heartbeat comments and notices a client that went away.
+    No task or timer of its own: the node's heartbeat tick (:meth:`beat`) writes the heartbeat
+    comments; the socket itself tells when the client goes away (:meth:`connection_lost`). The
+    client has nothing more to say once the stream is open: what it sends is not read, and the
+    connection is not kept alive after the stream (``Connection: close``).
     """
 
     __slots__ = (
+        "_chunked",
+        "_closed",
         "_connections",
         "_heartbeat",
         "_quiet_since",
         "_transport",
         "_wrote",
-        "done",
         "feed",
         "meter",
         "metrics",
@@ -97,14 +103,11 @@ class SseConnection(TurnQueue):
         "state",
     )
 
-    def __init__(self, request: web.Request) -> None:
-        app = request.app
+    def __init__(self, app: web.Application, transport: asyncio.Transport, chunked: bool) -> None:
         settings = app[SETTINGS]
         metrics = self.metrics = app[METRICS]
-        loop = asyncio.get_running_loop()
         self.region = settings.region
         self.state = ConnectionState.OPEN
-        self.done: asyncio.Future[bytes | None] = loop.create_future()  # the chunk that ends the stream
         self.feed: Feed | None = None
         self._connections = app[CONNECTIONS]
         writes = app[WRITES]
@@ -113,20 +116,27 @@ class SseConnection(TurnQueue):
             metrics.bytes_sent.labels("sse"),
             metrics.delivery_latency.labels("sse"),
         )
-        self._transport = request.transport
+        self._transport: asyncio.Transport | None = transport
+        self._chunked = chunked
+        self._closed: asyncio.Future[None] | None = None  # only while an end waits for the socket to close
         self._init_queue(writes, settings.send_buffer_messages, settings.send_buffer_bytes)
         self._heartbeat = settings.sse_heartbeat_seconds
-        self._quiet_since = loop.time()
+        self._quiet_since = asyncio.get_running_loop().time()
         self._wrote = False
+
+    def framed(self, message: bytes) -> bytes:
+        """``message`` as this stream's body carries it: an HTTP chunk, or as it is (HTTP/1.0)."""
+        return http_chunk(message) if self._chunked else message
 
     # -- outgoing ----------------------------------------------------------------------------------
     def deliver(self, event: Event, channel: Channel) -> None:
-        self._queue(event.sse_chunk(channel.name), event.ts)
+        name = channel.name
+        self._queue(event.sse_chunk(name) if self._chunked else event.sse(name), event.ts)
 
     def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("sse", reason).inc()
         message = resync_message(",".join(c.name for c in channels), self.region, reason, current)
-        self._queue(http_chunk(_sse("resync", message)), None)
+        self._queue(self.framed(_sse("resync", message)), None)
 
     def _queue(self, chunk: bytes, ts: float | None) -> None:
         if self.state is ConnectionState.OPEN:
@@ -139,8 +149,7 @@ class SseConnection(TurnQueue):
             return 0, 0, None
         transport = self._transport
         if transport is None or transport.is_closing():
-            self.end()  # the client went away
-            return 0, 0, None
+            return 0, 0, None  # the client went away: connection_lost releases the stream
         queued, size, ts = taken
         count = self._write_within_limits(transport, queued, size)
         if not count:  # too slow: cut off; it resumes from the last id it received
@@ -151,53 +160,54 @@ class SseConnection(TurnQueue):
         return count, size, ts
 
     def beat(self, now: float) -> None:
-        """The node's heartbeat tick: a comment after ``sse_heartbeat_seconds`` without a write, and the
-        end of a stream whose client went away (noticed within a tick, not at the next write)."""
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            self.end()
-        elif self._wrote:
+        """The node's heartbeat tick: a comment after ``sse_heartbeat_seconds`` without a write."""
+        if self._wrote:
             self._wrote = False
             self._quiet_since = now
         elif now - self._quiet_since >= self._heartbeat and self._queued is None:
-            if self.state is ConnectionState.OPEN:
-                transport.write(_HEARTBEAT)
+            transport = self._transport
+            if self.state is ConnectionState.OPEN and transport is not None:
+                transport.write(_HEARTBEAT if self._chunked else _HEARTBEAT_MESSAGE)
             self._quiet_since = now
 
     # -- ending ------------------------------------------------------------------------------------
     def end(self, last: bytes | None = None) -> None:
-        """Stop writing; :meth:`run` then writes ``last`` (a chunk) and the stream ends. The client
-        reconnects with Last-Event-ID."""
-        if self.state is ConnectionState.OPEN:
-            self.state = self.state.to(ConnectionState.CLOSING)
-            if not self.done.done():
-                self.done.set_result(last)
+        """Stop writing; write ``last`` (a message, e.g. ``event: close``) and end the body, and close
+        the connection. The client reconnects with Last-Event-ID. A peer that does not take what is
+        left within a few seconds (it stopped reading) is let go of."""
+        if self.state is not ConnectionState.OPEN:
+            return
+        self.state = self.state.to(ConnectionState.CLOSING)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        tail = (self.framed(last) if last is not None else b"") + (_LAST_CHUNK if self._chunked else b"")
+        transport.write(tail)
+        if transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(_STALLED_PEER_SECONDS, transport.abort)
+        transport.close()
 
     async def go_away(self) -> None:
-        """Shutdown: what is queued leaves first, then ``event: close`` (going away)."""
+        """Shutdown: what is queued leaves first, then ``event: close`` (going away); returns once the
+        connection is closed (at most a few seconds: see :meth:`end`)."""
         if self.state is ConnectionState.OPEN:
             count, size, ts = self.flush()
             if count:
                 self.meter.add(count, size, ts)
                 self.meter.commit()
-            self.end(_GOING_AWAY)
+            self._closed = asyncio.get_running_loop().create_future()
+            self.end(_GOING_AWAY_MESSAGE)
+        if self._closed is not None and self._transport is not None:
+            await asyncio.wait_for(asyncio.shield(self._closed), _STALLED_PEER_SECONDS + 1)
 
-    async def run(self, response: web.StreamResponse) -> None:
-        """Until the stream ends; then its closing chunk, if any, and the empty chunk that ends the body
-        (aiohttp's own ``write_eof``: this is the response's, see :class:`_EventStream`)."""
-        try:
-            last = await self.done
-            transport = self._transport
-            if last is not None and transport is not None and not transport.is_closing():
-                transport.write(last)
-                # Not kept alive after the stream; a peer that does not take what is left within a few
-                # seconds (it stopped reading) is let go of.
-                response.force_close()
-                if transport.get_write_buffer_size():
-                    asyncio.get_running_loop().call_later(_STALLED_PEER_SECONDS, transport.abort)
-        finally:
-            self.release()
-        await web.StreamResponse.write_eof(response)
+    # -- the socket (asyncio.Protocol) ---------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        pass  # a client has nothing to say on an open stream (a pipelined request is not answered)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        self.release()
 
     def release(self) -> None:
         """Nothing more is written (anything queued is dropped); the feed and the registration go."""
@@ -213,34 +223,26 @@ class SseConnection(TurnQueue):
         self.metrics.subscriptions.labels("sse").dec()
 
 
-class _EventStream(web.StreamResponse):
-    """The stream's response. aiohttp finishes a response by awaiting its ``write_eof`` once the handler
-    *and the middlewares around it* have returned: the stream runs there (:meth:`SseConnection.run`,
-    which ends with aiohttp's own ``write_eof``), so that an open stream keeps no handler or middleware
-    coroutine alive (≈ 1.5 KB per connection)."""
-
-    connection: SseConnection | None = None
-
-    def write_eof(self, data: bytes = b"") -> Coroutine[Any, Any, None]:
-        connection, self.connection = self.connection, None
-        return super().write_eof(data) if connection is None else connection.run(self)
-
-
 @routes.get("/api/v1/sse", name="sse")
 async def sse(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     realtime_principal(request)
     channels = parse_channels(request)
     since = parse_since(request.headers.get("Last-Event-ID") or request.query.get("last_event_id"))
-    engine = request.app[ENGINE]
-    metrics = request.app[METRICS]
-    response = _EventStream(headers=_HEADERS)
-    connection = SseConnection(request)
+    app = request.app
+    engine = app[ENGINE]
+    metrics = app[METRICS]
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("the client went away")
+    chunked = request.version >= HttpVersion11
+    connection = SseConnection(app, transport, chunked)
     feed = engine.feed(channels, connection)
     try:
         position = await feed.start(since)
     except PositionExpired as exc:
         metrics.resyncs.labels("sse", "position_expired").inc()
+        response = web.StreamResponse(headers=_HEADERS)
         await response.prepare(request)
         await response.write(f"retry: {settings.sse_retry_ms}\n\n".encode())
         await response.write(
@@ -250,23 +252,21 @@ async def sse(request: web.Request) -> web.StreamResponse:
     connection.feed = feed
     metrics.connections.labels("sse", connection.region).inc()
     metrics.subscriptions.labels("sse").inc()
+    ready = {"position": format_position(position), "channels": [c.name for c in channels]}
+    opening = f"retry: {settings.sse_retry_ms}\n\n".encode() + _sse("ready", ready, format_position(position))
     try:
-        await response.prepare(request)
-        # The opening goes through aiohttp (with the headers, as the body's first chunk); the events
-        # are chunks of our own, written straight to the transport.
-        ready = {"position": format_position(position), "channels": [c.name for c in channels]}
-        await response.write(
-            f"retry: {settings.sse_retry_ms}\n\n".encode() + _sse("ready", ready, format_position(position))
+        take_over(
+            request, (_HEAD_CHUNKED if chunked else _HEAD_HTTP10) + connection.framed(opening), connection
         )
-        # aiohttp's keep-alive timer guards a connection waiting for its next request: not this one.
-        request.protocol.keep_alive(False)
-        request.app[CONNECTIONS].watch(connection, settings.sse_heartbeat_seconds)
+        app[CONNECTIONS].watch(connection, settings.sse_heartbeat_seconds)
         feed.go_live()
     except BaseException:
         connection.release()
         raise
-    response.connection = connection
-    return response
+    return HandedOver(status=200, headers=_HEADERS)
 
 
 _HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_FIELDS = "".join(f"{name}: {value}\r\n" for name, value in _HEADERS.items()) + "Connection: close\r\n"
+_HEAD_CHUNKED = f"HTTP/1.1 200 OK\r\n{_FIELDS}Transfer-Encoding: chunked\r\n\r\n".encode()
+_HEAD_HTTP10 = f"HTTP/1.1 200 OK\r\n{_FIELDS}\r\n".encode()
