@@ -10,6 +10,7 @@ the node shuts down (``going_away``) or the client fell too far behind (``slow_c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import orjson
 from aiohttp import HttpVersion11, web
@@ -198,7 +199,8 @@ class SseConnection(TurnQueue, asyncio.Protocol):
             self._closed = asyncio.get_running_loop().create_future()
             self.end(_GOING_AWAY_MESSAGE)
         if self._closed is not None and self._transport is not None:
-            await asyncio.wait_for(asyncio.shield(self._closed), _STALLED_PEER_SECONDS + 1)
+            with contextlib.suppress(TimeoutError):  # (the abort in end() has come by then)
+                await asyncio.wait_for(asyncio.shield(self._closed), _STALLED_PEER_SECONDS + 1)
 
     # -- the socket (asyncio.Protocol) ---------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
