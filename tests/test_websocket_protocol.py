@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from hub.transports import websocket as websocket_module
+from hub.transports import ws_messages
 from hub.transports.handshake import accept_key
 from hub.transports.wsframes import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT
 from tests.realtime_helpers import (
@@ -259,7 +260,7 @@ async def test_an_unexpected_error_answering_a_message_closes_with_1011(hub, mon
     async def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(websocket_module, "snapshot_items", broken)
+    monkeypatch.setattr(ws_messages, "snapshot_items", broken)
     ws = await RawWebSocket.connect(hub)
     try:
         await ws.send_text(
