@@ -316,3 +316,15 @@ async def test_a_ping_gets_its_payload_back_in_a_pong(hub):
         assert await ws.next_frame() == (PONG, b"\x00\x01payload")
     finally:
         ws.close()
+
+
+async def test_a_burst_of_oversized_messages_is_refused_each_in_order(hub):
+    ws = await RawWebSocket.connect(hub, receive_buffer=1 << 20)
+    try:
+        big = b'{"type":"ping","id":%d,"pad":"' + b"x" * 100_000 + b'"}'
+        await ws.send(b"".join(client_frame(TEXT, big % i) for i in range(40)) + ping_message(40))
+        replies = [await next_message(ws) for _ in range(41)]
+    finally:
+        ws.close()
+    assert [r["code"] for r in replies[:40]] == ["frame_too_large"] * 40
+    assert replies[40] == {"type": "pong", "id": 40}

@@ -327,6 +327,11 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         inbox = self._inbox
         if inbox is None:
             inbox = self._inbox = deque()
+        limit = self.settings.ws_max_frame_bytes
+        if len(payload) > limit:
+            # It is refused as too large when its turn comes: what waits need not be all of it (32
+            # waiting messages of up to 1 MiB each would be 32 MiB held for one client).
+            payload = payload[: limit + 1]
         inbox.append((opcode, payload))
         transport = self._transport
         if len(inbox) >= _INBOX_LIMIT and transport is not None:
