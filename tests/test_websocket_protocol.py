@@ -56,15 +56,16 @@ async def close_code(ws: RawWebSocket) -> int | None:
     return (await ws.read_until_close())[1]
 
 
-async def ended(ws: RawWebSocket, within: float = WAIT) -> bool:
-    """The server closed the TCP connection (after what it sent)."""
+async def how_tcp_ends(ws: RawWebSocket, within: float = WAIT) -> str:
+    """Read to the end of the connection: "fin" (the hub ended it in order, after what it sent) or
+    "reset"; a connection still open after ``within`` seconds fails the test."""
     loop = asyncio.get_running_loop()
     try:
         while await asyncio.wait_for(loop.sock_recv(ws.sock, 65536), within):
             pass
     except ConnectionResetError:
-        pass
-    return True
+        return "reset"
+    return "fin"
 
 
 async def counted(connections: Sized, count: int) -> bool:
@@ -228,7 +229,7 @@ async def test_a_framing_fault_closes_with_its_code_and_the_hub_carries_on(hub, 
     try:
         await ws.send(frame)
         assert await close_code(ws) == code
-        assert await ended(ws)
+        assert await how_tcp_ends(ws) == "fin"
     finally:
         ws.close()
     async with ws_client(hub) as healthy:
@@ -286,7 +287,7 @@ async def test_a_client_close_is_answered_with_its_code_and_the_hub_ends_the_tcp
         assert await next_message(ws) == {"type": "pong", "id": 1}
         await ws.send(client_frame(CLOSE, sent))
         assert await close_code(ws) == echoed
-        assert await ended(ws)
+        assert await how_tcp_ends(ws) == "fin"
     finally:
         ws.close()
     await eventually(lambda: gauge_is(hub, 0))
