@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _REGION = re.compile(r"[a-z0-9][a-z0-9\-]{0,31}")
 MAX_CHANNEL_LENGTH = 128
@@ -29,12 +29,14 @@ class ChannelError(ValueError):
 class Channel:
     region: str
     product_id: str | None = None
+    # Made once: a fan-out reads it once per delivery (and a new string is hashed anew by each lookup).
+    name: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        if self.product_id is None:
-            return f"inventory:{self.region}"
-        return f"inventory:{self.region}:{self.product_id}"
+    def __post_init__(self) -> None:
+        name = f"inventory:{self.region}"
+        if self.product_id is not None:
+            name += f":{self.product_id}"
+        object.__setattr__(self, "name", name)
 
     @property
     def stream(self) -> str:

@@ -19,7 +19,7 @@ from hub.errors import BadRequest
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
 from hub.realtime import ConnectionState, realtime_principal, resync_message, shared_channel
 from hub.transports.takeover import HandedOver, take_over
-from hub.transports.writes import TurnQueue
+from hub.transports.writes import NOTHING, TurnQueue
 from sync.broker import Position, PositionExpired
 from sync.channels import Channel, ChannelError
 from sync.cursor import CursorError, format_position, parse_position
@@ -145,20 +145,18 @@ class SseConnection(TurnQueue, asyncio.Protocol):
 
     def flush(self) -> tuple[int, int, float | None]:
         """Write what was queued this turn in one write (called by the batcher)."""
-        taken = self._take()
-        if taken is None or self.state is not ConnectionState.OPEN:
-            return 0, 0, None
         transport = self._transport
-        if transport is None or transport.is_closing():
-            return 0, 0, None  # the client went away: connection_lost releases the stream
-        queued, size, ts = taken
-        count = self._write_within_limits(transport, queued, size)
-        if not count:  # too slow: cut off; it resumes from the last id it received
+        if self.state is not ConnectionState.OPEN or transport is None or transport.is_closing():
+            self._drop_queue()  # (gone: connection_lost releases the stream)
+            return NOTHING
+        written = self._write_turn(transport)
+        if written is None:  # too slow: cut off; it resumes from the last id it received
             self.metrics.slow_consumers.labels("sse").inc()
             self.end(_SLOW_CONSUMER)
-            return 0, 0, None
-        self._wrote = True
-        return count, size, ts
+            return NOTHING
+        if written[0]:
+            self._wrote = True
+        return written
 
     def beat(self, now: float) -> None:
         """The node's heartbeat tick: a comment after ``sse_heartbeat_seconds`` without a write."""

@@ -37,7 +37,7 @@ from hub.realtime import (
 )
 from hub.transports.handshake import check_upgrade, switching_protocols
 from hub.transports.takeover import HandedOver, take_over
-from hub.transports.writes import TurnQueue
+from hub.transports.writes import NOTHING, TurnQueue
 from hub.transports.ws_messages import Messages
 from hub.transports.wsframes import (
     CLOSE,
@@ -65,6 +65,7 @@ _PING = control_frame(PING)
 _CLOSE_WAIT = 2.0  # seconds a closing connection waits for the peer's close frame before letting go
 _INBOX_LIMIT = 32  # messages waiting for an answer before the socket stops being read
 _INTERNAL_ERROR = 1011
+_OPEN = ConnectionState.OPEN  # (a module global is found faster than an enum member, per delivery)
 
 
 class WsConnection(TurnQueue, Messages, asyncio.Protocol):
@@ -166,7 +167,9 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
 
     def deliver(self, event: Event, channel: Channel) -> None:
         # The event's frame is built once and shared by every connection: no copy, no re-encoding.
-        self._queue(event.ws_frame(channel.name, self.binary), event.ts)
+        # (_queue's check written out: this runs once per connection per event.)
+        if self.state is _OPEN and self._transport is not None:
+            self._enqueue(event.ws_frame(channel.name, self.binary), event.ts)
 
     def _queue(self, frame: bytes, ts: float | None) -> None:
         if self.state is ConnectionState.OPEN and self._transport is not None:
@@ -174,22 +177,16 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
 
     def flush(self) -> tuple[int, int, float | None]:
         """Write what was queued this turn in one write (called by the batcher)."""
-        taken = self._take()
         transport = self._transport
-        if (
-            taken is None
-            or self.state is not ConnectionState.OPEN
-            or transport is None
-            or transport.is_closing()
-        ):
-            return 0, 0, None
-        queued, size, ts = taken
-        count = self._write_within_limits(transport, queued, size)
-        if not count:  # too slow: cut off; it resumes from the last position it received
+        if self.state is not _OPEN or transport is None or transport.is_closing():
+            self._drop_queue()
+            return NOTHING
+        written = self._write_turn(transport)
+        if written is None:  # too slow: cut off; it resumes from the last position it received
             self.metrics.slow_consumers.labels("websocket").inc()
             self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: resume from your last position")
-            return 0, 0, None
-        return count, size, ts
+            return NOTHING
+        return written
 
     def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("websocket", reason).inc()

@@ -67,6 +67,9 @@ class Flushable(Protocol):
         ...
 
 
+NOTHING: tuple[int, int, float | None] = (0, 0, None)  # a flush that wrote nothing
+
+
 class TurnQueue:
     """A connection's side of the batching: what it queued this turn, and the slow-consumer limits.
 
@@ -111,28 +114,26 @@ class TurnQueue:
             self._oldest_ts = ts
         self._queued_bytes += len(data)
 
-    def _take(self) -> tuple[bytes | list[bytes], int, float | None] | None:
-        """This turn's data (and empties the queue), or None if nothing was queued."""
+    def _write_turn(self, transport: asyncio.WriteTransport) -> tuple[int, int, float | None] | None:
+        """Write this turn's queue in one write and empty it. Returns what was written — (messages,
+        bytes, oldest event timestamp), :data:`NOTHING` if nothing was queued — or None, having
+        written nothing, if the client is past the limits (the caller cuts it off)."""
         queued = self._queued
         if queued is None:
-            return None
-        taken = queued, self._queued_bytes, self._oldest_ts
+            return NOTHING
+        size, ts = self._queued_bytes, self._oldest_ts
         self._queued, self._queued_bytes, self._oldest_ts = None, 0, None
-        return taken
-
-    def _write_within_limits(
-        self, transport: asyncio.WriteTransport, queued: bytes | list[bytes], size: int
-    ) -> int:
-        """Write ``queued`` in one write and return how many messages it held — or 0, writing nothing,
-        if the client is past the limits (the caller cuts it off)."""
+        if isinstance(queued, bytes):
+            count, data = 1, queued
+        else:
+            count, data = len(queued), b"".join(queued)
         unsent = transport.get_write_buffer_size()
-        count = 1 if isinstance(queued, bytes) else len(queued)
         backlog = (self._backlog if unsent else 0) + count
         if backlog > self._max_messages or unsent + size > self._max_bytes:
-            return 0
-        transport.write(queued if isinstance(queued, bytes) else b"".join(queued))
+            return None
+        transport.write(data)
         self._backlog = backlog if transport.get_write_buffer_size() else 0
-        return count
+        return count, size, ts
 
     def _drop_queue(self) -> None:
         self._queued, self._queued_bytes, self._oldest_ts = None, 0, None
