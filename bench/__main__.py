@@ -1,5 +1,5 @@
 """``python -m bench <name>`` (or ``synchub bench <name>``): run one benchmark (``suite``,
-``reservations``, ``fanout``, ``crdt``)."""
+``reservations``, ``fanout``, ``fanpath``, ``crdt``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 NAMES = {
     "reservations": "bench.reservations",
     "fanout": "bench.fanout",
+    "fanpath": "bench.fanpath",
     "crdt": "bench.crdt",
     "suite": "bench.suite",
 }
