@@ -467,7 +467,7 @@ async def test_an_open_stream_is_the_hubs_not_aiohttps_and_ignores_what_the_clie
 
 async def test_an_http_1_0_client_gets_the_stream_unchunked_until_the_connection_ends(database_url):
     stack = contextlib.AsyncExitStack()
-    hub = await stack.enter_async_context(eu_hub(database_url))
+    hub = await stack.enter_async_context(eu_hub(database_url, sse_heartbeat_seconds=0.2))
     product = str((await hub.product("SKU-1"))["id"])
     url = urlsplit(hub.base)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
@@ -478,8 +478,11 @@ async def test_an_http_1_0_client_gets_the_stream_unchunked_until_the_connection
         assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower(), head
         opening = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
         ready = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+        heartbeat = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
         await hub.stock(product, "par-1", 9)
-        event = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+        event = heartbeat
+        while event == heartbeat:  # (more heartbeats may come first)
+            event = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
         shutdown = asyncio.create_task(stack.aclose())
         rest = await asyncio.wait_for(reader.read(), 5)  # to the end of the connection
     finally:
@@ -487,5 +490,6 @@ async def test_an_http_1_0_client_gets_the_stream_unchunked_until_the_connection
         await asyncio.wait_for(shutdown if shutdown is not None else stack.aclose(), 10)
     assert opening == b"retry: 2000\n\n"
     assert ready.startswith(b"id: ") and b"event: ready\n" in ready
+    assert heartbeat == b": heartbeat\n\n"
     assert b"event: inventory\n" in event and b'"on_hand":9' in event
     assert rest.endswith(b'event: close\ndata: {"code":"going_away","reconnect":true}\n\n'), rest
