@@ -551,19 +551,22 @@ class RawWebSocket:
 
     async def next_frame(self, within: float = WAIT) -> tuple[int, bytes] | None:
         """The next frame the server sent (opcode, payload), or None if the connection ended."""
-        loop = asyncio.get_running_loop()
         deadline = time.monotonic() + within
         while (frame := self._frame()) is None:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no frame within {within} s"
-            try:
-                chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), remaining)
-            except ConnectionResetError:
+            if not await self._read_more(deadline, f"no frame within {within} s"):
                 return None
-            if not chunk:
-                return None
-            self.buffer += chunk
         return frame
+
+    async def _read_more(self, deadline: float, timed_out: str) -> bool:
+        """Read what the server sent into the buffer; False once the connection ended."""
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, timed_out
+        try:
+            chunk = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.sock, 65536), remaining)
+        except ConnectionResetError:
+            return False
+        self.buffer += chunk
+        return bool(chunk)
 
     def _frame(self) -> tuple[int, bytes] | None:
         data = self.buffer
@@ -588,7 +591,6 @@ class RawWebSocket:
     async def read_until_close(self, within: float = WAIT) -> tuple[list[dict[str, Any]], int | None]:
         """Everything the server sent, up to its close frame: (the messages, the close code).
         The close code is None when the connection ended without a close frame."""
-        loop = asyncio.get_running_loop()
         deadline = time.monotonic() + within
         messages: list[dict[str, Any]] = []
         while True:
@@ -600,15 +602,9 @@ class RawWebSocket:
                     messages.append(orjson.loads(payload))
                 elif opcode == 0x9:
                     self.pings += bytes([0x89, len(payload)]) + payload
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no close frame within {within} s ({len(messages)} messages read)"
-            try:
-                chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), remaining)
-            except ConnectionResetError:
+            timed_out = f"no close frame within {within} s ({len(messages)} messages read)"
+            if not await self._read_more(deadline, timed_out):
                 return messages, None
-            if not chunk:
-                return messages, None
-            self.buffer += chunk
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

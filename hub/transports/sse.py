@@ -236,6 +236,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
     if transport is None:
         raise ConnectionResetError("the client went away")
     chunked = request.version >= HttpVersion11
+    retry = f"retry: {settings.sse_retry_ms}\n\n".encode()
     connection = SseConnection(app, transport, chunked)
     feed = engine.feed(channels, connection)
     try:
@@ -244,7 +245,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
         metrics.resyncs.labels("sse", "position_expired").inc()
         response = web.StreamResponse(headers=_HEADERS)
         await response.prepare(request)
-        await response.write(f"retry: {settings.sse_retry_ms}\n\n".encode())
+        await response.write(retry)
         await response.write(
             _sse("resync", resync_message(channels[0].name, engine.region, "position_expired", exc.current))
         )
@@ -253,7 +254,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
     metrics.connections.labels("sse", connection.region).inc()
     metrics.subscriptions.labels("sse").inc()
     ready = {"position": format_position(position), "channels": [c.name for c in channels]}
-    opening = f"retry: {settings.sse_retry_ms}\n\n".encode() + _sse("ready", ready, format_position(position))
+    opening = retry + _sse("ready", ready, format_position(position))
     try:
         take_over(
             request, (_HEAD_CHUNKED if chunked else _HEAD_HTTP10) + connection.framed(opening), connection

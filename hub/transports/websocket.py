@@ -167,12 +167,13 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
 
     def deliver(self, event: Event, channel: Channel) -> None:
         # The event's frame is built once and shared by every connection: no copy, no re-encoding.
-        # (_queue's check written out: this runs once per connection per event.)
-        if self.state is _OPEN and self._transport is not None:
+        # (_queue written out: this runs once per connection per event.)
+        if self.state is _OPEN:
             self._enqueue(event.ws_frame(channel.name, self.binary), event.ts)
 
     def _queue(self, frame: bytes, ts: float | None) -> None:
-        if self.state is ConnectionState.OPEN and self._transport is not None:
+        # Open implies a transport: connection_lost takes both away together.
+        if self.state is _OPEN:
             self._enqueue(frame, ts)
 
     def flush(self) -> tuple[int, int, float | None]:
@@ -234,17 +235,26 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        if self._closed is None:  # the first close: the frame goes once
-            self._closed = asyncio.get_running_loop().create_future()
-            if not transport.is_closing():  # (else the peer closed first, and was answered)
-                transport.write(close_frame(code, reason))
+        self._send_close(transport, code, reason)
+        closed = self._closed
+        assert closed is not None  # (_send_close made it, now or before)
         for feed in self.feeds.values():
             feed.close()
         try:
-            await asyncio.wait_for(asyncio.shield(self._closed), timeout=_CLOSE_WAIT)
+            await asyncio.wait_for(asyncio.shield(closed), timeout=_CLOSE_WAIT)
         except TimeoutError:
             # abort, not close: close would wait to flush what the peer is not reading.
             transport.abort()
+
+    def _send_close(self, transport: asyncio.Transport, code: int, reason: str) -> bool:
+        """Send our close frame, once per connection (False: it was sent already); :attr:`_closed` is
+        then awaited until the connection is gone."""
+        if self._closed is not None:
+            return False
+        self._closed = asyncio.get_running_loop().create_future()
+        if not transport.is_closing():  # (else the peer closed first, and was answered)
+            transport.write(close_frame(code, reason))
+        return True
 
     def _fail(self, code: int, reason: str) -> None:
         """The peer broke the protocol (or answering it broke): tell it why, read nothing more, and
@@ -254,10 +264,8 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         if self.state is ConnectionState.OPEN:
             self.flush()  # the answers already given go first
             self.state = self.state.to(ConnectionState.CLOSING)
-        if transport is None or transport.is_closing() or self._closed is not None:
+        if transport is None or transport.is_closing() or not self._send_close(transport, code, reason):
             return  # gone, or a close is under way already (it ends the connection within 2 s)
-        self._closed = asyncio.get_running_loop().create_future()
-        transport.write(close_frame(code, reason))
         if transport.can_write_eof():
             # Half-close: the close frame and then FIN reach the peer, and what it still sends is
             # read and dropped — closing at once could answer its unread data with a reset, which
