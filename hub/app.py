@@ -98,9 +98,15 @@ async def relay_context(app: web.Application) -> AsyncIterator[None]:
         return
     relay = OutboxRelay(app[STORE], app[BROKER], on_backlog=app[METRICS].observe_backlog)
     app[RELAY] = relay
+    unwatch = app[STORE].watch_outbox(relay)
     task = asyncio.create_task(relay.run(), name="outbox-relay")
     yield
+    unwatch()
     relay.stop()
+    # Given a moment to publish what was handed over and to acknowledge what it published; what it
+    # does not finish stays in the outbox for the next relay.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), 5.0)
     await _cancel(task)
 
 
@@ -112,9 +118,6 @@ async def _expire_forever(app: web.Application) -> None:
             expired = await store.expire_reservations()
             if expired:
                 metrics.reservations.labels("expired").inc(len(expired))
-                relay = app[RELAY]
-                if relay is not None:
-                    relay.notify()
             if time.monotonic() - last_purge > 3600:
                 cutoff = time.time_ns() // 1000 - settings.idempotency_retention_seconds * 1_000_000
                 await store.purge_idempotency_keys(cutoff)

@@ -12,10 +12,10 @@ deletes only what the broker accepted — so concurrent relays may publish the s
 broker's publish is one Lua script that appends a change only if its product × warehouse version is
 greater than the last one appended (``sync/lua/publish.lua``), so each change is appended once and in
 version order, whichever relay wins (``tests/test_relay.py`` races three). Keeping a relay per worker
-also keeps a write's latency: the worker that committed a change wakes its own relay (``notify`` is
-in-process), where a single relaying worker would only find other workers' changes at its next poll.
-The price is N relays polling the outbox (every 50 ms when idle) and, under load, duplicate publishes
-that Redis drops.
+also keeps a write's latency: the worker that committed a change wakes its own relay (the store tells
+it in-process, ``outbox_changed``), where a single relaying worker would only find other workers'
+changes at its next sweep. The price is N relays sweeping the outbox (every 50 ms) and, under load,
+duplicate publishes that Redis drops.
 
 The supervisor itself serves nothing and runs no event loop. It
 

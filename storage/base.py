@@ -17,13 +17,22 @@ Guarantees every implementation gives:
   per change of that product × warehouse. ``read_outbox`` returns entries in ``seq`` order, and for one
   product × warehouse ``seq`` order is commit order (the row lock on the stock row orders the writers).
   Entries stay until ``ack_outbox``: a crash between commit and publish loses nothing.
+* **Committed entries are announced.** A listener given to ``watch_outbox`` is told of this process's
+  outbox entries as their transaction commits, on the event loop, before the call that wrote them
+  returns. Where this process is the database's only writer (the embedded SQLite store), commit order
+  is outbox order and the entries are handed over: ``outbox_committed(entries)``, the transaction's
+  entries in append order, in commit order across transactions. Where several processes write
+  (PostgreSQL), concurrent commits can only be put in order by reading the outbox, so the listener is
+  told ``outbox_changed()`` — read it. Never for a transaction that rolled back; a commit whose outcome
+  was lost (the connection dropped at COMMIT) is not announced, and other processes' entries never are:
+  readers must still read the outbox.
 * **Expiry survives restarts.** Pending reservations past ``expires_at`` are released by
   ``expire_reservations`` whenever it runs, including the first run after a restart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from storage.models import (
@@ -39,6 +48,19 @@ from storage.models import (
     StockLevel,
     Warehouse,
 )
+
+
+class OutboxListener(Protocol):
+    """Told of outbox entries as this process commits them (see the module's guarantees)."""
+
+    def outbox_committed(self, entries: Sequence[OutboxEntry]) -> None:
+        """``entries`` were committed, in append order. Must not block: it runs before the writer's
+        call returns."""
+        ...
+
+    def outbox_changed(self) -> None:
+        """Entries were committed that the store did not read back: read the outbox to find them."""
+        ...
 
 
 class Store(Protocol):
@@ -125,6 +147,11 @@ class Store(Protocol):
         ...
 
     # -- outbox --------------------------------------------------------------------------------
+    def watch_outbox(self, listener: OutboxListener) -> Callable[[], None]:
+        """Tell ``listener`` of every outbox entry this process commits from now on; return a
+        function that stops it."""
+        ...
+
     async def read_outbox(self, limit: int = 500) -> list[OutboxEntry]: ...
     async def ack_outbox(self, seqs: Sequence[int]) -> None: ...
     async def outbox_backlog(self) -> tuple[int, int | None]:
@@ -132,4 +159,4 @@ class Store(Protocol):
         ...
 
 
-__all__ = ["InventoryDelta", "Store"]
+__all__ = ["InventoryDelta", "OutboxListener", "Store"]

@@ -152,6 +152,10 @@ class PostgresStore(SqlStore):
         lines: Sequence[ReservationLineRequest],
         ttl_seconds: int,
     ) -> IdempotentResult:
-        return await self._batcher.reserve(
+        result = await self._batcher.reserve(
             owner, idempotency_key, request_hash, lines, ttl_seconds, str(uuid.uuid4())
         )
+        if result.status == 201 and not result.replayed:
+            # The batch's function wrote outbox entries inside the database (not through _write).
+            self._outbox_changed()
+        return result

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
+from storage.base import OutboxListener
 from storage.db import Database, Row, Tx
 from storage.errors import (
     Conflict,
@@ -65,6 +67,12 @@ _STOCK_SELECT = """
 """
 _MAX_WAREHOUSE_ATTEMPTS = 16
 
+T = TypeVar("T")
+
+# The outbox entries appended by the writing transaction running in this task (see SqlStore._write):
+# a context variable, so that _emit, however deep in a transaction's helpers, need not be handed a list.
+_APPENDED: ContextVar[list[OutboxEntry] | None] = ContextVar("synchub_outbox_appended", default=None)
+
 
 def now_us() -> int:
     return time.time_ns() // 1000
@@ -103,9 +111,51 @@ def _stock(row: Row) -> StockLevel:
 
 
 class SqlStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, hand_over_outbox: bool = False) -> None:
+        """``hand_over_outbox``: this process is the only one writing the database (the embedded
+        SQLite store), so its commits are the outbox's order and its entries can be handed to the
+        listeners as they commit. Where several processes write (PostgreSQL), entries committed
+        concurrently must be read back in outbox order, and the listeners are told to read instead."""
         self.db = db
         self.backend = db.dialect
+        self._hand_over_outbox = hand_over_outbox
+        self._outbox_listeners: list[OutboxListener] = []
+
+    # -- writing transactions ------------------------------------------------------------------
+    async def _write(self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False) -> T:
+        """Run a writing transaction; once it has committed, hand the outbox entries it appended to
+        the listeners (storage.base: "Committed entries are handed over")."""
+        appended: list[OutboxEntry] = []
+
+        async def attempt(tx: Tx) -> T:
+            appended.clear()  # a transaction the database aborted is run again from the start
+            return await work(tx)
+
+        token = _APPENDED.set(appended)
+        try:
+            result = await self.db.run(attempt, single_statement=single_statement)
+        finally:
+            _APPENDED.reset(token)
+        if appended:
+            for listener in self._outbox_listeners:
+                if self._hand_over_outbox:
+                    listener.outbox_committed(appended)
+                else:
+                    listener.outbox_changed()
+        return result
+
+    def watch_outbox(self, listener: OutboxListener) -> Callable[[], None]:
+        self._outbox_listeners.append(listener)
+
+        def unwatch() -> None:
+            if listener in self._outbox_listeners:
+                self._outbox_listeners.remove(listener)
+
+        return unwatch
+
+    def _outbox_changed(self) -> None:
+        for listener in self._outbox_listeners:
+            listener.outbox_changed()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -167,7 +217,7 @@ class SqlStore:
             )
 
         try:
-            row = await self.db.run(work)
+            row = await self._write(work)
         except Conflict as exc:
             raise Conflict(f"a product with sku {new.sku!r} already exists", code="sku_taken") from exc
         assert row is not None
@@ -228,7 +278,7 @@ class SqlStore:
             return row
 
         try:
-            return _product(await self.db.run(work))
+            return _product(await self._write(work))
         except Conflict as exc:
             raise Conflict("a product with that sku already exists", code="sku_taken") from exc
 
@@ -263,7 +313,7 @@ class SqlStore:
                     pending_reservation=pending["id"],
                 )
 
-        await self.db.run(work)
+        await self._write(work)
 
     async def list_products(self, query: ProductQuery) -> ProductPage:
         column, descending = SORTS[query.sort]
@@ -327,7 +377,7 @@ class SqlStore:
             )
 
         try:
-            await self.db.run(work)
+            await self._write(work)
         except Conflict as exc:
             raise Conflict(f"warehouse {warehouse.id!r} already exists", code="warehouse_exists") from exc
         return warehouse
@@ -379,13 +429,18 @@ class SqlStore:
             version=level.version,
             ts=ts,
         )
-        await tx.execute(
-            "INSERT INTO outbox (product_id, warehouse_id, payload, created_at) VALUES ($1, $2, $3, $4)",
+        appended = await tx.fetchrow(
+            "INSERT INTO outbox (product_id, warehouse_id, payload, created_at) VALUES ($1, $2, $3, $4)"
+            " RETURNING seq",
             product_id,
             warehouse_id,
             json.dumps(delta.to_dict(), separators=(",", ":")),
             ts,
         )
+        assert appended is not None
+        entries = _APPENDED.get()
+        if entries is not None:
+            entries.append(OutboxEntry(seq=appended["seq"], delta=delta))
         return level
 
     async def _touch_stock(self, tx: Tx, product_id: str, warehouse_id: str | None, ts: int) -> None:
@@ -422,7 +477,7 @@ class SqlStore:
                 )
             return await self._emit(tx, product_id, warehouse_id, ts)
 
-        return await self.db.run(work)
+        return await self._write(work)
 
     async def adjust_stock(self, product_id: str, warehouse_id: str, delta: int) -> StockLevel:
         async def work(tx: Tx) -> StockLevel:
@@ -458,7 +513,7 @@ class SqlStore:
                 )
             return await self._emit(tx, product_id, warehouse_id, ts)
 
-        return await self.db.run(work)
+        return await self._write(work)
 
     async def get_inventory(self, product_id: str) -> list[StockLevel]:
         async def work(tx: Tx) -> list[Row] | None:
@@ -542,7 +597,7 @@ class SqlStore:
             )
             return IdempotentResult(status, body, replayed=False)
 
-        return await self.db.run(work)
+        return await self._write(work)
 
     async def _reserve_lines(
         self,
@@ -717,13 +772,13 @@ class SqlStore:
         async def work(tx: Tx) -> Reservation:
             return (await self._finish(tx, reservation_id, ReservationStatus.COMMITTED, now_us()))[0]
 
-        return await self.db.run(work)
+        return await self._write(work)
 
     async def release_reservation(self, reservation_id: str) -> Reservation:
         async def work(tx: Tx) -> Reservation:
             return (await self._finish(tx, reservation_id, ReservationStatus.RELEASED, now_us()))[0]
 
-        return await self.db.run(work)
+        return await self._write(work)
 
     async def expire_reservations(self, limit: int = 500) -> list[Reservation]:
         async def work(tx: Tx) -> list[Reservation]:
@@ -744,13 +799,13 @@ class SqlStore:
                     expired.append(reservation)
             return expired
 
-        return await self.db.run(work)
+        return await self._write(work)
 
     async def purge_idempotency_keys(self, older_than_us: int) -> int:
         async def work(tx: Tx) -> int:
             return await tx.execute("DELETE FROM idempotency_keys WHERE created_at < $1", older_than_us)
 
-        return await self.db.run(work, single_statement=True)
+        return await self._write(work, single_statement=True)
 
     # -- outbox --------------------------------------------------------------------------------
     async def read_outbox(self, limit: int = 500) -> list[OutboxEntry]:

@@ -169,4 +169,5 @@ def _driver_errors() -> Iterator[None]:
 
 
 def SqliteStore(path: str) -> SqlStore:
-    return SqlStore(SqliteDatabase(path))
+    # One hub process owns the embedded database: its commit order is the outbox's order.
+    return SqlStore(SqliteDatabase(path), hand_over_outbox=True)

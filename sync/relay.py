@@ -1,8 +1,19 @@
 """The outbox relay: moves committed stock changes from the store's outbox to the broker.
 
+Two paths lead to the broker. **Handed over**: where this process is the database's only writer (the
+embedded store), the store hands the relay each entry as its transaction commits (``outbox_committed``)
+and the relay publishes it at once — no read of the outbox, and no wait for the store's lock, between a
+commit and its publication. **Swept**: every ``sweep_interval``, and at once when the store says
+``outbox_changed`` (PostgreSQL, where only reading puts concurrent commits in order), the relay reads
+the outbox in ``seq`` order and publishes what it has not published itself: entries committed by other
+processes, left by a crash, or whose handed-over publish failed.
+
 Delivery is at least once: an entry is acknowledged (deleted) only after the broker accepted it, so a
-crash between the two republishes it. Entries are published in outbox order, which for one
-product × warehouse is version order; consumers drop a duplicate by its ``version``.
+crash between the two republishes it. Acknowledgements are batched — one write per sweep, not one per
+commit — so a crash republishes at most a sweep's worth, and relays on other nodes may publish an entry
+this one has published but not yet acknowledged. Both are harmless: the broker appends a product ×
+warehouse change only if its ``version`` is newer than the last appended (``dedupe``), so a stream
+carries each change once and, per product × warehouse, in version order.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -49,51 +61,142 @@ class OutboxSource(Protocol):
 
 
 class OutboxRelay:
+    """Implements the store's outbox listener (``outbox_committed``, ``outbox_changed``)."""
+
     def __init__(
         self,
         source: OutboxSource,
         broker: Broker,
         *,
         batch_size: int = 500,
-        idle_interval: float = 0.05,
+        sweep_interval: float = 0.05,
+        max_handed: int = 10_000,
         on_backlog: Callable[[int, float], None] | None = None,
     ) -> None:
         self._source = source
         self._broker = broker
         self._batch_size = batch_size
-        self._idle_interval = idle_interval
+        self._sweep_interval = sweep_interval
+        self._max_handed = max_handed
         self._on_backlog = on_backlog
-        self._wakeup = asyncio.Event()
+        self._handed: deque[OutboxItem] = deque()
+        self._handed_waiting = asyncio.Event()
+        self._publishing: int | None = None  # the seq of the handed-over entry being published
+        self._published: set[int] = set()  # published, not yet acknowledged: the sweep skips these
+        self._sweep_due = asyncio.Event()
+        # Set when handed-over entries were left in the outbox (a publish failed, or too many waited):
+        # until a sweep has published everything up to then, newer entries are left there too, so
+        # that this process's changes still reach the broker in commit order.
+        self._left_to_sweep = False
+        self._times_left = 0  # tells a sweep whether entries were left to it after it read
         self._stopping = False
         self._backlog_observed_at = 0.0
 
-    def notify(self) -> None:
-        """Tell the relay that new entries were committed, so it need not wait for its next poll."""
-        self._wakeup.set()
+    # -- the store's listener --------------------------------------------------------------------
+    def outbox_committed(self, entries: Sequence[OutboxItem]) -> None:
+        """Publish these just-committed entries as soon as the running relay gets the loop."""
+        if self._left_to_sweep or len(self._handed) + len(entries) > self._max_handed:
+            # Too many waiting means the broker is not keeping up: the sweep reads them from the outbox
+            # in outbox order, without holding them all in memory.
+            self._leave_to_sweep()
+            return
+        self._handed.extend(entries)
+        self._handed_waiting.set()
 
+    def _leave_to_sweep(self) -> None:
+        self._left_to_sweep = True
+        self._times_left += 1
+        self._handed.clear()
+        self._sweep_due.set()
+
+    def outbox_changed(self) -> None:
+        """Sweep now: entries were committed that were not handed over."""
+        self._sweep_due.set()
+
+    # -- the sweep ----------------------------------------------------------------------------------
     async def relay_once(self) -> int:
-        """Publish and acknowledge one batch; return how many entries it moved."""
+        """Sweep once: read a batch of the outbox, publish the entries this relay has not published
+        already, and acknowledge every entry published so far. Return how many this sweep published."""
+        await self._acknowledge()  # the handed-over publications since the last sweep, before reading
+        times_left = self._times_left
         entries = await self._source.read_outbox(self._batch_size)
-        published: list[int] = []
+        # Read after the awaits: an entry handed over meanwhile is in one of these.
+        skip = self._published | {entry.seq for entry in self._handed}
+        if self._publishing is not None:
+            skip.add(self._publishing)
+        moved = 0
         try:
             for entry in entries:
-                delta = entry.delta
-                await self._broker.publish(
-                    inventory_stream(delta.region),
-                    orjson.dumps(delta.to_dict()),
-                    dedupe=(f"{delta.product_id}/{delta.warehouse_id}", delta.version),
-                )
-                published.append(entry.seq)
+                if entry.seq in skip:
+                    continue
+                await self._publish(entry)
+                self._published.add(entry.seq)
+                moved += 1
+            if len(entries) < self._batch_size and self._times_left == times_left:
+                # Everything left to the sweep was in the outbox this one read, and is published:
+                # handing over can resume without overtaking an older entry.
+                self._left_to_sweep = False
         finally:
             # Acknowledge what did reach the broker even if a later publish failed.
-            await self._source.ack_outbox(published)
-        return len(published)
+            await self._acknowledge()
+        return moved
 
+    async def _acknowledge(self) -> None:
+        if not self._published:
+            return
+        seqs = sorted(self._published)
+        await self._source.ack_outbox(seqs)
+        self._published.difference_update(seqs)  # not clear(): more may have been published meanwhile
+
+    async def _publish(self, entry: OutboxItem) -> None:
+        delta = entry.delta
+        await self._broker.publish(
+            inventory_stream(delta.region),
+            orjson.dumps(delta.to_dict()),
+            dedupe=(f"{delta.product_id}/{delta.warehouse_id}", delta.version),
+        )
+
+    # -- running ----------------------------------------------------------------------------------
     async def run(self) -> None:
+        """Publish handed-over entries and sweep until :meth:`stop`; then publish what was handed over
+        before it and acknowledge everything published."""
+        handed = asyncio.create_task(self._publish_handed(), name="outbox-relay-handed")
+        try:
+            await self._sweep_until_stopped()
+            await handed
+            try:
+                await self._acknowledge()
+            except Exception:
+                log.warning("final outbox acknowledgement failed; those entries will be republished")
+        finally:
+            handed.cancel()
+
+    async def _publish_handed(self) -> None:
+        while True:
+            while self._handed:
+                entry = self._handed.popleft()
+                self._publishing = entry.seq
+                try:
+                    await self._publish(entry)
+                except Exception:
+                    log.exception("publishing a committed change failed; the sweep will retry it")
+                    # This entry and those handed after it stay in the outbox; the sweep publishes
+                    # them in outbox order.
+                    self._leave_to_sweep()
+                else:
+                    self._published.add(entry.seq)
+                finally:
+                    self._publishing = None
+            if self._stopping:
+                return
+            self._handed_waiting.clear()
+            await self._handed_waiting.wait()
+
+    async def _sweep_until_stopped(self) -> None:
         while not self._stopping:
-            # Cleared before reading, so a notify that arrives while a batch is being moved is kept
-            # and the next batch starts at once.
-            self._wakeup.clear()
+            # Cleared before reading, so an outbox_changed that arrives during a sweep is kept and the
+            # next sweep starts at once.
+            self._sweep_due.clear()
             try:
                 moved = await self.relay_once()
                 await self._observe_backlog()
@@ -105,7 +208,7 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
             if moved < self._batch_size and not self._stopping:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._idle_interval)
+                    await asyncio.wait_for(self._sweep_due.wait(), self._sweep_interval)
 
     async def _observe_backlog(self) -> None:
         # A metric, not a control signal: once a second is plenty, and it keeps a query off the hot path.
@@ -117,5 +220,8 @@ class OutboxRelay:
         self._on_backlog(count, lag)
 
     def stop(self) -> None:
+        """Ask :meth:`run` to finish: it stops sweeping, publishes what was already handed over and
+        acknowledges what it published."""
         self._stopping = True
-        self._wakeup.set()
+        self._sweep_due.set()
+        self._handed_waiting.set()

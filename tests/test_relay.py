@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import orjson
 import pytest
 
-from storage.models import OutboxEntry, Warehouse
+from storage.factory import open_store
+from storage.models import OutboxEntry
 from storage.sql import SqlStore
 from sync.broker import Position, Publication
 from sync.broker_memory import MemoryBroker
@@ -109,22 +112,137 @@ async def test_a_crash_after_publish_before_ack_republishes_and_the_broker_drops
     assert (await store.outbox_backlog())[0] == 0
 
 
-async def test_the_running_relay_delivers_a_change_as_soon_as_it_is_notified(store: SqlStore) -> None:
-    product_id = await seed(store)
-    await store.create_warehouse(Warehouse("par-1", "eu", "Paris"))
-    broker = MemoryBroker()
-    arrived = asyncio.Event()
-    broker.subscribe(inventory_stream("eu"), lambda _p: arrived.set())
-    relay = OutboxRelay(store, broker, idle_interval=30.0)  # only a notify can wake it in time
+# -- handing over: the embedded store tells the relay of each commit -----------------------------------
+
+
+class CountingSource:
+    """The store as the relay's source, counting the relay's reads of the outbox."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self.reads = 0
+
+    async def read_outbox(self, limit: int = 500) -> list[OutboxEntry]:
+        self.reads += 1
+        return await self.store.read_outbox(limit)
+
+    async def ack_outbox(self, seqs: Sequence[int]) -> None:
+        await self.store.ack_outbox(seqs)
+
+    async def outbox_backlog(self) -> tuple[int, int | None]:
+        return await self.store.outbox_backlog()
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncIterator[SqlStore]:
+    """The embedded store, the one that hands committed entries over (a single writer)."""
+    store = open_store(str(tmp_path / "relay.sqlite3"))
+    await store.open()
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+@asynccontextmanager
+async def running(relay: OutboxRelay, store: SqlStore) -> AsyncIterator[None]:
+    unwatch = store.watch_outbox(relay)
     task = asyncio.create_task(relay.run())
     try:
-        await asyncio.sleep(0.05)
-        await store.set_stock(product_id, "par-1", 7)
-        relay.notify()
-        await asyncio.wait_for(arrived.wait(), timeout=2.0)
+        yield
     finally:
+        unwatch()
         relay.stop()
-        await asyncio.wait_for(task, timeout=2.0)
+        await asyncio.wait_for(task, timeout=5.0)
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
+    async def poll() -> None:
+        while True:
+            outcome = condition()
+            if outcome if isinstance(outcome, bool) else await outcome:
+                return
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def backlog_is_empty(store: SqlStore) -> bool:
+    return (await store.outbox_backlog())[0] == 0
+
+
+async def test_a_handed_over_change_is_published_without_reading_the_outbox(embedded: SqlStore) -> None:
+    product_id = await seed(embedded, stock={"par-1": 1})
+    broker = MemoryBroker()
+    seen = collect(broker, inventory_stream("eu"))
+    source = CountingSource(embedded)
+    # Its one sweep is the first thing run does: after that only a handover can bring a change in time.
+    relay = OutboxRelay(source, broker, sweep_interval=30.0)
+    async with running(relay, embedded):
+        await until(lambda: len(seen) == 1)  # the seed's entry, found by that sweep
+        for _ in range(20):
+            await embedded.adjust_stock(product_id, "par-1", 1)
+        await until(lambda: len(seen) == 21)
+        assert source.reads == 1
+        # Published, not yet acknowledged: the next sweep acknowledges them and publishes none again.
+        assert (await embedded.outbox_backlog())[0] == 20
+        relay.outbox_changed()
+        await until(lambda: source.reads == 2)
+        await until(lambda: backlog_is_empty(embedded))
+    assert [e["version"] for e in seen] == list(range(1, 22))
+
+
+async def test_after_a_failed_handover_the_sweep_publishes_in_commit_order_then_handing_over_resumes(
+    embedded: SqlStore,
+) -> None:
+    product_id = await seed(embedded, stock={"par-1": 1})
+    broker = FlakyBroker(fail_after=3)
+    seen = collect(broker, inventory_stream("eu"))
+    source = CountingSource(embedded)
+    relay = OutboxRelay(source, broker, sweep_interval=30.0)
+    async with running(relay, embedded):
+        await until(lambda: len(seen) == 1)
+        for _ in range(10):  # the third of these fails to publish; the sweep fails too while it is down
+            await embedded.adjust_stock(product_id, "par-1", 1)
+            await asyncio.sleep(0.01)
+        assert [e["version"] for e in seen] == [1, 2, 3]
+        broker.fail_after = 1_000  # healed: the sweep retries after its pause
+        await until(lambda: len(seen) == 11)
+        # Every change, each once, in commit order: nothing handed over after the failure overtook
+        # the entries left to the sweep (the broker would have dropped those as older).
+        assert [e["version"] for e in seen] == list(range(1, 12))
+        reads = source.reads
+        await embedded.adjust_stock(product_id, "par-1", 1)
+        await until(lambda: len(seen) == 12)
+        assert source.reads == reads  # handed over again, not swept
+    assert await backlog_is_empty(embedded)
+
+
+async def test_when_too_many_wait_to_be_handed_over_the_sweep_takes_them_in_order(embedded: SqlStore) -> None:
+    product_id = await seed(embedded, stock={"par-1": 1})
+    broker = MemoryBroker()
+    seen = collect(broker, inventory_stream("eu"))
+    relay = OutboxRelay(embedded, broker, sweep_interval=30.0, max_handed=3)
+    unwatch = embedded.watch_outbox(relay)  # told of commits, not yet running: nothing is published
+    for _ in range(6):
+        await embedded.adjust_stock(product_id, "par-1", 1)
+    unwatch()
+    async with running(relay, embedded):
+        await until(lambda: len(seen) == 7)
+    assert [e["version"] for e in seen] == list(range(1, 8))
+    assert await backlog_is_empty(embedded)
+
+
+async def test_stopping_publishes_what_was_handed_over_and_acknowledges_it(embedded: SqlStore) -> None:
+    product_id = await seed(embedded, stock={"par-1": 1})
+    broker = MemoryBroker()
+    seen = collect(broker, inventory_stream("eu"))
+    relay = OutboxRelay(embedded, broker, sweep_interval=30.0)
+    async with running(relay, embedded):
+        await until(lambda: len(seen) == 1)
+        await embedded.adjust_stock(product_id, "par-1", 1)
+        assert len(seen) == 1  # handed over; the relay has not had the loop yet when it is stopped
+    assert [e["version"] for e in seen] == [1, 2]
+    assert await backlog_is_empty(embedded)
 
 
 async def test_relays_on_several_nodes_racing_over_one_outbox_append_each_change_once_in_order(

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -33,6 +34,7 @@ from storage.models import (
     IdempotentResult,
     InventoryDelta,
     NewProduct,
+    OutboxEntry,
     Product,
     ProductQuery,
     ProductStatus,
@@ -1409,6 +1411,61 @@ async def test_outbox_versions_per_product_and_warehouse_increase_by_one_in_seq_
         assert seen == list(range(1, len(seen) + 1)), key
     for key, seen in versions.items():
         assert (await level(store, *key)).version == seen[-1]
+
+
+class Announcements:
+    """An outbox listener that writes down what it is told."""
+
+    def __init__(self) -> None:
+        self.committed: list[list[OutboxEntry]] = []
+        self.changed = 0
+
+    def outbox_committed(self, entries: Sequence[OutboxEntry]) -> None:
+        self.committed.append(list(entries))
+
+    def outbox_changed(self) -> None:
+        self.changed += 1
+
+
+async def test_each_committed_transaction_announces_its_outbox_entries_and_nothing_else_does(store):
+    a = await seed(store, "A", {"par-1": 20, "us-1": 20})
+    b = await seed(store, "B", {"par-1": 20})
+    before = {entry.seq for entry in await store.read_outbox(limit=10_000)}
+    told = Announcements()
+    unwatch = store.watch_outbox(told)
+
+    # Seven transactions that append (ten entries), each announced once...
+    await store.adjust_stock(a, "par-1", 1)
+    first = await reserve(store, line(a, 2, warehouse_id="us-1"), line(b, 1), key="k1")  # two entries
+    await store.set_stock(b, "par-1", 30)
+    await store.update_product(a, {"status": ProductStatus.PREORDER})  # one per warehouse: two
+    await store.commit_reservation(first.body["id"])  # two lines: two
+    short = await reserve(store, line(a, 1, warehouse_id="par-1"), key="k2", ttl=1)
+    await asyncio.sleep(1.1)
+    assert [r.id for r in await store.expire_reservations()] == [short.body["id"]]
+    # ...and what appends nothing, or rolls back, announces nothing.
+    with pytest.raises(InsufficientStock):
+        await store.adjust_stock(b, "par-1", -1000)
+    assert (await reserve(store, line(a, 5, warehouse_id="us-1"), line(b, 1000), key="k3")).status == 409
+    assert (await reserve(store, line(a, 2, warehouse_id="us-1"), line(b, 1), key="k1")).replayed
+    await store.update_product(a, {"name": "renamed"})
+    assert await store.expire_reservations() == []
+
+    appended = [entry for entry in await store.read_outbox(limit=10_000) if entry.seq not in before]
+    assert len(appended) == 10
+    if store.backend == "sqlite":
+        # The only writer: the entries themselves, per transaction, in commit order.
+        assert [len(batch) for batch in told.committed] == [1, 2, 1, 2, 2, 1, 1]
+        assert [entry for batch in told.committed for entry in batch] == appended
+        assert told.changed == 0
+    else:
+        # Concurrent writers: only reading the outbox puts their entries in order.
+        assert told.committed == []
+        assert told.changed == 7
+
+    unwatch()
+    await store.adjust_stock(a, "par-1", 1)
+    assert len(told.committed) + told.changed == 7
 
 
 async def test_outbox_entries_stay_until_acknowledged(store):

@@ -11,7 +11,6 @@ from hub.auth import require
 from hub.errors import BadRequest, NotFoundError
 from hub.keys import BROKER, SETTINGS, STORE
 from hub.responses import json_response
-from hub.routes.common import notify_relay
 from hub.validation import Field, integer, path_uuid, query_text, read_json, string, uuid_string, validate
 from storage.models import StockLevel, StockStatus, Warehouse, stock_status
 from sync.channels import inventory_stream
@@ -169,7 +168,6 @@ async def set_stock(request: web.Request) -> web.StreamResponse:
     product_id = path_uuid(request, "product_id")
     data = validate(await read_json(request), SET_STOCK_FIELDS)
     level = await request.app[STORE].set_stock(product_id, path_warehouse_id(request), data["on_hand"])
-    notify_relay(request)
     return json_response(level_to_dict(level))
 
 
@@ -179,5 +177,4 @@ async def adjust_stock(request: web.Request) -> web.StreamResponse:
     product_id = path_uuid(request, "product_id")
     data = validate(await read_json(request), ADJUST_FIELDS)
     level = await request.app[STORE].adjust_stock(product_id, path_warehouse_id(request), data["delta"])
-    notify_relay(request)
     return json_response(level_to_dict(level))

@@ -18,7 +18,6 @@ from hub.auth import require
 from hub.errors import BadRequest, ConflictError, NotFoundError
 from hub.keys import METRICS, SETTINGS, STORE
 from hub.responses import iso, json_response
-from hub.routes.common import notify_relay
 from hub.routes.inventory import REGION_PATTERN, SLUG
 from hub.validation import (
     Field,
@@ -112,7 +111,6 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
     if result.status == 201:
         if not result.replayed:
             metrics.reservations.labels("reserved").inc()
-            notify_relay(request)
         body = _with_iso_times(result.body)
         headers["Location"] = f"/api/v1/reservations/{body['id']}"
         return json_response(body, status=201, headers=headers)
@@ -144,7 +142,6 @@ async def get_reservation(request: web.Request) -> web.StreamResponse:
 async def commit_reservation(request: web.Request) -> web.StreamResponse:
     reservation = await request.app[STORE].commit_reservation((await _owned(request)).id)
     request.app[METRICS].reservations.labels("committed").inc()
-    notify_relay(request)
     return json_response(_render(reservation))
 
 
@@ -152,5 +149,4 @@ async def commit_reservation(request: web.Request) -> web.StreamResponse:
 async def release_reservation(request: web.Request) -> web.StreamResponse:
     reservation = await request.app[STORE].release_reservation((await _owned(request)).id)
     request.app[METRICS].reservations.labels("released").inc()
-    notify_relay(request)
     return json_response(_render(reservation))
