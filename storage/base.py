@@ -53,9 +53,9 @@ from storage.models import (
 class OutboxListener(Protocol):
     """Told of outbox entries as this process commits them (see the module's guarantees)."""
 
-    def outbox_committed(self, entries: Sequence[OutboxEntry]) -> None:
-        """``entries`` were committed, in append order. Must not block: it runs before the writer's
-        call returns."""
+    async def outbox_committed(self, entries: Sequence[OutboxEntry]) -> None:
+        """``entries`` were committed, in append order. Awaited by the writer before its call
+        returns, so it must be quick (an in-process publish) and must not raise."""
         ...
 
     def outbox_changed(self) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -139,10 +140,23 @@ class SqlStore:
         if appended:
             for listener in self._outbox_listeners:
                 if self._hand_over_outbox:
-                    listener.outbox_committed(appended)
+                    await listener.outbox_committed(appended)
                 else:
                     listener.outbox_changed()
         return result
+
+    @asynccontextmanager
+    async def _savepoint(self, tx: Tx) -> AsyncIterator[None]:
+        """``tx.savepoint()``; rolled back, it takes back the outbox entries appended inside it."""
+        appended = _APPENDED.get()
+        mark = 0 if appended is None else len(appended)
+        try:
+            async with tx.savepoint():
+                yield
+        except BaseException:
+            if appended is not None:
+                del appended[mark:]
+            raise
 
     def watch_outbox(self, listener: OutboxListener) -> Callable[[], None]:
         self._outbox_listeners.append(listener)
@@ -610,7 +624,7 @@ class SqlStore:
         reservation_id = str(uuid.uuid4())
         chosen: dict[int, ReservationLine] = {}
         try:
-            async with tx.savepoint():
+            async with self._savepoint(tx):
                 # Lines taken in product order so that concurrent reservations lock stock rows in
                 # one order; PostgreSQL still detects the rare deadlock and the transaction is retried.
                 for index, line in sorted(enumerate(lines), key=lambda il: il[1].product_id):

@@ -2,8 +2,9 @@
 
 Two paths lead to the broker. **Handed over**: where this process is the database's only writer (the
 embedded store), the store hands the relay each entry as its transaction commits (``outbox_committed``)
-and the relay publishes it at once — no read of the outbox, and no wait for the store's lock, between a
-commit and its publication. **Swept**: every ``sweep_interval``, and at once when the store says
+and the relay publishes it at once, in the committing task unless earlier entries are still being
+published — no read of the outbox, no wait for the store's lock, and no task switch between a commit
+and its publication. **Swept**: every ``sweep_interval``, and at once when the store says
 ``outbox_changed`` (PostgreSQL, where only reading puts concurrent commits in order), the relay reads
 the outbox in ``seq`` order and publishes what it has not published itself: entries committed by other
 processes, left by a crash, or whose handed-over publish failed.
@@ -81,6 +82,7 @@ class OutboxRelay:
         self._on_backlog = on_backlog
         self._handed: deque[OutboxItem] = deque()
         self._handed_waiting = asyncio.Event()
+        self._draining = False  # one task at a time publishes the handed-over entries, in order
         self._publishing: int | None = None  # the seq of the handed-over entry being published
         self._published: set[int] = set()  # published, not yet acknowledged: the sweep skips these
         self._sweep_due = asyncio.Event()
@@ -93,15 +95,21 @@ class OutboxRelay:
         self._backlog_observed_at = 0.0
 
     # -- the store's listener --------------------------------------------------------------------
-    def outbox_committed(self, entries: Sequence[OutboxItem]) -> None:
-        """Publish these just-committed entries as soon as the running relay gets the loop."""
+    async def outbox_committed(self, entries: Sequence[OutboxItem]) -> None:
+        """Publish these just-committed entries: here, in the committing task, when nothing handed
+        over earlier is still waiting (an in-process broker has then fanned them out before the writer's
+        call returns — a loop turn sooner than from the relay's task); else after those, from the
+        relay's task."""
         if self._left_to_sweep or len(self._handed) + len(entries) > self._max_handed:
             # Too many waiting means the broker is not keeping up: the sweep reads them from the outbox
             # in outbox order, without holding them all in memory.
             self._leave_to_sweep()
             return
         self._handed.extend(entries)
-        self._handed_waiting.set()
+        if self._draining or self._stopping:
+            self._handed_waiting.set()
+            return
+        await self._drain_handed()
 
     def _leave_to_sweep(self) -> None:
         self._left_to_sweep = True
@@ -173,6 +181,16 @@ class OutboxRelay:
 
     async def _publish_handed(self) -> None:
         while True:
+            if not self._draining:  # else the task draining will reach what was added meanwhile
+                await self._drain_handed()
+            if self._stopping and not self._handed and not self._draining:
+                return
+            self._handed_waiting.clear()
+            await self._handed_waiting.wait()
+
+    async def _drain_handed(self) -> None:
+        self._draining = True
+        try:
             while self._handed:
                 entry = self._handed.popleft()
                 self._publishing = entry.seq
@@ -183,14 +201,17 @@ class OutboxRelay:
                     # This entry and those handed after it stay in the outbox; the sweep publishes
                     # them in outbox order.
                     self._leave_to_sweep()
+                except BaseException:  # the committing task was cancelled during a remote publish
+                    self._leave_to_sweep()
+                    raise
                 else:
                     self._published.add(entry.seq)
                 finally:
                     self._publishing = None
-            if self._stopping:
-                return
-            self._handed_waiting.clear()
-            await self._handed_waiting.wait()
+        finally:
+            self._draining = False
+            if self._stopping:  # run() waits in _publish_handed for the last drain to end
+                self._handed_waiting.set()
 
     async def _sweep_until_stopped(self) -> None:
         while not self._stopping:

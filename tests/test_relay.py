@@ -133,6 +133,16 @@ class CountingSource:
         return await self.store.outbox_backlog()
 
 
+class SlowBroker(MemoryBroker):
+    """A memory broker that takes a while to accept a publish, as a remote one does."""
+
+    async def publish(
+        self, stream: str, data: bytes, *, dedupe: tuple[str, int] | None = None
+    ) -> Position | None:
+        await asyncio.sleep(0.05)
+        return await super().publish(stream, data, dedupe=dedupe)
+
+
 @pytest.fixture
 async def embedded(tmp_path: Path) -> AsyncIterator[SqlStore]:
     """The embedded store, the one that hands committed entries over (a single writer)."""
@@ -219,20 +229,22 @@ async def test_after_a_failed_handover_the_sweep_publishes_in_commit_order_then_
 
 async def test_when_too_many_wait_to_be_handed_over_the_sweep_takes_them_in_order(embedded: SqlStore) -> None:
     product_id = await seed(embedded, stock={"par-1": 1})
-    broker = MemoryBroker()
+    broker = SlowBroker()
     seen = collect(broker, inventory_stream("eu"))
     relay = OutboxRelay(embedded, broker, sweep_interval=30.0, max_handed=3)
-    unwatch = embedded.watch_outbox(relay)  # told of commits, not yet running: nothing is published
-    for _ in range(6):
-        await embedded.adjust_stock(product_id, "par-1", 1)
-    unwatch()
     async with running(relay, embedded):
+        await until(lambda: len(seen) == 1)
+        # The first publishes slowly; three wait behind it; the fifth would make four: all left to the
+        # sweep, which reads them back in outbox order.
+        await asyncio.gather(*(embedded.adjust_stock(product_id, "par-1", 1) for _ in range(6)))
         await until(lambda: len(seen) == 7)
     assert [e["version"] for e in seen] == list(range(1, 8))
     assert await backlog_is_empty(embedded)
 
 
-async def test_stopping_publishes_what_was_handed_over_and_acknowledges_it(embedded: SqlStore) -> None:
+async def test_a_handed_over_change_reaches_an_in_process_broker_before_the_write_returns(
+    embedded: SqlStore,
+) -> None:
     product_id = await seed(embedded, stock={"par-1": 1})
     broker = MemoryBroker()
     seen = collect(broker, inventory_stream("eu"))
@@ -240,8 +252,24 @@ async def test_stopping_publishes_what_was_handed_over_and_acknowledges_it(embed
     async with running(relay, embedded):
         await until(lambda: len(seen) == 1)
         await embedded.adjust_stock(product_id, "par-1", 1)
-        assert len(seen) == 1  # handed over; the relay has not had the loop yet when it is stopped
-    assert [e["version"] for e in seen] == [1, 2]
+        assert [e["version"] for e in seen] == [1, 2]  # no loop turn given to the relay's task
+
+
+async def test_stopping_publishes_what_was_handed_over_in_order_and_acknowledges_it(
+    embedded: SqlStore,
+) -> None:
+    product_id = await seed(embedded, stock={"par-1": 1})
+    broker = SlowBroker()
+    seen = collect(broker, inventory_stream("eu"))
+    relay = OutboxRelay(embedded, broker, sweep_interval=30.0)
+    async with running(relay, embedded):
+        await until(lambda: len(seen) == 1)
+        writers = [asyncio.create_task(embedded.adjust_stock(product_id, "par-1", 1)) for _ in range(3)]
+        # The first to commit publishes in its own task (slowly); the others' entries wait behind it.
+        await until(lambda: sum(writer.done() for writer in writers) == 2)
+        assert len(seen) == 1
+    await asyncio.gather(*writers)
+    assert [e["version"] for e in seen] == [1, 2, 3, 4]
     assert await backlog_is_empty(embedded)
 
 

@@ -1420,7 +1420,7 @@ class Announcements:
         self.committed: list[list[OutboxEntry]] = []
         self.changed = 0
 
-    def outbox_committed(self, entries: Sequence[OutboxEntry]) -> None:
+    async def outbox_committed(self, entries: Sequence[OutboxEntry]) -> None:
         self.committed.append(list(entries))
 
     def outbox_changed(self) -> None:
@@ -1446,7 +1446,9 @@ async def test_each_committed_transaction_announces_its_outbox_entries_and_nothi
     # ...and what appends nothing, or rolls back, announces nothing.
     with pytest.raises(InsufficientStock):
         await store.adjust_stock(b, "par-1", -1000)
-    assert (await reserve(store, line(a, 5, warehouse_id="us-1"), line(b, 1000), key="k3")).status == 409
+    # Lines are taken in product order: the first is taken, then rolled back with its outbox entry.
+    taken, refused = sorted([a, b])
+    assert (await reserve(store, line(taken, 1), line(refused, 1000), key="k3")).status == 409
     assert (await reserve(store, line(a, 2, warehouse_id="us-1"), line(b, 1), key="k1")).replayed
     await store.update_product(a, {"name": "renamed"})
     assert await store.expire_reservations() == []
