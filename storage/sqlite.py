@@ -6,9 +6,13 @@ never fails half way for want of it. WAL journal with ``synchronous=FULL``: a co
 survives a crash of the process or of the machine.
 
 The two calls that can wait — ``BEGIN IMMEDIATE`` (for another process's lock) and ``COMMIT`` (for
-fsync) — run on a dedicated thread. The statements between them run on the event loop: they hold the
-write lock already and touch pages in the cache, so they take microseconds, while a hop to a thread
-per statement cost a loop turn each and made the serialised transactions several times slower.
+fsync) — must not wait on the event loop. ``COMMIT`` runs on a dedicated thread. ``BEGIN IMMEDIATE`` is
+first tried on the loop with a busy timeout of 0: this process's writers are serialised by the asyncio
+lock already, so it fails only while another process holds the write lock, and is then run on the
+thread, where it waits. The statements between them run on the event loop: they hold the write lock
+already and touch pages in the cache, so they take microseconds, while a hop to the thread costs a loop
+turn — behind a fan-out under load, milliseconds — and transactions are serialised: each hop saved is
+more transactions per second.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from storage.errors import Conflict, StoreError, StoreUnavailable
 from storage.sql import SqlStore
 
 T = TypeVar("T")
+_BUSY_TIMEOUT_MS = 10_000  # how long a statement on the thread waits for another process's lock
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
@@ -87,7 +92,7 @@ class SqliteDatabase:
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=FULL",
             "PRAGMA foreign_keys=ON",
-            "PRAGMA busy_timeout=10000",
+            f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}",
         ):
             conn.execute(pragma)
         return conn
@@ -138,7 +143,10 @@ class SqliteDatabase:
                     result = await work(SqliteTx(self))
                     self._inline(self._execute, "COMMIT", ())
                     return result
-                await self._call(self._execute, "BEGIN IMMEDIATE", ())
+                with _driver_errors():
+                    began = self._begin_if_free()
+                if not began:
+                    await self._call(self._execute, "BEGIN IMMEDIATE", ())
                 result = await work(SqliteTx(self))
                 await self._call(self._execute, "COMMIT", ())
                 return result
@@ -148,6 +156,20 @@ class SqliteDatabase:
                 # sees the outcome, and the connection is never left inside a transaction.
                 await asyncio.shield(self._call(self._rollback_if_open))
                 raise
+
+    def _begin_if_free(self) -> bool:
+        """BEGIN IMMEDIATE without waiting; False if another process holds the write lock."""
+        assert self._conn is not None
+        self._conn.execute("PRAGMA busy_timeout=0")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return False
+            raise
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        return True
 
     def _rollback_if_open(self) -> None:
         if self._conn is not None and self._conn.in_transaction:
