@@ -129,14 +129,15 @@ class SqlStore:
         appended: list[OutboxEntry] = []
 
         async def attempt(tx: Tx) -> T:
+            # Set here, in whichever task runs the work (SQLite's group commit runs it in its own).
             appended.clear()  # a transaction the database aborted is run again from the start
-            return await work(tx)
+            token = _APPENDED.set(appended)
+            try:
+                return await work(tx)
+            finally:
+                _APPENDED.reset(token)
 
-        token = _APPENDED.set(appended)
-        try:
-            result = await self.db.run(attempt, single_statement=single_statement)
-        finally:
-            _APPENDED.reset(token)
+        result = await self.db.run(attempt, single_statement=single_statement)
         if appended:
             for listener in self._outbox_listeners:
                 if self._hand_over_outbox:

@@ -5,6 +5,14 @@ SQLite allows one writer at a time anyway, and taking the write lock up front me
 never fails half way for want of it. WAL journal with ``synchronous=FULL``: a committed change
 survives a crash of the process or of the machine.
 
+Writes are group-committed. Writes that wait at the same time share one transaction, each in its own
+savepoint — a write that fails (a refused adjustment, a conflict) rolls back to it and undoes only
+itself, exactly as its own transaction would have — and one ``COMMIT``, one fsync. Each write sees the
+writes before it in its batch, as serial transactions would, and is answered only once its batch has
+committed, so durability is unchanged; a ``COMMIT`` that fails fails every write of its batch, none
+of them applied. Serialised transactions otherwise cost a thread hop each for the fsync, and a hop
+waits for the loop: under fan-out load the hub committed one write per loop turn.
+
 The two calls that can wait — ``BEGIN IMMEDIATE`` (for another process's lock) and ``COMMIT`` (for
 fsync) — must not wait on the event loop. ``COMMIT`` runs on a dedicated thread. ``BEGIN IMMEDIATE`` is
 first tried on the loop with a busy timeout of 0: this process's writers are serialised by the asyncio
@@ -23,15 +31,17 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from storage.db import Row
 from storage.errors import Conflict, StoreError, StoreUnavailable
 from storage.sql import SqlStore
 
 T = TypeVar("T")
+_MAX_BATCH = 256  # writes per group commit
 _BUSY_TIMEOUT_MS = 10_000  # how long a statement on the thread waits for another process's lock
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
@@ -70,6 +80,12 @@ class SqliteTx:
             await self.execute(f"RELEASE {name}")
 
 
+@dataclass(slots=True)
+class _Write(Generic[T]):
+    work: Callable[[SqliteTx], Awaitable[T]]
+    done: asyncio.Future[T]
+
+
 class SqliteDatabase:
     dialect = "sqlite"
 
@@ -78,6 +94,9 @@ class SqliteDatabase:
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()
+        self._waiting: list[_Write[Any]] = []  # writes for the next batch, in arrival order
+        self._committer: asyncio.Task[None] | None = None
+        self.commits = 0  # write batches committed (each one COMMIT, one fsync)
 
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="synchub-sqlite")
@@ -98,6 +117,8 @@ class SqliteDatabase:
         return conn
 
     async def close(self) -> None:
+        if self._committer is not None:  # the writes already accepted are committed first
+            await asyncio.gather(self._committer, return_exceptions=True)
         if self._conn is not None:
             await self._call(self._conn.close)
             self._conn = None
@@ -133,29 +154,105 @@ class SqliteDatabase:
         readonly: bool = False,
         single_statement: bool = False,  # nothing to save: SQLite's BEGIN and COMMIT cost no round trip
     ) -> T:
-        async with self._lock:
+        if self._conn is None:
+            raise StoreUnavailable("the SQLite store is not open")
+        if readonly or exclusive:
+            async with self._lock:
+                return await self._alone(work, readonly=readonly)
+        # Group commit: a write joins the next batch, and gets its outcome once that batch committed.
+        write: _Write[T] = _Write(work, asyncio.get_running_loop().create_future())
+        self._waiting.append(write)
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_batches(), name="sqlite-group-commit")
+        return await write.done
+
+    async def _alone(self, work: Callable[[SqliteTx], Awaitable[T]], *, readonly: bool) -> T:
+        """One transaction by itself (reads; migrations), under the lock."""
+        try:
+            if readonly:
+                # A deferred read transaction in WAL mode waits for no lock and commits without fsync.
+                self._inline(self._execute, "BEGIN", ())
+                result = await work(SqliteTx(self))
+                self._inline(self._execute, "COMMIT", ())
+                return result
+            await self._begin()
+            result = await work(SqliteTx(self))
+            await self._call(self._execute, "COMMIT", ())
+            return result
+        except BaseException:
+            # Also after a cancellation: the thread may have begun (or committed) the transaction
+            # after we stopped waiting for it. Queued behind it on the same thread, this rollback
+            # sees the outcome, and the connection is never left inside a transaction.
+            await asyncio.shield(self._call(self._rollback_if_open))
+            raise
+
+    async def _begin(self) -> None:
+        with _driver_errors():
+            began = self._begin_if_free()
+        if not began:
+            await self._call(self._execute, "BEGIN IMMEDIATE", ())
+
+    async def _commit_batches(self) -> None:
+        """Commit the waiting writes, a batch at a time, until none wait."""
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:_MAX_BATCH], self._waiting[_MAX_BATCH:]
+                async with self._lock:
+                    await self._commit_batch(batch)
+        except BaseException:  # cancelled (the loop is shutting down): no batch will run for these
+            for write in self._waiting:
+                write.done.cancel()
+            self._waiting = []
+            raise
+        finally:
+            self._committer = None
+
+    async def _commit_batch(self, batch: list[_Write[Any]]) -> None:
+        """One transaction for every write of ``batch``: each in a savepoint, so that a write that fails
+        undoes only itself, as its own transaction would have; one COMMIT (one fsync) for all."""
+        outcomes: list[tuple[bool, Any]] = []  # (succeeded, result or exception) per write run
+        ran: list[_Write[Any]] = []
+        try:
             if self._conn is None:
                 raise StoreUnavailable("the SQLite store is not open")
-            try:
-                if readonly:
-                    # A deferred read transaction in WAL mode waits for no lock and commits without fsync.
-                    self._inline(self._execute, "BEGIN", ())
-                    result = await work(SqliteTx(self))
-                    self._inline(self._execute, "COMMIT", ())
-                    return result
-                with _driver_errors():
-                    began = self._begin_if_free()
-                if not began:
-                    await self._call(self._execute, "BEGIN IMMEDIATE", ())
-                result = await work(SqliteTx(self))
+            await self._begin()
+            for write in batch:
+                if write.done.done():  # its caller gave up before it ran: it is not run
+                    continue
+                tx = SqliteTx(self)
+                try:
+                    async with tx.savepoint():
+                        result = await write.work(tx)
+                except StoreUnavailable:
+                    raise  # the database itself failed: the whole batch does
+                except Exception as exc:
+                    outcomes.append((False, exc))
+                else:
+                    outcomes.append((True, result))
+                ran.append(write)
+            if ran:
                 await self._call(self._execute, "COMMIT", ())
-                return result
-            except BaseException:
-                # Also after a cancellation: the thread may have begun (or committed) the transaction
-                # after we stopped waiting for it. Queued behind it on the same thread, this rollback
-                # sees the outcome, and the connection is never left inside a transaction.
-                await asyncio.shield(self._call(self._rollback_if_open))
+            else:
+                self._inline(self._execute, "ROLLBACK", ())
+        except BaseException as exc:
+            await asyncio.shield(self._call(self._rollback_if_open))
+            for write in batch:
+                if not write.done.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        write.done.cancel()
+                    else:
+                        write.done.set_exception(exc)
+            if not isinstance(exc, Exception):
                 raise
+            return
+        self.commits += 1
+        for write, (succeeded, outcome) in zip(ran, outcomes, strict=True):
+            if write.done.done():  # cancelled while its batch committed: the change stands regardless
+                continue
+            if succeeded:
+                write.done.set_result(outcome)
+            else:
+                write.done.set_exception(outcome)
 
     def _begin_if_free(self) -> bool:
         """BEGIN IMMEDIATE without waiting; False if another process holds the write lock."""
