@@ -42,8 +42,14 @@ class Database(Protocol):
         exclusive: bool = False,
         readonly: bool = False,
         single_statement: bool = False,
+        after_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         """Run ``work`` in one transaction and commit it; roll back if it raises.
+
+        ``after_commit`` is awaited once the transaction has committed, before ``run`` returns — never
+        if it rolled back. Commits that follow each other call theirs in commit order (an adapter that
+        commits several callers' transactions together calls them itself, in order, without waiting
+        for each caller's task to be scheduled). It must not raise.
 
         ``readonly`` promises that ``work`` writes nothing, which lets an adapter skip write locks.
 

@@ -100,9 +100,25 @@ class PostgresDatabase:
         exclusive: bool = False,
         readonly: bool = False,
         single_statement: bool = False,
+        after_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         """:meth:`storage.db.Database.run`, and ``single_statement``: ``work`` runs one statement,
         which PostgreSQL makes a transaction by itself — no BEGIN and COMMIT round trips."""
+        result = await self._run(
+            work, exclusive=exclusive, readonly=readonly, single_statement=single_statement
+        )
+        if after_commit is not None:
+            await after_commit()
+        return result
+
+    async def _run(
+        self,
+        work: Callable[[PostgresTx], Awaitable[T]],
+        *,
+        exclusive: bool,
+        readonly: bool,
+        single_statement: bool,
+    ) -> T:
         if self._pool is None:
             raise StoreUnavailable("the PostgreSQL store is not open")
         for attempt in range(_RETRIES):

@@ -137,14 +137,16 @@ class SqlStore:
             finally:
                 _APPENDED.reset(token)
 
-        result = await self.db.run(attempt, single_statement=single_statement)
-        if appended:
+        async def announce() -> None:
+            if not appended:
+                return
             for listener in self._outbox_listeners:
                 if self._hand_over_outbox:
                     await listener.outbox_committed(appended)
                 else:
                     listener.outbox_changed()
-        return result
+
+        return await self.db.run(attempt, single_statement=single_statement, after_commit=announce)
 
     @asynccontextmanager
     async def _savepoint(self, tx: Tx) -> AsyncIterator[None]:

@@ -26,6 +26,7 @@ more transactions per second.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -41,6 +42,7 @@ from storage.errors import Conflict, StoreError, StoreUnavailable
 from storage.sql import SqlStore
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _MAX_BATCH = 256  # writes per group commit
 _BUSY_TIMEOUT_MS = 10_000  # how long a statement on the thread waits for another process's lock
 _PLACEHOLDER = re.compile(r"\$(\d+)")
@@ -84,6 +86,7 @@ class SqliteTx:
 class _Write(Generic[T]):
     work: Callable[[SqliteTx], Awaitable[T]]
     done: asyncio.Future[T]
+    after_commit: Callable[[], Awaitable[None]] | None
 
 
 class SqliteDatabase:
@@ -153,14 +156,18 @@ class SqliteDatabase:
         exclusive: bool = False,
         readonly: bool = False,
         single_statement: bool = False,  # nothing to save: SQLite's BEGIN and COMMIT cost no round trip
+        after_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         if self._conn is None:
             raise StoreUnavailable("the SQLite store is not open")
         if readonly or exclusive:
             async with self._lock:
-                return await self._alone(work, readonly=readonly)
+                result = await self._alone(work, readonly=readonly)
+            if after_commit is not None:
+                await after_commit()
+            return result
         # Group commit: a write joins the next batch, and gets its outcome once that batch committed.
-        write: _Write[T] = _Write(work, asyncio.get_running_loop().create_future())
+        write: _Write[T] = _Write(work, asyncio.get_running_loop().create_future(), after_commit)
         self._waiting.append(write)
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_batches(), name="sqlite-group-commit")
@@ -198,7 +205,8 @@ class SqliteDatabase:
             while self._waiting:
                 batch, self._waiting = self._waiting[:_MAX_BATCH], self._waiting[_MAX_BATCH:]
                 async with self._lock:
-                    await self._commit_batch(batch)
+                    committed = await self._commit_batch(batch)
+                await self._answer(committed)
         except BaseException:  # cancelled (the loop is shutting down): no batch will run for these
             for write in self._waiting:
                 write.done.cancel()
@@ -207,11 +215,12 @@ class SqliteDatabase:
         finally:
             self._committer = None
 
-    async def _commit_batch(self, batch: list[_Write[Any]]) -> None:
+    async def _commit_batch(self, batch: list[_Write[Any]]) -> list[tuple[_Write[Any], bool, Any]]:
         """One transaction for every write of ``batch``: each in a savepoint, so that a write that fails
-        undoes only itself, as its own transaction would have; one COMMIT (one fsync) for all."""
-        outcomes: list[tuple[bool, Any]] = []  # (succeeded, result or exception) per write run
-        ran: list[_Write[Any]] = []
+        undoes only itself, as its own transaction would have; one COMMIT (one fsync) for all. Returns
+        (write, succeeded, result or exception) per write run, once committed; a failure of the batch
+        itself is set on every write's future here, and returns nothing to answer."""
+        outcomes: list[tuple[_Write[Any], bool, Any]] = []
         try:
             if self._conn is None:
                 raise StoreUnavailable("the SQLite store is not open")
@@ -226,11 +235,10 @@ class SqliteDatabase:
                 except StoreUnavailable:
                     raise  # the database itself failed: the whole batch does
                 except Exception as exc:
-                    outcomes.append((False, exc))
+                    outcomes.append((write, False, exc))
                 else:
-                    outcomes.append((True, result))
-                ran.append(write)
-            if ran:
+                    outcomes.append((write, True, result))
+            if outcomes:
                 await self._call(self._execute, "COMMIT", ())
             else:
                 self._inline(self._execute, "ROLLBACK", ())
@@ -244,15 +252,28 @@ class SqliteDatabase:
                         write.done.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
-            return
+            return []
         self.commits += 1
-        for write, (succeeded, outcome) in zip(ran, outcomes, strict=True):
-            if write.done.done():  # cancelled while its batch committed: the change stands regardless
-                continue
-            if succeeded:
-                write.done.set_result(outcome)
-            else:
-                write.done.set_exception(outcome)
+        return outcomes
+
+    async def _answer(self, committed: list[tuple[_Write[Any], bool, Any]]) -> None:
+        # The after-commit hooks first, here and in commit order: the store hands its outbox entries
+        # over in them, and waiting for each caller's task to run first would cost a loop turn.
+        try:
+            for write, succeeded, _outcome in committed:
+                if succeeded and write.after_commit is not None:
+                    try:
+                        await write.after_commit()
+                    except Exception:
+                        log.exception("an after-commit hook failed")
+        finally:  # committed: answered even if the hooks were cut short
+            for write, succeeded, outcome in committed:
+                if write.done.done():  # cancelled while its batch committed: the change stands anyway
+                    continue
+                if succeeded:
+                    write.done.set_result(outcome)
+                else:
+                    write.done.set_exception(outcome)
 
     def _begin_if_free(self) -> bool:
         """BEGIN IMMEDIATE without waiting; False if another process holds the write lock."""

@@ -227,17 +227,30 @@ async def test_after_a_failed_handover_the_sweep_publishes_in_commit_order_then_
     assert await backlog_is_empty(embedded)
 
 
+async def committed_unannounced(store: SqlStore, product_id: str, count: int) -> list[OutboxEntry]:
+    """``count`` changes committed without telling anyone: the relay is then told of them by hand, as
+    concurrently as the listener contract allows."""
+    for _ in range(count):
+        await store.adjust_stock(product_id, "par-1", 1)
+    return (await store.read_outbox(limit=10_000))[-count:]
+
+
 async def test_when_too_many_wait_to_be_handed_over_the_sweep_takes_them_in_order(embedded: SqlStore) -> None:
     product_id = await seed(embedded, stock={"par-1": 1})
     broker = SlowBroker()
     seen = collect(broker, inventory_stream("eu"))
     relay = OutboxRelay(embedded, broker, sweep_interval=30.0, max_handed=3)
-    async with running(relay, embedded):
+    task = asyncio.create_task(relay.run())
+    try:
         await until(lambda: len(seen) == 1)
-        # The first publishes slowly; three wait behind it; the fifth would make four: all left to the
-        # sweep, which reads them back in outbox order.
-        await asyncio.gather(*(embedded.adjust_stock(product_id, "par-1", 1) for _ in range(6)))
+        entries = await committed_unannounced(embedded, product_id, 6)
+        # The first is published slowly; three wait behind it; the fifth would make four: those waiting
+        # and all after are left to the sweep, which reads them back in outbox order.
+        await asyncio.gather(*(relay.outbox_committed([entry]) for entry in entries))
         await until(lambda: len(seen) == 7)
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 5.0)
     assert [e["version"] for e in seen] == list(range(1, 8))
     assert await backlog_is_empty(embedded)
 
@@ -262,13 +275,15 @@ async def test_stopping_publishes_what_was_handed_over_in_order_and_acknowledges
     broker = SlowBroker()
     seen = collect(broker, inventory_stream("eu"))
     relay = OutboxRelay(embedded, broker, sweep_interval=30.0)
-    async with running(relay, embedded):
-        await until(lambda: len(seen) == 1)
-        writers = [asyncio.create_task(embedded.adjust_stock(product_id, "par-1", 1)) for _ in range(3)]
-        # The first to commit publishes in its own task (slowly); the others' entries wait behind it.
-        await until(lambda: sum(writer.done() for writer in writers) == 2)
-        assert len(seen) == 1
-    await asyncio.gather(*writers)
+    task = asyncio.create_task(relay.run())
+    await until(lambda: len(seen) == 1)
+    entries = await committed_unannounced(embedded, product_id, 3)
+    # The first is published (slowly) in its caller's task; the others wait behind it.
+    told = [asyncio.create_task(relay.outbox_committed([entry])) for entry in entries]
+    await until(lambda: sum(t.done() for t in told) == 2)
+    relay.stop()
+    await asyncio.wait_for(task, 5.0)
+    await asyncio.gather(*told)
     assert [e["version"] for e in seen] == [1, 2, 3, 4]
     assert await backlog_is_empty(embedded)
 
