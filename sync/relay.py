@@ -97,8 +97,8 @@ class OutboxRelay:
     # -- the store's listener --------------------------------------------------------------------
     async def outbox_committed(self, entries: Sequence[OutboxItem]) -> None:
         """Publish these just-committed entries: here, in the committing task, when nothing handed
-        over earlier is still waiting (an in-process broker has then fanned them out before the writer's
-        call returns — a loop turn sooner than from the relay's task); else after those, from the
+        over earlier is still waiting (an in-process broker has then queued their fan-out before the
+        writer resumes — a loop turn sooner than from the relay's task); else after those, from the
         relay's task."""
         if self._left_to_sweep or len(self._handed) + len(entries) > self._max_handed:
             # Too many waiting means the broker is not keeping up: the sweep reads them from the outbox
