@@ -18,10 +18,10 @@ Guarantees every implementation gives:
   product × warehouse ``seq`` order is commit order (the row lock on the stock row orders the writers).
   Entries stay until ``ack_outbox``: a crash between commit and publish loses nothing.
 * **Committed entries are announced.** A listener given to ``watch_outbox`` is told of this process's
-  outbox entries as their transaction commits, on the event loop, in commit order — before the call
-  that wrote them resumes, unless the listener itself waits. Where this process is the database's only
-  writer (the embedded SQLite store), commit order is outbox order and the entries are handed over:
-  ``outbox_committed(entries)``, the transaction's entries in append order. Where several processes write
+  outbox entries as their transaction commits, on the event loop, before the call that wrote them
+  returns. Where this process is the database's only writer (the embedded SQLite store), commit order
+  is outbox order and the entries are handed over: ``outbox_committed(entries)``, the transaction's
+  entries in append order, in commit order across transactions. Where several processes write
   (PostgreSQL), concurrent commits can only be put in order by reading the outbox, so the listener is
   told ``outbox_changed()`` — read it. Never for a transaction that rolled back; a commit whose outcome
   was lost (the connection dropped at COMMIT) is not announced, and other processes' entries never are:
@@ -54,8 +54,9 @@ class OutboxListener(Protocol):
     """Told of outbox entries as this process commits them (see the module's guarantees)."""
 
     async def outbox_committed(self, entries: Sequence[OutboxEntry]) -> None:
-        """``entries`` were committed, in append order. Awaited after the commit, before the next
-        commit's announcement, so it must be quick (an in-process publish) and must not raise."""
+        """``entries`` were committed, in append order. Awaited before the writing call returns
+        and before the next commit is announced, so it must be quick (an in-process publish) and must
+        not raise."""
         ...
 
     def outbox_changed(self) -> None:

@@ -46,11 +46,10 @@ class Database(Protocol):
     ) -> T:
         """Run ``work`` in one transaction and commit it; roll back if it raises.
 
-        ``after_commit`` is awaited once the transaction has committed — never if it rolled back — in
-        commit order across transactions. An adapter that commits several callers' transactions together
-        calls them itself, in order, without waiting for each caller's task to be scheduled; a hook that
-        does not suspend has then run before its caller resumes, while one that waits (on a remote
-        broker, say) may finish after. It must not raise.
+        ``after_commit`` is awaited once the transaction has committed, before ``run`` returns — never
+        if it rolled back. Commits that follow each other call theirs in commit order (an adapter that
+        commits several callers' transactions together calls them itself, in order, without waiting
+        for each caller's task to be scheduled). It must not raise.
 
         ``readonly`` promises that ``work`` writes nothing, which lets an adapter skip write locks.
 

@@ -124,8 +124,8 @@ class SqlStore:
 
     # -- writing transactions ------------------------------------------------------------------
     async def _write(self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False) -> T:
-        """Run a writing transaction; once it has committed, hand the outbox entries it appended to
-        the listeners (storage.base: "Committed entries are handed over")."""
+        """Run a writing transaction; once it has committed, announce the outbox entries it appended
+        to the listeners (storage.base: "Committed entries are announced")."""
         appended: list[OutboxEntry] = []
 
         async def attempt(tx: Tx) -> T:
