@@ -155,6 +155,17 @@ async def store(database_url: str) -> AsyncIterator[SqlStore]:
     await s.close()
 
 
+@pytest.fixture
+async def embedded(tmp_path: Any) -> AsyncIterator[SqlStore]:
+    """The embedded SQLite store alone, for what only it does: group commit, and handing committed
+    outbox entries over (it is its database's only writer)."""
+    s = open_store(str(tmp_path / "embedded.sqlite3"))
+    await s.open()
+    await s.migrate()
+    yield s
+    await s.close()
+
+
 def token(sub: str, *roles: str, ttl: int = 3600) -> str:
     return issue_token(JWT_SECRET, sub, roles or ("customer",), ttl)
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import orjson
 import pytest
 
-from storage.factory import open_store
 from storage.models import OutboxEntry
 from storage.sql import SqlStore
 from sync.broker import Position, Publication
@@ -141,16 +139,6 @@ class SlowBroker(MemoryBroker):
     ) -> Position | None:
         await asyncio.sleep(0.05)
         return await super().publish(stream, data, dedupe=dedupe)
-
-
-@pytest.fixture
-async def embedded(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    """The embedded store, the one that hands committed entries over (a single writer)."""
-    store = open_store(str(tmp_path / "relay.sqlite3"))
-    await store.open()
-    await store.migrate()
-    yield store
-    await store.close()
 
 
 @asynccontextmanager

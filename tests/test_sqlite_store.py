@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 
 from storage.errors import Conflict, InsufficientStock, StoreUnavailable
 from storage.models import OutboxEntry, ReservationLineRequest, StockLevel
 from storage.sql import SqlStore
-from storage.sqlite import SqliteDatabase, SqliteStore
+from storage.sqlite import SqliteDatabase
 from tests.conftest import seed
 
 
@@ -40,20 +39,11 @@ class Announcements:
         raise AssertionError("the embedded store hands its entries over")
 
 
-@pytest.fixture
-async def embedded(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    store = SqliteStore(str(tmp_path / "hub.sqlite3"))
-    await store.open()
-    await store.migrate()
-    yield store
-    await store.close()
-
-
 async def test_a_write_waits_for_another_connections_lock_on_the_thread_not_the_loop(
-    embedded: SqlStore, tmp_path: Path
+    embedded: SqlStore,
 ) -> None:
     product_id = await seed(embedded, stock={"par-1": 1})
-    other = sqlite3.connect(tmp_path / "hub.sqlite3", isolation_level=None)
+    other = sqlite3.connect(database(embedded).path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
         write = asyncio.create_task(embedded.adjust_stock(product_id, "par-1", 1))
@@ -74,10 +64,10 @@ async def test_a_write_waits_for_another_connections_lock_on_the_thread_not_the_
 
 
 async def test_a_read_is_not_held_up_by_another_connections_write_lock(
-    embedded: SqlStore, tmp_path: Path
+    embedded: SqlStore,
 ) -> None:
     product_id = await seed(embedded, stock={"par-1": 4})
-    other = sqlite3.connect(tmp_path / "hub.sqlite3", isolation_level=None)
+    other = sqlite3.connect(database(embedded).path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
         # WAL: readers never wait for the writer.
