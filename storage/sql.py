@@ -140,11 +140,11 @@ class SqlStore:
         async def announce() -> None:
             if not appended:
                 return
+            if not self._hand_over_outbox:
+                self._outbox_changed()
+                return
             for listener in self._outbox_listeners:
-                if self._hand_over_outbox:
-                    await listener.outbox_committed(appended)
-                else:
-                    listener.outbox_changed()
+                await listener.outbox_committed(appended)
 
         return await self.db.run(attempt, single_statement=single_statement, after_commit=announce)
 
