@@ -24,8 +24,8 @@ import uvloop
 from aiohttp import web
 
 from hub.app import create_app
+from hub.channel_access import public_channel
 from hub.keys import ENGINE, WRITES
-from hub.realtime import shared_channel
 from hub.settings import Settings
 from hub.transports.websocket import WsConnection
 from sync.broker import Position, Publication
@@ -58,7 +58,8 @@ async def measure(connections: int, events: int, rounds: int) -> tuple[float, fl
         try:
             app = runner.app
             engine, writes = app[ENGINE], app[WRITES]
-            channel, _ = shared_channel("inventory:eu")
+            channel = public_channel("inventory:eu")
+            assert channel is not None
             stream = inventory_stream("eu")
             top = await engine.broker.top(stream)
             transports = [NullTransport() for _ in range(connections)]

@@ -231,6 +231,78 @@ class Cart:
         wall, logical, replica = max(stamps)
         return Timestamp(wall, logical, replica)
 
+    # -- what a hub checks of a delta it receives ----------------------------------------------------
+
+    def _stores(self) -> tuple[CartState, ...]:
+        return (self._live,) if self._closed is None else (self._live, self._closed)
+
+    def is_empty(self) -> bool:
+        """No entry and an empty context: the bottom of the lattice (a new cart)."""
+        return all(not store.lines and not store.vv and not store.cloud for store in self._stores())
+
+    def entry_count(self) -> int:
+        """How many entries (adds and sets) this state holds, live and snapshot."""
+        return sum(len(line) for store in self._stores() for line in store.lines.values())
+
+    def entry_skus(self) -> set[str]:
+        """Every SKU an entry of this state names, live and snapshot."""
+        return {sku for store in self._stores() for sku in store.lines}
+
+    def max_entry_amount(self) -> int:
+        """The largest number of units one entry carries (an add's amount, a set's quantity); 0 if none."""
+        top = 0
+        for store in self._stores():
+            for line in store.lines.values():
+                for value in line.values():
+                    amount = entry_kind(value)[1]
+                    if amount > top:
+                        top = amount
+        return top
+
+    def new_replicas(self, known: CausalContext) -> set[str]:
+        """The replicas of the dots in this state's contexts that ``known`` has not seen: the writers
+        a receiver learns of from it (a hub binds each to its user)."""
+        out: set[str] = set()
+        for store in self._stores():
+            for replica, top in store.vv.items():
+                mine = known.vv.get(replica, 0)
+                if (
+                    top > mine
+                    and replica not in out
+                    and any(not known.contains(Dot(replica, c)) for c in range(mine + 1, top + 1))
+                ):
+                    out.add(replica)
+            for replica, counter in store.cloud:
+                if replica not in out and not known.contains(Dot(replica, counter)):
+                    out.add(replica)
+        return out
+
+    def snapshot_within(self, other: Cart) -> bool:
+        """Whether this state's checkout snapshot adds nothing to ``other``'s (true when it has none):
+        a device may echo a checkout it received, never make one."""
+        if self._closed is None:
+            return True
+        if other._closed is None:
+            return False
+        joined = other._closed.copy()
+        joined.absorb(self._closed)
+        return joined == other._closed
+
+    def sync_reply(self, known: CausalContext) -> Cart | None:
+        """What a replica whose context is ``known`` needs to catch up with this one: ``None`` when it
+        has seen every write this one has, else this state.
+
+        Law (for states made by mutators and joins): ``d.merge(h.sync_reply(d.context)) == d.merge(h)``
+        (with ``None`` meaning ``d``). The whole state, not just the entries ``known`` lacks, because an
+        entry both sides hold must not be in the reply's context unless the reply holds it too (the
+        join would read it as cancelled), and a context with such holes costs more than the entries.
+        """
+        live = self._live
+        mine = live.context()
+        if known.includes(mine):
+            return None
+        return self.copy()
+
     # -- mutators: each returns a delta and leaves this cart unchanged ------------------------------
 
     def _check_open(self) -> None:

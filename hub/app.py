@@ -17,7 +17,7 @@ from hub.keys import BROKER, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STOR
 from hub.metrics import Metrics, metrics_middleware
 from hub.realtime import Connections
 from hub.responses import compression_middleware
-from hub.routes import catalog, inventory, ops, reservations
+from hub.routes import carts, catalog, inventory, ops, reservations
 from hub.settings import Settings
 from hub.transports import poll, sse, websocket
 from hub.transports.writes import WriteBatcher
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 async def store_context(app: web.Application) -> AsyncIterator[None]:
-    store = open_store(app[SETTINGS].database_url)
+    store = open_store(app[SETTINGS].database_url, region=app[SETTINGS].region)
     await store.open()
     try:
         applied = await store.migrate()
@@ -153,6 +153,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(catalog.routes)
     app.add_routes(inventory.routes)
     app.add_routes(reservations.routes)
+    app.add_routes(carts.routes)
     app.add_routes(websocket.routes)
     app.add_routes(sse.routes)
     app.add_routes(poll.routes)

@@ -12,13 +12,13 @@ if TYPE_CHECKING:
     from hub.realtime import Connections
     from hub.settings import Settings
     from hub.transports.writes import WriteBatcher
-    from storage.sql import SqlStore
+    from storage.base import Store
     from sync.broker import Broker
     from sync.engine import SyncEngine
     from sync.relay import OutboxRelay
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
-STORE: web.AppKey[SqlStore] = web.AppKey("store")
+STORE: web.AppKey[Store] = web.AppKey("store")
 BROKER: web.AppKey[Broker] = web.AppKey("broker")
 RELAY: web.AppKey[OutboxRelay | None] = web.AppKey("relay")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

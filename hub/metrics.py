@@ -29,6 +29,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.cart_pushes = Counter(
+            "synchub_cart_pushes_total",
+            "Cart deltas pushed by devices, by outcome (applied, duplicate, refused)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.outbox_backlog = Gauge(
             "synchub_outbox_backlog",
             "Outbox entries not yet relayed to the broker",

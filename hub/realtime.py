@@ -23,7 +23,7 @@ from hub.auth import Principal, decode_token
 from hub.errors import Unauthenticated
 from hub.keys import SETTINGS
 from sync.broker import Position
-from sync.channels import Channel, parse_channel
+from sync.channels import CART, INVENTORY, Channel
 from sync.cursor import format_position
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,23 @@ def snapshot_url(region: str, product_id: str | None = None) -> str:
     return url + f"&product_id={product_id}" if product_id else url
 
 
-def resync_message(channel: str, region: str, reason: str, current: Position | None) -> dict[str, Any]:
+def channel_snapshot_url(channel: Channel) -> str | None:
+    """Where a client that must resync ``channel`` reads the current state: the region's stock, the
+    cart (then ``sync`` again); a user channel's events are notifications with no snapshot."""
+    if channel.kind is INVENTORY:
+        return snapshot_url(channel.region)
+    if channel.kind is CART:
+        return f"/api/v1/carts/{channel.key}"
+    return None
+
+
+def resync_message(channel: Channel, reason: str, current: Position | None) -> dict[str, Any]:
     return {
         "type": "resync",
-        "channel": channel,
+        "channel": channel.name,
         "reason": reason,
         "position": format_position(current) if current else None,
-        "snapshot": snapshot_url(region),
+        "snapshot": channel_snapshot_url(channel),
     }
 
 
@@ -138,24 +148,6 @@ class Connections:
         self.draining = True
         closers = [*self._closers.values(), *(c.go_away for c in self._watched.values())]
         await asyncio.gather(*(close() for close in closers), return_exceptions=True)
-
-
-_SHARED_CHANNELS: dict[str, tuple[Channel, str]] = {}
-_SHARED_CHANNELS_MAX = 10_000
-
-
-def shared_channel(name: str) -> tuple[Channel, str]:
-    """:func:`~sync.channels.parse_channel` and the channel's normalised name, the same objects for
-    every connection that names it so (a few hundred bytes less per subscription: a channel is not
-    allocated anew for each of 10,000 clients of ``inventory:eu``). Raises
-    :class:`~sync.channels.ChannelError`. Bounded: past 10,000 names the cache starts over."""
-    found = _SHARED_CHANNELS.get(name)
-    if found is None:
-        channel = parse_channel(name)
-        if len(_SHARED_CHANNELS) >= _SHARED_CHANNELS_MAX:
-            _SHARED_CHANNELS.clear()
-        found = _SHARED_CHANNELS[name] = (channel, channel.name)
-    return found
 
 
 def realtime_principal(request: web.Request) -> Principal | None:

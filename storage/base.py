@@ -12,10 +12,14 @@ Guarantees every implementation gives:
 * **Idempotency.** ``reserve`` with an idempotency key already used by the same owner returns the
   stored outcome (success *or* failure) and changes nothing; with a different request hash it raises
   :class:`~storage.errors.IdempotencyMismatch`. Concurrent requests with one key produce one outcome.
-* **Transactional outbox.** Every stock change writes an :class:`~storage.models.InventoryDelta` to the
-  outbox in the same transaction. Its ``version`` is the stock row's version, which grows by exactly one
-  per change of that product × warehouse. ``read_outbox`` returns entries in ``seq`` order, and for one
-  product × warehouse ``seq`` order is commit order (the row lock on the stock row orders the writers).
+* **Transactional outbox.** Every change others must hear of appends an
+  :class:`~storage.models.OutboxEntry` (its stream, key, version and encoded payload) in the same
+  transaction: a stock change its :class:`~storage.models.InventoryDelta` (key product/warehouse,
+  version the stock row's, which grows by exactly one per change), a cart push its merged delta (key
+  ``cart:{id}``, the cart's version), a reservation's or cart's status change a ``user:{sub}`` event
+  (the user's event counter). ``read_outbox`` returns entries in ``seq`` order, and for one key ``seq``
+  order is commit order (a row lock — the stock row, the cart row, the user's counter — orders the
+  writers).
   Entries stay until ``ack_outbox``: a crash between commit and publish loses nothing.
 * **Committed entries are announced.** A listener given to ``watch_outbox`` is told of this process's
   outbox entries as their transaction commits, on the event loop, before the call that wrote them
@@ -35,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from storage.carts import CartDocument, CartPush, CartRules, CheckoutResult, PushResult
 from storage.models import (
     IdempotentResult,
     InventoryDelta,
@@ -145,6 +150,29 @@ class Store(Protocol):
 
     async def expire_reservations(self, limit: int = 500) -> list[Reservation]:
         """pending and past expires_at → expired, stock returned. Returns what it expired."""
+        ...
+
+    async def purge_idempotency_keys(self, older_than_us: int) -> int:
+        """Delete idempotency keys created before ``older_than_us``; return how many."""
+        ...
+
+    # -- carts (storage.carts states the guarantees) --------------------------------------------
+    async def cart_owner(self, cart_id: str) -> str | None: ...
+    async def get_cart(self, cart_id: str) -> CartDocument | None: ...
+    async def open_cart(self, cart_id: str, owner: str) -> CartDocument:
+        """The cart, created empty for ``owner`` if new; NotFound(resource="cart") if another's."""
+        ...
+
+    async def push_cart(
+        self, cart_id: str, owner: str, pushes: Sequence[CartPush], rules: CartRules
+    ) -> PushResult:
+        """Merge each push in order, in one transaction with their mutation ids and outbox deltas."""
+        ...
+
+    async def checkout_cart(
+        self, cart_id: str, owner: str, idempotency_key: str, request_hash: str, ttl_seconds: int
+    ) -> CheckoutResult:
+        """Close the cart with the hub's replica and reserve its lines all or none, once per key."""
         ...
 
     # -- outbox --------------------------------------------------------------------------------

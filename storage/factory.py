@@ -8,9 +8,10 @@ from storage.sql import SqlStore
 from storage.sqlite import SqliteStore
 
 
-def open_store(database_url: str) -> SqlStore:
+def open_store(database_url: str, *, region: str = "default") -> SqlStore:
+    """``region``: the hub's region, whose user streams carry its users' private events."""
     if database_url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(database_url)
+        return PostgresStore(database_url, region=region)
     if database_url.startswith("sqlite:///"):
-        return SqliteStore(database_url.removeprefix("sqlite:///") or ":memory:")
-    return SqliteStore(database_url)
+        return SqliteStore(database_url.removeprefix("sqlite:///") or ":memory:", region=region)
+    return SqliteStore(database_url, region=region)

@@ -2,8 +2,9 @@
 
 The SQL is portable on purpose so that SQLite and PostgreSQL hold the same tables and columns
 (``tests/test_migrations.py`` compares them). Two tokens are filled in per dialect:
-``{seq_pk}`` (an auto-incrementing integer key) and ``{bytewise}`` (a collation that orders text by
-code point, so that keyset cursors sort identically on both backends).
+``{seq_pk}`` (an auto-incrementing integer key), ``{bytewise}`` (a collation that orders text by
+code point, so that keyset cursors sort identically on both backends) and ``{blob}`` (bytes: a CRDT
+state in the codec's binary form).
 
 Timestamps are epoch microseconds (BIGINT), prices are integers of 1/10,000 of a unit, ids are text
 UUIDs, JSON is text: every value round-trips exactly on both backends.
@@ -20,8 +21,12 @@ from storage import pg_reserve
 Statement = str | tuple[str, str]
 
 DIALECT_TOKENS: dict[str, dict[str, str]] = {
-    "sqlite": {"seq_pk": "INTEGER PRIMARY KEY AUTOINCREMENT", "bytewise": ""},
-    "postgres": {"seq_pk": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "bytewise": 'COLLATE "C"'},
+    "sqlite": {"seq_pk": "INTEGER PRIMARY KEY AUTOINCREMENT", "bytewise": "", "blob": "BLOB"},
+    "postgres": {
+        "seq_pk": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "bytewise": 'COLLATE "C"',
+        "blob": "BYTEA",
+    },
 }
 
 MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
@@ -119,6 +124,56 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         2,
         "PostgreSQL: reservations in batches, one server-side call per transaction",
         [("postgres", sql) for sql in pg_reserve.MIGRATION],
+    ),
+    (
+        3,
+        "carts, their mutation ids, replica owners, users' event versions; outbox entries name their stream",
+        [
+            """
+            CREATE TABLE carts (
+                id TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                region TEXT NOT NULL,
+                state {blob} NOT NULL,
+                context TEXT NOT NULL DEFAULT '{{}}',
+                version BIGINT NOT NULL,
+                closed_at BIGINT,
+                reservation_id TEXT,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL
+            )
+            """,
+            "CREATE INDEX carts_by_owner ON carts (owner, updated_at)",
+            """
+            CREATE TABLE cart_mutations (
+                cart_id TEXT NOT NULL REFERENCES carts (id) ON DELETE CASCADE,
+                mutation_id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (cart_id, mutation_id)
+            )
+            """,
+            """
+            CREATE TABLE replicas (
+                replica_id TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                created_at BIGINT NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE user_events (
+                sub TEXT PRIMARY KEY,
+                version BIGINT NOT NULL
+            )
+            """,
+            # Entries written before this migration, and by PostgreSQL's batched reservations (migration
+            # 2's functions), leave these empty: they are stock changes, read back as such
+            # (storage.sql_outbox).
+            "ALTER TABLE outbox ADD COLUMN stream TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE outbox ADD COLUMN dedupe_key TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE outbox ADD COLUMN version BIGINT NOT NULL DEFAULT 0",
+            *(("postgres", sql) for sql in pg_reserve.MIGRATION_3),
+        ],
     ),
 ]
 

@@ -174,8 +174,15 @@ class InventoryDelta:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
+    """One committed change in the outbox: published to ``stream`` as ``payload`` (its JSON, encoded
+    once when written), and appended there once per (``key``, ``version``) — a product × warehouse's
+    stock version, a cart's version, a user's event counter."""
+
     seq: int
-    delta: InventoryDelta
+    stream: str
+    key: str
+    version: int
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,3 +201,29 @@ class ProductQuery:
 class ProductPage:
     items: list[Product]
     next_after: tuple[Any, str] | None
+
+
+# Product list sorts: sort name -> (column, descending)
+SORTS: dict[str, tuple[str, bool]] = {
+    "newest": ("created_at", True),
+    "oldest": ("created_at", False),
+    "name": ("name", False),
+    "-name": ("name", True),
+    "price": ("price_units", False),
+    "-price": ("price_units", True),
+}
+
+
+def reservation_to_dict(reservation: Reservation) -> dict[str, Any]:
+    return {
+        "id": reservation.id,
+        "owner": reservation.owner,
+        "status": reservation.status.value,
+        "lines": [
+            {"product_id": ln.product_id, "warehouse_id": ln.warehouse_id, "quantity": ln.quantity}
+            for ln in reservation.lines
+        ],
+        "created_at": reservation.created_at,
+        "expires_at": reservation.expires_at,
+        "updated_at": reservation.updated_at,
+    }

@@ -199,6 +199,41 @@ $fn$
 
 MIGRATION = [_TAKE_LINE, _RESERVE_ONE, _RESERVE_BATCH]
 
+# Migration 3: the batch tells each owner of a reservation it created, as SqlStore.user_event does — a
+# ``reservation.created`` event on the owner's user stream (each request names it: "user_stream"),
+# numbered by the owner's event counter. Owners are taken in name order after all the stock work, as
+# every transaction takes a user's counter last: no lock cycle between concurrent batches.
+_RESERVE_BATCH_TOLD = """
+CREATE FUNCTION synchub_reserve_batch_told(requests JSONB, ts BIGINT) RETURNS JSONB
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    results JSONB := synchub_reserve_batch(requests, ts);
+    created RECORD;
+    next_version BIGINT;
+BEGIN
+    FOR created IN
+        SELECT r.request, o.outcome
+        FROM jsonb_array_elements(requests) WITH ORDINALITY AS r(request, n)
+        JOIN jsonb_array_elements(results) WITH ORDINALITY AS o(outcome, n) USING (n)
+        WHERE (o.outcome->>'status')::INTEGER = 201 AND NOT (o.outcome->>'replayed')::BOOLEAN
+        ORDER BY r.request->>'owner', r.n
+    LOOP
+        INSERT INTO user_events (sub, version) VALUES (created.request->>'owner', 1)
+        ON CONFLICT (sub) DO UPDATE SET version = user_events.version + 1
+        RETURNING version INTO next_version;
+        INSERT INTO outbox (product_id, warehouse_id, payload, created_at, stream, dedupe_key, version)
+        VALUES ('', '', jsonb_build_object(
+                    'type', 'reservation.created', 'reservation', created.outcome->'body',
+                    'sub', created.request->>'owner', 'version', next_version, 'ts', ts)::TEXT,
+                ts, created.request->>'user_stream', 'user:' || (created.request->>'owner'), next_version);
+    END LOOP;
+    RETURN results;
+END
+$fn$
+"""
+
+MIGRATION_3 = [_RESERVE_BATCH_TOLD]
+
 
 @dataclass(slots=True)
 class _Request:
@@ -208,6 +243,7 @@ class _Request:
     reservation_id: str
     lines: Sequence[ReservationLineRequest]
     ttl_seconds: int
+    user_stream: str
     done: asyncio.Future[IdempotentResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -229,6 +265,7 @@ class _Request:
             "id": self.reservation_id,
             "ttl_us": self.ttl_seconds * 1_000_000,
             "lines": lines,
+            "user_stream": self.user_stream,
         }
 
 
@@ -250,9 +287,17 @@ class ReservationBatcher:
     """
 
     def __init__(
-        self, run: RunInTransaction, now_us: Callable[[], int], *, max_batch: int = 64, max_in_flight: int = 3
+        self,
+        run: RunInTransaction,
+        now_us: Callable[[], int],
+        user_stream: Callable[[str], str],
+        *,
+        max_batch: int = 64,
+        max_in_flight: int = 3,
     ) -> None:
+        """``user_stream``: the stream of an owner's private events (storage.streams.user_stream)."""
         self._run = run
+        self._user_stream = user_stream
         self._now_us = now_us
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
@@ -271,7 +316,9 @@ class ReservationBatcher:
         ttl_seconds: int,
         reservation_id: str,
     ) -> IdempotentResult:
-        request = _Request(owner, idempotency_key, request_hash, reservation_id, lines, ttl_seconds)
+        request = _Request(
+            owner, idempotency_key, request_hash, reservation_id, lines, ttl_seconds, self._user_stream(owner)
+        )
         # Marks an error as seen even when the caller stopped waiting (no "never retrieved" warning).
         request.done.add_done_callback(_seen)
         self._queue.append(request)
@@ -298,7 +345,7 @@ class ReservationBatcher:
 
             async def work(tx: Tx) -> Any:
                 row = await tx.fetchrow(
-                    "SELECT synchub_reserve_batch($1::JSONB, $2) AS results", payload, self._now_us()
+                    "SELECT synchub_reserve_batch_told($1::JSONB, $2) AS results", payload, self._now_us()
                 )
                 assert row is not None
                 return row["results"]

@@ -21,6 +21,7 @@ from storage.db import Row
 from storage.errors import Conflict, StoreError, StoreUnavailable
 from storage.models import IdempotentResult, ReservationLineRequest
 from storage.pg_reserve import ReservationBatcher
+from storage.streams import user_stream
 from storage.sql import SqlStore, now_us
 
 T = TypeVar("T")
@@ -147,10 +148,12 @@ class PostgresDatabase:
 class PostgresStore(SqlStore):
     """The SQL store on PostgreSQL, with reservations committed in batches (:mod:`storage.pg_reserve`)."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, region: str = "default") -> None:
         self._postgres = PostgresDatabase(dsn)
-        super().__init__(self._postgres)
-        self._batcher = ReservationBatcher(self._run_batch, now_us)
+        super().__init__(self._postgres, region=region)
+        self._batcher = ReservationBatcher(
+            self._run_batch, now_us, lambda owner: user_stream(self.region, owner)
+        )
 
     async def _run_batch(self, work: Callable[[PostgresTx], Awaitable[T]]) -> T:
         # The batch is one call of synchub_reserve_batch: atomic without an explicit transaction.

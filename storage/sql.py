@@ -26,6 +26,7 @@ from storage.errors import (
 )
 from storage.migrations import MIGRATIONS, statements_for
 from storage.models import (
+    SORTS,
     IdempotentResult,
     InventoryDelta,
     NewProduct,
@@ -41,19 +42,12 @@ from storage.models import (
     StockLevel,
     Warehouse,
     price_to_units,
+    reservation_to_dict,
     stock_status,
     units_to_price,
 )
-
-# sort name -> (column, descending)
-SORTS: dict[str, tuple[str, bool]] = {
-    "newest": ("created_at", True),
-    "oldest": ("created_at", False),
-    "name": ("name", False),
-    "-name": ("name", True),
-    "price": ("price_units", False),
-    "-price": ("price_units", True),
-}
+from storage.sql_carts import CartSql
+from storage.streams import inventory_stream, user_stream
 
 _PRODUCT_COLUMNS = (
     "id, sku, name, description, category, price_units, status, attributes,"
@@ -111,14 +105,15 @@ def _stock(row: Row) -> StockLevel:
     )
 
 
-class SqlStore:
-    def __init__(self, db: Database, *, hand_over_outbox: bool = False) -> None:
+class SqlStore(CartSql):
+    def __init__(self, db: Database, *, hand_over_outbox: bool = False, region: str = "default") -> None:
         """``hand_over_outbox``: this process is the only one writing the database (the embedded
         SQLite store), so its commits are the outbox's order and its entries can be handed to the
         listeners as they commit. Where several processes write (PostgreSQL), entries committed
         concurrently must be read back in outbox order, and the listeners are told to read instead."""
         self.db = db
         self.backend = db.dialect
+        self.region = region  # where this hub's users' private events go (storage.streams.user_stream)
         self._hand_over_outbox = hand_over_outbox
         self._outbox_listeners: list[OutboxListener] = []
 
@@ -446,19 +441,69 @@ class SqlStore:
             version=level.version,
             ts=ts,
         )
-        appended = await tx.fetchrow(
-            "INSERT INTO outbox (product_id, warehouse_id, payload, created_at) VALUES ($1, $2, $3, $4)"
-            " RETURNING seq",
+        await self._append(
+            tx,
+            inventory_stream(level.region),
+            f"{product_id}/{warehouse_id}",
+            level.version,
+            _json_bytes(delta.to_dict()),
+            ts,
             product_id,
             warehouse_id,
-            json.dumps(delta.to_dict(), separators=(",", ":")),
+        )
+        return level
+
+    async def _append(
+        self,
+        tx: Tx,
+        stream: str,
+        key: str,
+        version: int,
+        payload: bytes,
+        ts: int,
+        product_id: str = "",
+        warehouse_id: str = "",
+    ) -> None:
+        appended = await tx.fetchrow(
+            "INSERT INTO outbox (product_id, warehouse_id, payload, created_at, stream, dedupe_key, version)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+            product_id,
+            warehouse_id,
+            payload.decode(),
             ts,
+            stream,
+            key,
+            version,
         )
         assert appended is not None
         entries = _APPENDED.get()
         if entries is not None:
-            entries.append(OutboxEntry(seq=appended["seq"], delta=delta))
-        return level
+            entries.append(OutboxEntry(appended["seq"], stream, key, version, payload))
+
+    async def append_event(
+        self, tx: Tx, stream: str, key: str, version: int, payload: dict[str, Any], ts: int
+    ) -> None:
+        """Append an event to the outbox in ``tx``: published to ``stream`` once per (key, version)."""
+        await self._append(tx, stream, key, version, _json_bytes(payload), ts)
+
+    async def user_event(self, tx: Tx, sub: str, payload: dict[str, Any], ts: int) -> None:
+        """Append an event for ``sub``'s ``user:{sub}`` channel (carts' and reservations' status), with
+        the next number of the user's event counter as its version and in its ``data``."""
+        row = await tx.fetchrow(
+            "INSERT INTO user_events (sub, version) VALUES ($1, 1)"
+            " ON CONFLICT (sub) DO UPDATE SET version = user_events.version + 1 RETURNING version",
+            sub,
+        )
+        assert row is not None
+        version = int(row["version"])
+        await self.append_event(
+            tx,
+            user_stream(self.region, sub),
+            f"user:{sub}",
+            version,
+            {**payload, "sub": sub, "version": version, "ts": ts},
+            ts,
+        )
 
     async def _touch_stock(self, tx: Tx, product_id: str, warehouse_id: str | None, ts: int) -> None:
         rows = await tx.fetch(
@@ -666,7 +711,9 @@ class SqlStore:
             expires_at=expires_at,
             updated_at=ts,
         )
-        return 201, reservation_to_dict(reservation)
+        body = reservation_to_dict(reservation)
+        await self.user_event(tx, owner, {"type": "reservation.created", "reservation": body}, ts)
+        return 201, body
 
     async def _reserve_line(self, tx: Tx, index: int, line: ReservationLineRequest, ts: int) -> str:
         product = await tx.fetchrow("SELECT status FROM products WHERE id = $1", line.product_id)
@@ -783,6 +830,12 @@ class SqlStore:
                 await self._emit(tx, line.product_id, line.warehouse_id, ts)
             # changed == 0 only if the product was deleted meanwhile, which delete_product
             # refuses while reservations are pending.
+        await self.user_event(
+            tx,
+            reservation.owner,
+            {"type": f"reservation.{target.value}", "reservation": reservation_to_dict(reservation)},
+            ts,
+        )
         return reservation, True
 
     async def commit_reservation(self, reservation_id: str) -> Reservation:
@@ -827,12 +880,11 @@ class SqlStore:
     # -- outbox --------------------------------------------------------------------------------
     async def read_outbox(self, limit: int = 500) -> list[OutboxEntry]:
         async def work(tx: Tx) -> list[Row]:
-            return await tx.fetch("SELECT seq, payload FROM outbox ORDER BY seq LIMIT $1", limit)
+            return await tx.fetch(
+                "SELECT seq, stream, dedupe_key, version, payload FROM outbox ORDER BY seq LIMIT $1", limit
+            )
 
-        return [
-            OutboxEntry(seq=r["seq"], delta=InventoryDelta(**json.loads(r["payload"])))
-            for r in await self.db.run(work, readonly=True, single_statement=True)
-        ]
+        return [_outbox_entry(r) for r in await self.db.run(work, readonly=True, single_statement=True)]
 
     async def ack_outbox(self, seqs: Sequence[int]) -> None:
         if not seqs:
@@ -860,16 +912,16 @@ class SqlStore:
         return int(row["n"]), row["oldest"]
 
 
-def reservation_to_dict(reservation: Reservation) -> dict[str, Any]:
-    return {
-        "id": reservation.id,
-        "owner": reservation.owner,
-        "status": reservation.status.value,
-        "lines": [
-            {"product_id": ln.product_id, "warehouse_id": ln.warehouse_id, "quantity": ln.quantity}
-            for ln in reservation.lines
-        ],
-        "created_at": reservation.created_at,
-        "expires_at": reservation.expires_at,
-        "updated_at": reservation.updated_at,
-    }
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _outbox_entry(row: Row) -> OutboxEntry:
+    payload = row["payload"]
+    if row["stream"]:
+        return OutboxEntry(row["seq"], row["stream"], row["dedupe_key"], row["version"], payload.encode())
+    # A stock change written before migration 3 or by PostgreSQL's batched reservations (the SQL
+    # functions of migration 2): its stream, key and version are in its payload.
+    delta = json.loads(payload)
+    key = f"{delta['product_id']}/{delta['warehouse_id']}"
+    return OutboxEntry(row["seq"], inventory_stream(delta["region"]), key, delta["version"], payload.encode())

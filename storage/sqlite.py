@@ -312,6 +312,6 @@ def _driver_errors() -> Iterator[None]:
         raise StoreError(str(exc)) from exc
 
 
-def SqliteStore(path: str) -> SqlStore:
+def SqliteStore(path: str, *, region: str = "default") -> SqlStore:
     # One hub process owns the embedded database: its commit order is the outbox's order.
-    return SqlStore(SqliteDatabase(path), hand_over_outbox=True)
+    return SqlStore(SqliteDatabase(path), hand_over_outbox=True, region=region)

@@ -1,20 +1,44 @@
-"""Channel names: what a client follows.
+"""Channels: what a client follows, and the kinds of channel the hub knows.
 
-    inventory:{region}                 every stock change of the region
-    inventory:{region}:{product_id}    stock changes of one product in the region (all its warehouses)
+    inventory:{region}                 every stock change of the region            (public)
+    inventory:{region}:{product_id}    stock changes of one product in the region  (public)
+    cart:{cart_id}                     one cart's deltas and status                (its owner's devices)
+    user:{sub}                         one user's reservations and carts' status  (that user)
 
-A node started with ``--region eu`` serves the channels of region ``eu`` only. Every channel of a
-region is a view of one broker stream, ``inventory.{region}``, so one position (cursor) is valid for
-all of them: a client that follows a region and a product resumes both from the same position.
+Each kind (:data:`KINDS`) declares who may follow it, the event types it carries and how an event
+names its key. Access is *checked by the hub* (``hub/channel_access.py``) at subscribe and at every
+resume, on every transport, with the connection's principal; this module only names the rules.
+
+Streams. A channel is a view of one broker stream, and one position (cursor) is valid for every channel
+of that stream:
+
+* ``inventory.{region}`` carries the region's stock changes;
+* ``user.{region}.{n}`` carries the private events of the users whose name hashes to shard ``n``
+  (:func:`user_stream`, named in :mod:`storage.streams`, which writes them into the outbox): a
+  user's ``user:`` channel and all their ``cart:`` channels share one stream, so
+  a cart's deltas, its checkout and the reservation that follows reach the user in one order. A fixed
+  number of shards (:data:`USER_STREAM_SHARDS`, the same on every node) keeps the broker's stream count
+  small — not one Redis stream per user — and the engine indexes feeds by key, so an event costs only
+  its own subscribers.
+
+A node started with ``--region eu`` serves the channels of region ``eu`` only; a cart or a user channel
+is served in the region of the node (its stream is that region's).
 """
 
 from __future__ import annotations
 
+import enum
 import re
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
+
+from storage.streams import USER_STREAM_SHARDS, inventory_stream, user_stream, user_streams
 
 _REGION = re.compile(r"[a-z0-9][a-z0-9\-]{0,31}")
+# A user's name (a token's ``sub``) as it may appear in a channel name: no ':' or ',' (channel and
+# list separators), no control characters.
+_SUB = re.compile(r"[A-Za-z0-9._@+\-|=]{1,100}")
 MAX_CHANNEL_LENGTH = 128
 
 
@@ -25,49 +49,176 @@ class ChannelError(ValueError):
         self.message = message
 
 
+class Access(enum.Enum):
+    PUBLIC = "public"  # anyone, with or without a token
+    CART_OWNER = "cart_owner"  # the cart's owner (and service/admin tokens, read only)
+    SELF = "self"  # the user named by the channel (and service/admin tokens, read only)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelKind:
+    name: str
+    access: Access
+    event_types: frozenset[str]
+    key_field: str  # the field of an event's data that names the channel's key
+    sse_event: str  # the SSE ``event:`` name of its events
+
+
+INVENTORY = ChannelKind(
+    "inventory", Access.PUBLIC, frozenset({"stock"}), key_field="product_id", sse_event="inventory"
+)
+CART = ChannelKind(
+    "cart", Access.CART_OWNER, frozenset({"cart.delta", "cart.closed"}), key_field="cart_id", sse_event="cart"
+)
+USER = ChannelKind(
+    "user",
+    Access.SELF,
+    frozenset(
+        {
+            "cart.status",
+            "reservation.created",
+            "reservation.committed",
+            "reservation.released",
+            "reservation.expired",
+        }
+    ),
+    key_field="sub",
+    sse_event="user",
+)
+KINDS: dict[str, ChannelKind] = {kind.name: kind for kind in (INVENTORY, CART, USER)}
+# Every event type of a private stream names the one kind of channel it is published to.
+KIND_OF_TYPE: dict[str, ChannelKind] = {t: kind for kind in (CART, USER) for t in kind.event_types}
+
+
 @dataclass(frozen=True, slots=True)
 class Channel:
+    kind: ChannelKind
     region: str
-    product_id: str | None = None
-    # Made once: a fan-out reads it once per delivery (and a new string is hashed anew by each lookup).
+    key: str | None  # product id, cart id or user; None: every key of the stream (inventory:{region})
+    stream: str
+    # Made once: a fan-out reads them once per delivery (and a new string is hashed anew by each lookup).
     name: str = field(init=False, repr=False, compare=False)
+    route: str | None = field(init=False, repr=False, compare=False)  # the engine's index of the feed
 
     def __post_init__(self) -> None:
-        name = f"inventory:{self.region}"
-        if self.product_id is not None:
-            name += f":{self.product_id}"
+        if self.kind is INVENTORY:
+            name = f"inventory:{self.region}" if self.key is None else f"inventory:{self.region}:{self.key}"
+        else:
+            name = f"{self.kind.name}:{self.key}"
         object.__setattr__(self, "name", name)
+        object.__setattr__(self, "route", None if self.key is None else route_key(self.kind, self.key))
 
     @property
-    def stream(self) -> str:
-        return inventory_stream(self.region)
+    def product_id(self) -> str | None:
+        """The product of an inventory channel (None for the whole region)."""
+        return self.key if self.kind is INVENTORY else None
 
-    def matches(self, product_id: str) -> bool:
-        return self.product_id is None or self.product_id == product_id
+    @property
+    def public(self) -> bool:
+        return self.kind.access is Access.PUBLIC
 
     def __str__(self) -> str:
         return self.name
 
 
-def inventory_stream(region: str) -> str:
-    return f"inventory.{region}"
+@dataclass(frozen=True, slots=True)
+class ChannelName:
+    """A channel name as parsed, before the hub resolved its stream (a cart's depends on its owner)."""
+
+    kind: ChannelKind
+    key: str | None
+    region: str | None  # inventory channels name theirs; the others are served in the node's region
+
+
+def route_key(kind: ChannelKind, key: str) -> str:
+    return f"{kind.name}:{key}"
+
+
+def inventory_channel(region: str, product_id: str | None = None) -> Channel:
+    return Channel(INVENTORY, region, product_id, inventory_stream(region))
+
+
+def cart_channel(region: str, cart_id: str, owner: str) -> Channel:
+    return Channel(CART, region, cart_id, user_stream(region, owner))
+
+
+def user_channel(region: str, sub: str) -> Channel:
+    return Channel(USER, region, sub, user_stream(region, sub))
+
+
+__all__ = [
+    "CART",
+    "INVENTORY",
+    "KINDS",
+    "USER",
+    "USER_STREAM_SHARDS",
+    "Access",
+    "Channel",
+    "ChannelError",
+    "ChannelKind",
+    "ChannelName",
+    "cart_channel",
+    "event_route",
+    "inventory_channel",
+    "inventory_stream",
+    "parse_channel",
+    "parse_channel_name",
+    "route_key",
+    "user_channel",
+    "user_stream",
+    "user_streams",
+]
+
+
+def parse_channel_name(name: str) -> ChannelName:
+    if len(name) > MAX_CHANNEL_LENGTH:
+        raise ChannelError("invalid_channel", "channel names are at most 128 characters")
+    kind_name, _, rest = name.partition(":")
+    kind = KINDS.get(kind_name)
+    if kind is None or not rest:
+        raise ChannelError(
+            "invalid_channel",
+            "a channel is inventory:{region}, inventory:{region}:{product_id}, cart:{cart_id} or user:{sub}",
+        )
+    if kind is INVENTORY:
+        parts = rest.split(":")
+        if len(parts) > 2:
+            raise ChannelError(
+                "invalid_channel", "a channel is inventory:{region} or inventory:{region}:{product_id}"
+            )
+        if not _REGION.fullmatch(parts[0]):
+            raise ChannelError("invalid_channel", f"{parts[0]!r} is not a region name")
+        return ChannelName(INVENTORY, _uuid(parts[1], "product") if len(parts) == 2 else None, parts[0])
+    if kind is CART:
+        return ChannelName(CART, _uuid(rest, "cart"), None)
+    if not _SUB.fullmatch(rest):
+        raise ChannelError("invalid_channel", "a user channel is user:{sub}, the token's subject")
+    return ChannelName(USER, rest, None)
 
 
 def parse_channel(name: str) -> Channel:
-    if len(name) > MAX_CHANNEL_LENGTH:
-        raise ChannelError("invalid_channel", "channel names are at most 128 characters")
-    parts = name.split(":")
-    if parts[0] != "inventory" or len(parts) not in (2, 3):
-        raise ChannelError(
-            "invalid_channel", "a channel is inventory:{region} or inventory:{region}:{product_id}"
-        )
-    region = parts[1]
-    if not _REGION.fullmatch(region):
-        raise ChannelError("invalid_channel", f"{region!r} is not a region name")
-    if len(parts) == 2:
-        return Channel(region)
+    """A public (inventory) channel from its name; ChannelError for anything else."""
+    parsed = parse_channel_name(name)
+    if parsed.kind is not INVENTORY:
+        raise ChannelError("invalid_channel", f"{parsed.kind.name} channels are resolved by the hub")
+    assert parsed.region is not None
+    return inventory_channel(parsed.region, parsed.key)
+
+
+def _uuid(text: str, what: str) -> str:
     try:
-        product_id = str(uuid.UUID(parts[2]))
+        return str(uuid.UUID(text))
     except ValueError as exc:
-        raise ChannelError("invalid_channel", "the product of a channel is a UUID") from exc
-    return Channel(region, product_id)
+        raise ChannelError("invalid_channel", f"the {what} of a channel is a UUID") from exc
+
+
+def event_route(stream: str, data: dict[str, Any]) -> tuple[ChannelKind, str, str]:
+    """(kind, type, key) of a publication's data: inventory events have no ``type`` (their wire format
+    predates the others'); every other event names its type, and the type its kind."""
+    kind_type = data.get("type")
+    if kind_type is None:
+        return INVENTORY, "stock", str(data.get("product_id", ""))
+    kind = KIND_OF_TYPE.get(kind_type) if isinstance(kind_type, str) else None
+    if kind is None:
+        raise ChannelError("unknown_event_type", f"no channel kind carries events of type {kind_type!r}")
+    return kind, kind_type, str(data.get(kind.key_field, ""))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sync.broker import Broker, Position, PositionExpired, Publication
-from sync.channels import Channel, ChannelError, inventory_stream
+from sync.channels import Channel, ChannelError, inventory_stream, user_streams
 from sync.events import Event
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,29 @@ _LIVE = FeedState.LIVE  # (a module global is found faster than an enum member: 
 
 class Feed:
     # One per subscribed connection: slots and no lists while live keep an idle subscriber small.
-    __slots__ = ("_pending", "_replay", "channels", "engine", "position", "sink", "state", "stream")
+    __slots__ = (
+        "_pending",
+        "_replay",
+        "channels",
+        "engine",
+        "keyed",
+        "position",
+        "sink",
+        "state",
+        "stream",
+    )
 
     def __init__(self, engine: SyncEngine, stream: str, channels: Sequence[Channel], sink: Sink) -> None:
         self.engine = engine
         self.stream = stream
         self.channels = tuple(channels)
         self.sink = sink
+        # The routes of its channels when every channel names a key (a product, a cart, a user): the
+        # engine then offers it only the events of those keys. None: it follows a whole stream.
+        routes = [channel.route for channel in self.channels]
+        self.keyed: tuple[str, ...] | None = (
+            None if any(route is None for route in routes) else tuple(r for r in routes if r is not None)
+        )
         self.state = FeedState.NEW
         self.position: Position | None = None  # last publication seen, delivered or filtered out
         self._replay: list[Event] | None = None  # what the history read, until go_live
@@ -115,19 +131,23 @@ class Feed:
 
     def offer(self, event: Event) -> None:
         if self.state is _LIVE:
-            # _dispatch's common case written out — the next offset of the same epoch, to the first
-            # channel that matches — as this runs once per connection per event.
+            # _dispatch's common case written out — the next offset of the same epoch (any later one for
+            # a keyed feed), to the first channel that matches — as this runs once per connection per event.
             position = event.publication.position
             current = self.position
-            if current is not None and (
-                position.offset != current.offset + 1 or position.epoch != current.epoch
+            if current is not None and not (
+                position.epoch == current.epoch
+                and (
+                    position.offset == current.offset + 1
+                    or (self.keyed is not None and position.offset > current.offset)
+                )
             ):
                 self._dispatch(event)
                 return
             self.position = position
-            product_id = event.product_id
+            route = event.route
             for channel in self.channels:
-                if channel.product_id is None or channel.product_id == product_id:
+                if channel.route is None or channel.route == route:
                     self.sink.deliver(event, channel)
                     return
         elif self.state is FeedState.BUFFERING and self._pending is not None:
@@ -143,16 +163,37 @@ class Feed:
                 self.sink.resync("epoch_changed", position, self.channels)
             elif position.offset <= current.offset:
                 return  # already replayed from history
-            elif position.offset > current.offset + 1:
+            elif position.offset > current.offset + 1 and self.keyed is None:
                 # Offsets are contiguous: publications were lost on the way (e.g. trimmed while this
-                # node's reader was cut off from the broker).
+                # node's reader was cut off from the broker). (A keyed feed sees only its keys' events:
+                # the engine watches the whole stream for it, see SyncEngine._on_publication.)
                 self.position = position
                 self.sink.resync("gap", position, self.channels)
         self.position = position
+        route = event.route
         for channel in self.channels:
-            if channel.matches(event.product_id):
+            if channel.route is None or channel.route == route:
                 self.sink.deliver(event, channel)
                 return
+
+    def cursor(self) -> Position | None:
+        """Where the client stands. A live keyed feed stands at the newest position the engine has read
+        of its stream: every event of its keys up to there has been offered to it."""
+        position = self.position
+        if self.keyed is not None and self.state is FeedState.LIVE and position is not None:
+            top = self.engine.top_seen(self.stream)
+            if top is not None and top.epoch == position.epoch and top.offset > position.offset:
+                return top
+        return position
+
+    def lost(self, reason: str, position: Position) -> None:
+        """The engine saw the stream jump (``reason``: "gap" or "epoch_changed") at ``position``: this
+        keyed feed may have missed events of its keys in between."""
+        if self.state is FeedState.CLOSED:
+            return
+        # Just before ``position``: the publication that showed the jump is still offered next.
+        self.position = Position(position.epoch, position.offset - 1)
+        self.sink.resync(reason, position, self.channels)
 
     def close(self) -> None:
         if self.state is not FeedState.CLOSED:
@@ -162,34 +203,45 @@ class Feed:
 
 
 class SyncEngine:
-    """Reads the streams of one region from the broker and offers every publication to the feeds."""
+    """Reads the streams of one region from the broker and offers every publication to the feeds that
+    follow it: the feeds of the whole stream, and the keyed feeds of the publication's key only — a cart
+    event costs its own subscribers, not every connection of the stream."""
 
     def __init__(
         self, broker: Broker, region: str, *, on_event: Callable[[Event], None] | None = None
     ) -> None:
         self.broker = broker
         self.region = region
-        self._feeds: dict[str, dict[Feed, None]] = {}
+        self._feeds: dict[str, dict[Feed, None]] = {}  # stream → the feeds of the whole stream
+        self._keyed: dict[str, dict[str, dict[Feed, None]]] = {}  # stream → route → keyed feeds
+        self._last: dict[str, Position] = {}  # stream → the newest position read
         self._unsubscribe: list[Callable[[], None]] = []
         self._on_event = on_event
         self._recent: dict[str, dict[Position, Event]] = {}
 
     @property
     def streams(self) -> list[str]:
-        return [inventory_stream(self.region)]
+        return [inventory_stream(self.region), *user_streams(self.region)]
 
     async def start(self) -> None:
         for stream in self.streams:
             self._feeds.setdefault(stream, {})
+            self._keyed.setdefault(stream, {})
             self._unsubscribe.append(self.broker.subscribe(stream, self._on_publication))
 
     async def stop(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
-        for feeds in self._feeds.values():
-            for feed in list(feeds):
-                feed.close()
+        for feed in self._all_feeds():
+            feed.close()
+
+    def _all_feeds(self) -> list[Feed]:
+        feeds = [feed for by_stream in self._feeds.values() for feed in by_stream]
+        for routes in self._keyed.values():
+            for by_route in routes.values():
+                feeds.extend(feed for feed in by_route if feed.keyed is not None)
+        return list(dict.fromkeys(feeds))
 
     def check_channel(self, channel: Channel) -> None:
         if channel.region != self.region:
@@ -199,32 +251,83 @@ class SyncEngine:
             )
 
     def feed(self, channels: Sequence[Channel], sink: Sink) -> Feed:
-        """A new feed over the channels (all of this node's region, hence one stream)."""
+        """A new feed over the channels: all of this node's region, and of one stream (inventory channels
+        of the region, or one user's channels)."""
+        self.feed_check(channels)
+        return Feed(self, channels[0].stream, channels, sink)
+
+    def feed_check(self, channels: Sequence[Channel]) -> None:
+        """ChannelError unless one feed can follow ``channels`` (see :meth:`feed`)."""
         if not channels:
             raise ChannelError("invalid_channel", "follow at least one channel")
         for channel in channels:
             self.check_channel(channel)
-        return Feed(self, channels[0].stream, channels, sink)
+        stream = channels[0].stream
+        if any(channel.stream != stream for channel in channels):
+            raise ChannelError(
+                "channels_span_streams",
+                "one feed follows one stream: inventory channels of a region, or one user's user: and"
+                " cart: channels; open another for the rest",
+            )
 
     def feed_count(self) -> int:
-        return sum(len(feeds) for feeds in self._feeds.values())
+        return len(self._all_feeds())
+
+    def top_seen(self, stream: str) -> Position | None:
+        """The newest position this node has read from ``stream`` (None before the first)."""
+        return self._last.get(stream)
 
     def _attach(self, feed: Feed) -> None:
-        self._feeds.setdefault(feed.stream, {})[feed] = None
+        if feed.keyed is None:
+            self._feeds.setdefault(feed.stream, {})[feed] = None
+            return
+        routes = self._keyed.setdefault(feed.stream, {})
+        for route in feed.keyed:
+            routes.setdefault(route, {})[feed] = None
 
     def _detach(self, feed: Feed) -> None:
-        self._feeds.get(feed.stream, {}).pop(feed, None)
+        if feed.keyed is None:
+            self._feeds.get(feed.stream, {}).pop(feed, None)
+            return
+        routes = self._keyed.get(feed.stream, {})
+        for route in feed.keyed:
+            by_route = routes.get(route)
+            if by_route is not None:
+                by_route.pop(feed, None)
+                if not by_route:
+                    del routes[route]
 
     def _on_publication(self, publication: Publication) -> None:
-        event = Event(publication)
-        recent = self._recent.setdefault(publication.stream, {})
-        recent[publication.position] = event
+        try:
+            event = Event(publication)
+        except (ChannelError, ValueError):
+            log.warning("dropped a publication of %s that names no channel", publication.stream)
+            return
+        stream = publication.stream
+        position = publication.position
+        last = self._last.get(stream)
+        if last is None or position.epoch != last.epoch or position.offset > last.offset:
+            self._last[stream] = position
+            if last is not None and (position.epoch != last.epoch or position.offset > last.offset + 1):
+                # Keyed feeds see only their keys' offsets, so a jump of the stream is told them here.
+                reason = "epoch_changed" if position.epoch != last.epoch else "gap"
+                routes = self._keyed.get(stream, {}).values()
+                for feed in dict.fromkeys(feed for by_route in routes for feed in by_route):
+                    feed.lost(reason, position)
+        recent = self._recent.setdefault(stream, {})
+        recent[position] = event
         if len(recent) > RECENT_EVENTS:
             del recent[next(iter(recent))]
         if self._on_event is not None:
             self._on_event(event)
-        for feed in list(self._feeds.get(publication.stream, ())):
+        for feed in list(self._feeds.get(stream, ())):
             feed.offer(event)
+        keyed = self._keyed.get(stream)
+        if keyed:
+            routed = keyed.get(event.route)
+            if routed:
+                for feed in list(routed):
+                    feed.offer(event)
 
 
 __all__ = ["Feed", "FeedState", "PositionExpired", "Sink", "SyncEngine"]

@@ -13,7 +13,9 @@ from typing import Any
 import msgpack
 import orjson
 
+from crdt import codec
 from sync.broker import Publication
+from sync.channels import event_route, route_key
 from sync.cursor import format_position
 
 
@@ -26,18 +28,23 @@ class Event:
         "_sse_chunks",
         "_ws_binary",
         "_ws_text",
+        "key",
+        "kind",
         "position_text",
-        "product_id",
         "publication",
         "received_at",
+        "route",
         "ts",
+        "type",
     )
 
     def __init__(self, publication: Publication) -> None:
         self.publication = publication
         self.position_text = format_position(publication.position)
         self._data: dict[str, Any] = orjson.loads(publication.data)
-        self.product_id: str = str(self._data.get("product_id", ""))
+        # Raises ChannelError for data of no known kind (the engine drops such a publication).
+        self.kind, self.type, self.key = event_route(publication.stream, self._data)
+        self.route = route_key(self.kind, self.key)  # the engine's index of the feeds it goes to
         ts = self._data.get("ts")
         self.ts: float | None = ts / 1e6 if isinstance(ts, int) else None  # when the change committed
         self.received_at = time.time()
@@ -72,7 +79,13 @@ class Event:
         encoded = self._msgpack.get(channel)
         if encoded is None:
             encoded = msgpack.packb(
-                {"type": "event", "channel": channel, "position": self.position_text, "data": self._data}
+                {
+                    "type": "event",
+                    "channel": channel,
+                    "position": self.position_text,
+                    "data": _binary_data(self._data),
+                },
+                use_bin_type=True,
             )
             self._msgpack[channel] = encoded
         return encoded
@@ -84,7 +97,9 @@ class Event:
             encoded = (
                 b"id: "
                 + self.position_text.encode()
-                + b"\nevent: inventory\ndata: "
+                + b"\nevent: "
+                + self.kind.sse_event.encode()
+                + b"\ndata: "
                 + self.json(channel)
                 + b"\n\n"
             )
@@ -113,6 +128,15 @@ class Event:
 
     def as_dict(self, channel: str) -> dict[str, Any]:
         return {"type": "event", "channel": channel, "position": self.position_text, "data": self._data}
+
+
+def _binary_data(data: dict[str, Any]) -> dict[str, Any]:
+    """An event's data for MessagePack frames: a CRDT in it travels in the codec's binary form (JSON
+    frames carry its JSON-safe form, as published)."""
+    crdt = data.get("delta")
+    if not isinstance(crdt, dict):
+        return data
+    return {**data, "delta": codec.to_msgpack(codec.from_dict(crdt))}
 
 
 def http_chunk(data: bytes) -> bytes:

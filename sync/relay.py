@@ -1,4 +1,5 @@
-"""The outbox relay: moves committed stock changes from the store's outbox to the broker.
+"""The outbox relay: moves committed changes (stock, carts, users' events) from the store's outbox to
+the broker, each to its entry's stream.
 
 Two paths lead to the broker. **Handed over**: where this process is the database's only writer (the
 embedded store), the store hands the relay each entry as its transaction commits (``outbox_committed``)
@@ -12,9 +13,9 @@ processes, left by a crash, or whose handed-over publish failed.
 Delivery is at least once: an entry is acknowledged (deleted) only after the broker accepted it, so a
 crash between the two republishes it. Acknowledgements are batched — one write per sweep, not one per
 commit — so a crash republishes at most a sweep's worth, and relays on other nodes may publish an entry
-this one has published but not yet acknowledged. Both are harmless: the broker appends a product ×
-warehouse change only if its ``version`` is newer than the last appended (``dedupe``), so a stream
-carries each change once and, per product × warehouse, in version order.
+this one has published but not yet acknowledged. Both are harmless: the broker appends an entry only
+if its ``version`` is newer than the last appended under its ``key`` (``dedupe``: a product ×
+warehouse, a cart, a user), so a stream carries each change once and, per key, in version order.
 """
 
 from __future__ import annotations
@@ -25,34 +26,27 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
-
-import orjson
+from typing import Protocol
 
 from sync.broker import Broker
-from sync.channels import inventory_stream
 
 log = logging.getLogger(__name__)
 
 
-class OutboxDelta(Protocol):
-    @property
-    def region(self) -> str: ...
-    @property
-    def product_id(self) -> str: ...
-    @property
-    def warehouse_id(self) -> str: ...
-    @property
-    def version(self) -> int: ...
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-
 class OutboxItem(Protocol):
+    """One committed change, as the store's outbox holds it: published to ``stream`` as ``payload``
+    (encoded once, when it was written), appended once per (``key``, ``version``)."""
+
     @property
     def seq(self) -> int: ...
     @property
-    def delta(self) -> OutboxDelta: ...
+    def stream(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def payload(self) -> bytes: ...
 
 
 class OutboxSource(Protocol):
@@ -157,12 +151,7 @@ class OutboxRelay:
         self._published.difference_update(seqs)  # not clear(): more may have been published meanwhile
 
     async def _publish(self, entry: OutboxItem) -> None:
-        delta = entry.delta
-        await self._broker.publish(
-            inventory_stream(delta.region),
-            orjson.dumps(delta.to_dict()),
-            dedupe=(f"{delta.product_id}/{delta.warehouse_id}", delta.version),
-        )
+        await self._broker.publish(entry.stream, entry.payload, dedupe=(entry.key, entry.version))
 
     # -- running ----------------------------------------------------------------------------------
     async def run(self) -> None:

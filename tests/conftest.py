@@ -12,26 +12,28 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
-import asyncpg
-import pytest
-from aiohttp import web
-from redis.asyncio import Redis
-
-from hub.app import create_app
-from hub.auth import issue_token
-from hub.settings import Settings
-from storage.factory import open_store
-from storage.models import NewProduct, Warehouse
-from storage.sql import SqlStore
 from tests import native_modules
 
-CRDT_BUILD = native_modules.select()  # before any test module imports crdt
+# Before anything imports crdt (the hub does, through its cart routes and the sync engine's events).
+CRDT_BUILD = native_modules.select()
 
+import aiohttp  # noqa: E402
+import asyncpg  # noqa: E402
+import pytest  # noqa: E402
+from aiohttp import web  # noqa: E402
+from redis.asyncio import Redis  # noqa: E402
+
+from hub.app import create_app  # noqa: E402
+from hub.auth import issue_token  # noqa: E402
+from hub.settings import Settings  # noqa: E402
+from storage.factory import open_store  # noqa: E402
+from storage.models import InventoryDelta, NewProduct, OutboxEntry, Warehouse  # noqa: E402
+from storage.sql import SqlStore  # noqa: E402
 
 # The loop the tests run on: uvloop, as `synchub serve` runs (hub/cli.py); SYNCHUB_TEST_LOOP=asyncio for
 # the standard library's (where uvloop is not installed). They differ where it shows: uvloop's
@@ -55,7 +57,10 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 BACKENDS = ["sqlite", "postgres"]
 JWT_SECRET = "test-secret-" + secrets.token_hex(16)
-TABLES = "outbox, idempotency_keys, reservation_lines, reservations, stock, warehouses, products"
+TABLES = (
+    "outbox, idempotency_keys, reservation_lines, reservations, stock, warehouses, products,"
+    " cart_mutations, carts, replicas, user_events"
+)
 
 
 def _admin_url() -> str:
@@ -274,3 +279,13 @@ async def seed(store: SqlStore, sku: str = "SKU-1", stock: dict[str, int] | None
             await store.create_warehouse(Warehouse(wid, "us" if wid.startswith("us-") else "eu", wid))
         await store.set_stock(product.id, wid, qty)
     return product.id
+
+
+def is_stock_entry(entry: OutboxEntry) -> bool:
+    return entry.stream.startswith("inventory.")
+
+
+def stock_delta(entry: OutboxEntry) -> InventoryDelta:
+    """The stock change an inventory outbox entry carries (its payload is the delta's JSON)."""
+    assert is_stock_entry(entry), f"not a stock change: {entry.stream}"
+    return InventoryDelta(**json.loads(entry.payload))

@@ -25,6 +25,10 @@ EXPECTED_TABLES = {
     "reservation_lines",
     "idempotency_keys",
     "outbox",
+    "carts",
+    "cart_mutations",
+    "replicas",
+    "user_events",
 }
 
 

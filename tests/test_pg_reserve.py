@@ -52,11 +52,22 @@ def line(product_id: str, quantity: int = 1, **where: str) -> ReservationLineReq
     return ReservationLineRequest(product_id, quantity, **where)
 
 
-async def outbox(store: SqlStore) -> list[dict[str, Any]]:
+async def entries(store: SqlStore) -> list[dict[str, Any]]:
+    """Every outbox payload in seq order: stock deltas and the owners' ``reservation.*`` events."""
+
     async def work(tx: Any) -> list[Any]:
         return await tx.fetch("SELECT payload FROM outbox ORDER BY seq")
 
     return [json.loads(r["payload"]) for r in await store.db.run(work)]
+
+
+async def outbox(store: SqlStore) -> list[dict[str, Any]]:
+    """The stock deltas in the outbox, in seq order."""
+    return [payload for payload in await entries(store) if "type" not in payload]
+
+
+def told(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [payload for payload in payloads if "type" in payload]
 
 
 # Each scenario: (stock per product, lines as (product, quantity, where)). Products are named by letter.
@@ -82,11 +93,11 @@ async def run_scenario(
 ) -> tuple[IdempotentResult, list[dict[str, Any]], dict[str, str]]:
     ids = {name: await product(store, f"{prefix}-{name}", levels) for name, levels in stock.items()}
     ids["missing"] = MISSING
-    before = len(await outbox(store))
+    before = len(await entries(store))
     requests = [line(ids[name], qty, **where) for name, qty, where in lines]
     reserve = SqlStore.reserve if generic else PostgresStore.reserve
     result = await reserve(store, "alice", f"{prefix}-key", "hash", requests, 60)
-    return result, (await outbox(store))[before:], {v: k for k, v in ids.items()}
+    return result, (await entries(store))[before:], {v: k for k, v in ids.items()}
 
 
 def normalised(value: Any, names: dict[str, str], prefix: str) -> Any:
@@ -121,9 +132,18 @@ async def test_the_batch_function_answers_and_emits_exactly_as_the_generic_path(
             (normalised(d, names, prefix) for d in deltas), key=lambda d: (d["product_id"], d["version"])
         )
 
-    assert per_product(batched_deltas, batched_names, f"b{scenario}") == per_product(
-        generic_deltas, generic_names, f"g{scenario}"
-    )
+    assert per_product(
+        [d for d in batched_deltas if "type" not in d], batched_names, f"b{scenario}"
+    ) == per_product([d for d in generic_deltas if "type" not in d], generic_names, f"g{scenario}")
+    # The owner is told of a created reservation alike, with the next number of their counter.
+    batched_told, generic_told = told(batched_deltas), told(generic_deltas)
+    assert [(e["type"], normalised(e["reservation"], batched_names, f"b{scenario}")) for e in batched_told] == [
+        (e["type"], normalised(e["reservation"], generic_names, f"g{scenario}")) for e in generic_told
+    ]
+    assert len(batched_told) == (1 if batched.status == 201 else 0)
+    for event in batched_told:
+        assert (event["sub"], event["version"]) == ("alice", generic_told[0]["version"] + 1)
+        assert event["reservation"] == batched.body
     if batched.status == 201:
         body = batched.body
         assert body["expires_at"] - body["created_at"] == 60_000_000

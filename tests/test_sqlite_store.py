@@ -20,7 +20,7 @@ from storage.errors import Conflict, InsufficientStock, StoreUnavailable
 from storage.models import OutboxEntry, ReservationLineRequest, StockLevel
 from storage.sql import SqlStore
 from storage.sqlite import SqliteDatabase
-from tests.conftest import seed
+from tests.conftest import seed, stock_delta
 
 
 def database(store: SqlStore) -> SqliteDatabase:
@@ -99,7 +99,7 @@ async def test_concurrent_writes_share_commits_and_each_keeps_its_own_outcome(em
     assert (level.on_hand, level.version) == (40, 31)
     assert database(embedded).commits - commits < 40  # shared: fewer COMMITs (fsyncs) than writes
     appended = [entry for entry in await embedded.read_outbox(limit=10_000) if entry.seq not in before]
-    assert [entry.delta.version for entry in appended] == list(range(2, 32))
+    assert [stock_delta(entry).version for entry in appended] == list(range(2, 32))
     assert told.entries == appended  # announced in commit order, the refused ones never
 
 

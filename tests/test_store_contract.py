@@ -45,7 +45,7 @@ from storage.models import (
     Warehouse,
 )
 from storage.sql import SqlStore
-from tests.conftest import seed
+from tests.conftest import is_stock_entry, seed, stock_delta
 
 SORTS = ["newest", "oldest", "name", "-name", "price", "-price"]
 SORT_KEYS: dict[str, tuple[str, bool]] = {
@@ -82,7 +82,7 @@ async def level(store: SqlStore, product_id: str, warehouse_id: str) -> StockLev
 
 
 async def deltas(store: SqlStore) -> list[InventoryDelta]:
-    return [entry.delta for entry in await store.read_outbox(limit=100_000)]
+    return [stock_delta(entry) for entry in await store.read_outbox(limit=100_000) if is_stock_entry(entry)]
 
 
 async def peek(store: SqlStore, sql: str, *args: Any) -> Any:
@@ -1402,14 +1402,19 @@ async def test_outbox_versions_per_product_and_warehouse_increase_by_one_in_seq_
     entries = await store.read_outbox(limit=10_000)
     assert [e.seq for e in entries] == sorted(e.seq for e in entries)
     assert len({e.seq for e in entries}) == len(entries)
-    versions: dict[tuple[str, str], list[int]] = {}
+    # Every key's versions (a product × warehouse's, the reserving user's) grow by one in seq order.
+    by_key: dict[str, list[int]] = {}
     for entry in entries:
-        versions.setdefault((entry.delta.product_id, entry.delta.warehouse_id), []).append(
-            entry.delta.version
-        )
-    for key, seen in versions.items():
+        by_key.setdefault(entry.key, []).append(entry.version)
+    for key, seen in by_key.items():
         assert seen == list(range(1, len(seen) + 1)), key
+    assert "user:alice" in by_key  # the reservations told their owner, in their own order
+    stock = [stock_delta(entry) for entry in entries if is_stock_entry(entry)]
+    versions: dict[tuple[str, str], list[int]] = {}
+    for delta in stock:
+        versions.setdefault((delta.product_id, delta.warehouse_id), []).append(delta.version)
     for key, seen in versions.items():
+        assert by_key[f"{key[0]}/{key[1]}"] == seen
         assert (await level(store, *key)).version == seen[-1]
 
 
@@ -1434,12 +1439,13 @@ async def test_each_committed_transaction_announces_its_outbox_entries_and_nothi
     told = Announcements()
     unwatch = store.watch_outbox(told)
 
-    # Seven transactions that append (ten entries), each announced once...
+    # Seven transactions that append (fourteen entries), each announced once...
     await store.adjust_stock(a, "par-1", 1)
-    first = await reserve(store, line(a, 2, warehouse_id="us-1"), line(b, 1), key="k1")  # two entries
+    # two stock entries and the owner's reservation.created
+    first = await reserve(store, line(a, 2, warehouse_id="us-1"), line(b, 1), key="k1")
     await store.set_stock(b, "par-1", 30)
     await store.update_product(a, {"status": ProductStatus.PREORDER})  # one per warehouse: two
-    await store.commit_reservation(first.body["id"])  # two lines: two
+    await store.commit_reservation(first.body["id"])  # two lines: two, and reservation.committed
     short = await reserve(store, line(a, 1, warehouse_id="par-1"), key="k2", ttl=1)
     await asyncio.sleep(1.1)
     assert [r.id for r in await store.expire_reservations()] == [short.body["id"]]
@@ -1454,10 +1460,11 @@ async def test_each_committed_transaction_announces_its_outbox_entries_and_nothi
     assert await store.expire_reservations() == []
 
     appended = [entry for entry in await store.read_outbox(limit=10_000) if entry.seq not in before]
-    assert len(appended) == 10
+    assert len(appended) == 14
+    assert [e.key for e in appended if e.key.startswith("user:")] == ["user:alice"] * 4
     if store.backend == "sqlite":
         # The only writer: the entries themselves, per transaction, in commit order.
-        assert [len(batch) for batch in told.committed] == [1, 2, 1, 2, 2, 1, 1]
+        assert [len(batch) for batch in told.committed] == [1, 3, 1, 2, 3, 2, 2]
         assert [entry for batch in told.committed for entry in batch] == appended
         assert told.changed == 0
     else:
@@ -1485,7 +1492,7 @@ async def test_outbox_entries_stay_until_acknowledged(store):
     await store.adjust_stock(product_id, "par-1", 1)
     (fresh,) = await store.read_outbox()
     assert fresh.seq > first_read[-1].seq
-    assert fresh.delta.version == 6
+    assert stock_delta(fresh).version == 6
 
 
 async def test_outbox_entries_survive_reopening_the_store(store, database_url):
@@ -1505,7 +1512,7 @@ async def test_read_outbox_respects_its_limit_in_seq_order(store):
     for _ in range(6):
         await store.adjust_stock(product_id, "par-1", 1)
     everything = await store.read_outbox()
-    assert [e.delta.version for e in everything] == [1, 2, 3, 4, 5, 6, 7]
+    assert [stock_delta(e).version for e in everything] == [1, 2, 3, 4, 5, 6, 7]
     assert await store.read_outbox(limit=3) == everything[:3]
     await store.ack_outbox([e.seq for e in everything[:3]])
     assert await store.read_outbox(limit=3) == everything[3:6]
@@ -1554,10 +1561,10 @@ async def test_outbox_backlog_counts_entries_and_reports_the_oldest_timestamp(st
     assert count == 4 == len(entries)
     assert isinstance(oldest, int)
     assert before <= oldest <= now_us()
-    assert oldest == entries[0].delta.ts
+    assert oldest == stock_delta(entries[0]).ts
     await store.ack_outbox([entries[0].seq])
     count, oldest = await store.outbox_backlog()
-    assert count == 3 and oldest == entries[1].delta.ts
+    assert count == 3 and oldest == stock_delta(entries[1]).ts
     await store.ack_outbox([e.seq for e in entries[1:]])
     assert await store.outbox_backlog() == (0, None)
 
@@ -1618,10 +1625,11 @@ async def test_a_failed_stock_change_writes_nothing_to_the_outbox(store):
     assert (await reserve(store, line(product_id, 1), key="k", request_hash="a")).status == 201
     with pytest.raises(IdempotencyMismatch):
         await reserve(store, line(product_id, 1), key="k", request_hash="b")
-    # The successful first call of the pair above wrote one entry, the mismatch none.
+    # The successful first call of the pair above wrote one stock entry and told its owner, the
+    # mismatch nothing.
     after = await store.read_outbox()
     assert after[: len(entries)] == entries
-    assert len(after) == len(entries) + 1
+    assert [e.stream.split(".")[0] for e in after[len(entries) :]] == ["inventory", "user"]
 
 
 # -- idempotency keys ---------------------------------------------------------------------------

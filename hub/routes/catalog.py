@@ -41,8 +41,7 @@ from hub.validation import (
     uuid_string,
     validate,
 )
-from storage.models import NewProduct, Product, ProductQuery, ProductStatus
-from storage.sql import SORTS
+from storage.models import SORTS, NewProduct, Product, ProductQuery, ProductStatus
 
 routes = web.RouteTableDef()
 

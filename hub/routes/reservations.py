@@ -30,8 +30,7 @@ from hub.validation import (
     uuid_string,
     validate,
 )
-from storage.models import Reservation, ReservationLineRequest
-from storage.sql import reservation_to_dict
+from storage.models import Reservation, ReservationLineRequest, reservation_to_dict
 
 routes = web.RouteTableDef()
 

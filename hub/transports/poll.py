@@ -15,7 +15,7 @@ from aiohttp import web
 
 from hub.errors import ApiError
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS
-from hub.realtime import realtime_principal, snapshot_url
+from hub.realtime import channel_snapshot_url, realtime_principal
 from hub.responses import dumps
 from hub.transports.sse import parse_channels, parse_since
 from hub.validation import query_int
@@ -56,8 +56,7 @@ class PollCollector:
 @routes.get("/api/v1/poll", name="poll")
 async def poll(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    realtime_principal(request)
-    channels = parse_channels(request)
+    channels = await parse_channels(request, realtime_principal(request))
     since = parse_since(request.query.get("cursor"))
     timeout = query_int(request, "timeout", 25, 0, int(settings.poll_max_timeout_seconds))
     engine = request.app[ENGINE]
@@ -72,7 +71,7 @@ async def poll(request: web.Request) -> web.StreamResponse:
             "the cursor is older than the stream's retention or from another epoch:"
             " start again from the snapshot",
             position=format_position(exc.current) if exc.current else None,
-            snapshot=snapshot_url(engine.region),
+            snapshot=channel_snapshot_url(channels[0]),
         ) from exc
     connections = request.app[CONNECTIONS]
     connections.add(collector, _waker(collector))
@@ -92,11 +91,11 @@ async def poll(request: web.Request) -> web.StreamResponse:
         raise ResyncRequired(
             "the stream was lost and recreated: start again from the snapshot",
             position=format_position(feed.position) if feed.position else None,
-            snapshot=snapshot_url(engine.region),
+            snapshot=channel_snapshot_url(channels[0]),
         )
     # The cursor covers every publication the feed saw, including the ones no channel matched, unless
     # the reply was full: then it stops at the last event in the reply and the next poll goes on from there.
-    cursor = collector.full_at or feed.position
+    cursor = collector.full_at or feed.cursor()
     body = {
         "events": [event.as_dict(channel.name) for event, channel in collector.events],
         "cursor": format_position(cursor) if cursor else None,

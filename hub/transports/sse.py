@@ -15,9 +15,11 @@ import contextlib
 import orjson
 from aiohttp import HttpVersion11, web
 
-from hub.errors import BadRequest
+from hub.auth import Principal
+from hub.channel_access import resolve_channel
+from hub.errors import ApiError, BadRequest, Forbidden, NotFoundError, Unauthenticated
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
-from hub.realtime import ConnectionState, realtime_principal, resync_message, shared_channel
+from hub.realtime import ConnectionState, realtime_principal, resync_message
 from hub.transports.takeover import HandedOver, take_over
 from hub.transports.writes import NOTHING, TurnQueue
 from sync.broker import Position, PositionExpired
@@ -30,23 +32,34 @@ routes = web.RouteTableDef()
 MAX_CHANNELS = 20
 
 
-def parse_channels(request: web.Request) -> list[Channel]:
+async def parse_channels(request: web.Request, principal: Principal | None) -> list[Channel]:
+    """The request's ``channels``, each checked against ``principal`` (hub/channel_access.py): on every
+    request, so a resumed stream or poll is checked as a new one is."""
     raw = request.query.get("channels", "")
     names = [n for n in raw.split(",") if n]
     if not names or len(names) > MAX_CHANNELS:
         raise BadRequest(
             f"channels names 1 to {MAX_CHANNELS} channels, comma-separated", code="invalid_channel"
         )
-    engine = request.app[ENGINE]
     channels = []
     try:
         for name in dict.fromkeys(names):
-            channel, _ = shared_channel(name)
-            engine.check_channel(channel)
-            channels.append(channel)
+            channels.append(await resolve_channel(request.app, principal, name))
+        request.app[ENGINE].feed_check(channels)
     except ChannelError as exc:
-        raise BadRequest(exc.message, code=exc.code) from exc
+        raise channel_problem(exc) from exc
     return channels
+
+
+def channel_problem(exc: ChannelError) -> ApiError:
+    """A refused channel as the problem a REST transport answers with."""
+    if exc.code == "unauthenticated":
+        return Unauthenticated(exc.message, code=exc.code)
+    if exc.code == "channel_forbidden":
+        return Forbidden(exc.message, code=exc.code)
+    if exc.code == "cart_not_found":
+        return NotFoundError(exc.message, code=exc.code)
+    return BadRequest(exc.message, code=exc.code)
 
 
 def parse_since(text: str | None) -> Position | None:
@@ -136,7 +149,8 @@ class SseConnection(TurnQueue, asyncio.Protocol):
 
     def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("sse", reason).inc()
-        message = resync_message(",".join(c.name for c in channels), self.region, reason, current)
+        message = resync_message(channels[0], reason, current)
+        message["channel"] = ",".join(c.name for c in channels)
         self._queue(self.framed(_sse("resync", message)), None)
 
     def _queue(self, chunk: bytes, ts: float | None) -> None:
@@ -226,8 +240,7 @@ class SseConnection(TurnQueue, asyncio.Protocol):
 @routes.get("/api/v1/sse", name="sse")
 async def sse(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    realtime_principal(request)
-    channels = parse_channels(request)
+    channels = await parse_channels(request, realtime_principal(request))
     since = parse_since(request.headers.get("Last-Event-ID") or request.query.get("last_event_id"))
     app = request.app
     engine = app[ENGINE]
@@ -246,9 +259,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers=_HEADERS)
         await response.prepare(request)
         await response.write(retry)
-        await response.write(
-            _sse("resync", resync_message(channels[0].name, engine.region, "position_expired", exc.current))
-        )
+        await response.write(_sse("resync", resync_message(channels[0], "position_expired", exc.current)))
         return response
     connection.feed = feed
     metrics.connections.labels("sse", connection.region).inc()

@@ -27,6 +27,7 @@ import msgpack
 import orjson
 from aiohttp import web
 
+from hub.auth import Principal
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
 from hub.realtime import (
     CloseCode,
@@ -113,6 +114,7 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         "feeds",
         "meter",
         "metrics",
+        "principal",
         "settings",
         "state",
     )
@@ -122,10 +124,12 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         app: web.Application,
         transport: asyncio.Transport,
         binary: bool,
-        expires_in: float | None = None,
+        principal: Principal | None = None,
     ) -> None:
         settings = app[SETTINGS]
         self.app = app
+        self.principal = principal
+        expires_in = seconds_until_expiry(principal)
         self.binary = binary
         self.engine = app[ENGINE]
         self.metrics = app[METRICS]
@@ -192,7 +196,7 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
     def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("websocket", reason).inc()
         for channel in channels:
-            self.send(resync_message(channel.name, self.engine.region, reason, current))
+            self.send(resync_message(channel, reason, current))
 
     def beat(self, now: float) -> None:
         """The node's heartbeat tick (see the class)."""
@@ -388,7 +392,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if transport is None:
         raise ConnectionResetError("the client went away before the upgrade")
     binary = protocol == MSGPACK_PROTOCOL
-    connection = WsConnection(app, transport, binary, seconds_until_expiry(principal))
+    connection = WsConnection(app, transport, binary, principal)
     early = take_over(request, switching_protocols(accept, protocol), connection)
     app[CONNECTIONS].watch(connection, settings.ws_heartbeat_seconds)
     app[METRICS].connections.labels("websocket", settings.region).inc()

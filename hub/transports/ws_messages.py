@@ -10,19 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from typing import Any, cast
 
 import msgpack
 import orjson
 from aiohttp import web
 
+from crdt.wire import encode_context
+from hub.auth import Principal
+from hub.carts import CartInputError, decode_delta, encode_delta, read_context, read_mutation_id
+from hub.channel_access import resolve_channel
+from hub.errors import from_store_error
+from hub.keys import STORE
 from hub.metrics import Metrics
-from hub.realtime import resync_message, shared_channel, snapshot_url
+from hub.realtime import resync_message, snapshot_url
+from hub.routes.carts import RULES as CART_RULES
 from hub.routes.inventory import snapshot_items
 from hub.settings import Settings
 from hub.transports.wsframes import BINARY, TEXT
+from storage.carts import CartPush, PushStatus
+from storage.errors import StoreError
 from sync.broker import BrokerError, Position, PositionExpired
-from sync.channels import ChannelError
+from sync.channels import INVENTORY, ChannelError, parse_channel_name
 from sync.cursor import CursorError, format_position, parse_position
 from sync.engine import Feed, Sink, SyncEngine
 
@@ -32,6 +42,8 @@ _MESSAGE_FIELDS = {
     "subscribe": {"type", "id", "channel", "since", "recover"},
     "unsubscribe": {"type", "id", "channel"},
     "ping": {"type", "id"},
+    "sync": {"type", "id", "cart", "context"},
+    "push": {"type", "id", "cart", "mutation_id", "delta"},
 }
 
 
@@ -52,6 +64,7 @@ class Messages:
     engine: SyncEngine
     feeds: dict[str, Feed]
     metrics: Metrics
+    principal: Principal | None
     settings: Settings
 
     def send(self, message: dict[str, Any]) -> None:
@@ -107,18 +120,90 @@ class Messages:
             self.send({"type": "pong", **_echo(message)})
         elif kind == "subscribe":
             await self.subscribe(message)
-        else:
+        elif kind == "unsubscribe":
             self.unsubscribe(message)
+        else:
+            try:
+                await (self.cart_sync(message) if kind == "sync" else self.cart_push(message))
+            except CartInputError as exc:
+                raise ProtocolError(exc.code, exc.message) from exc
+            except StoreError as exc:
+                problem = from_store_error(exc)
+                raise ProtocolError(problem.code, problem.detail) from exc
+
+    def _cart_user(self, message: dict[str, Any]) -> tuple[Principal, str]:
+        """The connection's user, who may edit carts, and the message's cart id."""
+        principal = self.principal
+        if principal is None:
+            raise ProtocolError("unauthenticated", "carts need a bearer token on the connection")
+        if "customer" not in principal.roles:
+            raise ProtocolError("forbidden", "editing a cart needs the customer role")
+        cart_id = message.get("cart")
+        try:
+            return principal, str(uuid.UUID(cart_id)) if isinstance(cart_id, str) else _bad_cart()
+        except ValueError as exc:
+            raise ProtocolError("invalid_cart", "cart is the cart's UUID") from exc
+
+    async def cart_sync(self, message: dict[str, Any]) -> None:
+        """Sync step: the device's context in, what it lacks and the hub's context out."""
+        principal, cart_id = self._cart_user(message)
+        context = read_context(message.get("context"))
+        document = await self.app[STORE].open_cart(cart_id, principal.sub)
+        lacking = document.cart.sync_reply(context)
+        self.send(
+            {
+                "type": "synced",
+                "cart": cart_id,
+                "version": document.version,
+                "status": "checked_out" if document.cart.closed else "open",
+                "delta": None if lacking is None else encode_delta(lacking, self.binary),
+                "context": encode_context(document.cart.context),
+                **_echo(message),
+            }
+        )
+
+    async def cart_push(self, message: dict[str, Any]) -> None:
+        """A device's delta: answered ``ack`` only once merged and committed."""
+        principal, cart_id = self._cart_user(message)
+        mutation_id = read_mutation_id(message.get("mutation_id"))
+        delta = decode_delta(message.get("delta"), self.binary)
+        result = await self.app[STORE].push_cart(
+            cart_id, principal.sub, [CartPush(mutation_id, delta)], CART_RULES
+        )
+        outcome = result.outcomes[0]
+        self.metrics.cart_pushes.labels(outcome.status.value).inc()
+        if outcome.status is PushStatus.REFUSED:
+            self.send(
+                {
+                    "type": "error",
+                    "code": outcome.code,
+                    "message": outcome.message,
+                    "cart": cart_id,
+                    "mutation_id": mutation_id,
+                    **_echo(message),
+                }
+            )
+            return
+        self.send(
+            {
+                "type": "ack",
+                "cart": cart_id,
+                "mutation_id": mutation_id,
+                "status": outcome.status.value,
+                "version": outcome.version,
+                **_echo(message),
+            }
+        )
 
     async def subscribe(self, message: dict[str, Any]) -> None:
         name = message.get("channel")
         if not isinstance(name, str):
             raise ProtocolError("invalid_channel", "channel must be a string")
         try:
-            channel, key = shared_channel(name)
-            self.engine.check_channel(channel)
+            channel = await resolve_channel(self.app, self.principal, name)
         except ChannelError as exc:
             raise ProtocolError(exc.code, exc.message) from exc
+        key = channel.name
         if key in self.feeds:
             raise ProtocolError("already_subscribed", f"already subscribed to {channel.name}")
         if len(self.feeds) >= self.settings.ws_max_subscriptions:
@@ -126,6 +211,10 @@ class Messages:
         recover = message.get("recover", "replay")
         if recover not in ("replay", "latest"):
             raise ProtocolError("bad_request", 'recover is "replay" (default) or "latest"')
+        if recover == "latest" and not channel.public:
+            raise ProtocolError(
+                "bad_request", 'recover "latest" serves inventory snapshots; a cart resumes with "sync"'
+            )
         since_text = message.get("since")
         since: Position | None = None
         if since_text is not None:
@@ -151,7 +240,7 @@ class Messages:
             self.metrics.resyncs.labels("websocket", "position_expired").inc()
             self.send(
                 {
-                    **resync_message(channel.name, self.engine.region, "position_expired", exc.current),
+                    **resync_message(channel, "position_expired", exc.current),
                     **_echo(message),
                 }
             )
@@ -182,13 +271,25 @@ class Messages:
         name = message.get("channel")
         if isinstance(name, str):
             with contextlib.suppress(ChannelError):
-                name = shared_channel(name)[1]  # the name it was subscribed under
+                name = parse_channel_name_normalised(name)  # the name it was subscribed under
         feed = self.feeds.pop(name, None) if isinstance(name, str) else None
         if feed is None:
             raise ProtocolError("not_subscribed", f"not subscribed to {str(name)[:140]}")
         feed.close()
         self.metrics.subscriptions.labels("websocket").dec()
         self.send({"type": "unsubscribed", "channel": name, **_echo(message)})
+
+
+def _bad_cart() -> str:
+    raise ValueError("not a string")
+
+
+def parse_channel_name_normalised(name: str) -> str:
+    """A channel's name as the hub writes it (a product or cart UUID in its canonical form)."""
+    parsed = parse_channel_name(name)
+    if parsed.kind is INVENTORY:
+        return f"inventory:{parsed.region}" + (f":{parsed.key}" if parsed.key else "")
+    return f"{parsed.kind.name}:{parsed.key}"
 
 
 def _echo(message: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,76 @@
+"""Who may follow which channel: the one place where a channel name and a connection's principal become
+a :class:`~sync.channels.Channel`, for every transport, at subscribe and at every resume.
+
+    inventory:…    anyone (a token is optional; one that is sent must be valid)
+    user:{sub}     the user ``sub``; service and admin tokens may read any
+    cart:{id}      the cart's owner; service and admin tokens may read any. A cart that does not exist,
+                   or that is another user's, is ``cart_not_found`` alike (existence is not revealed)
+
+Refusals are :class:`~sync.channels.ChannelError` with a stable code (``unauthenticated``,
+``channel_forbidden``, ``cart_not_found``, ``invalid_channel``, ``channel_not_served``); each transport
+turns them into its own error (a WebSocket error reply, a problem+json response).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hub.auth import Principal
+from hub.keys import ENGINE, STORE
+from sync.channels import (
+    CART,
+    INVENTORY,
+    Channel,
+    ChannelError,
+    cart_channel,
+    inventory_channel,
+    parse_channel_name,
+    user_channel,
+)
+
+READ_ANY_ROLES = frozenset({"service", "admin"})
+
+_SHARED: dict[str, Channel] = {}
+_SHARED_MAX = 10_000
+
+
+def may_read_any(principal: Principal | None) -> bool:
+    return principal is not None and bool(principal.roles & READ_ANY_ROLES)
+
+
+def public_channel(name: str) -> Channel | None:
+    """The inventory channel of that name, the same object for every connection that names it so (a
+    few hundred bytes less per subscription); None if the name is not an inventory channel's. Bounded:
+    past 10,000 names the cache starts over."""
+    found = _SHARED.get(name)
+    if found is not None:
+        return found
+    parsed = parse_channel_name(name)
+    if parsed.kind is not INVENTORY:
+        return None
+    assert parsed.region is not None
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    found = _SHARED[name] = inventory_channel(parsed.region, parsed.key)
+    return found
+
+
+async def resolve_channel(app: web.Application, principal: Principal | None, name: str) -> Channel:
+    """The channel ``name`` names, if ``principal`` may follow it (see the module docstring)."""
+    engine = app[ENGINE]
+    public = public_channel(name)
+    if public is not None:
+        engine.check_channel(public)
+        return public
+    parsed = parse_channel_name(name)
+    assert parsed.key is not None
+    if principal is None:
+        raise ChannelError("unauthenticated", f"{parsed.kind.name} channels need a bearer token")
+    if parsed.kind is CART:
+        owner = await app[STORE].cart_owner(parsed.key)
+        if owner is None or (owner != principal.sub and not may_read_any(principal)):
+            raise ChannelError("cart_not_found", "no such cart")
+        return cart_channel(engine.region, parsed.key, owner)
+    if parsed.key != principal.sub and not may_read_any(principal):
+        raise ChannelError("channel_forbidden", "a user channel is followed by that user only")
+    return user_channel(engine.region, parsed.key)

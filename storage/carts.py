@@ -1,0 +1,107 @@
+"""Cart documents across the Store seam: what a push, a sync and a checkout take and give back.
+
+A cart is one :class:`crdt.cart.Cart` state per cart id, owned by the user who first wrote it. The
+store merges every accepted delta into it in the transaction that records the delta's mutation id and
+appends the delta (never the whole state) to the outbox, so:
+
+* a push is acknowledged only once durable, and a retried ``mutation_id`` applies once (its first
+  outcome is answered again);
+* two nodes merging into one cart at once serialise on the cart's row, and the merge is a join: the
+  stored state is the join of every accepted delta, whatever the order;
+* a refused delta (:class:`Refusal`) changes nothing, and the others of its batch go on.
+
+The rules a delta must keep (:class:`CartRules`) are checked against the merged state, in the same
+transaction: its new dots are of replicas bound to the pushing user (a replica id is bound on first
+use), its SKUs are in the catalog, its clock is not ahead of the hub's by more than the drift bound,
+and the cart keeps at most ``max_lines`` lines of at most ``max_quantity`` units.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from crdt.cart import Cart
+
+# Replica ids starting with "~" are the hub's own (its checkouts); a device may not push their dots.
+HUB_REPLICA = "~hub"
+
+
+@dataclass(frozen=True, slots=True)
+class CartRules:
+    max_lines: int = 200
+    max_quantity: int = 999
+    max_drift_ms: int = 60_000
+    max_entries: int = 1_000  # entries of one pushed delta
+
+
+@dataclass(frozen=True, slots=True)
+class CartDocument:
+    id: str
+    owner: str
+    region: str
+    cart: Cart
+    version: int  # grows by one per accepted change
+    created_at: int
+    updated_at: int
+    closed_at: int | None
+    reservation_id: str | None
+
+
+# A device's delta, or (for a client with no CRDT) a function the store calls with the cart as it is
+# in the transaction, returning the delta whose dot the hub mints for that device.
+DeltaSource = Cart | Callable[[Cart], Cart]
+
+
+@dataclass(frozen=True, slots=True)
+class CartPush:
+    mutation_id: str
+    delta: DeltaSource
+
+
+class PushStatus(enum.StrEnum):
+    APPLIED = "applied"  # merged now (or it changed nothing new: still acknowledged)
+    DUPLICATE = "duplicate"  # this mutation id was applied before; nothing done again
+    REFUSED = "refused"  # broke a rule; nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class PushOutcome:
+    mutation_id: str
+    status: PushStatus
+    version: int  # the cart's version after it (for a duplicate: the version it produced)
+    code: str | None = None  # a refusal's stable code
+    message: str | None = None
+
+
+class Refusal(Exception):
+    """A pushed delta broke a cart rule (``code``: foreign_replica, unknown_sku, clock_skew,
+    cart_too_large, quantity_out_of_range, delta_too_large, checkout_required; the hub's own
+    cart_closed and invalid_edit for server-minted edits)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    document: CartDocument
+    outcomes: list[PushOutcome]
+
+
+class CheckoutOutcome(enum.StrEnum):
+    RESERVED = "reserved"
+    INSUFFICIENT_STOCK = "insufficient_stock"
+    PRODUCT_NOT_FOUND = "product_not_found"
+    EMPTY_CART = "empty_cart"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutResult:
+    outcome: CheckoutOutcome
+    body: dict[str, object]  # the reservation, or the refusal's details
+    replayed: bool
+    document: CartDocument | None

@@ -1,0 +1,401 @@
+"""Cart documents in SQL: merge a batch of pushed deltas into a cart in one transaction, with their
+mutation ids and outbox entries; read a cart; check it out into a reservation (see :mod:`storage.carts`
+for the guarantees).
+
+The cart's row is locked first (an ``UPDATE`` that changes nothing but takes the row lock on
+PostgreSQL, and SQLite has one writer), so two nodes merging into one cart serialise there; the state is
+decoded, merged and written back in that transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from crdt import codec
+from crdt.cart import Cart
+from crdt.context import CausalContext
+from crdt.wire import encode_context
+from storage.carts import (
+    HUB_REPLICA,
+    CartDocument,
+    CartPush,
+    CartRules,
+    CheckoutOutcome,
+    CheckoutResult,
+    PushOutcome,
+    PushResult,
+    PushStatus,
+    Refusal,
+)
+from storage.db import Database, Row, Tx
+from storage.errors import IdempotencyMismatch, InsufficientStock, NotFound
+from storage.models import ReservationLineRequest
+from storage.streams import user_stream
+
+T = TypeVar("T")
+
+_CART_COLUMNS = "id, owner, region, state, version, closed_at, reservation_id, created_at, updated_at"
+
+
+class _Core(Protocol):
+    """What the cart statements need of the store they are part of."""
+
+    db: Database
+    region: str
+
+    async def _write(self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False) -> T: ...
+    async def append_event(
+        self, tx: Tx, stream: str, key: str, version: int, payload: dict[str, Any], ts: int
+    ) -> None: ...
+    async def user_event(self, tx: Tx, sub: str, payload: dict[str, Any], ts: int) -> None: ...
+    async def _reserve_lines(
+        self, tx: Tx, owner: str, lines: Sequence[ReservationLineRequest], ttl_seconds: int, ts: int
+    ) -> tuple[Any, dict[str, Any]]: ...
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def context_json(context: CausalContext) -> str:
+    return json.dumps(encode_context(context), separators=(",", ":"), sort_keys=True)
+
+
+def _document(row: Row) -> CartDocument:
+    state = row["state"]
+    cart = codec.from_msgpack(bytes(state)) if state else Cart.new()
+    return CartDocument(
+        id=row["id"],
+        owner=row["owner"],
+        region=row["region"],
+        cart=cart,
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        closed_at=row["closed_at"],
+        reservation_id=row["reservation_id"],
+    )
+
+
+class CartSql:
+    async def cart_owner(self: _Core, cart_id: str) -> str | None:
+        async def work(tx: Tx) -> Row | None:
+            return await tx.fetchrow("SELECT owner FROM carts WHERE id = $1", cart_id)
+
+        row = await self.db.run(work, readonly=True, single_statement=True)
+        return None if row is None else str(row["owner"])
+
+    async def get_cart(self: _Core, cart_id: str) -> CartDocument | None:
+        async def work(tx: Tx) -> Row | None:
+            return await tx.fetchrow(f"SELECT {_CART_COLUMNS} FROM carts WHERE id = $1", cart_id)
+
+        row = await self.db.run(work, readonly=True, single_statement=True)
+        return None if row is None else _document(row)
+
+    async def _locked_cart(self: _Core, tx: Tx, cart_id: str, owner: str, ts: int) -> CartDocument:
+        """The cart, created for ``owner`` if new, with its row locked for this transaction."""
+        await tx.execute(
+            f"INSERT INTO carts ({_CART_COLUMNS}) VALUES ($1, $2, $3, $4, 0, NULL, NULL, $5, $5)"
+            " ON CONFLICT (id) DO NOTHING",
+            cart_id,
+            owner,
+            self.region,
+            b"",
+            ts,
+        )
+        row = await tx.fetchrow(
+            f"UPDATE carts SET version = version WHERE id = $1 RETURNING {_CART_COLUMNS}", cart_id
+        )
+        assert row is not None
+        if row["owner"] != owner:
+            raise NotFound("no such cart", resource="cart")
+        return _document(row)
+
+    async def open_cart(self: _Core, cart_id: str, owner: str) -> CartDocument:
+        """The cart, created empty for ``owner`` if it does not exist; NotFound if it is another's."""
+
+        async def work(tx: Tx) -> CartDocument:
+            return await CartSql._locked_cart(self, tx, cart_id, owner, _now_us())
+
+        return await self._write(work)
+
+    async def push_cart(
+        self: _Core, cart_id: str, owner: str, pushes: Sequence[CartPush], rules: CartRules
+    ) -> PushResult:
+        async def work(tx: Tx) -> PushResult:
+            ts = _now_us()
+            document = await CartSql._locked_cart(self, tx, cart_id, owner, ts)
+            cart, version = document.cart, document.version
+            outcomes: list[PushOutcome] = []
+            changed = False
+            for push in pushes:
+                seen = await tx.fetchrow(
+                    "SELECT version FROM cart_mutations WHERE cart_id = $1 AND mutation_id = $2",
+                    cart_id,
+                    push.mutation_id,
+                )
+                if seen is not None:
+                    outcomes.append(PushOutcome(push.mutation_id, PushStatus.DUPLICATE, seen["version"]))
+                    continue
+                try:
+                    delta = push.delta if isinstance(push.delta, Cart) else push.delta(cart)
+                    merged = await _checked_merge(tx, cart, delta, owner, rules, ts)
+                except Refusal as refusal:
+                    outcomes.append(
+                        PushOutcome(
+                            push.mutation_id, PushStatus.REFUSED, version, refusal.code, refusal.message
+                        )
+                    )
+                    continue
+                if merged != cart:
+                    cart = merged
+                    version += 1
+                    changed = True
+                    await self.append_event(
+                        tx,
+                        user_stream(document.region, owner),
+                        f"cart:{cart_id}",
+                        version,
+                        {
+                            "type": "cart.delta",
+                            "cart_id": cart_id,
+                            "version": version,
+                            "mutation_id": push.mutation_id,
+                            "delta": codec.to_dict(delta),
+                            "ts": ts,
+                        },
+                        ts,
+                    )
+                await tx.execute(
+                    "INSERT INTO cart_mutations (cart_id, mutation_id, version, created_at)"
+                    " VALUES ($1, $2, $3, $4)",
+                    cart_id,
+                    push.mutation_id,
+                    version,
+                    ts,
+                )
+                outcomes.append(PushOutcome(push.mutation_id, PushStatus.APPLIED, version))
+            if changed:
+                await _save(tx, cart_id, cart, version, ts)
+            updated = CartDocument(
+                document.id,
+                document.owner,
+                document.region,
+                cart,
+                version,
+                document.created_at,
+                ts if changed else document.updated_at,
+                document.closed_at,
+                document.reservation_id,
+            )
+            return PushResult(updated, outcomes)
+
+        return await self._write(work)
+
+    async def checkout_cart(
+        self: _Core,
+        cart_id: str,
+        owner: str,
+        idempotency_key: str,
+        request_hash: str,
+        ttl_seconds: int,
+    ) -> CheckoutResult:
+        """Close the cart (the hub's replica checks it out) and reserve its lines, all or nothing, in one
+        transaction; the outcome is stored under (owner, idempotency key) as a reservation's is. A cart
+        that cannot be reserved stays open."""
+
+        async def work(tx: Tx) -> CheckoutResult:
+            ts = _now_us()
+            document = await CartSql._locked_cart(self, tx, cart_id, owner, ts)
+            claimed = await tx.execute(
+                "INSERT INTO idempotency_keys (owner, key, request_hash, status, body, created_at)"
+                " VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (owner, key) DO NOTHING",
+                owner,
+                idempotency_key,
+                request_hash,
+                ts,
+            )
+            if claimed != 1:
+                row = await tx.fetchrow(
+                    "SELECT request_hash, body FROM idempotency_keys WHERE owner = $1 AND key = $2",
+                    owner,
+                    idempotency_key,
+                )
+                assert row is not None
+                if row["request_hash"] != request_hash:
+                    raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
+                stored = json.loads(row["body"])
+                return CheckoutResult(CheckoutOutcome(stored["outcome"]), stored["body"], True, document)
+            outcome, body, document = await CartSql._checkout(self, tx, document, ttl_seconds, ts)
+            await tx.execute(
+                "UPDATE idempotency_keys SET status = 1, body = $3 WHERE owner = $1 AND key = $2",
+                owner,
+                idempotency_key,
+                json.dumps({"outcome": outcome.value, "body": body}, separators=(",", ":")),
+            )
+            return CheckoutResult(outcome, body, False, document)
+
+        return await self._write(work)
+
+    async def _checkout(
+        self: _Core, tx: Tx, document: CartDocument, ttl_seconds: int, ts: int
+    ) -> tuple[CheckoutOutcome, dict[str, Any], CartDocument]:
+        if document.closed_at is not None:
+            return (
+                CheckoutOutcome.RESERVED,
+                {"reservation_id": document.reservation_id, "already_closed": True},
+                document,
+            )
+        value = document.cart.value()
+        if not value:
+            return CheckoutOutcome.EMPTY_CART, {"detail": "the cart has no lines"}, document
+        rows = await tx.fetch(
+            "SELECT id, sku FROM products WHERE sku IN ("
+            + ", ".join(f"${i + 1}" for i in range(len(value)))
+            + ")",
+            *value,
+        )
+        product_of = {row["sku"]: row["id"] for row in rows}
+        missing = sorted(set(value) - product_of.keys())
+        if missing:
+            return (
+                CheckoutOutcome.PRODUCT_NOT_FOUND,
+                {"detail": "a line's product no longer exists", "skus": missing},
+                document,
+            )
+        lines = [ReservationLineRequest(product_of[sku], quantity) for sku, quantity in sorted(value.items())]
+        _status, body = await self._reserve_lines(tx, document.owner, lines, ttl_seconds, ts)
+        if body.get("code") == InsufficientStock.code:
+            return CheckoutOutcome.INSUFFICIENT_STOCK, body, document
+        if "code" in body:
+            return CheckoutOutcome.PRODUCT_NOT_FOUND, body, document
+        delta = document.cart.close(HUB_REPLICA)
+        cart = document.cart.merge(delta)
+        version = document.version + 1
+        reservation_id = str(body["id"])
+        await _save(tx, document.id, cart, version, ts)
+        await tx.execute(
+            "UPDATE carts SET closed_at = $2, reservation_id = $3 WHERE id = $1",
+            document.id,
+            ts,
+            reservation_id,
+        )
+        await self.append_event(
+            tx,
+            user_stream(document.region, document.owner),
+            f"cart:{document.id}",
+            version,
+            {
+                "type": "cart.closed",
+                "cart_id": document.id,
+                "version": version,
+                "reservation_id": reservation_id,
+                "delta": codec.to_dict(delta),
+                "ts": ts,
+            },
+            ts,
+        )
+        await self.user_event(
+            tx,
+            document.owner,
+            {
+                "type": "cart.status",
+                "cart_id": document.id,
+                "status": "checked_out",
+                "reservation_id": reservation_id,
+            },
+            ts,
+        )
+        closed = CartDocument(
+            document.id,
+            document.owner,
+            document.region,
+            cart,
+            version,
+            document.created_at,
+            ts,
+            ts,
+            reservation_id,
+        )
+        return CheckoutOutcome.RESERVED, body, closed
+
+
+async def _save(tx: Tx, cart_id: str, cart: Cart, version: int, ts: int) -> None:
+    await tx.execute(
+        "UPDATE carts SET state = $2, context = $3, version = $4, updated_at = $5 WHERE id = $1",
+        cart_id,
+        codec.to_msgpack(cart),
+        context_json(cart.context),
+        version,
+        ts,
+    )
+
+
+async def _checked_merge(tx: Tx, cart: Cart, delta: Cart, owner: str, rules: CartRules, ts: int) -> Cart:
+    """``cart`` merged with ``delta``, if the delta keeps the rules (storage.carts); Refusal if not.
+    Every check runs before anything is written, so a refused delta changes nothing."""
+    if delta.entry_count() > rules.max_entries:
+        raise Refusal("delta_too_large", f"a delta holds at most {rules.max_entries} entries")
+    if delta.max_entry_amount() > rules.max_quantity:
+        raise Refusal("quantity_out_of_range", f"a line holds 0 to {rules.max_quantity} units")
+    if not delta.snapshot_within(cart):
+        raise Refusal("checkout_required", "a device cannot check a cart out: POST …/checkout")
+    stamp = delta.max_timestamp()
+    if stamp is not None and stamp.wall_ms > ts // 1000 + rules.max_drift_ms:
+        raise Refusal(
+            "clock_skew",
+            f"the delta's clock is {stamp.wall_ms - ts // 1000} ms ahead of the hub's"
+            f" (at most {rules.max_drift_ms}): set it from the hub's time and write again",
+        )
+    replicas = sorted(delta.new_replicas(cart.context))
+    unbound: list[str] = []
+    for replica in replicas:
+        if replica.startswith("~"):
+            raise Refusal(
+                "foreign_replica", f"replica ids starting with '~' are the hub's ({replica[:40]!r})"
+            )
+        bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
+        if bound is None:
+            unbound.append(replica)
+        elif bound["owner"] != owner:
+            raise Refusal("foreign_replica", f"replica {replica[:40]!r} belongs to another user")
+    skus = sorted(delta.entry_skus() - cart.entry_skus())
+    if skus:
+        rows = await tx.fetch(
+            "SELECT sku FROM products WHERE sku IN ("
+            + ", ".join(f"${i + 1}" for i in range(len(skus)))
+            + ")",
+            *skus,
+        )
+        unknown = sorted(set(skus) - {row["sku"] for row in rows})
+        if unknown:
+            raise Refusal("unknown_sku", f"not in the catalog: {', '.join(unknown)[:200]}")
+    merged = cart.merge(delta)
+    lines = merged.lines() if not merged.closed else {}
+    if sum(1 for line in lines.values() if line.quantity > 0) > rules.max_lines:
+        raise Refusal("cart_too_large", f"a cart holds at most {rules.max_lines} lines")
+    for sku, line in lines.items():
+        if line.quantity > rules.max_quantity:
+            raise Refusal(
+                "quantity_out_of_range", f"{sku[:60]}: a line holds 0 to {rules.max_quantity} units"
+            )
+    for replica in unbound:
+        # Bound on first use. Two users' concurrent first pushes with one id: the second's insert does
+        # nothing and the re-read below refuses it.
+        await tx.execute(
+            "INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (replica_id) DO NOTHING",
+            replica,
+            owner,
+            ts,
+        )
+        bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
+        if bound is None or bound["owner"] != owner:
+            raise Refusal("foreign_replica", f"replica {replica[:40]!r} belongs to another user")
+    return merged
+
+
+__all__ = ["CartSql", "context_json"]
