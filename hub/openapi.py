@@ -7,6 +7,11 @@ from functools import cache
 from typing import Any
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
+PROBLEM_CONTENT = {
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+}
+# Every authenticated operation can answer these (docs/errors.md).
+_AUTH_PROBLEMS = {"_401": "unauthenticated, invalid_token, token_expired"}
 
 
 def _op(
@@ -34,6 +39,13 @@ def _json(schema: str, description: str = "OK") -> dict[str, Any]:
     return {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _problems(**by_status: str) -> dict[str, Any]:
+    """Error responses, ``_400="code_a, code_b: when"``: problem+json, described by their codes."""
+    return {
+        status.lstrip("_"): {"description": codes, **PROBLEM_CONTENT} for status, codes in by_status.items()
     }
 
 
@@ -70,18 +82,68 @@ _PRODUCT_PROPS = {
 }
 
 
+_CONTEXT = {
+    "type": "object",
+    "description": "A causal context: every write (dot) a replica has seen. vv: replica -> highest"
+    " contiguous counter; cloud: the other dots, [replica, counter] pairs",
+    "required": ["vv", "cloud"],
+    "properties": {
+        "vv": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
+        "cloud": {
+            "type": "array",
+            "items": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}]},
+        },
+    },
+}
+_DELTA = {
+    "type": "object",
+    "description": "A cart state or delta in the codec's JSON-safe form (crdt/codec.py); an unknown v"
+    " is unsupported_codec_version, never guessed",
+    "required": ["t", "v", "s"],
+    "properties": {"t": {"const": "cart"}, "v": {"const": 1}, "s": {}},
+}
+_ACK = {
+    "type": "object",
+    "description": "A push's outcome. applied: merged and committed; duplicate: this mutation_id was"
+    " applied before (version: the cart's version after it); refused: nothing changed (code, message)",
+    "required": ["mutation_id", "status"],
+    "properties": {
+        "mutation_id": {"type": "string"},
+        "status": {"enum": ["applied", "duplicate", "refused"]},
+        "version": {"type": "integer"},
+        "code": {
+            "enum": [
+                "foreign_replica",
+                "unknown_sku",
+                "clock_skew",
+                "quantity_out_of_range",
+                "cart_too_large",
+                "delta_too_large",
+                "checkout_required",
+                "cart_closed",
+                "invalid_edit",
+            ]
+        },
+        "message": {"type": "string"},
+    },
+}
+_MUTATION_ID = {"type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$"}
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     product_id = _path("product_id")
     warehouse_id = _path("warehouse_id")
     reservation_id = _path("reservation_id")
+    cart_id = _path("cart_id")
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "synchub",
             "version": "1",
-            "description": "Real-time sync hub: catalog, "
-            "inventory and reservations. Errors are RFC 9457 problem+json with a stable `code`.",
+            "description": "Real-time sync hub: catalog, inventory, reservations and offline carts. "
+            "Errors are RFC 9457 problem+json with a stable `code` (docs/errors.md); the real-time "
+            "protocol is docs/protocol.md.",
         },
         "paths": {
             "/healthz": {"get": _op("Liveness", {"200": {"description": "alive"}})},
@@ -172,17 +234,38 @@ def openapi_document() -> dict[str, Any]:
                 "get": _op(
                     "WebSocket (subprotocols synchub.json, synchub.msgpack); see docs/protocol.md",
                     {"101": {"description": "switching protocols"}},
-                    params=[_query("access_token", {"type": "string"}, "bearer token, optional")],
+                    params=[
+                        _query(
+                            "access_token",
+                            {"type": "string"},
+                            "bearer token: optional for inventory channels, needed for cart: and user:"
+                            " channels and for sync/push",
+                        )
+                    ],
                 ),
             },
             "/api/v1/sse": {
                 "get": _op(
                     "Server-Sent Events; see docs/protocol.md",
-                    {"200": {"description": "text/event-stream"}},
+                    {
+                        "200": {"description": "text/event-stream"},
+                        **_problems(
+                            _400="invalid_channel, channel_not_served, channels_span_streams,"
+                            " invalid_position",
+                            _401="unauthenticated (cart: and user: channels need a token), invalid_token,"
+                            " token_expired",
+                            _403="channel_forbidden: another user's user: channel",
+                            _404="cart_not_found: no such cart, or another user's",
+                        ),
+                    },
                     params=[
-                        _query("channels", {"type": "string"}, "comma-separated channel names"),
+                        _query("channels", {"type": "string"}, "comma-separated channel names (1-20)"),
                         _query("last_event_id", {"type": "string"}, "resume position (or Last-Event-ID)"),
-                        _query("access_token", {"type": "string"}, "bearer token, optional"),
+                        _query(
+                            "access_token",
+                            {"type": "string"},
+                            "bearer token (or Authorization): optional for inventory channels only",
+                        ),
                     ],
                 ),
             },
@@ -191,12 +274,25 @@ def openapi_document() -> dict[str, Any]:
                     "Long-poll: events after the cursor, waiting up to timeout seconds",
                     {
                         "200": {"description": "events and the next cursor"},
-                        "410": {"description": "resync_required: start again from the snapshot"},
+                        **_problems(
+                            _400="invalid_channel, channel_not_served, channels_span_streams,"
+                            " invalid_position, invalid_parameter",
+                            _401="unauthenticated (cart: and user: channels need a token), invalid_token,"
+                            " token_expired",
+                            _403="channel_forbidden: another user's user: channel",
+                            _404="cart_not_found: no such cart, or another user's",
+                            _410="resync_required: start again from the snapshot",
+                        ),
                     },
                     params=[
-                        _query("channels", {"type": "string"}, "comma-separated channel names"),
+                        _query("channels", {"type": "string"}, "comma-separated channel names (1-20)"),
                         _query("cursor", {"type": "string"}, "position from the previous reply"),
                         _query("timeout", {"type": "integer", "minimum": 0, "maximum": 60}, "seconds"),
+                        _query(
+                            "access_token",
+                            {"type": "string"},
+                            "bearer token (or Authorization): optional for inventory channels only",
+                        ),
                     ],
                 ),
             },
@@ -251,6 +347,103 @@ def openapi_document() -> dict[str, Any]:
                     {"200": _json("Reservation")},
                     auth=True,
                     params=[reservation_id],
+                ),
+            },
+            "/api/v1/carts/{cart_id}": {
+                "get": _op(
+                    "Read a cart: value, lines, conflicts, rejected edits, context (ETag, If-None-Match)."
+                    " The owner's tokens, or service/admin",
+                    {
+                        "200": _json("Cart"),
+                        "304": {"description": "not modified"},
+                        **_problems(
+                            **_AUTH_PROBLEMS,
+                            _400="invalid_id",
+                            _403="forbidden: no user role",
+                            _404="cart_not_found: no such cart, or another user's",
+                        ),
+                    },
+                    auth=True,
+                    params=[cart_id],
+                ),
+            },
+            "/api/v1/carts/{cart_id}/sync": {
+                "post": _op(
+                    "Sync a device (owner, customer role): merge its pushes, each acknowledged once"
+                    " committed, and answer what it lacks. Creates the cart on first use",
+                    {
+                        "200": _json("CartSyncReply"),
+                        **_problems(
+                            **_AUTH_PROBLEMS,
+                            _400="malformed_json, validation_failed, invalid_id, malformed_context,"
+                            " bad_request (pushes: a list of at most 100 {mutation_id, delta}),"
+                            " invalid_mutation_id, malformed_delta, unsupported_codec_version,"
+                            " delta_too_large; nothing is merged",
+                            _403="forbidden: needs the customer role",
+                            _404="cart_not_found: another user's cart",
+                            _413="body_too_large",
+                            _415="unsupported_media_type",
+                        ),
+                    },
+                    auth=True,
+                    body="CartSync",
+                    params=[cart_id],
+                ),
+            },
+            "/api/v1/carts/{cart_id}/ops": {
+                "post": _op(
+                    "A plain client's edit (add, set, remove): the hub mints the dot for device_id."
+                    " Creates the cart on first use",
+                    {
+                        "200": _json("CartEditReply"),
+                        **_problems(
+                            **_AUTH_PROBLEMS,
+                            _400="malformed_json, validation_failed, invalid_id, invalid_mutation_id,"
+                            " quantity_out_of_range (add 0), quantity_required (set), unexpected_quantity"
+                            " (remove)",
+                            _403="forbidden: needs the customer role",
+                            _404="cart_not_found: another user's cart",
+                            _413="body_too_large",
+                            _415="unsupported_media_type",
+                            _422="the edit was refused, nothing changed: foreign_replica, unknown_sku,"
+                            " quantity_out_of_range, cart_too_large, cart_closed, invalid_edit",
+                        ),
+                    },
+                    auth=True,
+                    body="CartEdit",
+                    params=[cart_id],
+                ),
+            },
+            "/api/v1/carts/{cart_id}/checkout": {
+                "post": _op(
+                    "Check out (Idempotency-Key required): close the cart and reserve all its lines"
+                    " or none, once per key",
+                    {
+                        "201": {
+                            **_json("CartCheckout", "checked out and reserved"),
+                            "headers": {"Idempotent-Replayed": {"schema": {"enum": ["true", "false"]}}},
+                        },
+                        **_problems(
+                            **_AUTH_PROBLEMS,
+                            _400="idempotency_key_required, invalid_idempotency_key, invalid_id",
+                            _403="forbidden: needs the customer role",
+                            _404="cart_not_found: another user's cart",
+                            _409="cart_closed (already checked out; reservation_id), insufficient_stock"
+                            " (line, product_id, requested), product_not_found (skus, or line and"
+                            " product_id); the cart stays open",
+                            _422="empty_cart, idempotency_key_reused",
+                        ),
+                    },
+                    auth=True,
+                    params=[
+                        cart_id,
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        },
+                    ],
                 ),
             },
         },
@@ -372,6 +565,128 @@ def openapi_document() -> dict[str, Any]:
                         "created_at": {"type": "string"},
                         "expires_at": {"type": "string"},
                         "updated_at": {"type": "string"},
+                    },
+                },
+                "CausalContext": _CONTEXT,
+                "CartDelta": _DELTA,
+                "CartAck": _ACK,
+                "Cart": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "owner": {"type": "string"},
+                        "version": {"type": "integer", "description": "grows by one per accepted change"},
+                        "status": {"enum": ["open", "checked_out"]},
+                        "value": {
+                            "type": "object",
+                            "description": "SKU -> quantity, lines above 0 (the checkout's, once closed)",
+                            "additionalProperties": {"type": "integer"},
+                        },
+                        "lines": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "sku": {"type": "string"},
+                                    "quantity": {"type": "integer"},
+                                    "conflicts": {
+                                        "type": "array",
+                                        "items": {"type": "integer"},
+                                        "description": "quantities that lost a concurrent set, latest first",
+                                    },
+                                },
+                            },
+                        },
+                        "conflicts": {
+                            "type": "object",
+                            "additionalProperties": {"type": "array", "items": {"type": "integer"}},
+                        },
+                        "rejected_edits": {
+                            "type": "array",
+                            "description": "edits the checkout did not see: kept, never applied",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "sku": {"type": "string"},
+                                    "kind": {"enum": ["add", "set", "cancel"]},
+                                    "dot": {
+                                        "type": "array",
+                                        "prefixItems": [{"type": "string"}, {"type": "integer"}],
+                                    },
+                                    "quantity": {"type": "integer"},
+                                },
+                            },
+                        },
+                        "reservation_id": {"type": ["string", "null"]},
+                        "context": _CONTEXT,
+                        "created_at": {"type": "integer", "description": "epoch microseconds"},
+                        "updated_at": {"type": "integer", "description": "epoch microseconds"},
+                    },
+                },
+                "CartSync": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "context": {
+                            "oneOf": [_CONTEXT, {"type": "null"}],
+                            "description": "the device's context; absent or null: it has nothing",
+                        },
+                        "pushes": {
+                            "type": "array",
+                            "maxItems": 100,
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["mutation_id", "delta"],
+                                "properties": {"mutation_id": _MUTATION_ID, "delta": _DELTA},
+                            },
+                        },
+                    },
+                },
+                "CartSyncReply": {
+                    "type": "object",
+                    "properties": {
+                        "cart": {"$ref": "#/components/schemas/Cart"},
+                        "acks": {"type": "array", "items": _ACK},
+                        "delta": {
+                            "oneOf": [_DELTA, {"type": "null"}],
+                            "description": "null: the device has seen every write; else the cart's"
+                            " state, which the device merges",
+                        },
+                        "context": _CONTEXT,
+                        "version": {"type": "integer"},
+                    },
+                },
+                "CartEdit": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["device_id", "mutation_id", "op", "sku"],
+                    "properties": {
+                        "device_id": {
+                            "type": "string",
+                            "pattern": "^[A-Za-z0-9._-]{1,64}$",
+                            "description": "the replica the hub writes for; bound to its first user",
+                        },
+                        "mutation_id": _MUTATION_ID,
+                        "op": {"enum": ["add", "set", "remove"]},
+                        "sku": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "quantity": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": 999,
+                            "description": "add: 1-999 (default 1); set: 0-999, required; remove: none",
+                        },
+                    },
+                },
+                "CartEditReply": {
+                    "type": "object",
+                    "properties": {"ack": _ACK, "cart": {"$ref": "#/components/schemas/Cart"}},
+                },
+                "CartCheckout": {
+                    "type": "object",
+                    "properties": {
+                        "reservation": {"$ref": "#/components/schemas/Reservation"},
+                        "cart": {"$ref": "#/components/schemas/Cart"},
                     },
                 },
             },
