@@ -685,7 +685,21 @@ def openapi_document() -> dict[str, Any]:
                 "CartCheckout": {
                     "type": "object",
                     "properties": {
-                        "reservation": {"$ref": "#/components/schemas/Reservation"},
+                        "reservation": {
+                            "type": "object",
+                            "description": "the reservation as the checkout made it (a replay answers"
+                            " the same): times in epoch microseconds, where GET"
+                            " /api/v1/reservations/{id} renders ISO 8601",
+                            "properties": {
+                                "id": {"type": "string", "format": "uuid"},
+                                "owner": {"type": "string"},
+                                "status": {"const": "pending"},
+                                "lines": {"type": "array", "items": {"type": "object"}},
+                                "created_at": {"type": "integer"},
+                                "expires_at": {"type": "integer"},
+                                "updated_at": {"type": "integer"},
+                            },
+                        },
                         "cart": {"$ref": "#/components/schemas/Cart"},
                     },
                 },
