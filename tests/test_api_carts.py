@@ -17,7 +17,7 @@ from crdt.cart import Cart
 from crdt.hlc import Timestamp
 from tests.cart_helpers import Device, event_delta, now_ms
 from tests.conftest import Hub
-from tests.realtime_helpers import JSON, MSGPACK, poll, sse_stream, ws_client
+from tests.realtime_helpers import JSON, MSGPACK, eu_hub, poll, sse_stream, ws_client
 
 SKUS = ("TEA", "SOAP", "MASK", "LIP")
 
@@ -498,3 +498,75 @@ async def test_a_cart_event_reaches_only_that_carts_subscribers(hub):
         assert event["data"]["cart_id"] == mine
         await asyncio.sleep(0.05)
         await ws.assert_nothing_pending()
+
+
+# -- resync and the user channel ---------------------------------------------------------------------
+
+
+async def test_a_cart_position_too_old_gets_a_resync_to_the_cart_and_sync_recovers_everything(database_url):
+    async with eu_hub(database_url, stream_max_len=5) as hub:
+        await hub.product("TEA")
+        cart_id = str(uuid.uuid4())
+        await op(hub, cart_id, op="add", sku="TEA")
+        status, polled = await poll(hub, f"cart:{cart_id}", wait=0, headers=auth(hub.alice))
+        old = polled["cursor"]
+        for _ in range(8):  # the stream keeps the last 5: the old position is gone
+            await op(hub, cart_id, op="add", sku="TEA")
+        async with ws_client(hub, MSGPACK, headers=auth(hub.alice)) as ws:
+            reply = await ws.request(
+                {"type": "subscribe", "id": 1, "channel": f"cart:{cart_id}", "since": old}
+            )
+            assert (reply["type"], reply["reason"]) == ("resync", "position_expired"), reply
+            assert reply["snapshot"] == f"/api/v1/carts/{cart_id}"
+            # The state is in the database: a sync from the device's old context gets all of it.
+            device = Device(cart_id)
+            await device.sync_ws(ws)
+            assert device.cart.value() == {"TEA": 9}
+        status, body = await poll(hub, f"cart:{cart_id}", cursor=old, wait=0, headers=auth(hub.alice))
+        assert (status, body["code"]) == (410, "resync_required")
+        assert body["snapshot"] == f"/api/v1/carts/{cart_id}"
+
+
+async def test_a_users_reservations_changes_are_events_on_their_user_channel(hub):
+    ids = await catalog(hub)
+    status, polled = await poll(hub, "user:alice", wait=0, headers=auth(hub.alice))
+    assert status == 200, polled
+    cursor = polled["cursor"]
+    created = []
+    for n in range(3):
+        status, body, _ = await hub.call(
+            "POST",
+            "/api/v1/reservations",
+            token=hub.alice,
+            headers={"Idempotency-Key": f"user-{n}"},
+            json={"lines": [{"product_id": ids["TEA"], "quantity": 1}]},
+        )
+        assert status == 201, body
+        created.append(body["id"])
+    assert (await hub.call("POST", f"/api/v1/reservations/{created[0]}/commit", token=hub.service))[0] == 200
+    assert (await hub.call("POST", f"/api/v1/reservations/{created[1]}/release", token=hub.alice))[0] == 200
+    # Bob's reservation is not Alice's business.
+    status, _, _ = await hub.call(
+        "POST",
+        "/api/v1/reservations",
+        token=hub.bob,
+        headers={"Idempotency-Key": "bob-1"},
+        json={"lines": [{"product_id": ids["SOAP"], "quantity": 1}]},
+    )
+    assert status == 201
+    events: list[dict[str, Any]] = []
+    while len(events) < 5:
+        status, body = await poll(hub, "user:alice", cursor=cursor, wait=5, headers=auth(hub.alice))
+        assert status == 200, body
+        events += body["events"]
+        cursor = body["cursor"]
+    got = [(e["data"]["type"], e["data"]["reservation"]["id"]) for e in events]
+    assert got == [
+        ("reservation.created", created[0]),
+        ("reservation.created", created[1]),
+        ("reservation.created", created[2]),
+        ("reservation.committed", created[0]),
+        ("reservation.released", created[1]),
+    ]
+    assert [e["data"]["version"] for e in events] == [1, 2, 3, 4, 5]
+    assert {e["channel"] for e in events} == {"user:alice"}
