@@ -133,11 +133,22 @@ class Reservation:
     updated_at: int
 
 
+class ReservationOutcome(enum.IntEnum):
+    """What a reservation request came to. The numbers are what idempotency keys store (in both
+    backends, and in PostgreSQL's batch function); they were the HTTP statuses the hub answered
+    with when keys were first stored, and stay so that every stored key replays unchanged. Which
+    HTTP status an outcome gets is the hub's choice (hub/routes/reservations.py)."""
+
+    RESERVED = 201
+    PRODUCT_NOT_FOUND = 404
+    INSUFFICIENT_STOCK = 409
+
+
 @dataclass(frozen=True, slots=True)
 class IdempotentResult:
     """What a reservation request produced, replayed verbatim for a retry with the same key."""
 
-    status: int
+    status: ReservationOutcome
     body: dict[str, Any]
     replayed: bool
 

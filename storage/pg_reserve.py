@@ -29,7 +29,7 @@ import orjson
 
 from storage.db import Tx
 from storage.errors import IdempotencyMismatch
-from storage.models import IdempotentResult, ReservationLineRequest
+from storage.models import IdempotentResult, ReservationLineRequest, ReservationOutcome
 
 # One line: {"product_id", "quantity", "index", "warehouse_id"?, "region"?}. Returns
 # {"warehouse_id": w} once reserved (and its outbox delta written, built as
@@ -366,7 +366,11 @@ class ReservationBatcher:
                     )
                 else:
                     request.done.set_result(
-                        IdempotentResult(outcome["status"], outcome["body"], replayed=outcome["replayed"])
+                        IdempotentResult(
+                            ReservationOutcome(outcome["status"]),
+                            outcome["body"],
+                            replayed=outcome["replayed"],
+                        )
                     )
         finally:
             self._in_flight -= 1

@@ -19,10 +19,10 @@ import asyncpg
 
 from storage.db import Row
 from storage.errors import Conflict, StoreError, StoreUnavailable
-from storage.models import IdempotentResult, ReservationLineRequest
+from storage.models import IdempotentResult, ReservationLineRequest, ReservationOutcome
 from storage.pg_reserve import ReservationBatcher
-from storage.streams import user_stream
 from storage.sql import SqlStore, now_us
+from storage.streams import user_stream
 
 T = TypeVar("T")
 _RETRIES = 8
@@ -174,7 +174,7 @@ class PostgresStore(SqlStore):
         result = await self._batcher.reserve(
             owner, idempotency_key, request_hash, lines, ttl_seconds, str(uuid.uuid4())
         )
-        if result.status == 201 and not result.replayed:
+        if result.status is ReservationOutcome.RESERVED and not result.replayed:
             # The batch's function wrote outbox entries inside the database (not through _write).
             self._outbox_changed()
         return result

@@ -30,7 +30,7 @@ from hub.validation import (
     uuid_string,
     validate,
 )
-from storage.models import Reservation, ReservationLineRequest, reservation_to_dict
+from storage.models import Reservation, ReservationLineRequest, ReservationOutcome, reservation_to_dict
 
 routes = web.RouteTableDef()
 
@@ -107,7 +107,7 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
     headers = {"Idempotent-Replayed": "true" if result.replayed else "false"}
     if result.replayed:
         metrics.reservations.labels("replayed").inc()
-    if result.status == 201:
+    if result.status is ReservationOutcome.RESERVED:
         if not result.replayed:
             metrics.reservations.labels("reserved").inc()
         body = _with_iso_times(result.body)
@@ -117,7 +117,7 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
     if not result.replayed:
         metrics.reservations.labels(code).inc()
     extra = {k: v for k, v in result.body.items() if k not in ("code", "detail")}
-    error_cls = NotFoundError if result.status == 404 else ConflictError
+    error_cls = NotFoundError if result.status is ReservationOutcome.PRODUCT_NOT_FOUND else ConflictError
     raise error_cls(str(result.body.get("detail", "")), code=code, headers=headers, **extra)
 
 

@@ -1,0 +1,130 @@
+"""The core of the SQL store: writing transactions (which hand their committed outbox entries to the
+listeners), savepoints, the store's lifecycle and its migrations. The aggregates' statements are mixins
+on top of it: :mod:`storage.sql_outbox`, :mod:`storage.sql_stock`, :mod:`storage.sql_catalog`,
+:mod:`storage.sql_reservations`, :mod:`storage.sql_carts`; :class:`storage.sql.SqlStore` joins them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import TypeVar
+
+from storage.base import OutboxListener
+from storage.db import Database, Tx
+from storage.migrations import MIGRATIONS, statements_for
+from storage.models import OutboxEntry
+
+T = TypeVar("T")
+
+# The outbox entries appended by the writing transaction running in this task (see SqlStore._write):
+# a context variable, so that _emit, however deep in a transaction's helpers, need not be handed a list.
+_APPENDED: ContextVar[list[OutboxEntry] | None] = ContextVar("synchub_outbox_appended", default=None)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class SqlCore:
+    def __init__(self, db: Database, *, hand_over_outbox: bool = False, region: str = "default") -> None:
+        """``hand_over_outbox``: this process is the only one writing the database (the embedded
+        SQLite store), so its commits are the outbox's order and its entries can be handed to the
+        listeners as they commit. Where several processes write (PostgreSQL), entries committed
+        concurrently must be read back in outbox order, and the listeners are told to read instead."""
+        self.db = db
+        self.backend = db.dialect
+        self.region = region  # where this hub's users' private events go (storage.streams.user_stream)
+        self._hand_over_outbox = hand_over_outbox
+        self._outbox_listeners: list[OutboxListener] = []
+
+    # -- writing transactions ------------------------------------------------------------------
+    async def _write(self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False) -> T:
+        """Run a writing transaction; once it has committed, announce the outbox entries it appended
+        to the listeners (storage.base: "Committed entries are announced")."""
+        appended: list[OutboxEntry] = []
+
+        async def attempt(tx: Tx) -> T:
+            # Set here, in whichever task runs the work (SQLite's group commit runs it in its own).
+            appended.clear()  # a transaction the database aborted is run again from the start
+            token = _APPENDED.set(appended)
+            try:
+                return await work(tx)
+            finally:
+                _APPENDED.reset(token)
+
+        async def announce() -> None:
+            if not appended:
+                return
+            if not self._hand_over_outbox:
+                self._outbox_changed()
+                return
+            for listener in self._outbox_listeners:
+                await listener.outbox_committed(appended)
+
+        return await self.db.run(attempt, single_statement=single_statement, after_commit=announce)
+
+    @asynccontextmanager
+    async def _savepoint(self, tx: Tx) -> AsyncIterator[None]:
+        """``tx.savepoint()``; rolled back, it takes back the outbox entries appended inside it."""
+        appended = _APPENDED.get()
+        mark = 0 if appended is None else len(appended)
+        try:
+            async with tx.savepoint():
+                yield
+        except BaseException:
+            if appended is not None:
+                del appended[mark:]
+            raise
+
+    def watch_outbox(self, listener: OutboxListener) -> Callable[[], None]:
+        self._outbox_listeners.append(listener)
+
+        def unwatch() -> None:
+            if listener in self._outbox_listeners:
+                self._outbox_listeners.remove(listener)
+
+        return unwatch
+
+    def _outbox_changed(self) -> None:
+        for listener in self._outbox_listeners:
+            listener.outbox_changed()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        await self.db.open()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        async def work(tx: Tx) -> None:
+            await tx.fetchrow("SELECT 1 AS ok")
+
+        await self.db.run(work, readonly=True, single_statement=True)
+
+    async def migrate(self) -> list[int]:
+        async def work(tx: Tx) -> list[int]:
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+            )
+            done = {r["version"] for r in await tx.fetch("SELECT version FROM schema_migrations")}
+            applied = []
+            for version, description, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in statements_for(self.db.dialect, statements):
+                    await tx.execute(statement)
+                await tx.execute(
+                    "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
+                    version,
+                    description,
+                    now_us(),
+                )
+                applied.append(version)
+            return applied
+
+        return await self.db.run(work, exclusive=True)
