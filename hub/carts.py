@@ -22,6 +22,7 @@ from crdt.hlc import Timestamp
 from crdt.wire import decode_context, encode_context, encode_dot
 from hub.auth import Principal
 from hub.channel_access import may_read_any
+from hub.responses import iso
 from storage.carts import CartDocument, CartPush, PushOutcome, PushStatus, Refusal
 
 MUTATION_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -165,6 +166,6 @@ def render_cart(document: CartDocument) -> dict[str, Any]:
         ],
         "reservation_id": document.reservation_id,
         "context": encode_context(cart.context),
-        "created_at": document.created_at,
-        "updated_at": document.updated_at,
+        "created_at": iso(document.created_at),
+        "updated_at": iso(document.updated_at),
     }

@@ -223,6 +223,9 @@ async def test_checkout_reserves_once_and_a_later_offline_edit_is_listed_as_reje
         assert status == 201, body
         assert headers["Idempotent-Replayed"] == "false"
         reservation = body["reservation"]
+        assert headers["Location"] == f"/api/v1/reservations/{reservation['id']}"
+        status, stored, _ = await hub.call("GET", headers["Location"], token=hub.alice)
+        assert status == 200 and stored == reservation  # rendered as GET renders it
         assert reservation["status"] == "pending" and reservation["owner"] == "alice"
         assert sorted((ln["product_id"], ln["quantity"]) for ln in reservation["lines"]) == sorted(
             [(ids["TEA"], 2), (ids["SOAP"], 1)]

@@ -36,7 +36,7 @@ from hub.carts import (
 from hub.errors import BadRequest, ConflictError, NotFoundError, Unprocessable
 from hub.keys import METRICS, SETTINGS, STORE
 from hub.responses import json_response, not_modified, version_etag
-from hub.routes.reservations import IDEMPOTENCY_KEY, USER_ROLES, request_hash
+from hub.routes.reservations import IDEMPOTENCY_KEY, USER_ROLES, request_hash, with_iso_times
 from hub.validation import Field, choice, integer, path_uuid, read_json, string, validate
 from storage.carts import CartPush, CartRules, CheckoutOutcome, PushStatus
 
@@ -161,7 +161,8 @@ async def checkout_cart(request: web.Request) -> web.StreamResponse:
                 reservation_id=body.get("reservation_id"),
                 headers=headers,
             )
-        return json_response({"reservation": body, "cart": cart}, status=201, headers=headers)
+        headers["Location"] = f"/api/v1/reservations/{body['id']}"
+        return json_response({"reservation": with_iso_times(body), "cart": cart}, status=201, headers=headers)
     detail = str(body.pop("detail", "the cart cannot be checked out"))
     body.pop("code", None)
     extra: dict[str, Any] = {

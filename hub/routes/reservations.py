@@ -60,7 +60,7 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _with_iso_times(stored: dict[str, Any]) -> dict[str, Any]:
+def with_iso_times(stored: dict[str, Any]) -> dict[str, Any]:
     body = dict(stored)
     for key in ("created_at", "expires_at", "updated_at"):
         body[key] = iso(body[key])
@@ -68,7 +68,7 @@ def _with_iso_times(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 def _render(reservation: Reservation) -> dict[str, Any]:
-    return _with_iso_times(reservation_to_dict(reservation))
+    return with_iso_times(reservation_to_dict(reservation))
 
 
 @routes.post("/api/v1/reservations", name="create_reservation")
@@ -110,7 +110,7 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
     if result.status is ReservationOutcome.RESERVED:
         if not result.replayed:
             metrics.reservations.labels("reserved").inc()
-        body = _with_iso_times(result.body)
+        body = with_iso_times(result.body)
         headers["Location"] = f"/api/v1/reservations/{body['id']}"
         return json_response(body, status=201, headers=headers)
     code = str(result.body.get("code", "insufficient_stock"))
