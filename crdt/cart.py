@@ -178,6 +178,12 @@ class Cart:
         """Every line that holds an entry, with its conflicts (a line set to 0 is listed)."""
         return {sku: Line(*line_view(line)) for sku, line in self._shown().lines.items()}
 
+    def live_lines(self) -> dict[str, Line]:
+        """The live cart's lines, as :meth:`lines` shows them: the same as :meth:`lines` while the cart
+        is open; once it is closed, what the edits made — the ones the checkout refused included —
+        rather than the snapshot (what a hub bounds: the live state keeps growing after a checkout)."""
+        return {sku: Line(*line_view(line)) for sku, line in self._live.lines.items()}
+
     def line(self, sku: str) -> Line:
         line = self._shown().lines.get(sku)
         return Line(*line_view(line)) if line is not None else Line(0, ())

@@ -8,12 +8,18 @@ appends the delta (never the whole state) to the outbox, so:
   outcome is answered again);
 * two nodes merging into one cart at once serialise on the cart's row, and the merge is a join: the
   stored state is the join of every accepted delta, whatever the order;
-* a refused delta (:class:`Refusal`) changes nothing, and the others of its batch go on.
+* a refused delta (:class:`Refusal`) changes nothing — not the cart's state, its version, the outbox,
+  its mutation ids, nor a replica's owner — and the others of its batch go on. (A push opens the cart
+  as :meth:`~storage.base.Store.open_cart` does: one into a cart that did not exist leaves it created,
+  empty, at version 0, whatever its deltas' outcomes.)
 
 The rules a delta must keep (:class:`CartRules`) are checked against the merged state, in the same
 transaction: its new dots are of replicas bound to the pushing user (a replica id is bound on first
-use), its SKUs are in the catalog, its clock is not ahead of the hub's by more than the drift bound,
-and the cart keeps at most ``max_lines`` lines of at most ``max_quantity`` units.
+use; of two users binding one id at once, exactly one does), its SKUs are in the catalog, its clock is
+not ahead of the hub's by more than the drift bound, it holds at most ``max_entries`` entries of at
+most ``max_quantity`` units, and the live cart keeps at most ``max_lines`` lines (a line set to 0 is
+one) of at most ``max_quantity`` units — once checked out too, where edits are kept but rejected. A
+delta may not take a cart past a bound; one already past it (under older rules) may be edited down.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from crdt import codec
-from crdt.cart import Cart
+from crdt.cart import Cart, Line
 from crdt.context import CausalContext
 from crdt.wire import encode_context
 from storage.carts import (
@@ -374,28 +374,43 @@ async def _checked_merge(tx: Tx, cart: Cart, delta: Cart, owner: str, rules: Car
         if unknown:
             raise Refusal("unknown_sku", f"not in the catalog: {', '.join(unknown)[:200]}")
     merged = cart.merge(delta)
-    lines = merged.lines() if not merged.closed else {}
-    if sum(1 for line in lines.values() if line.quantity > 0) > rules.max_lines:
+    _check_bounds(cart, merged, rules)
+    if unbound:
+        # Bound on first use. Two users' concurrent first pushes with one id: the second's insert does
+        # nothing and the re-read below refuses it — in a savepoint, so that the refusal takes back the
+        # delta's other replicas bound before it.
+        async with tx.savepoint():
+            for replica in unbound:
+                await tx.execute(
+                    "INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (replica_id) DO NOTHING",
+                    replica,
+                    owner,
+                    ts,
+                )
+                bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
+                if bound is None or bound["owner"] != owner:
+                    raise Refusal("foreign_replica", f"replica {replica[:40]!r} belongs to another user")
+    return merged
+
+
+def _check_bounds(cart: Cart, merged: Cart, rules: CartRules) -> None:
+    """The live cart keeps at most ``max_lines`` lines (a line set to 0 is one) of at most
+    ``max_quantity`` units — also once checked out, where edits keep arriving. A delta may not take the
+    cart past a bound; a cart already past one (under older rules) may still be edited down."""
+    lines = merged.live_lines()
+    if len(lines) > rules.max_lines and len(lines) > len(cart.live_lines()):
         raise Refusal("cart_too_large", f"a cart holds at most {rules.max_lines} lines")
+    before: dict[str, Line] | None = None
     for sku, line in lines.items():
         if line.quantity > rules.max_quantity:
-            raise Refusal(
-                "quantity_out_of_range", f"{sku[:60]}: a line holds 0 to {rules.max_quantity} units"
-            )
-    for replica in unbound:
-        # Bound on first use. Two users' concurrent first pushes with one id: the second's insert does
-        # nothing and the re-read below refuses it.
-        await tx.execute(
-            "INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
-            " ON CONFLICT (replica_id) DO NOTHING",
-            replica,
-            owner,
-            ts,
-        )
-        bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
-        if bound is None or bound["owner"] != owner:
-            raise Refusal("foreign_replica", f"replica {replica[:40]!r} belongs to another user")
-    return merged
+            if before is None:
+                before = cart.live_lines()
+            was = before.get(sku)
+            if was is None or line.quantity > was.quantity:
+                raise Refusal(
+                    "quantity_out_of_range", f"{sku[:60]}: a line holds 0 to {rules.max_quantity} units"
+                )
 
 
 __all__ = ["CartSql", "context_json"]

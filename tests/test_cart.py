@@ -269,6 +269,17 @@ def test_an_open_cart_has_no_rejected_edits() -> None:
     assert phone.cart.rejected_edits() == []
 
 
+def test_live_lines_are_the_lines_until_a_checkout_then_what_the_edits_made() -> None:
+    phone, laptop = pair()
+    laptop.receive(phone.add("tea", 2), phone.set("milk", 0))
+    assert phone.cart.live_lines() == phone.cart.lines() == {"tea": Line(2, ()), "milk": Line(0, ())}
+    phone.close()
+    late = laptop.add("tea", 3)
+    phone.receive(late, laptop.remove("milk"))
+    assert phone.cart.lines() == {"tea": Line(2, ()), "milk": Line(0, ())}
+    assert phone.cart.live_lines() == {"tea": Line(5, ())}
+
+
 def test_mutators_return_a_delta_and_leave_the_cart_unchanged() -> None:
     phone, _ = pair()
     phone.add("tea")
