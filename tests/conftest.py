@@ -8,11 +8,11 @@ own throwaway database on the local server.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
