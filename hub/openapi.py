@@ -421,7 +421,10 @@ def openapi_document() -> dict[str, Any]:
                     {
                         "201": {
                             **_json("CartCheckout", "checked out and reserved"),
-                            "headers": {"Idempotent-Replayed": {"schema": {"enum": ["true", "false"]}}},
+                            "headers": {
+                                "Idempotent-Replayed": {"schema": {"enum": ["true", "false"]}},
+                                "Location": {"schema": {"type": "string"}},
+                            },
                         },
                         **_problems(
                             **_AUTH_PROBLEMS,
@@ -562,9 +565,9 @@ def openapi_document() -> dict[str, Any]:
                         "owner": {"type": "string"},
                         "status": {"enum": ["pending", "committed", "released", "expired"]},
                         "lines": {"type": "array", "items": {"type": "object"}},
-                        "created_at": {"type": "string"},
-                        "expires_at": {"type": "string"},
-                        "updated_at": {"type": "string"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "expires_at": {"type": "string", "format": "date-time"},
+                        "updated_at": {"type": "string", "format": "date-time"},
                     },
                 },
                 "CausalContext": _CONTEXT,
@@ -619,8 +622,8 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "reservation_id": {"type": ["string", "null"]},
                         "context": _CONTEXT,
-                        "created_at": {"type": "integer", "description": "epoch microseconds"},
-                        "updated_at": {"type": "integer", "description": "epoch microseconds"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "updated_at": {"type": "string", "format": "date-time"},
                     },
                 },
                 "CartSync": {
@@ -685,21 +688,7 @@ def openapi_document() -> dict[str, Any]:
                 "CartCheckout": {
                     "type": "object",
                     "properties": {
-                        "reservation": {
-                            "type": "object",
-                            "description": "the reservation as the checkout made it (a replay answers"
-                            " the same): times in epoch microseconds, where GET"
-                            " /api/v1/reservations/{id} renders ISO 8601",
-                            "properties": {
-                                "id": {"type": "string", "format": "uuid"},
-                                "owner": {"type": "string"},
-                                "status": {"const": "pending"},
-                                "lines": {"type": "array", "items": {"type": "object"}},
-                                "created_at": {"type": "integer"},
-                                "expires_at": {"type": "integer"},
-                                "updated_at": {"type": "integer"},
-                            },
-                        },
+                        "reservation": {"$ref": "#/components/schemas/Reservation"},
                         "cart": {"$ref": "#/components/schemas/Cart"},
                     },
                 },
