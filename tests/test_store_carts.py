@@ -865,3 +865,63 @@ async def test_a_cart_past_a_bound_under_older_rules_may_still_be_edited_down(st
         (PushStatus.REFUSED, 5, "cart_too_large"),
     ]
     assert (await document(store)).cart.value() == {"tea": 4, "milk": 10}
+
+
+async def test_checkout_of_a_line_whose_product_is_gone_reserves_nothing(store):
+    products, _ = await _filled_cart(store)
+    await store.delete_product(products["milk"])
+    result = await checkout(store)
+    assert result.outcome is CheckoutOutcome.PRODUCT_NOT_FOUND
+    assert result.body["skus"] == ["milk"]
+    assert not (await document(store)).cart.closed
+    assert await reserved(store, products["tea"]) == 0
+    assert await rows(store, "SELECT id FROM reservations") == []
+
+
+async def test_a_cart_checked_out_on_two_nodes_at_once_is_reserved_once(store, database_url):
+    products, _ = await _filled_cart(store)
+    other = open_store(database_url)
+    await other.open()
+    try:
+        same_key = await asyncio.gather(
+            store.checkout_cart(CART, "alice", "key-1", "hash-1", 600),
+            other.checkout_cart(CART, "alice", "key-1", "hash-1", 600),
+        )
+        other_key = await other.checkout_cart(CART, "alice", "key-2", "hash-2", 600)
+    finally:
+        await other.close()
+    assert sorted(r.replayed for r in same_key) == [False, True]
+    assert same_key[0].body == same_key[1].body
+    stored = await document(store)
+    assert other_key.body == {"reservation_id": stored.reservation_id, "already_closed": True}
+    assert len(await rows(store, "SELECT id FROM reservations")) == 1
+    assert (await reserved(store, products["tea"]), await reserved(store, products["milk"])) == (2, 3)
+    assert len([e for e in await cart_entries(store) if payload(e)["type"] == "cart.closed"]) == 1
+
+
+async def test_a_checkout_racing_pushes_reserves_exactly_what_it_closed(store, database_url):
+    products = await catalog(store)
+    other = open_store(database_url)
+    await other.open()
+    try:
+        devices = [Device(f"device-{i}") for i in range(3)]
+        edits = [d.add(SKUS[(i + k) % 2], 1) for k in range(8) for i, d in enumerate(devices)]
+        await push(store, *edits[:3])
+        jobs: list[Any] = [push(other if k % 2 else store, delta) for k, delta in enumerate(edits[3:])]
+        jobs.insert(len(jobs) // 2, other.checkout_cart(CART, "alice", "key-1", "hash-1", 600))
+        done = await asyncio.gather(*jobs)
+    finally:
+        await other.close()
+    (result,) = [r for r in done if isinstance(r, CheckoutResult)]
+    assert result.outcome is CheckoutOutcome.RESERVED
+    stored = await document(store)
+    frozen = stored.cart.value()
+    assert {sku: await reserved(store, products[sku]) for sku in ("tea", "milk")} == {
+        sku: frozen.get(sku, 0) for sku in ("tea", "milk")
+    }
+    # Every edit is kept: the ones the checkout had not seen are its rejected edits.
+    assert stored.cart == join(*edits).merge(stored.cart)
+    late = sum(e.quantity for e in stored.cart.rejected_edits() if e.kind == "add")
+    assert sum(frozen.values()) + late == len(edits)
+    entries = await cart_entries(store)
+    assert [e.version for e in entries] == list(range(1, stored.version + 1))
