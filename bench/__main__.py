@@ -12,6 +12,7 @@ NAMES = {
     "fanpath": "bench.fanpath",
     "crdt": "bench.crdt",
     "suite": "bench.suite",
+    "sync": "bench.sync",
 }
 
 

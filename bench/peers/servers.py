@@ -12,7 +12,9 @@ Every peer is one server process on 127.0.0.1 speaking the same small contract:
 Peers: ``aiohttp`` (bare ``web.WebSocketResponse``, the floor of aiohttp), ``python-socketio``
 (AsyncServer on aiohttp, one room), ``node-ws`` (a plain ``ws`` WebSocketServer), ``node-socketio``
 (a socket.io Server, one room) and ``c-epoll`` (a single-threaded epoll server in C, one ``write()`` per
-message per socket: the floor). Use::
+message per socket: the floor). ``hocuspocus`` (protocol ``"yjs"``: a Hocuspocus server with its SQLite
+extension, for ``python -m bench sync``) answers ``GET /stats`` too but has no ``POST /publish``: its
+clients are ``hocuspocus_client.js``, not :meth:`Peer.client`. Use::
 
     async with start_peer("node-ws", port) as peer:
         async with connect_clients(peer, 1000, on_message) as clients:
@@ -72,7 +74,7 @@ C_SOURCE = HERE / "c_server.c"
 C_BINARY = BUILD / "c_server"
 CFLAGS = ("-O2", "-Wall", "-Wextra")
 
-Protocol = Literal["ws", "socketio"]
+Protocol = Literal["ws", "socketio", "yjs"]
 Runtime = Literal["python", "node", "c"]
 OnMessage = Callable[[str], None]
 
@@ -83,6 +85,13 @@ _PEERS: dict[str, tuple[Protocol, Runtime, str]] = {
     "node-ws": ("ws", "node", "ws_server.js"),
     "node-socketio": ("socketio", "node", "socketio_server.js"),
     "c-epoll": ("ws", "c", "c_server.c"),
+    "hocuspocus": ("yjs", "node", "hocuspocus_server.js"),
+}
+# a Node peer → the packages its version line names
+_NODE_PACKAGES = {
+    "node-ws": ("ws",),
+    "node-socketio": ("socket.io",),
+    "hocuspocus": ("@hocuspocus/server", "yjs"),
 }
 PEERS: tuple[str, ...] = tuple(_PEERS)
 
@@ -170,8 +179,8 @@ async def _ensure_node(name: str, install: bool) -> str:
                 raise PeerUnavailable(name, f"npm install failed ({status}): {out.strip()[-1500:]}")
             if _node_installed() != pins:
                 raise PeerUnavailable(name, f"npm install did not install {pins}: found {_node_installed()}")
-    package = "ws" if name == "node-ws" else "socket.io"
-    return f"{package} {pins[package]} (node {node_version})"
+    named = ", ".join(f"{package} {pins[package]}" for package in _NODE_PACKAGES[name])
+    return f"{named} (node {node_version})"
 
 
 async def _python_versions(*distributions: str) -> list[str] | None:
@@ -293,6 +302,8 @@ class Peer:
         """The URL its clients connect to (the Socket.IO one opens the websocket transport directly)."""
         if self.protocol == "socketio":
             return f"ws://{HOST}:{self.port}/socket.io/?EIO=4&transport=websocket"
+        if self.protocol == "yjs":
+            return f"ws://{HOST}:{self.port}"
         return f"ws://{HOST}:{self.port}/ws"
 
     @property
@@ -306,6 +317,8 @@ class Peer:
         on_ready: Callable[[], None] | None = None,
     ) -> Coroutine[Any, Any, None]:
         """One client of this peer (a coroutine running until the server closes it or it is cancelled)."""
+        if self.protocol == "yjs":
+            raise ValueError(f"{self.name} has no broadcast clients: its load client is hocuspocus_client.js")
         if self.protocol == "socketio":
             return socketio_client(session, self.ws_url, on_message, on_ready)
         return ws_client(session, self.ws_url, on_message, on_ready)

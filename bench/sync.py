@@ -1,0 +1,889 @@
+"""``python -m bench sync``: cart edits between the two devices of each user, synchub beside Hocuspocus.
+
+U users (``--users``), each with two devices on one cart, each device its own WebSocket. Every device
+edits its user's cart — a mix of 50% "add 1–3 units", 30% "set the quantity to 1–9", 20% "remove a
+line the cart has" (an add when it has none) over ``--skus`` catalog SKUs — at stepped total rates
+(``--rates``, edits per second over all devices, each step ``--step-seconds`` long), open loop: an
+edit goes out when its time comes, whatever is still unanswered. Configurations (``--configs``):
+
+- ``synchub-sqlite``: one ``synchub serve`` on the embedded default (SQLite, ``synchronous=FULL``);
+- ``synchub-pg-redis``: two ``synchub serve`` nodes on one throwaway PostgreSQL database and Redis key
+  prefix, same region; each user's first device on node A, the second on node B;
+- ``hocuspocus``: ``bench/peers/hocuspocus_server.js`` (Hocuspocus 3.4 with its SQLite extension),
+  driven by ``bench/peers/hocuspocus_client.js``, the cart a ``Y.Map`` sku → quantity.
+
+A synchub device speaks ``synchub.msgpack`` (``--json``: ``synchub.json``) with a customer token:
+``sync`` (which creates the cart), ``subscribe`` to ``cart:<id>``, then one ``push`` per edit, the
+delta from :class:`crdt.cart.Cart` (a replica id per device). Its "ack" is the hub's ``ack``, sent
+after the durable commit; a delivery is the ``cart.delta`` event carrying the other device's
+``mutation_id``. A Hocuspocus device's "ack" is the server's SyncStatus, sent once the update is
+applied in memory (persistence is debounced: see ``hocuspocus_server.js``); a delivery is the other
+device's update broadcast to it (``hocuspocus_client.js`` says how edits are matched).
+
+Per configuration and step: acked edits per second (acked / time from the step's start to the last
+ack), acked edits per server CPU-second (the server processes' CPU time from /proc during the step;
+PostgreSQL's and Redis's own CPU is not counted), push → ack and push → other-device latency p50/p99
+(send time to the other device's receipt, both clocks in one client process), TCP bytes per edit (what
+every device's socket wrote and read during the step, divided by the edits), errors and undelivered
+edits. A step that leaves edits unacknowledged or undelivered after ``--drain-seconds``, falls under
+90% of its rate, or has a delivery p99 above ``--max-p99-ms`` ends the configuration (saturated).
+
+The load clients are separate processes (synchub's: this module with ``--worker``, on uvloop; one per
+``--client-procs``, each with its share of the users), driven over stdin/stdout with one JSON command
+a line — ``setup``, ``step`` and ``close`` — the same commands for both clients. Everything binds
+127.0.0.1, every loop is bounded, and every process and database the bench starts, it stops.
+Results: a Markdown table on stdout, and JSON and Markdown files in ``bench/results/`` (ignored by git).
+
+Run: ``python -m bench sync [--quick] [--configs synchub-sqlite,synchub-pg-redis,hocuspocus]
+[--users 100] [--rates 250,500,1000,2000,5000] [--step-seconds 4]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import msgpack
+import orjson
+
+from bench._hub import (
+    RUN_FAILURES,
+    admin_headers,
+    cpu_seconds,
+    free_port,
+    hub_process,
+    throwaway_postgres_and_redis,
+)
+from bench.loadgen import client_frame
+from crdt import codec
+from crdt.cart import Cart
+from crdt.hlc import HybridClock
+
+PEERS = Path(__file__).resolve().parent / "peers"
+RESULTS = Path(__file__).resolve().parent / "results"
+CONFIGS = ("synchub-sqlite", "synchub-pg-redis", "hocuspocus")
+RATES = (250, 500, 1000, 2000, 5000)
+QUICK_RATES = (100, 200)
+ADD_BELOW, SET_BELOW = 0.5, 0.8  # the edit mix: r < 0.5 add, < 0.8 set, else remove
+_BINARY, _TEXT, _CLOSE, _PING, _PONG = 0x2, 0x1, 0x8, 0x9, 0xA
+
+
+# -- the synchub load client (a worker process) ----------------------------------------------------------
+
+
+def _now_ms() -> float:
+    return time.perf_counter() * 1000.0
+
+
+class _Device(asyncio.Protocol):
+    """One device: a raw WebSocket client of the hub (RFC 6455 framing by hand, as bench.loadgen does),
+    its local cart and the bookkeeping of one step."""
+
+    def __init__(self, user: dict[str, Any], index: int, run: str, binary: bool) -> None:
+        self.cart_id: str = user["cart"]
+        self.token: str = user["token"]
+        self.host, self.port = user["targets"][index]
+        self.index = index
+        self.binary = binary
+        self.replica = f"u{user['user']}-d{index}-{run}"
+        self.prefix = f"u{user['user']}d{index}-"  # of its mutation ids
+        self.clock = HybridClock(self.replica, lambda: time.time_ns() // 1_000_000)
+        self.cart = Cart.new()
+        self.peer: _Device | None = None
+        self.transport: asyncio.Transport | None = None
+        self.upgraded = False
+        self.buffer = bytearray()
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.failure: str | None = None
+        self.seq = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.sent = 0
+        self.unacked: dict[str, float] = {}  # mutation id → send time (ms)
+        self.undelivered: dict[str, float] = {}  # mutation id → send time, until the peer receives it
+        self.ack_ms: list[float] = []
+        self.delivery_ms: list[float] = []
+        self.last_ack = 0.0
+        self.last_delivery = 0.0
+        self.acked = self.duplicates = self.errors = self.echoes = self.unknown = 0
+        self.codes: Counter[str] = Counter()
+        self.bytes_in = self.bytes_out = 0
+
+    # -- the socket ------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # (uvloop's is no subclass)
+        key = base64.b64encode(os.urandom(16)).decode()
+        protocol = "synchub.msgpack" if self.binary else "synchub.json"
+        transport.write(
+            (
+                f"GET /api/v1/ws HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Protocol: {protocol}\r\nAuthorization: Bearer {self.token}\r\n\r\n"
+            ).encode()
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.fail(f"connection lost: {exc!r}")
+
+    def fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_exception(ConnectionError(reason))
+        self.waiting.clear()
+
+    def data_received(self, data: bytes) -> None:
+        now = _now_ms()
+        buffer = self.buffer
+        buffer += data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                self.fail(f"upgrade refused: {bytes(buffer[:200])!r}")
+                return
+            del buffer[: end + 4]
+            self.upgraded = True
+            future = self.waiting.pop("open", None)
+            if future is not None and not future.done():
+                future.set_result({})
+        else:
+            self.bytes_in += len(data)
+        pos, size = 0, len(buffer)
+        while size - pos >= 2:
+            b0, n = buffer[pos], buffer[pos + 1] & 0x7F
+            head = 2
+            if n == 126:
+                if size - pos < 4:
+                    break
+                n, head = int.from_bytes(buffer[pos + 2 : pos + 4], "big"), 4
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n, head = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), 10
+            if size - pos < head + n:
+                break
+            payload = bytes(buffer[pos + head : pos + head + n])
+            pos += head + n
+            opcode = b0 & 0x0F
+            if opcode in (_BINARY, _TEXT):
+                self.message(msgpack.unpackb(payload) if self.binary else orjson.loads(payload), now)
+            elif opcode == _PING:
+                self.write(client_frame(_PONG, payload))
+            elif opcode == _CLOSE:
+                self.fail(f"closed by the hub: {payload[:2].hex()} {payload[2:200]!r}")
+        del buffer[:pos]
+
+    def write(self, frame: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(frame)
+            self.bytes_out += len(frame)
+
+    def send(self, message: dict[str, Any]) -> None:
+        payload = msgpack.packb(message) if self.binary else orjson.dumps(message)
+        self.write(client_frame(_BINARY if self.binary else _TEXT, payload))
+
+    async def request(self, message: dict[str, Any], answer: str) -> dict[str, Any]:
+        """Send ``message`` and wait (30 s at most) for the reply of type ``answer``."""
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[answer] = future
+        self.send(message)
+        return await asyncio.wait_for(future, 30)
+
+    # -- messages --------------------------------------------------------------------------------------
+    def delta_of(self, raw: Any) -> Cart:
+        decoded = codec.from_msgpack(raw) if self.binary else codec.from_dict(raw)
+        assert isinstance(decoded, Cart)
+        return decoded
+
+    def message(self, msg: dict[str, Any], now: float) -> None:
+        kind = msg.get("type")
+        if kind == "event":
+            data = msg["data"]
+            mutation = data.get("mutation_id")
+            if not isinstance(mutation, str):
+                return
+            if mutation.startswith(self.prefix):
+                self.echoes += 1  # this device's own edit: its delta is in the local cart already
+                return
+            assert self.peer is not None
+            sent = self.peer.undelivered.pop(mutation, None)
+            if sent is None:
+                self.unknown += 1
+            else:
+                self.delivery_ms.append(now - sent)
+                self.last_delivery = now
+            self.cart.apply(self.delta_of(data["delta"]))
+        elif kind == "ack":
+            sent = self.unacked.pop(msg["mutation_id"], None)
+            if sent is not None:
+                self.ack_ms.append(now - sent)
+                self.last_ack = now
+                self.acked += 1
+                if msg["status"] == "duplicate":
+                    self.duplicates += 1
+                    self.undelivered.pop(msg["mutation_id"], None)
+        elif kind == "error":
+            self.errors += 1
+            self.codes[str(msg.get("code"))] += 1
+            mutation = msg.get("mutation_id")
+            if mutation is not None:
+                self.unacked.pop(mutation, None)
+                self.undelivered.pop(mutation, None)
+            future = self.waiting.pop("synced", None) or self.waiting.pop("subscribed", None)
+            if future is not None and not future.done():
+                future.set_exception(RuntimeError(f"hub answered {msg}"))
+        elif kind in ("synced", "subscribed"):
+            if kind == "synced" and msg.get("delta") is not None:
+                self.cart.apply(self.delta_of(msg["delta"]))
+            future = self.waiting.pop(kind, None)
+            if future is not None and not future.done():
+                future.set_result(msg)
+
+    def edit(self, rng: random.Random, skus: Sequence[str]) -> None:
+        """One edit of the mix, merged locally and pushed."""
+        r = rng.random()
+        lines = list(self.cart.value()) if r >= SET_BELOW else None
+        cart = self.cart
+        if lines:
+            delta = cart.remove(self.replica, rng.choice(lines))
+        elif ADD_BELOW <= r < SET_BELOW:
+            delta = cart.set(self.replica, rng.choice(skus), rng.randint(1, 9), self.clock.now())
+        else:
+            delta = cart.add(self.replica, rng.choice(skus), rng.randint(1, 3))
+        cart.apply(delta)
+        self.seq += 1
+        mutation = f"{self.prefix}{self.seq}"
+        now = _now_ms()
+        self.unacked[mutation] = now
+        self.undelivered[mutation] = now
+        self.sent += 1
+        self.send(
+            {
+                "type": "push",
+                "cart": self.cart_id,
+                "mutation_id": mutation,
+                "delta": codec.to_msgpack(delta) if self.binary else codec.to_dict(delta),
+            }
+        )
+
+
+class _Worker:
+    """The devices of one client process, and its commands."""
+
+    def __init__(self) -> None:
+        self.devices: list[_Device] = []
+        self.skus: list[str] = []
+
+    async def setup(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        self.skus = list(cmd["skus"])
+        pairs = []
+        for user in cmd["users"]:
+            a, b = (_Device(user, i, cmd["run"], cmd["binary"]) for i in (0, 1))
+            a.peer, b.peer = b, a
+            pairs.append((a, b))
+            self.devices += [a, b]
+        gate = asyncio.Semaphore(50)
+
+        async def open_device(device: _Device) -> None:
+            future = loop.create_future()
+            device.waiting["open"] = future
+            await loop.create_connection(lambda: device, device.host, device.port)
+            await asyncio.wait_for(future, 30)
+
+        async def one(a: _Device, b: _Device) -> None:
+            async with gate:
+                await asyncio.gather(open_device(a), open_device(b))
+                for device in (a, b):  # the first sync creates the cart, for its owner
+                    await device.request({"type": "sync", "cart": device.cart_id, "context": None}, "synced")
+                for device in (a, b):
+                    await device.request(
+                        {"type": "subscribe", "channel": f"cart:{device.cart_id}"}, "subscribed"
+                    )
+
+        await asyncio.gather(*(one(a, b) for a, b in pairs))
+        return {"seconds": time.perf_counter() - started}
+
+    async def step(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        rng = random.Random(cmd.get("seed", 1))
+        rate, devices, skus = float(cmd["rate"]), self.devices, self.skus
+        for device in devices:
+            device.reset()
+        cpu0 = time.process_time()
+        total = max(1, round(rate * float(cmd["seconds"])))
+        interval = 1000.0 / rate
+        started = _now_ms()
+        lag = 0.0
+        i = 0
+        while i < total:
+            now = _now_ms()
+            due = started + i * interval
+            if due > now:
+                await asyncio.sleep((due - now) / 1000.0)
+                continue
+            while i < total and started + i * interval <= now:
+                lag = max(lag, now - (started + i * interval))
+                rng.choice(devices).edit(rng, skus)
+                i += 1
+        sent_at = _now_ms()
+        deadline = sent_at + float(cmd["drain"]) * 1000.0
+        acked_at: float | None = None
+        while _now_ms() < deadline:
+            if acked_at is None and not any(d.unacked for d in devices):
+                acked_at = _now_ms()
+            if acked_at is not None and not any(d.undelivered for d in devices):
+                break
+            if all(d.failure is not None for d in devices):
+                break
+            await asyncio.sleep(0.005)
+        ack_ms = [round(v, 3) for d in devices for v in d.ack_ms]
+        delivery_ms = [round(v, 3) for d in devices for v in d.delivery_ms]
+        codes: Counter[str] = Counter()
+        for d in devices:
+            codes.update(d.codes)
+        last_ack = max((d.last_ack for d in devices), default=0.0)
+        last_delivery = max((d.last_delivery for d in devices), default=0.0)
+        sent = sum(d.sent for d in devices)
+        undelivered = sum(len(d.undelivered) for d in devices)
+        return {
+            "sent": sent,
+            "acked": sum(d.acked for d in devices),
+            "duplicates": sum(d.duplicates for d in devices),
+            "errors": sum(d.errors for d in devices) + sum(1 for d in devices if d.failure),
+            "error_codes": dict(codes),
+            "failures": sorted({d.failure for d in devices if d.failure})[:3],
+            "noops": 0,
+            "lost": undelivered,
+            "echoes": sum(d.echoes for d in devices),
+            "unknown": sum(d.unknown for d in devices),
+            "expected_deliveries": sent - sum(d.errors + d.duplicates for d in devices),
+            "delivered": len(delivery_ms),
+            "ack_ms": ack_ms,
+            "delivery_ms": delivery_ms,
+            "acked_s": (last_ack - started) / 1000.0 if last_ack else 0.0,
+            "delivered_s": (last_delivery - started) / 1000.0 if last_delivery else 0.0,
+            "send_s": (sent_at - started) / 1000.0,
+            "max_send_lag_ms": lag,
+            "bytes_in": sum(d.bytes_in for d in devices),
+            "bytes_out": sum(d.bytes_out for d in devices),
+            "other_messages": 0,
+            "client_cpu_s": time.process_time() - cpu0,
+        }
+
+    def close(self) -> None:
+        for device in self.devices:
+            if device.transport is not None:
+                device.transport.abort()
+
+
+async def _worker_main() -> None:
+    """Commands on stdin, answers on stdout, one JSON object a line (see the module docstring)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    worker = _Worker()
+    try:
+        while line := await reader.readline():
+            cmd = orjson.loads(line)
+            try:
+                if cmd["cmd"] == "close":
+                    break
+                handler = worker.setup if cmd["cmd"] == "setup" else worker.step
+                answer = {"ok": True, "cmd": cmd["cmd"], **(await handler(cmd))}
+            except (OSError, RuntimeError, TimeoutError, ValueError, KeyError) as exc:
+                answer = {"ok": False, "cmd": cmd.get("cmd"), "error": repr(exc)[:500]}
+            sys.stdout.buffer.write(orjson.dumps(answer) + b"\n")
+            sys.stdout.flush()
+    finally:
+        worker.close()
+    sys.stdout.buffer.write(orjson.dumps({"ok": True, "cmd": "exit"}) + b"\n")
+    sys.stdout.flush()
+
+
+# -- driving a run ---------------------------------------------------------------------------------------
+
+
+class _Client:
+    """One load-client process (synchub's worker or the Node client), driven by JSON lines."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def start(cls, *argv: str) -> AsyncIterator[_Client]:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=64 * 1024 * 1024,  # a step's answer holds its latencies
+        )
+        try:
+            yield cls(proc)
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(OSError):
+                    assert proc.stdin is not None
+                    proc.stdin.close()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+    async def call(self, cmd: dict[str, Any], seconds: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(orjson.dumps(cmd) + b"\n")
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), seconds)
+        if not line:
+            raise RuntimeError(f"the load client exited ({self.proc.returncode}) during {cmd['cmd']}")
+        answer: dict[str, Any] = orjson.loads(line)
+        if not answer.get("ok"):
+            raise RuntimeError(f"the load client failed {cmd['cmd']}: {answer.get('error')}")
+        return answer
+
+
+@dataclass
+class Step:
+    rate: int
+    sent: int
+    acked: int
+    errors: int
+    error_codes: dict[str, int]
+    delivered: int
+    expected_deliveries: int
+    undelivered: int
+    not_broadcast: int  # Hocuspocus: deletes of what the other device had just deleted (no broadcast)
+    acked_per_s: float
+    server_cpu_s: float
+    acked_per_server_cpu_s: float
+    ack_p50_ms: float
+    ack_p99_ms: float
+    delivery_p50_ms: float
+    delivery_p99_ms: float
+    delivery_max_ms: float
+    bytes_per_edit: float
+    client_cpu_s: float
+    max_send_lag_ms: float
+    seconds: float
+    complete: bool  # every edit acked and every broadcast one delivered, no error
+    saturated: bool = False  # not complete, under 90% of the rate, or p99 above the bound
+
+
+@dataclass
+class Config:
+    name: str
+    version: str
+    durability: str
+    users: int
+    steps: list[Step] = field(default_factory=list)
+    saturated_at: int | None = None
+    error: str | None = None
+
+    def at(self, rate: int) -> Step | None:
+        return next((s for s in self.steps if s.rate == rate), None)
+
+    @property
+    def best(self) -> Step | None:
+        """The fastest step that kept up."""
+        return max((s for s in self.steps if not s.saturated), key=lambda s: s.acked_per_s, default=None)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest rank (0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
+
+
+def combine(rate: int, answers: list[dict[str, Any]], server_cpu: float, seconds: float) -> Step:
+    """One step's figures from every client process's answer."""
+    total = {k: sum(a[k] for a in answers) for k in ("sent", "acked", "errors", "delivered", "lost")}
+    codes: Counter[str] = Counter()
+    for a in answers:
+        codes.update(a["error_codes"])
+    ack_ms = [v for a in answers for v in a["ack_ms"]]
+    delivery_ms = [v for a in answers for v in a["delivery_ms"]]
+    acked_s = max(a["acked_s"] for a in answers)
+    expected = sum(a["expected_deliveries"] for a in answers)
+    acked_per_s = total["acked"] / acked_s if acked_s > 0 else 0.0
+    complete = total["acked"] == total["sent"] and total["errors"] == 0 and total["delivered"] >= expected
+    return Step(
+        rate=rate,
+        sent=total["sent"],
+        acked=total["acked"],
+        errors=total["errors"],
+        error_codes=dict(codes),
+        delivered=total["delivered"],
+        expected_deliveries=expected,
+        undelivered=total["lost"],
+        not_broadcast=sum(a["noops"] for a in answers),
+        acked_per_s=acked_per_s,
+        server_cpu_s=server_cpu,
+        acked_per_server_cpu_s=total["acked"] / server_cpu if server_cpu > 0 else 0.0,
+        ack_p50_ms=percentile(ack_ms, 0.50),
+        ack_p99_ms=percentile(ack_ms, 0.99),
+        delivery_p50_ms=percentile(delivery_ms, 0.50),
+        delivery_p99_ms=percentile(delivery_ms, 0.99),
+        delivery_max_ms=max(delivery_ms, default=0.0),
+        bytes_per_edit=sum(a["bytes_in"] + a["bytes_out"] for a in answers) / max(1, total["sent"]),
+        client_cpu_s=sum(a["client_cpu_s"] for a in answers),
+        max_send_lag_ms=max(a["max_send_lag_ms"] for a in answers),
+        seconds=seconds,
+        complete=complete,
+    )
+
+
+def _shares(items: list[Any], parts: int) -> list[list[Any]]:
+    parts = max(1, min(parts, len(items)))
+    return [items[i::parts] for i in range(parts)]
+
+
+async def _steps(
+    config: Config, clients: list[_Client], pids: list[int], args: argparse.Namespace, progress: Any
+) -> None:
+    """The stepped rates, each client process with its share, until one saturates."""
+    for index, rate in enumerate(args.rates):
+        progress(f"{config.name}: step {index + 1}/{len(args.rates)}, {rate:,} edits/s")
+        share = rate / len(clients)
+        cmd = {"cmd": "step", "seconds": args.step_seconds, "drain": args.drain_seconds}
+        cpu0 = sum(cpu_seconds(pid) for pid in pids)
+        started = time.perf_counter()
+        limit = args.step_seconds + args.drain_seconds + 30
+        answers = await asyncio.gather(
+            *(c.call({**cmd, "rate": share, "seed": 1000 * index + n}, limit) for n, c in enumerate(clients))
+        )
+        seconds = time.perf_counter() - started
+        step = combine(rate, list(answers), sum(cpu_seconds(pid) for pid in pids) - cpu0, seconds)
+        step.saturated = (
+            not step.complete or step.acked_per_s < 0.9 * rate or step.delivery_p99_ms > args.max_p99_ms
+        )
+        config.steps.append(step)
+        if step.saturated:
+            config.saturated_at = rate
+            return
+
+
+async def _create_products(session: aiohttp.ClientSession, base: str, secret: str, count: int) -> list[str]:
+    admin = admin_headers(secret)
+    skus = [f"SYNC-{i:03d}" for i in range(count)]
+    for sku in skus:
+        async with session.post(
+            base + "/api/v1/products", headers=admin, json={"sku": sku, "name": sku, "price": "1"}
+        ) as r:
+            if r.status != 201:
+                raise RuntimeError(f"creating product {sku} answered {r.status}: {(await r.text())[:300]}")
+    return skus
+
+
+def _synchub_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"synchub {version('synchub')}"
+    except PackageNotFoundError:
+        return "synchub (source)"
+
+
+async def run_synchub(name: str, args: argparse.Namespace, progress: Any) -> Config:
+    durability = (
+        "ack after the commit (SQLite WAL, synchronous=FULL)"
+        if name == "synchub-sqlite"
+        else "ack after the commit (PostgreSQL, synchronous_commit as configured)"
+    )
+    config = Config(name, _synchub_version(), durability, args.users)
+    secret = secrets.token_urlsafe(32)
+    async with contextlib.AsyncExitStack() as stack:
+        if name == "synchub-sqlite":
+            folder = tempfile.mkdtemp(prefix="synchub-sync-")
+            stack.callback(shutil.rmtree, folder, True)
+            base, pid = await stack.enter_async_context(
+                hub_process(str(Path(folder) / "hub.sqlite3"), secret, "--region", "eu")
+            )
+            bases, pids = [base, base], [pid]
+        else:
+            database, prefix = await stack.enter_async_context(
+                throwaway_postgres_and_redis(args.postgres_admin_url, args.redis_url)
+            )
+            extra = ("--region", "eu", "--redis-url", args.redis_url, "--redis-prefix", prefix)
+            # One after the other: the first applies the schema migrations to the new database.
+            base_a, pid_a = await stack.enter_async_context(
+                hub_process(database, secret, "--node-id", "sync-a", *extra)
+            )
+            base_b, pid_b = await stack.enter_async_context(
+                hub_process(database, secret, "--node-id", "sync-b", *extra)
+            )
+            bases, pids = [base_a, base_b], [pid_a, pid_b]
+        async with aiohttp.ClientSession() as session:
+            skus = await _create_products(session, bases[0], secret, args.skus)
+        from hub.auth import issue_token
+
+        targets = [["127.0.0.1", int(b.rsplit(":", 1)[1])] for b in bases]
+        users = [
+            {
+                "user": u,
+                "token": issue_token(secret, f"sync-user-{u}", ["customer"]),
+                "cart": str(uuid.uuid4()),
+                "targets": targets,
+            }
+            for u in range(args.users)
+        ]
+        run = secrets.token_hex(4)
+        clients = []
+        for share in _shares(users, args.client_procs):
+            client = await stack.enter_async_context(
+                _Client.start(sys.executable, "-m", "bench", "sync", "--worker")
+            )
+            clients.append(client)
+            setup = {"cmd": "setup", "users": share, "skus": skus, "binary": not args.json, "run": run}
+            await client.call(setup, 120)
+        progress(f"{name}: {2 * args.users:,} devices connected and synced")
+        await _steps(config, clients, pids, args, progress)
+    return config
+
+
+async def run_hocuspocus(args: argparse.Namespace, progress: Any) -> Config:
+    from bench.peers.servers import start_peer
+
+    durability = "ack when applied in memory; stored debounced (2 s after the last change, 10 s at most)"
+    config = Config("hocuspocus", "", durability, args.users)
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node is not installed")
+    async with contextlib.AsyncExitStack() as stack:
+        peer = await stack.enter_async_context(start_peer("hocuspocus", free_port()))
+        config.version = peer.version
+        skus = [f"SYNC-{i:03d}" for i in range(args.skus)]
+        names = [f"cart-{uuid.uuid4()}" for _ in range(args.users)]
+        clients = []
+        for share in _shares(names, args.client_procs):
+            client = await stack.enter_async_context(_Client.start(node, str(PEERS / "hocuspocus_client.js")))
+            clients.append(client)
+            url = f"ws://127.0.0.1:{peer.port}"
+            await client.call({"cmd": "setup", "url": url, "users": share, "skus": skus}, 120)
+        progress(f"hocuspocus: {2 * args.users:,} devices connected and synced")
+        await _steps(config, clients, [peer.pid], args, progress)
+    return config
+
+
+async def run_all(args: argparse.Namespace, progress: Any) -> list[Config]:
+    from bench.peers.servers import PeerUnavailable
+
+    configs = []
+    for name in args.configs:
+        try:
+            if name == "hocuspocus":
+                configs.append(await run_hocuspocus(args, progress))
+            else:
+                configs.append(await run_synchub(name, args, progress))
+        except (*RUN_FAILURES, PeerUnavailable) as exc:
+            progress(f"{name}: failed — {exc!r}")
+            configs.append(Config(name, "—", "—", args.users, error=f"failed: {exc!r}"[:400]))
+    return configs
+
+
+# -- reporting -------------------------------------------------------------------------------------------
+
+
+def markdown(configs: list[Config], meta: dict[str, Any]) -> str:
+    out = [
+        f"## Cart sync — {meta['started']}",
+        "",
+        f"{meta['machine']}; {meta['users']:,} users × 2 devices, {meta['skus']} SKUs, "
+        f"{meta['step_seconds']:g} s steps, {meta['frames']} frames for synchub.",
+        "",
+        "| config | ack means | version |",
+        "|---|---|---|",
+    ]
+    out += [f"| {c.name} | {c.durability} | {c.version} |" for c in configs]
+    out += [
+        "",
+        "| config | edits/s asked | sent | acked/s | acked / server CPU s | server CPU s | ack p50 / p99 ms "
+        "| device→device p50 / p99 / max ms | bytes / edit | errors | undelivered | client CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in configs:
+        if c.error is not None:
+            out.append(f"| {c.name} | — | — | — | — | — | — | — | — | {c.error} | — | — |")
+            continue
+        for s in c.steps:
+            errors = f"{s.errors}" + (f" {s.error_codes}" if s.error_codes else "")
+            undelivered = f"{s.undelivered}"
+            if s.not_broadcast:
+                undelivered += f" (+{s.not_broadcast} not broadcast)"
+            mark = " (saturated)" if s.saturated else ""
+            out.append(
+                f"| {c.name} | {s.rate:,}{mark} | {s.sent:,} | {s.acked_per_s:,.0f} | "
+                f"{s.acked_per_server_cpu_s:,.0f} | {s.server_cpu_s:.2f} | "
+                f"{s.ack_p50_ms:.1f} / {s.ack_p99_ms:.1f} | "
+                f"{s.delivery_p50_ms:.1f} / {s.delivery_p99_ms:.1f} / {s.delivery_max_ms:.1f} | "
+                f"{s.bytes_per_edit:.0f} | {errors} | {undelivered} | {s.client_cpu_s:.2f} |"
+            )
+    out += ["", *targets(configs)]
+    return "\n".join(out) + "\n"
+
+
+def targets(configs: list[Config]) -> list[str]:
+    """The issue's three targets, said plainly (only where the run has the figures)."""
+    by = {c.name: c for c in configs if c.error is None}
+    lines = []
+    sqlite, hocus = by.get("synchub-sqlite"), by.get("hocuspocus")
+    if sqlite is not None and hocus is not None:
+        common = [
+            (s, h)
+            for s in sqlite.steps
+            if (h := hocus.at(s.rate)) is not None and not s.saturated and not h.saturated
+        ]
+        if common:
+            ratios = [s.acked_per_server_cpu_s / h.acked_per_server_cpu_s for s, h in common]
+            met = all(r >= 2.0 for r in ratios)
+            lines.append(
+                "- Acked edits per server CPU-second, synchub-sqlite / Hocuspocus: "
+                + ", ".join(f"{s.rate:,}/s {r:.2f}×" for (s, _), r in zip(common, ratios, strict=True))
+                + f" (target ≥ 2× at every rate both kept up with: {'met' if met else 'not met'})."
+            )
+    if hocus is not None:
+        for c in (by.get("synchub-sqlite"), by.get("synchub-pg-redis")):
+            if c is None:
+                continue
+            pairs = [(h, c.at(h.rate)) for h in hocus.steps if not h.saturated]
+            cells = [
+                f"{h.rate:,}/s {s.delivery_p99_ms:.1f} vs {h.delivery_p99_ms:.1f}"
+                if s is not None
+                else f"{h.rate:,}/s —"
+                for h, s in pairs
+            ]
+            met = bool(pairs) and all(
+                s is not None and not s.saturated and s.delivery_p99_ms <= h.delivery_p99_ms for h, s in pairs
+            )
+            if pairs:
+                lines.append(
+                    f"- Device→device p99 ms, {c.name} vs Hocuspocus: {', '.join(cells)} "
+                    "(target at or below at every rate Hocuspocus keeps up with: "
+                    f"{'met' if met else 'not met'})."
+                )
+    if sqlite is not None:
+        best = sqlite.best
+        top = 0.0 if best is None else best.acked_per_s
+        lines.append(
+            "- synchub-sqlite, one hub process, durable commits: best step kept up with, "
+            f"{top:,.0f} acked pushes/s "
+            f"(target ≥ 5,000: {'met' if top >= 5000 else 'not met'}"
+            + ("" if sqlite.saturated_at is None else f"; saturated at {sqlite.saturated_at:,}/s")
+            + ")."
+        )
+    return lines
+
+
+# -- main ------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        sys.stderr.write(f"[sync {time.monotonic() - self.started:6.1f}s] {text}\n")
+        sys.stderr.flush()
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench sync", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke: 10 users, 100 and 200 edits/s, 1 s steps"
+    )
+    parser.add_argument("--configs", help=f"comma-separated, of: {', '.join(CONFIGS)} (default: all)")
+    parser.add_argument("--users", type=int, help="users, each with 2 devices (100; quick: 10)")
+    parser.add_argument("--rates", help="comma-separated total edits per second (250,500,1000,2000,5000)")
+    parser.add_argument("--step-seconds", type=float, help="seconds of edits per step (4; quick: 1)")
+    parser.add_argument("--drain-seconds", type=float, help="wait for acks and deliveries (10; quick: 5)")
+    parser.add_argument("--skus", type=int, default=20, help="catalog SKUs the edits pick from")
+    parser.add_argument("--client-procs", type=int, default=1, help="load-client processes per configuration")
+    parser.add_argument("--json", action="store_true", help="synchub.json frames instead of synchub.msgpack")
+    parser.add_argument("--max-p99-ms", type=float, default=1000.0, help="a step above this p99 saturates")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--postgres-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args(argv)
+    args.configs = args.configs.split(",") if args.configs else list(CONFIGS)
+    unknown = set(args.configs) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configs: {', '.join(sorted(unknown))}")
+    args.users = args.users or (10 if args.quick else 100)
+    default_rates = QUICK_RATES if args.quick else RATES
+    args.rates = [int(r) for r in args.rates.split(",")] if args.rates else list(default_rates)
+    args.step_seconds = args.step_seconds or (1.0 if args.quick else 4.0)
+    args.drain_seconds = args.drain_seconds or (5.0 if args.quick else 10.0)
+    if args.users < 1 or args.skus < 1 or args.client_procs < 1 or min(args.rates) <= 0:
+        parser.error("users, skus, client processes and rates must be positive")
+    return args
+
+
+def main(argv: Sequence[str]) -> int:
+    if list(argv[:1]) == ["--worker"]:
+        _run(_worker_main())
+        return 0
+    args = parse(argv)
+    meta = {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "users": args.users,
+        "skus": args.skus,
+        "step_seconds": args.step_seconds,
+        "frames": "JSON" if args.json else "MessagePack",
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    configs = _run(run_all(args, _Progress()))
+    table = markdown(configs, meta)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"sync-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}"
+    stem.with_suffix(".md").write_text(table)
+    document = {"meta": meta, "configs": [asdict(c) for c in configs], "targets": targets(configs)}
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=1))
+    print(table)
+    print(f"results: {stem}.json, {stem}.md")
+    failed = [
+        c
+        for c in configs
+        if c.name.startswith("synchub") and (c.error or not c.steps or not c.steps[0].complete)
+    ]
+    for c in failed:
+        reason = c.error or "the first step did not ack and deliver every edit"
+        print(f"FAILED: {c.name}: {reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
