@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 from typing import Any
 
@@ -664,6 +665,47 @@ async def test_concurrent_pushes_into_one_cart_store_the_join_of_every_delta(sto
     assert sorted(o.version for o in outcomes if o.mutation_id in announced) == [e.version for e in entries]
     assert join(*(codec.from_dict(payload(e)["delta"]) for e in entries)) == stored.cart
     assert len(await mutation_ids(store)) == 100
+
+
+@pytest.mark.parametrize("seed_", range(4))
+async def test_device_edits_delivered_in_any_order_batching_and_retries_store_their_join(store, seed_):
+    rng = random.Random(seed_)
+    await catalog(store)
+    devices = [Device(f"device-{i}") for i in range(3)]
+    sent: list[tuple[str, Cart]] = []
+    for step in range(40):
+        device, roll = rng.choice(devices), rng.random()
+        if roll < 0.4:
+            delta = device.add(rng.choice(SKUS), rng.randint(1, 3))
+        elif roll < 0.6:
+            delta = device.set(rng.choice(SKUS), rng.randint(0, 5))
+        elif roll < 0.75:
+            delta = device.remove(rng.choice(SKUS))
+        elif roll < 0.9:
+            device.receive(rng.choice(devices).cart)  # two devices synced with each other
+            continue
+        else:
+            delta = device.state()  # a whole state, stale or not
+        sent.append((f"m-{step}", delta))
+    # Delivered out of order, a third of them twice (retries), in batches of 1 to 4.
+    deliveries = sent + rng.sample(sent, k=len(sent) // 3)
+    rng.shuffle(deliveries)
+    first: dict[str, int] = {}  # mutation id → the version its first delivery produced
+    while deliveries:
+        size = rng.randint(1, 4)
+        batch, deliveries = deliveries[:size], deliveries[size:]
+        for outcome in (await push(store, *batch)).outcomes:
+            if outcome.mutation_id in first:
+                assert (outcome.status, outcome.version) == (PushStatus.DUPLICATE, first[outcome.mutation_id])
+            else:
+                assert outcome.status is PushStatus.APPLIED
+                first[outcome.mutation_id] = outcome.version
+    stored = await document(store)
+    assert stored.cart == join(*(delta for _, delta in sent)) == join(*(d.cart for d in devices))
+    entries = await cart_entries(store)
+    assert [e.version for e in entries] == list(range(1, stored.version + 1))
+    assert join(*(codec.from_dict(payload(e)["delta"]) for e in entries)) == stored.cart
+    assert await mutation_ids(store) == first
 
 
 # -- checkout -----------------------------------------------------------------------------------
