@@ -403,10 +403,11 @@ def openapi_document() -> dict[str, Any]:
                             " (remove)",
                             _403="forbidden: needs the customer role",
                             _404="cart_not_found: another user's cart",
+                            _409="cart_closed: the cart is checked out and takes no more edits",
                             _413="body_too_large",
                             _415="unsupported_media_type",
                             _422="the edit was refused, nothing changed: foreign_replica, unknown_sku,"
-                            " quantity_out_of_range, cart_too_large, cart_closed, invalid_edit",
+                            " quantity_out_of_range, cart_too_large, invalid_edit",
                         ),
                     },
                     auth=True,

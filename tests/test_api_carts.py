@@ -16,7 +16,7 @@ from crdt import codec
 from crdt.cart import Cart
 from crdt.hlc import Timestamp
 from tests.cart_helpers import Device, event_delta, now_ms
-from tests.conftest import Hub
+from tests.conftest import Hub, token
 from tests.realtime_helpers import JSON, MSGPACK, eu_hub, poll, sse_stream, ws_client
 
 SKUS = ("TEA", "SOAP", "MASK", "LIP")
@@ -257,7 +257,7 @@ async def test_checkout_reserves_once_and_a_later_offline_edit_is_listed_as_reje
     assert [(e["sku"], e["kind"]) for e in cart["rejected_edits"]] == [("LIP", "add")]
     # A plain client's edit after the checkout is refused with a code.
     status, reply = await op(hub, cart_id, op="add", sku="TEA")
-    assert status == 422 and reply["code"] == "cart_closed"
+    assert status == 409 and reply["code"] == "cart_closed"
 
 
 async def test_a_checkout_without_enough_stock_reserves_nothing_and_leaves_the_cart_open(hub):
@@ -573,3 +573,33 @@ async def test_a_users_reservations_changes_are_events_on_their_user_channel(hub
     ]
     assert [e["data"]["version"] for e in events] == [1, 2, 3, 4, 5]
     assert {e["channel"] for e in events} == {"user:alice"}
+
+
+async def test_a_delta_with_a_fractional_number_is_malformed_not_a_server_error(hub):
+    await catalog(hub)
+    cart_id = str(uuid.uuid4())
+    delta = codec.to_dict(Cart.new().add("frac-1", "TEA"))
+    text = orjson.dumps({"pushes": [{"mutation_id": "f-1", "delta": delta}]}).decode()
+    text = text.replace("[0,1,1]", "[0,1,1.5]", 1)
+    assert "1.5" in text
+    status, body, _ = await hub.call(
+        "POST",
+        f"/api/v1/carts/{cart_id}/sync",
+        token=hub.alice,
+        data=text,
+        headers={"Content-Type": "application/json"},
+    )
+    assert (status, body["code"]) == (400, "malformed_delta"), body
+
+
+async def test_an_sse_stream_ends_when_its_token_expires(hub):
+    await catalog(hub)
+    cart_id = str(uuid.uuid4())
+    await op(hub, cart_id, op="add", sku="TEA")
+    short = token("alice", "customer", ttl=2)
+    async with sse_stream(hub, f"cart:{cart_id}", headers=auth(short)) as sse:
+        await sse.opening()
+        closing = await sse.next_event(within=5)
+        assert closing.event == "close"
+        assert orjson.loads(closing.data) == {"code": "token_expired", "reconnect": True}
+        assert await sse.next(within=5) is None  # and the stream ends

@@ -126,7 +126,10 @@ async def edit_cart(request: web.Request) -> web.StreamResponse:
     outcome = result.outcomes[0]
     _count(request, result.outcomes)
     if outcome.status is PushStatus.REFUSED:
-        raise Unprocessable(outcome.message or "the edit was refused", code=outcome.code or "refused")
+        message, code = outcome.message or "the edit was refused", outcome.code or "refused"
+        if code == "cart_closed":  # the cart's state, not the edit, is in the way: as at checkout
+            raise ConflictError(message, code=code)
+        raise Unprocessable(message, code=code)
     return json_response(
         {"ack": render_outcome(outcome), "cart": render_cart(result.document)},
         headers={"ETag": version_etag(result.document.version)},

@@ -71,7 +71,7 @@ async def poll(request: web.Request) -> web.StreamResponse:
             "the cursor is older than the stream's retention or from another epoch:"
             " start again from the snapshot",
             position=format_position(exc.current) if exc.current else None,
-            snapshot=channel_snapshot_url(channels[0]),
+            snapshot=_snapshot(channels),
         ) from exc
     connections = request.app[CONNECTIONS]
     connections.add(collector, _waker(collector))
@@ -88,10 +88,15 @@ async def poll(request: web.Request) -> web.StreamResponse:
         metrics.connections.labels("poll", engine.region).dec()
     if collector.resync_reason is not None:
         metrics.resyncs.labels("poll", collector.resync_reason).inc()
+        lost = {
+            "gap": "events of the stream were lost on the way to this node",
+            "epoch_changed": "the stream was lost and recreated",
+        }.get(collector.resync_reason, "the stream cannot be resumed")
         raise ResyncRequired(
-            "the stream was lost and recreated: start again from the snapshot",
+            f"{lost}: start again from the snapshot",
+            reason=collector.resync_reason,
             position=format_position(feed.position) if feed.position else None,
-            snapshot=channel_snapshot_url(channels[0]),
+            snapshot=_snapshot(channels),
         )
     # The cursor covers every publication the feed saw, including the ones no channel matched, unless
     # the reply was full: then it stops at the last event in the reply and the next poll goes on from there.
@@ -104,6 +109,11 @@ async def poll(request: web.Request) -> web.StreamResponse:
     metrics.messages_sent.labels("poll").inc(len(collector.events))
     metrics.bytes_sent.labels("poll").inc(len(payload))
     return web.Response(body=payload, content_type="application/json")
+
+
+def _snapshot(channels: list[Channel]) -> str | None:
+    """Where to read the state after a resync: the first of the channels that has a snapshot."""
+    return next(filter(None, (channel_snapshot_url(c) for c in channels)), None)
 
 
 def _waker(collector: PollCollector):  # type: ignore[no-untyped-def]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 from aiohttp import HttpVersion11, web
@@ -19,7 +21,13 @@ from hub.auth import Principal
 from hub.channel_access import resolve_channel
 from hub.errors import ApiError, BadRequest, Forbidden, NotFoundError, Unauthenticated
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
-from hub.realtime import ConnectionState, realtime_principal, resync_message
+from hub.realtime import (
+    ConnectionState,
+    channel_snapshot_url,
+    realtime_principal,
+    resync_message,
+    seconds_until_expiry,
+)
 from hub.transports.takeover import HandedOver, take_over
 from hub.transports.writes import NOTHING, TurnQueue
 from sync.broker import Position, PositionExpired
@@ -62,6 +70,15 @@ def channel_problem(exc: ChannelError) -> ApiError:
     return BadRequest(exc.message, code=exc.code)
 
 
+def feed_resync_message(channels: Sequence[Channel], reason: str, current: Position | None) -> dict[str, Any]:
+    """One resync for a stream or poll of several channels: all their names, and the first snapshot
+    one of them has (a user channel has none)."""
+    message = resync_message(channels[0], reason, current)
+    message["channel"] = ",".join(c.name for c in channels)
+    message["snapshot"] = next(filter(None, (channel_snapshot_url(c) for c in channels)), None)
+    return message
+
+
 def parse_since(text: str | None) -> Position | None:
     if not text:
         return None
@@ -80,6 +97,8 @@ _HEARTBEAT_MESSAGE = b": heartbeat\n\n"
 _HEARTBEAT = http_chunk(_HEARTBEAT_MESSAGE)
 _GOING_AWAY_MESSAGE = _sse("close", {"code": "going_away", "reconnect": True})
 _SLOW_CONSUMER = _sse("close", {"code": "slow_consumer", "reconnect": True})
+# The stream's token expired: reconnect with a fresh one (its Last-Event-ID resumes the stream).
+_TOKEN_EXPIRED = _sse("close", {"code": "token_expired", "reconnect": True})
 _LAST_CHUNK = b"0\r\n\r\n"  # ends a chunked body
 _STALLED_PEER_SECONDS = 2.0  # how long a stream that ended may take to leave before its socket is aborted
 
@@ -106,6 +125,7 @@ class SseConnection(TurnQueue, asyncio.Protocol):
         "_chunked",
         "_closed",
         "_connections",
+        "_expires_at",
         "_heartbeat",
         "_quiet_since",
         "_transport",
@@ -117,7 +137,13 @@ class SseConnection(TurnQueue, asyncio.Protocol):
         "state",
     )
 
-    def __init__(self, app: web.Application, transport: asyncio.Transport, chunked: bool) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        transport: asyncio.Transport,
+        chunked: bool,
+        principal: Principal | None = None,
+    ) -> None:
         settings = app[SETTINGS]
         metrics = self.metrics = app[METRICS]
         self.region = settings.region
@@ -135,7 +161,11 @@ class SseConnection(TurnQueue, asyncio.Protocol):
         self._closed: asyncio.Future[None] | None = None  # only while an end waits for the socket to close
         self._init_queue(writes, settings.send_buffer_messages, settings.send_buffer_bytes)
         self._heartbeat = settings.sse_heartbeat_seconds
-        self._quiet_since = asyncio.get_running_loop().time()
+        now = self._quiet_since = asyncio.get_running_loop().time()
+        expires_in = seconds_until_expiry(principal)
+        # A stream lives no longer than its token: past it, the stream ends (token_expired), as a
+        # WebSocket closes with 4102, and the client comes back with a fresh token.
+        self._expires_at = None if expires_in is None else now + expires_in
         self._wrote = False
 
     def framed(self, message: bytes) -> bytes:
@@ -149,9 +179,7 @@ class SseConnection(TurnQueue, asyncio.Protocol):
 
     def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("sse", reason).inc()
-        message = resync_message(channels[0], reason, current)
-        message["channel"] = ",".join(c.name for c in channels)
-        self._queue(self.framed(_sse("resync", message)), None)
+        self._queue(self.framed(_sse("resync", feed_resync_message(channels, reason, current))), None)
 
     def _queue(self, chunk: bytes, ts: float | None) -> None:
         if self.state is ConnectionState.OPEN:
@@ -173,7 +201,11 @@ class SseConnection(TurnQueue, asyncio.Protocol):
         return written
 
     def beat(self, now: float) -> None:
-        """The node's heartbeat tick: a comment after ``sse_heartbeat_seconds`` without a write."""
+        """The node's heartbeat tick: a comment after ``sse_heartbeat_seconds`` without a write; the
+        end of the stream once its token expired."""
+        if self._expires_at is not None and now >= self._expires_at:
+            self.end(_TOKEN_EXPIRED)
+            return
         if self._wrote:
             self._wrote = False
             self._quiet_since = now
@@ -240,7 +272,8 @@ class SseConnection(TurnQueue, asyncio.Protocol):
 @routes.get("/api/v1/sse", name="sse")
 async def sse(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    channels = await parse_channels(request, realtime_principal(request))
+    principal = realtime_principal(request)
+    channels = await parse_channels(request, principal)
     since = parse_since(request.headers.get("Last-Event-ID") or request.query.get("last_event_id"))
     app = request.app
     engine = app[ENGINE]
@@ -250,7 +283,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
         raise ConnectionResetError("the client went away")
     chunked = request.version >= HttpVersion11
     retry = f"retry: {settings.sse_retry_ms}\n\n".encode()
-    connection = SseConnection(app, transport, chunked)
+    connection = SseConnection(app, transport, chunked, principal)
     feed = engine.feed(channels, connection)
     try:
         position = await feed.start(since)
@@ -259,7 +292,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers=_HEADERS)
         await response.prepare(request)
         await response.write(retry)
-        await response.write(_sse("resync", resync_message(channels[0], "position_expired", exc.current)))
+        await response.write(_sse("resync", feed_resync_message(channels, "position_expired", exc.current)))
         return response
     connection.feed = feed
     metrics.connections.labels("sse", connection.region).inc()
