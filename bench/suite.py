@@ -1,11 +1,12 @@
 """``python -m bench suite``: synchub beside the servers a user would pick instead, on this machine, with
 one load generator, in one run.
 
-Four sections (``--sections``, default all): **throughput** (below), **crossnode** (what the Redis Streams
+Five sections (``--sections``, default all): **throughput** (below), **crossnode** (what the Redis Streams
 hop between two hub nodes adds to the latency, :mod:`bench.crossnode`), **storm** (every WebSocket client
 dropped at once and resuming: time to resume, missed and duplicated events per client,
-:mod:`bench.storm`) and **idle** (server memory with 0, 10,000 and 19,000 idle connections, KB per
-connection, :mod:`bench.idle`).
+:mod:`bench.storm`), **idle** (server memory with 0, 10,000 and 19,000 idle connections, KB per
+connection, :mod:`bench.idle`) and **sync** (cart edits between the two devices of each user, synchub
+beside Hocuspocus, :mod:`bench.sync`; ``python -m bench sync`` runs it alone).
 
 Throughput: for each server and each client count (1,000 / 10,000 / 19,000; ``--quick``: 200), the suite:
 
@@ -34,11 +35,12 @@ lines on stderr.
 Every loop is bounded in count and time; every server is on 127.0.0.1; every process it starts, it stops.
 ``--quick`` (CI smoke, under two minutes) runs every section small: throughput with 200 clients and two
 steps on synchub (WebSocket and SSE) and the bare aiohttp peer, cross-node with 50 clients per path,
-the storm with 300 clients, idle with 200 and 500 connections on the same three servers. The run exits
-non-zero unless synchub delivered 100% (throughput's first step, both cross-node paths) and the storm
+the storm with 300 clients, idle with 200 and 500 connections on the same three servers, sync on
+synchub-sqlite alone with 10 users. The run exits non-zero unless synchub delivered 100% (throughput's
+first step, both cross-node paths, sync's first step: every edit acked and delivered) and the storm
 delivered every event to every client exactly once (0 missed, 0 duplicated).
 
-Run: ``python -m bench suite [--quick] [--sections throughput,crossnode,storm,idle] [--clients
+Run: ``python -m bench suite [--quick] [--sections throughput,crossnode,storm,idle,sync] [--clients
 1000,10000,19000] [--servers synchub-ws,...]`` (or ``synchub bench suite …``); ``--help`` lists each
 section's options.
 """
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
     from bench.crossnode import CrossNode
     from bench.idle import IdleRun
     from bench.storm import Storm
+    from bench.sync import SyncRun
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALL_SERVERS = (
@@ -451,7 +454,7 @@ def plots(runs: list[Run], stem: Path) -> list[Path]:
 # -- main ------------------------------------------------------------------------------------------------
 
 
-SECTIONS = ("throughput", "crossnode", "storm", "idle")
+SECTIONS = ("throughput", "crossnode", "storm", "idle", "sync")
 
 
 @dataclass
@@ -463,6 +466,7 @@ class Results:
     crossnode: CrossNode | None = None
     storm: Storm | None = None
     idle: list[IdleRun] = field(default_factory=list)
+    sync: SyncRun | None = None
 
 
 async def throughput(args: argparse.Namespace, progress: Progress) -> list[Run]:
@@ -490,7 +494,7 @@ async def throughput(args: argparse.Namespace, progress: Progress) -> list[Run]:
 
 
 async def suite(args: argparse.Namespace) -> Results:
-    from bench import crossnode, idle, storm
+    from bench import crossnode, idle, storm, sync
 
     progress = Progress()
     results = Results(
@@ -511,6 +515,8 @@ async def suite(args: argparse.Namespace) -> Results:
             results.storm = await storm.run(args, progress)
         if "idle" in args.sections:
             results.idle = await idle.run(args, progress)
+        if "sync" in args.sections:
+            results.sync = await sync.run(args, progress)
     finally:
         progress.done()
     return results
@@ -518,7 +524,7 @@ async def suite(args: argparse.Namespace) -> Results:
 
 def report(results: Results) -> tuple[str, dict[str, Any]]:
     """The run's Markdown and its JSON document."""
-    from bench import crossnode, idle, storm
+    from bench import crossnode, idle, storm, sync
 
     if results.runs:
         parts = [markdown(results.runs, results.meta)]
@@ -530,12 +536,15 @@ def report(results: Results) -> tuple[str, dict[str, Any]]:
         parts.append(storm.markdown(results.storm))
     if results.idle:
         parts.append(idle.markdown(results.idle))
+    if results.sync is not None:
+        parts.append(sync.markdown(results.sync))
     document = {
         "meta": results.meta,
         "runs": [asdict(run) for run in results.runs],
         "crossnode": None if results.crossnode is None else crossnode.as_dict(results.crossnode),
         "storm": None if results.storm is None else storm.as_dict(results.storm),
         "idle": idle.as_dict(results.idle),
+        "sync": None if results.sync is None else sync.as_dict(results.sync),
     }
     return "\n".join(parts), document
 
@@ -543,8 +552,9 @@ def report(results: Results) -> tuple[str, dict[str, Any]]:
 def failures(results: Results) -> list[str]:
     """What fails the run: synchub not delivering everything at its first step on any transport it ran,
     in either cross-node path, or the storm not delivering every event exactly once; synchub not holding
-    its idle connections. (Peers that fail are reported, not failed; latency targets are reported.)"""
-    from bench import crossnode, idle, storm
+    its idle connections, or a synchub sync configuration not acking and delivering every edit of its
+    first step. (Peers that fail are reported, not failed; latency targets are reported.)"""
+    from bench import crossnode, idle, storm, sync
 
     found = [
         f"{run.server} · {run.clients:,}: "
@@ -556,11 +566,12 @@ def failures(results: Results) -> list[str]:
     found += crossnode.failures(results.crossnode)
     found += storm.failures(results.storm)
     found += idle.failures(results.idle)
+    found += sync.failures(results.sync)
     return found
 
 
 def main(argv: list[str]) -> int:
-    from bench import crossnode, idle, storm
+    from bench import crossnode, idle, storm, sync
 
     parser = argparse.ArgumentParser(
         prog="python -m bench suite",
@@ -592,6 +603,7 @@ def main(argv: list[str]) -> int:
     crossnode.add_arguments(parser)
     storm.add_arguments(parser)
     idle.add_arguments(parser)
+    sync.add_arguments(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     args.sections = args.sections.split(",") if args.sections else list(SECTIONS)
@@ -615,7 +627,7 @@ def main(argv: list[str]) -> int:
     args.settle_seconds = args.settle_seconds if args.settle_seconds is not None else (0.5 if quick else 2.0)
     crossnode.finish_arguments(args)
     storm.finish_arguments(args)
-    problem = idle.finish_arguments(args, ALL_SERVERS, QUICK_SERVERS)
+    problem = idle.finish_arguments(args, ALL_SERVERS, QUICK_SERVERS) or sync.finish_arguments(args)
     if problem:
         parser.error(problem)
 

@@ -571,20 +571,20 @@ async def _steps(
     config: Config, clients: list[_Client], pids: list[int], args: argparse.Namespace, progress: Any
 ) -> None:
     """The stepped rates, each client process with its share, until one saturates."""
-    for index, rate in enumerate(args.rates):
-        progress(f"{config.name}: step {index + 1}/{len(args.rates)}, {rate:,} edits/s")
+    for index, rate in enumerate(args.sync_rates):
+        progress(f"{config.name}: step {index + 1}/{len(args.sync_rates)}, {rate:,} edits/s")
         share = rate / len(clients)
-        cmd = {"cmd": "step", "seconds": args.step_seconds, "drain": args.drain_seconds}
+        cmd = {"cmd": "step", "seconds": args.sync_step_seconds, "drain": args.sync_drain_seconds}
         cpu0 = sum(cpu_seconds(pid) for pid in pids)
         started = time.perf_counter()
-        limit = args.step_seconds + args.drain_seconds + 30
+        limit = args.sync_step_seconds + args.sync_drain_seconds + 30
         answers = await asyncio.gather(
             *(c.call({**cmd, "rate": share, "seed": 1000 * index + n}, limit) for n, c in enumerate(clients))
         )
         seconds = time.perf_counter() - started
         step = combine(rate, list(answers), sum(cpu_seconds(pid) for pid in pids) - cpu0, seconds)
         step.saturated = (
-            not step.complete or step.acked_per_s < 0.9 * rate or step.delivery_p99_ms > args.max_p99_ms
+            not step.complete or step.acked_per_s < 0.9 * rate or step.delivery_p99_ms > args.sync_max_p99_ms
         )
         config.steps.append(step)
         if step.saturated:
@@ -619,7 +619,7 @@ async def run_synchub(name: str, args: argparse.Namespace, progress: Any) -> Con
         if name == "synchub-sqlite"
         else "ack after the commit (PostgreSQL, synchronous_commit as configured)"
     )
-    config = Config(name, _synchub_version(), durability, args.users)
+    config = Config(name, _synchub_version(), durability, args.sync_users)
     secret = secrets.token_urlsafe(32)
     async with contextlib.AsyncExitStack() as stack:
         if name == "synchub-sqlite":
@@ -643,7 +643,7 @@ async def run_synchub(name: str, args: argparse.Namespace, progress: Any) -> Con
             )
             bases, pids = [base_a, base_b], [pid_a, pid_b]
         async with aiohttp.ClientSession() as session:
-            skus = await _create_products(session, bases[0], secret, args.skus)
+            skus = await _create_products(session, bases[0], secret, args.sync_skus)
         from hub.auth import issue_token
 
         targets = [["127.0.0.1", int(b.rsplit(":", 1)[1])] for b in bases]
@@ -654,18 +654,24 @@ async def run_synchub(name: str, args: argparse.Namespace, progress: Any) -> Con
                 "cart": str(uuid.uuid4()),
                 "targets": targets,
             }
-            for u in range(args.users)
+            for u in range(args.sync_users)
         ]
-        run = secrets.token_hex(4)
+        replicas = secrets.token_hex(4)  # in every replica id of this run
         clients = []
-        for share in _shares(users, args.client_procs):
+        for share in _shares(users, args.sync_client_procs):
             client = await stack.enter_async_context(
                 _Client.start(sys.executable, "-m", "bench", "sync", "--worker")
             )
             clients.append(client)
-            setup = {"cmd": "setup", "users": share, "skus": skus, "binary": not args.json, "run": run}
+            setup = {
+                "cmd": "setup",
+                "users": share,
+                "skus": skus,
+                "binary": not args.sync_json,
+                "run": replicas,
+            }
             await client.call(setup, 120)
-        progress(f"{name}: {2 * args.users:,} devices connected and synced")
+        progress(f"{name}: {2 * args.sync_users:,} devices connected and synced")
         await _steps(config, clients, pids, args, progress)
     return config
 
@@ -674,22 +680,22 @@ async def run_hocuspocus(args: argparse.Namespace, progress: Any) -> Config:
     from bench.peers.servers import start_peer
 
     durability = "ack when applied in memory; stored debounced (2 s after the last change, 10 s at most)"
-    config = Config("hocuspocus", "", durability, args.users)
+    config = Config("hocuspocus", "", durability, args.sync_users)
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not installed")
     async with contextlib.AsyncExitStack() as stack:
         peer = await stack.enter_async_context(start_peer("hocuspocus", free_port()))
         config.version = peer.version
-        skus = [f"SYNC-{i:03d}" for i in range(args.skus)]
-        names = [f"cart-{uuid.uuid4()}" for _ in range(args.users)]
+        skus = [f"SYNC-{i:03d}" for i in range(args.sync_skus)]
+        names = [f"cart-{uuid.uuid4()}" for _ in range(args.sync_users)]
         clients = []
-        for share in _shares(names, args.client_procs):
+        for share in _shares(names, args.sync_client_procs):
             client = await stack.enter_async_context(_Client.start(node, str(PEERS / "hocuspocus_client.js")))
             clients.append(client)
             url = f"ws://127.0.0.1:{peer.port}"
             await client.call({"cmd": "setup", "url": url, "users": share, "skus": skus}, 120)
-        progress(f"hocuspocus: {2 * args.users:,} devices connected and synced")
+        progress(f"hocuspocus: {2 * args.sync_users:,} devices connected and synced")
         await _steps(config, clients, [peer.pid], args, progress)
     return config
 
@@ -697,23 +703,25 @@ async def run_hocuspocus(args: argparse.Namespace, progress: Any) -> Config:
 async def run_all(args: argparse.Namespace, progress: Any) -> list[Config]:
     from bench.peers.servers import PeerUnavailable
 
+    skipped: tuple[type[BaseException], ...] = (*RUN_FAILURES, PeerUnavailable)
     configs = []
-    for name in args.configs:
+    for name in args.sync_configs:
         try:
             if name == "hocuspocus":
                 configs.append(await run_hocuspocus(args, progress))
             else:
                 configs.append(await run_synchub(name, args, progress))
-        except (*RUN_FAILURES, PeerUnavailable) as exc:
+        except skipped as exc:
             progress(f"{name}: failed — {exc!r}")
-            configs.append(Config(name, "—", "—", args.users, error=f"failed: {exc!r}"[:400]))
+            configs.append(Config(name, "—", "—", args.sync_users, error=f"failed: {exc!r}"[:400]))
     return configs
 
 
 # -- reporting -------------------------------------------------------------------------------------------
 
 
-def markdown(configs: list[Config], meta: dict[str, Any]) -> str:
+def markdown(run: SyncRun) -> str:
+    configs, meta = run.configs, run.meta
     out = [
         f"## Cart sync — {meta['started']}",
         "",
@@ -815,35 +823,124 @@ class _Progress:
         sys.stderr.flush()
 
 
+@dataclass
+class SyncRun:
+    meta: dict[str, Any]
+    configs: list[Config]
+
+
+async def run(args: argparse.Namespace, progress: Any) -> SyncRun:
+    """Every configuration asked for (``args.sync_*``, see :func:`finish_arguments`); a configuration
+    that fails is reported in its ``error`` and the next one runs."""
+    meta = {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "users": args.sync_users,
+        "skus": args.sync_skus,
+        "step_seconds": args.sync_step_seconds,
+        "frames": "JSON" if args.sync_json else "MessagePack",
+    }
+    return SyncRun(meta, await run_all(args, progress))
+
+
+def failures(run: SyncRun | None) -> list[str]:
+    """What fails a run: a synchub configuration that failed, or whose first step did not ack and
+    deliver every edit. (Hocuspocus failing is reported, not failed; the targets are reported.)"""
+    if run is None:
+        return []
+    return [
+        f"sync {c.name}: {c.error or 'the first step did not ack and deliver every edit'}"
+        for c in run.configs
+        if c.name.startswith("synchub") and (c.error or not c.steps or not c.steps[0].complete)
+    ]
+
+
+def as_dict(run: SyncRun) -> dict[str, Any]:
+    return {"meta": run.meta, "configs": [asdict(c) for c in run.configs], "targets": targets(run.configs)}
+
+
+# -- options: alone (python -m bench sync) and as a section of python -m bench suite -------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The suite's options of this section (the suite has --quick, --redis-url, --postgres-admin-url)."""
+    group = parser.add_argument_group("sync section (cart edits between two devices, beside Hocuspocus)")
+    group.add_argument(
+        "--sync-configs", help=f"comma-separated, of: {', '.join(CONFIGS)} (all; quick: synchub-sqlite)"
+    )
+    group.add_argument("--sync-users", type=int, help="users, each with 2 devices (100; quick: 10)")
+    group.add_argument("--sync-rates", help="total edits per second (250,500,1000,2000,5000; quick: 100,200)")
+    group.add_argument("--sync-step-seconds", type=float, help="seconds of edits per step (4; quick: 1)")
+    group.add_argument("--sync-client-procs", type=int, default=1, help="load-client processes")
+
+
+def finish_arguments(
+    args: argparse.Namespace, quick_configs: Sequence[str] = ("synchub-sqlite",)
+) -> str | None:
+    """Defaults for what was not given; a problem with what was, or None."""
+    quick = args.quick
+    configs = args.sync_configs.split(",") if args.sync_configs else list(quick_configs if quick else CONFIGS)
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        return f"unknown sync configs: {', '.join(sorted(unknown))}"
+    args.sync_configs = configs
+    args.sync_users = args.sync_users or (10 if quick else 100)
+    rates = args.sync_rates
+    args.sync_rates = [int(r) for r in rates.split(",")] if rates else list(QUICK_RATES if quick else RATES)
+    args.sync_step_seconds = args.sync_step_seconds or (1.0 if quick else 4.0)
+    args.sync_drain_seconds = getattr(args, "sync_drain_seconds", None) or (5.0 if quick else 10.0)
+    args.sync_skus = getattr(args, "sync_skus", 20)
+    args.sync_json = getattr(args, "sync_json", False)
+    args.sync_max_p99_ms = getattr(args, "sync_max_p99_ms", 1000.0)
+    if min(args.sync_users, args.sync_skus, args.sync_client_procs, *args.sync_rates) <= 0:
+        return "users, SKUs, client processes and rates must be positive"
+    return None
+
+
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench sync", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="smoke: 10 users, 100 and 200 edits/s, 1 s steps"
     )
-    parser.add_argument("--configs", help=f"comma-separated, of: {', '.join(CONFIGS)} (default: all)")
-    parser.add_argument("--users", type=int, help="users, each with 2 devices (100; quick: 10)")
-    parser.add_argument("--rates", help="comma-separated total edits per second (250,500,1000,2000,5000)")
-    parser.add_argument("--step-seconds", type=float, help="seconds of edits per step (4; quick: 1)")
-    parser.add_argument("--drain-seconds", type=float, help="wait for acks and deliveries (10; quick: 5)")
-    parser.add_argument("--skus", type=int, default=20, help="catalog SKUs the edits pick from")
-    parser.add_argument("--client-procs", type=int, default=1, help="load-client processes per configuration")
-    parser.add_argument("--json", action="store_true", help="synchub.json frames instead of synchub.msgpack")
-    parser.add_argument("--max-p99-ms", type=float, default=1000.0, help="a step above this p99 saturates")
+    parser.add_argument(
+        "--configs", dest="sync_configs", help=f"comma-separated, of: {', '.join(CONFIGS)} (all)"
+    )
+    parser.add_argument(
+        "--users", dest="sync_users", type=int, help="users, each with 2 devices (100; quick: 10)"
+    )
+    parser.add_argument("--rates", dest="sync_rates", help="total edits per second (250,500,1000,2000,5000)")
+    parser.add_argument(
+        "--step-seconds", dest="sync_step_seconds", type=float, help="seconds of edits per step (4; quick: 1)"
+    )
+    parser.add_argument(
+        "--drain-seconds",
+        dest="sync_drain_seconds",
+        type=float,
+        help="wait for acks, deliveries (10; quick: 5)",
+    )
+    parser.add_argument(
+        "--skus", dest="sync_skus", type=int, default=20, help="catalog SKUs the edits pick from"
+    )
+    parser.add_argument(
+        "--client-procs", dest="sync_client_procs", type=int, default=1, help="load-client processes"
+    )
+    parser.add_argument(
+        "--json", dest="sync_json", action="store_true", help="synchub.json frames, not msgpack"
+    )
+    parser.add_argument(
+        "--max-p99-ms",
+        dest="sync_max_p99_ms",
+        type=float,
+        default=1000.0,
+        help="a step above this p99 saturates",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args(argv)
-    args.configs = args.configs.split(",") if args.configs else list(CONFIGS)
-    unknown = set(args.configs) - set(CONFIGS)
-    if unknown:
-        parser.error(f"unknown configs: {', '.join(sorted(unknown))}")
-    args.users = args.users or (10 if args.quick else 100)
-    default_rates = QUICK_RATES if args.quick else RATES
-    args.rates = [int(r) for r in args.rates.split(",")] if args.rates else list(default_rates)
-    args.step_seconds = args.step_seconds or (1.0 if args.quick else 4.0)
-    args.drain_seconds = args.drain_seconds or (5.0 if args.quick else 10.0)
-    if args.users < 1 or args.skus < 1 or args.client_procs < 1 or min(args.rates) <= 0:
-        parser.error("users, skus, client processes and rates must be positive")
+    problem = finish_arguments(args, quick_configs=CONFIGS)
+    if problem:
+        parser.error(problem)
     return args
 
 
@@ -852,33 +949,19 @@ def main(argv: Sequence[str]) -> int:
         _run(_worker_main())
         return 0
     args = parse(argv)
-    meta = {
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "users": args.users,
-        "skus": args.skus,
-        "step_seconds": args.step_seconds,
-        "frames": "JSON" if args.json else "MessagePack",
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-    }
-    configs = _run(run_all(args, _Progress()))
-    table = markdown(configs, meta)
+    result: SyncRun = _run(run(args, _Progress()))
+    result.meta["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    table = markdown(result)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"sync-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}"
     stem.with_suffix(".md").write_text(table)
-    document = {"meta": meta, "configs": [asdict(c) for c in configs], "targets": targets(configs)}
-    stem.with_suffix(".json").write_text(json.dumps(document, indent=1))
+    stem.with_suffix(".json").write_text(json.dumps(as_dict(result), indent=1))
     print(table)
     print(f"results: {stem}.json, {stem}.md")
-    failed = [
-        c
-        for c in configs
-        if c.name.startswith("synchub") and (c.error or not c.steps or not c.steps[0].complete)
-    ]
-    for c in failed:
-        reason = c.error or "the first step did not ack and deliver every edit"
-        print(f"FAILED: {c.name}: {reason}", file=sys.stderr)
-    return 1 if failed else 0
+    found = failures(result)
+    for failure in found:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if found else 0
 
 
 def _run(coro: Any) -> Any:
