@@ -34,6 +34,7 @@ from collections.abc import Callable, Collection, Iterator
 from typing import Any, Final, cast
 
 from crdt._compact import (
+    MAX_COUNTER,
     SHORT_RUN,
     DotObject,
     RawDot,
@@ -211,6 +212,9 @@ class CartState:
         for r, c in self.cloud:
             if r == replica and c > top:
                 top = c
+        if top >= MAX_COUNTER:
+            # (a ValueError, as every mutator's refusal: the state could not be encoded past it)
+            raise ValueError(f"replica {replica!r} has used every counter (up to 2**53 - 1): use a new id")
         return replica, top + 1
 
     # -- the entries -------------------------------------------------------------------------------
@@ -491,7 +495,7 @@ def decode_state(
                 type(index) is int
                 and 0 <= index < size
                 and type(counter) is int
-                and counter > 0
+                and 0 < counter <= MAX_COUNTER
                 and type(amount) is int
                 and 0 < amount <= MAX_QUANTITY
             ):
@@ -508,13 +512,13 @@ def decode_state(
                 type(index) is int
                 and 0 <= index < size
                 and type(counter) is int
-                and counter > 0
+                and 0 < counter <= MAX_COUNTER
                 and type(quantity) is int
                 and 0 <= quantity <= MAX_QUANTITY
                 and type(wall) is int
-                and wall >= 0
+                and 0 <= wall <= MAX_COUNTER
                 and type(logical) is int
-                and logical >= 0
+                and 0 <= logical <= MAX_COUNTER
             ):
                 raise _bad(f"bad set entry {sets[j : j + 5]!r} in line {sku!r}")
             dot = (replicas[index], cast(Any, counter))
@@ -539,7 +543,7 @@ def decode_state(
         # malformed included, is left to decode_pairs below.
         for k in range(0, len(raw_ctx), 2):
             index, n = raw_ctx[k], raw_ctx[k + 1]
-            if not (type(index) is int and 0 <= index < size and type(n) is int and n < 0):
+            if not (type(index) is int and 0 <= index < size and type(n) is int and -MAX_COUNTER <= n < 0):
                 cancels = []
                 break
             dot = (replicas[index], -n)

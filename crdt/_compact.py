@@ -27,6 +27,11 @@ from crdt.codec import CodecError
 from crdt.context import CausalContext
 from crdt.dots import Dot
 
+# The largest dot counter, clock wall time or logical count a state may hold: every client language
+# holds it exactly (JavaScript's Number.MAX_SAFE_INTEGER), and MessagePack encodes it either sign. A
+# decoded state beyond it is refused, so a hub never stores a state it could not encode again.
+MAX_COUNTER: Final = 2**53 - 1
+
 _CANONICAL = re.compile(r"[0-9a-f]{16}")
 _PACKED_LENGTH: Final = 10  # base85 of 8 bytes
 _CACHE_LIMIT: Final = 4096
@@ -167,8 +172,8 @@ def decode_pairs(raw: object, replicas: Sequence[str]) -> tuple[dict[str, int], 
         index, n = flat[i], flat[i + 1]
         if type(index) is not int or not 0 <= index < size:
             raise CodecError(f"replica index {index!r} is not in the table")
-        if type(n) is not int or n == 0:
-            raise CodecError(f"a context entry is a non-zero integer, not {n!r}")
+        if type(n) is not int or n == 0 or not -MAX_COUNTER <= n <= MAX_COUNTER:
+            raise CodecError(f"a context entry is a non-zero integer of at most 2**53 - 1, not {n!r}")
         replica = replicas[index]
         if n > 0:
             if replica in vv:

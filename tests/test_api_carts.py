@@ -377,6 +377,11 @@ BAD_DELTAS: list[tuple[str, Any, str]] = [
     ("malformed", {"t": "cart", "v": 1, "s": "nonsense"}, "malformed_delta"),
     ("not a cart", codec.to_dict(Cart.new().add("x-1", "TEA")) | {"t": "review"}, "malformed_delta"),
     ("unknown codec version", {"t": "cart", "v": 99, "s": {}}, "unsupported_codec_version"),
+    (
+        "counter past 2**53",
+        {"t": "cart", "v": 1, "s": [[".x-6"], ["TEA", [0, 2**60, 1], []], []]},
+        "malformed_delta",
+    ),
     ("too many units", codec.to_dict(Cart.new().add("x-2", "TEA", 1000)), "quantity_out_of_range"),
     ("unknown sku", codec.to_dict(Cart.new().add("x-3", "NOPE")), "unknown_sku"),
     ("the hub's replica", codec.to_dict(Cart.new().add("~hub", "TEA")), "foreign_replica"),

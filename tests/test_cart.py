@@ -406,11 +406,27 @@ def test_inputs_are_validated() -> None:
         [[".a"], [], [0, 0]],  # a context entry is never 0
         [[".a"], [], [0, 1, 0, 2]],  # a replica twice in the version vector
         [[".a"], [], [], [], []],  # a snapshot without its close dot
+        [[".a"], ["tea", [0, 2**53, 1], []], []],  # a counter past 2**53 - 1 (not encodable everywhere)
+        [[".a"], ["tea", [], [0, 2**64, 3, 5, 0]], []],
+        [[".a"], ["tea", [], [0, 1, 3, 2**53, 0]], []],  # a wall clock past it
+        [[".a"], ["tea", [], [0, 1, 3, 5, 2**63]], []],  # a logical count past it
+        [[".a"], [], [0, 2**64]],  # a version vector entry past it
+        [[".a"], [], [0, -(2**53)]],  # a cloud dot past it
     ],
 )
 def test_the_decoder_refuses_malformed_states(state: object) -> None:
     with pytest.raises(codec.CodecError):
         codec.from_dict({"t": "cart", "v": 1, "s": state})
+
+
+def test_a_replica_that_used_every_counter_mints_no_more_and_its_state_still_encodes() -> None:
+    top = 2**53 - 1
+    cart = codec.from_dict({"t": "cart", "v": 1, "s": [[".a"], ["tea", [0, top, 1], []], [0, top]]})
+    assert cart.value() == {"tea": 1}
+    assert codec.from_msgpack(codec.to_msgpack(cart)) == cart
+    with pytest.raises(ValueError, match="every counter"):
+        cart.add("a", "tea")
+    assert cart.add("b", "tea").value() == {"tea": 1}
 
 
 def test_an_unknown_cart_version_is_an_error() -> None:
