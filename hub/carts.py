@@ -23,7 +23,9 @@ from crdt.wire import decode_context, encode_context, encode_dot
 from hub.auth import Principal
 from hub.channel_access import may_read_any
 from hub.responses import iso
+from storage.base import Store
 from storage.carts import CartDocument, CartPush, PushOutcome, PushStatus, Refusal
+from storage.errors import NotFound
 
 MUTATION_ID = re.compile(r"[\x21-\x7e]{1,128}")
 MAX_PUSHES = 100
@@ -129,8 +131,15 @@ def device_op(op: str, replica: str, sku: str, quantity: int | None, now_ms: int
     return make
 
 
-def may_edit(principal: Principal, document: CartDocument | None) -> bool:
-    return document is None or document.owner == principal.sub
+async def open_for(store: Store, cart_id: str, sub: str) -> CartDocument:
+    """The cart, created empty for ``sub`` if new; NotFound (cart_not_found) if it is another's. A
+    read when it exists: a device's sync with nothing to push writes nothing (open_cart locks the row)."""
+    document = await store.get_cart(cart_id)
+    if document is None:
+        return await store.open_cart(cart_id, sub)
+    if document.owner != sub:
+        raise NotFound("no such cart", resource="cart")
+    return document
 
 
 def may_read(principal: Principal, document: CartDocument) -> bool:

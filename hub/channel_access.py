@@ -67,10 +67,13 @@ async def resolve_channel(app: web.Application, principal: Principal | None, nam
     if principal is None:
         raise ChannelError("unauthenticated", f"{parsed.kind.name} channels need a bearer token")
     if parsed.kind is CART:
-        owner = await app[STORE].cart_owner(parsed.key)
-        if owner is None or (owner != principal.sub and not may_read_any(principal)):
+        home = await app[STORE].cart_owner(parsed.key)
+        if home is None or (home.sub != principal.sub and not may_read_any(principal)):
             raise ChannelError("cart_not_found", "no such cart")
-        return cart_channel(engine.region, parsed.key, owner)
+        # A cart's events are on its own region's stream: a node of another region says so.
+        channel = cart_channel(home.region, parsed.key, home.sub)
+        engine.check_channel(channel)
+        return channel
     if parsed.key != principal.sub and not may_read_any(principal):
         raise ChannelError("channel_forbidden", "a user channel is followed by that user only")
     return user_channel(engine.region, parsed.key)

@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from storage.carts import CartDocument, CartPush, CartRules, CheckoutResult, PushResult
+from storage.carts import CartDocument, CartOwner, CartPush, CartRules, CheckoutResult, PushResult
 from storage.models import (
     IdempotentResult,
     InventoryDelta,
@@ -157,7 +157,7 @@ class Store(Protocol):
         ...
 
     # -- carts (storage.carts states the guarantees) --------------------------------------------
-    async def cart_owner(self, cart_id: str) -> str | None: ...
+    async def cart_owner(self, cart_id: str) -> CartOwner | None: ...
     async def get_cart(self, cart_id: str) -> CartDocument | None: ...
     async def open_cart(self, cart_id: str, owner: str) -> CartDocument:
         """The cart, created empty for ``owner`` if new; NotFound(resource="cart") if another's."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from crdt.cart import Cart
 
@@ -40,6 +41,15 @@ class CartRules:
     max_quantity: int = 999
     max_drift_ms: int = 60_000
     max_entries: int = 1_000  # entries of one pushed delta
+
+
+class CartOwner(NamedTuple):
+    """Whose a cart is, and the region it lives in: its events (deltas, checkout, the checkout's
+    ``cart.status``) go to that region's user stream, whichever node wrote them, so that they reach
+    the cart's followers in one order; a node of another region does not serve its channel."""
+
+    sub: str
+    region: str
 
 
 @dataclass(frozen=True, slots=True)

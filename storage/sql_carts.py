@@ -21,6 +21,7 @@ from crdt.wire import encode_context
 from storage.carts import (
     HUB_REPLICA,
     CartDocument,
+    CartOwner,
     CartPush,
     CartRules,
     CheckoutOutcome,
@@ -50,9 +51,18 @@ class _Core(Protocol):
     async def append_event(
         self, tx: Tx, stream: str, key: str, version: int, payload: dict[str, Any], ts: int
     ) -> None: ...
-    async def user_event(self, tx: Tx, sub: str, payload: dict[str, Any], ts: int) -> None: ...
+    async def user_event(
+        self, tx: Tx, sub: str, payload: dict[str, Any], ts: int, *, region: str | None = None
+    ) -> None: ...
     async def _reserve_lines(
-        self, tx: Tx, owner: str, lines: Sequence[ReservationLineRequest], ttl_seconds: int, ts: int
+        self,
+        tx: Tx,
+        owner: str,
+        lines: Sequence[ReservationLineRequest],
+        ttl_seconds: int,
+        ts: int,
+        *,
+        region: str | None = None,
     ) -> tuple[Any, dict[str, Any]]: ...
 
 
@@ -81,12 +91,12 @@ def _document(row: Row) -> CartDocument:
 
 
 class CartSql:
-    async def cart_owner(self: _Core, cart_id: str) -> str | None:
+    async def cart_owner(self: _Core, cart_id: str) -> CartOwner | None:
         async def work(tx: Tx) -> Row | None:
-            return await tx.fetchrow("SELECT owner FROM carts WHERE id = $1", cart_id)
+            return await tx.fetchrow("SELECT owner, region FROM carts WHERE id = $1", cart_id)
 
         row = await self.db.run(work, readonly=True, single_statement=True)
-        return None if row is None else str(row["owner"])
+        return None if row is None else CartOwner(str(row["owner"]), str(row["region"]))
 
     async def get_cart(self: _Core, cart_id: str) -> CartDocument | None:
         async def work(tx: Tx) -> Row | None:
@@ -267,7 +277,9 @@ class CartSql:
                 document,
             )
         lines = [ReservationLineRequest(product_of[sku], quantity) for sku, quantity in sorted(value.items())]
-        _status, body = await self._reserve_lines(tx, document.owner, lines, ttl_seconds, ts)
+        _status, body = await self._reserve_lines(
+            tx, document.owner, lines, ttl_seconds, ts, region=document.region
+        )
         if body.get("code") == InsufficientStock.code:
             return CheckoutOutcome.INSUFFICIENT_STOCK, body, document
         if "code" in body:
@@ -308,6 +320,7 @@ class CartSql:
                 "reservation_id": reservation_id,
             },
             ts,
+            region=document.region,
         )
         closed = CartDocument(
             document.id,

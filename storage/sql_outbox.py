@@ -48,7 +48,9 @@ class OutboxSql(SqlCore):
         """Append an event to the outbox in ``tx``: published to ``stream`` once per (key, version)."""
         await self._append(tx, stream, key, version, _json_bytes(payload), ts)
 
-    async def user_event(self, tx: Tx, sub: str, payload: dict[str, Any], ts: int) -> None:
+    async def user_event(
+        self, tx: Tx, sub: str, payload: dict[str, Any], ts: int, *, region: str | None = None
+    ) -> None:
         """Append an event for ``sub``'s ``user:{sub}`` channel (carts' and reservations' status), with
         the next number of the user's event counter as its version and in its ``data``."""
         row = await tx.fetchrow(
@@ -60,7 +62,7 @@ class OutboxSql(SqlCore):
         version = int(row["version"])
         await self.append_event(
             tx,
-            user_stream(self.region, sub),
+            user_stream(region or self.region, sub),
             f"user:{sub}",
             version,
             {**payload, "sub": sub, "version": version, "ts": ts},

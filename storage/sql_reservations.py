@@ -79,7 +79,11 @@ class ReservationSql(StockSql):
         lines: Sequence[ReservationLineRequest],
         ttl_seconds: int,
         ts: int,
+        *,
+        region: str | None = None,
     ) -> tuple[ReservationOutcome, dict[str, Any]]:
+        """Reserve ``lines`` all or none in ``tx``; tell the owner on the user stream of ``region``
+        (default: this node's; a cart's checkout names the cart's, so it keeps one order)."""
         reservation_id = str(uuid.uuid4())
         chosen: dict[int, ReservationLine] = {}
         try:
@@ -131,7 +135,9 @@ class ReservationSql(StockSql):
             updated_at=ts,
         )
         body = reservation_to_dict(reservation)
-        await self.user_event(tx, owner, {"type": "reservation.created", "reservation": body}, ts)
+        await self.user_event(
+            tx, owner, {"type": "reservation.created", "reservation": body}, ts, region=region
+        )
         return ReservationOutcome.RESERVED, body
 
     async def _reserve_line(self, tx: Tx, index: int, line: ReservationLineRequest, ts: int) -> str:

@@ -608,3 +608,15 @@ async def test_an_sse_stream_ends_when_its_token_expires(hub):
         assert closing.event == "close"
         assert orjson.loads(closing.data) == {"code": "token_expired", "reconnect": True}
         assert await sse.next(within=5) is None  # and the stream ends
+
+
+async def test_a_cart_is_followed_on_the_nodes_of_its_own_region(hub, database_url):
+    await catalog(hub)
+    cart_id = str(uuid.uuid4())
+    async with eu_hub(database_url, warehouses=()) as eu:
+        status, reply = await op(eu, cart_id, op="add", sku="TEA")  # made in region eu
+        assert status == 200, reply
+        status, body = await poll(hub, f"cart:{cart_id}", wait=0, headers=auth(hub.alice))
+        assert (status, body["code"]) == (400, "channel_not_served")
+        status, body = await poll(eu, f"cart:{cart_id}", wait=0, headers=auth(eu.alice))
+        assert status == 200, body

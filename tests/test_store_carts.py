@@ -24,6 +24,7 @@ from crdt.cart import Cart
 from crdt.hlc import HybridClock, Timestamp
 from storage.carts import (
     CartDocument,
+    CartOwner,
     CartPush,
     CartRules,
     CheckoutOutcome,
@@ -33,7 +34,7 @@ from storage.carts import (
 )
 from storage.errors import IdempotencyMismatch, NotFound
 from storage.factory import open_store
-from storage.models import OutboxEntry
+from storage.models import OutboxEntry, ReservationLineRequest
 from storage.sql import SqlStore
 from storage.streams import user_stream
 from tests.conftest import seed
@@ -218,7 +219,7 @@ async def test_a_pushed_delta_is_merged_and_get_cart_returns_the_merged_state(st
     assert stored.cart.value() == {"tea": 2, "milk": 1}
     assert (stored.id, stored.owner, stored.version, stored.closed_at) == (CART, "alice", 2, None)
     assert stored.reservation_id is None
-    assert await store.cart_owner(CART) == "alice"
+    assert await store.cart_owner(CART) == CartOwner("alice", store.region)
 
 
 async def test_pushes_from_two_devices_are_joined_with_what_the_cart_already_holds(store):
@@ -609,7 +610,7 @@ async def test_another_users_cart_is_not_found_and_nothing_changes(store):
         await store.checkout_cart(CART, "bob", "key-1", "hash-1", 600)
     assert checked_out.value.details["resource"] == "cart"
     assert await footprint(store) == before
-    assert await store.cart_owner(CART) == "alice"
+    assert await store.cart_owner(CART) == CartOwner("alice", store.region)
 
 
 # -- concurrency --------------------------------------------------------------------------------
@@ -756,6 +757,32 @@ async def test_checkout_reserves_every_line_and_closes_the_cart(store):
     assert told["cart.status"]["status"] == "checked_out"
     assert told["cart.status"]["reservation_id"] == reservation.id
     assert told["reservation.created"]["reservation"]["id"] == reservation.id
+
+
+async def test_a_carts_events_stay_on_its_own_regions_stream_whichever_node_writes_them(store, database_url):
+    products, _ = await _filled_cart(store)
+    assert await store.cart_owner(CART) == CartOwner("alice", store.region)
+    elsewhere = open_store(database_url, region="far-away")
+    await elsewhere.open()
+    try:
+        tablet = Device("tablet-far")
+        await push(elsewhere, tablet.add("rice"))
+        result = await checkout(elsewhere)
+        assert result.outcome is CheckoutOutcome.RESERVED
+        # An ordinary reservation through that node tells its owner on that node's region.
+        await elsewhere.reserve("alice", "plain-1", "h", [ReservationLineRequest(products["salt"], 1)], 60)
+    finally:
+        await elsewhere.close()
+    home = user_stream(store.region, "alice")
+    kinds = {(payload(e)["type"], e.stream) for e in [*await cart_entries(store), *await user_entries(store)]}
+    assert ("cart.delta", home) in kinds and ("cart.closed", home) in kinds
+    assert ("cart.status", home) in kinds
+    # The checkout's reservation is told on the cart's stream, in one order with its cart.closed...
+    created = [e for e in await user_entries(store) if payload(e)["type"] == "reservation.created"]
+    streams = {payload(e)["reservation"]["id"]: e.stream for e in created}
+    assert streams[str(result.body["id"])] == home
+    # ...and the plain one on the writing node's.
+    assert sorted(streams.values()) == sorted([home, user_stream("far-away", "alice")])
 
 
 async def test_checkout_with_the_same_idempotency_key_replays_without_reserving_again(store):

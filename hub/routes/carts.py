@@ -27,6 +27,7 @@ from hub.carts import (
     device_op,
     encode_delta,
     may_read,
+    open_for,
     read_context,
     read_mutation_id,
     read_pushes,
@@ -91,7 +92,7 @@ async def sync_cart(request: web.Request) -> web.StreamResponse:
         document, outcomes = result.document, result.outcomes
         _count(request, outcomes)
     else:
-        document, outcomes = await store.open_cart(cart_id, who.sub), []
+        document, outcomes = await open_for(store, cart_id, who.sub), []
     lacking = document.cart.sync_reply(context)
     return json_response(
         {

@@ -19,7 +19,14 @@ from aiohttp import web
 
 from crdt.wire import encode_context
 from hub.auth import Principal
-from hub.carts import CartInputError, decode_delta, encode_delta, read_context, read_mutation_id
+from hub.carts import (
+    CartInputError,
+    decode_delta,
+    encode_delta,
+    open_for,
+    read_context,
+    read_mutation_id,
+)
 from hub.channel_access import resolve_channel
 from hub.errors import from_store_error
 from hub.keys import STORE
@@ -148,7 +155,7 @@ class Messages:
         """Sync step: the device's context in, what it lacks and the hub's context out."""
         principal, cart_id = self._cart_user(message)
         context = read_context(message.get("context"))
-        document = await self.app[STORE].open_cart(cart_id, principal.sub)
+        document = await open_for(self.app[STORE], cart_id, principal.sub)
         lacking = document.cart.sync_reply(context)
         self.send(
             {
