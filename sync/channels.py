@@ -21,8 +21,9 @@ of that stream:
   small — not one Redis stream per user — and the engine indexes feeds by key, so an event costs only
   its own subscribers.
 
-A node started with ``--region eu`` serves the channels of region ``eu`` only; a cart or a user channel
-is served in the region of the node (its stream is that region's).
+A node started with ``--region eu`` serves the channels of region ``eu`` only. A cart lives in the region
+where it was made (the store writes all its events to that region's user stream, and the hub resolves
+its channel there); a user channel is served in the node's region.
 """
 
 from __future__ import annotations
