@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from crdt import codec
@@ -32,8 +33,9 @@ from storage.carts import (
     Refusal,
 )
 from storage.db import Database, Row, Tx
-from storage.errors import IdempotencyMismatch, InsufficientStock, NotFound
+from storage.errors import InsufficientStock, NotFound
 from storage.models import ReservationLineRequest
+from storage.sql_core import claim_idempotency_key, store_idempotent_outcome
 from storage.streams import user_stream
 
 T = TypeVar("T")
@@ -190,16 +192,8 @@ class CartSql:
                 outcomes.append(PushOutcome(push.mutation_id, PushStatus.APPLIED, version))
             if changed:
                 await _save(tx, cart_id, cart, version, ts)
-            updated = CartDocument(
-                document.id,
-                document.owner,
-                document.region,
-                cart,
-                version,
-                document.created_at,
-                ts if changed else document.updated_at,
-                document.closed_at,
-                document.reservation_id,
+            updated = replace(
+                document, cart=cart, version=version, updated_at=ts if changed else document.updated_at
             )
             return PushResult(updated, outcomes)
 
@@ -220,32 +214,14 @@ class CartSql:
         async def work(tx: Tx) -> CheckoutResult:
             ts = _now_us()
             document = await CartSql._locked_cart(self, tx, cart_id, owner, ts)
-            claimed = await tx.execute(
-                "INSERT INTO idempotency_keys (owner, key, request_hash, status, body, created_at)"
-                " VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (owner, key) DO NOTHING",
-                owner,
-                idempotency_key,
-                request_hash,
-                ts,
-            )
-            if claimed != 1:
-                row = await tx.fetchrow(
-                    "SELECT request_hash, body FROM idempotency_keys WHERE owner = $1 AND key = $2",
-                    owner,
-                    idempotency_key,
-                )
-                assert row is not None
-                if row["request_hash"] != request_hash:
-                    raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
-                stored = json.loads(row["body"])
+            prior = await claim_idempotency_key(tx, owner, idempotency_key, request_hash, ts)
+            if prior is not None:
+                stored = json.loads(prior[1])
                 return CheckoutResult(CheckoutOutcome(stored["outcome"]), stored["body"], True, document)
             outcome, body, document = await CartSql._checkout(self, tx, document, ttl_seconds, ts)
-            await tx.execute(
-                "UPDATE idempotency_keys SET status = 1, body = $3 WHERE owner = $1 AND key = $2",
-                owner,
-                idempotency_key,
-                json.dumps({"outcome": outcome.value, "body": body}, separators=(",", ":")),
-            )
+            # (status 1: a checkout's outcome, its body says which; a reservation's are 201/404/409)
+            stored = json.dumps({"outcome": outcome.value, "body": body}, separators=(",", ":"))
+            await store_idempotent_outcome(tx, owner, idempotency_key, 1, stored)
             return CheckoutResult(outcome, body, False, document)
 
         return await self._write(work)
@@ -322,16 +298,8 @@ class CartSql:
             ts,
             region=document.region,
         )
-        closed = CartDocument(
-            document.id,
-            document.owner,
-            document.region,
-            cart,
-            version,
-            document.created_at,
-            ts,
-            ts,
-            reservation_id,
+        closed = replace(
+            document, cart=cart, version=version, updated_at=ts, closed_at=ts, reservation_id=reservation_id
         )
         return CheckoutOutcome.RESERVED, body, closed
 

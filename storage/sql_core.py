@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from storage.base import OutboxListener
 from storage.db import Database, Tx
+from storage.errors import IdempotencyMismatch
 from storage.migrations import MIGRATIONS, statements_for
 from storage.models import OutboxEntry
 
@@ -26,6 +27,42 @@ _APPENDED: ContextVar[list[OutboxEntry] | None] = ContextVar("synchub_outbox_app
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+async def claim_idempotency_key(
+    tx: Tx, owner: str, key: str, request_hash: str, ts: int
+) -> tuple[int, str] | None:
+    """Claim (``owner``, ``key``) for this request in ``tx``: None if claimed now (store its outcome
+    with :func:`store_idempotent_outcome` before the transaction ends), else the outcome stored by the
+    request that claimed it first, as (status, body) — PostgreSQL made this one wait for that one's
+    commit. IdempotencyMismatch if that request's hash was another."""
+    claimed = await tx.execute(
+        "INSERT INTO idempotency_keys (owner, key, request_hash, status, body, created_at)"
+        " VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (owner, key) DO NOTHING",
+        owner,
+        key,
+        request_hash,
+        ts,
+    )
+    if claimed == 1:
+        return None
+    row = await tx.fetchrow(
+        "SELECT request_hash, status, body FROM idempotency_keys WHERE owner = $1 AND key = $2", owner, key
+    )
+    assert row is not None
+    if row["request_hash"] != request_hash:
+        raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
+    return int(row["status"]), str(row["body"])
+
+
+async def store_idempotent_outcome(tx: Tx, owner: str, key: str, status: int, body: str) -> None:
+    await tx.execute(
+        "UPDATE idempotency_keys SET status = $3, body = $4 WHERE owner = $1 AND key = $2",
+        owner,
+        key,
+        status,
+        body,
+    )
 
 
 class SqlCore:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from storage.db import Tx
-from storage.errors import IdempotencyMismatch, InsufficientStock, InvalidTransition, NotFound
+from storage.errors import InsufficientStock, InvalidTransition, NotFound
 from storage.models import (
     IdempotentResult,
     ProductStatus,
@@ -20,7 +20,7 @@ from storage.models import (
     ReservationStatus,
     reservation_to_dict,
 )
-from storage.sql_core import now_us
+from storage.sql_core import claim_idempotency_key, now_us, store_idempotent_outcome
 from storage.sql_stock import StockSql
 
 # A line with no warehouse named tries the warehouses with the most available stock, at most this many.
@@ -39,35 +39,12 @@ class ReservationSql(StockSql):
     ) -> IdempotentResult:
         async def work(tx: Tx) -> IdempotentResult:
             ts = now_us()
-            claimed = await tx.execute(
-                "INSERT INTO idempotency_keys (owner, key, request_hash, status, body, created_at)"
-                " VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (owner, key) DO NOTHING",
-                owner,
-                idempotency_key,
-                request_hash,
-                ts,
-            )
-            if claimed != 1:
-                # Another request with this key committed first (PostgreSQL made us wait for it).
-                row = await tx.fetchrow(
-                    "SELECT request_hash, status, body FROM idempotency_keys WHERE owner = $1 AND key = $2",
-                    owner,
-                    idempotency_key,
-                )
-                assert row is not None
-                if row["request_hash"] != request_hash:
-                    raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
-                stored = ReservationOutcome(row["status"])
-                return IdempotentResult(stored, json.loads(row["body"]), replayed=True)
-
+            prior = await claim_idempotency_key(tx, owner, idempotency_key, request_hash, ts)
+            if prior is not None:
+                return IdempotentResult(ReservationOutcome(prior[0]), json.loads(prior[1]), replayed=True)
             status, body = await self._reserve_lines(tx, owner, lines, ttl_seconds, ts)
-            await tx.execute(
-                "UPDATE idempotency_keys SET status = $3, body = $4 WHERE owner = $1 AND key = $2",
-                owner,
-                idempotency_key,
-                status,
-                json.dumps(body, separators=(",", ":")),
-            )
+            encoded = json.dumps(body, separators=(",", ":"))
+            await store_idempotent_outcome(tx, owner, idempotency_key, status, encoded)
             return IdempotentResult(status, body, replayed=False)
 
         return await self._write(work)

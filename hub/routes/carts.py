@@ -37,7 +37,7 @@ from hub.carts import (
 from hub.errors import BadRequest, ConflictError, NotFoundError, Unprocessable
 from hub.keys import METRICS, SETTINGS, STORE
 from hub.responses import json_response, not_modified, version_etag
-from hub.routes.reservations import IDEMPOTENCY_KEY, USER_ROLES, request_hash, with_iso_times
+from hub.routes.reservations import USER_ROLES, idempotency_key, request_hash, with_iso_times
 from hub.validation import Field, choice, integer, path_uuid, read_json, string, validate
 from storage.carts import CartPush, CartRules, CheckoutOutcome, PushStatus
 
@@ -141,15 +141,7 @@ async def edit_cart(request: web.Request) -> web.StreamResponse:
 async def checkout_cart(request: web.Request) -> web.StreamResponse:
     who = require(request, "customer")
     cart_id = path_uuid(request, "cart_id")
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        raise BadRequest(
-            "send an Idempotency-Key header so that retries are safe", code="idempotency_key_required"
-        )
-    if not IDEMPOTENCY_KEY.fullmatch(key):
-        raise BadRequest(
-            "the Idempotency-Key must be 1-255 visible ASCII characters", code="invalid_idempotency_key"
-        )
+    key = idempotency_key(request)
     settings = request.app[SETTINGS]
     result = await request.app[STORE].checkout_cart(
         cart_id, who.sub, key, request_hash({"checkout": cart_id}), settings.reservation_ttl_seconds

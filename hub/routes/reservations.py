@@ -71,9 +71,8 @@ def _render(reservation: Reservation) -> dict[str, Any]:
     return with_iso_times(reservation_to_dict(reservation))
 
 
-@routes.post("/api/v1/reservations", name="create_reservation")
-async def create_reservation(request: web.Request) -> web.StreamResponse:
-    who = require(request, *USER_ROLES)
+def idempotency_key(request: web.Request) -> str:
+    """The request's Idempotency-Key header: required, 1-255 visible ASCII characters."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         raise BadRequest(
@@ -83,6 +82,13 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
         raise BadRequest(
             "the Idempotency-Key must be 1-255 visible ASCII characters", code="invalid_idempotency_key"
         )
+    return key
+
+
+@routes.post("/api/v1/reservations", name="create_reservation")
+async def create_reservation(request: web.Request) -> web.StreamResponse:
+    who = require(request, *USER_ROLES)
+    key = idempotency_key(request)
     settings = request.app[SETTINGS]
     raw = await read_json(request)
     data = validate(raw, _request_fields(settings.reservation_max_ttl_seconds))
