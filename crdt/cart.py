@@ -265,6 +265,15 @@ class Cart:
                         top = amount
         return top
 
+    def writers(self) -> set[str]:
+        """The replicas with a dot in this state's contexts, live and snapshot: every writer it has
+        heard from."""
+        out: set[str] = set()
+        for store in self._stores():
+            out.update(store.vv)
+            out.update(replica for replica, _ in store.cloud)
+        return out
+
     def new_replicas(self, known: CausalContext) -> set[str]:
         """The replicas of the dots in this state's contexts that ``known`` has not seen: the writers
         a receiver learns of from it (a hub binds each to its user)."""

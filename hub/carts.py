@@ -46,20 +46,21 @@ def decode_delta(raw: Any, binary: bool) -> Cart:
             raise CartInputError("malformed_delta", "a delta is the codec's MessagePack bytes (bin)")
         if len(raw) > MAX_DELTA_BYTES:
             raise CartInputError("delta_too_large", f"a delta is at most {MAX_DELTA_BYTES} bytes")
-        head = _msgpack_head(raw)
     else:
         if not isinstance(raw, dict):
             raise CartInputError("malformed_delta", 'a delta is {"t": "cart", "v": 1, "s": …}')
         # (REST bodies carry non-integer numbers as Decimal: measured as their text, refused below.)
         if len(orjson.dumps(raw, default=str)) > MAX_DELTA_BYTES:
             raise CartInputError("delta_too_large", f"a delta is at most {MAX_DELTA_BYTES} bytes")
-        head = (raw.get("t"), raw.get("v"))
-    tag, version = head
-    if tag == "cart" and isinstance(version, int) and version not in _CODEC_VERSIONS:
-        raise CartInputError("unsupported_codec_version", f"cart codec version {version} is not known here")
     try:
         delta = codec.from_msgpack(raw) if binary else codec.from_dict(raw)
     except codec.CodecError as exc:
+        # Told apart only once it failed (a delta is decoded once on the way that succeeds).
+        tag, version = _msgpack_head(raw) if binary else (raw.get("t"), raw.get("v"))
+        if tag == "cart" and isinstance(version, int) and version not in _CODEC_VERSIONS:
+            raise CartInputError(
+                "unsupported_codec_version", f"cart codec version {version} is not known here"
+            ) from exc
         raise CartInputError("malformed_delta", str(exc)[:300]) from exc
     if not isinstance(delta, Cart):
         raise CartInputError("malformed_delta", f"a {type(delta).__name__} is not a cart delta")

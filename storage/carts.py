@@ -74,6 +74,7 @@ DeltaSource = Cart | Callable[[Cart], Cart]
 class CartPush:
     mutation_id: str
     delta: DeltaSource
+    origin: str | None = None  # the pushing connection's token, written into the delta's event
 
 
 class PushStatus(enum.StrEnum):

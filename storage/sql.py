@@ -6,7 +6,8 @@ only decides *which* statement to run. See :mod:`storage.base` for the guarantee
 
 from __future__ import annotations
 
-from storage.sql_carts import CartSql
+from storage.db import Database
+from storage.sql_carts import CartSql, DecodedCarts
 from storage.sql_catalog import CatalogSql
 from storage.sql_core import now_us
 from storage.sql_reservations import ReservationSql
@@ -15,6 +16,10 @@ from storage.sql_reservations import ReservationSql
 class SqlStore(CatalogSql, ReservationSql, CartSql):
     """The Store (storage.base) on a SQL database: catalog, stock, reservations, carts and the outbox,
     each in its own module, over one writing-transaction core (storage.sql_core)."""
+
+    def __init__(self, db: Database, *, hand_over_outbox: bool = False, region: str = "default") -> None:
+        super().__init__(db, hand_over_outbox=hand_over_outbox, region=region)
+        self.decoded_carts = DecodedCarts()
 
 
 __all__ = ["SqlStore", "now_us"]

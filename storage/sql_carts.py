@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
+import orjson
+
 from crdt import codec
 from crdt.cart import Cart, Line
 from crdt.context import CausalContext
@@ -48,6 +50,7 @@ class _Core(Protocol):
 
     db: Database
     region: str
+    decoded_carts: DecodedCarts
 
     async def _write(self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False) -> T: ...
     async def append_event(
@@ -72,13 +75,45 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+_LOCKED_SELECT = {
+    "sqlite": f"SELECT {_CART_COLUMNS} FROM carts WHERE id = $1",
+    "postgres": f"SELECT {_CART_COLUMNS} FROM carts WHERE id = $1 FOR UPDATE",
+}
+
+
 def context_json(context: CausalContext) -> str:
-    return json.dumps(encode_context(context), separators=(",", ":"), sort_keys=True)
+    return orjson.dumps(encode_context(context), option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _document(row: Row) -> CartDocument:
-    state = row["state"]
-    cart = codec.from_msgpack(bytes(state)) if state else Cart.new()
+class DecodedCarts:
+    """The decoded states of the carts a store read or wrote lately, by id: (version, updated_at,
+    state). A row whose version and update time match holds the same bytes — both change with every
+    write that commits, and a write that rolled back changed neither — so its state is not decoded
+    again. Cart states are immutable values here (merge returns a new one)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._states: dict[str, tuple[int, int, Cart]] = {}
+
+    def get(self, cart_id: str, version: int, updated_at: int) -> Cart | None:
+        known = self._states.get(cart_id)
+        return known[2] if known is not None and known[0] == version and known[1] == updated_at else None
+
+    def put(self, cart_id: str, version: int, updated_at: int, cart: Cart) -> None:
+        states = self._states
+        states.pop(cart_id, None)
+        if len(states) >= self._size:
+            del states[next(iter(states))]  # the least recently put
+        states[cart_id] = (version, updated_at, cart)
+
+
+def _document(row: Row, decoded: DecodedCarts) -> CartDocument:
+    cart_id, version, updated_at = row["id"], row["version"], row["updated_at"]
+    cart = decoded.get(cart_id, version, updated_at)
+    if cart is None:
+        state = row["state"]
+        cart = codec.from_msgpack(bytes(state)) if state else Cart.new()
+        decoded.put(cart_id, version, updated_at, cart)
     return CartDocument(
         id=row["id"],
         owner=row["owner"],
@@ -105,26 +140,28 @@ class CartSql:
             return await tx.fetchrow(f"SELECT {_CART_COLUMNS} FROM carts WHERE id = $1", cart_id)
 
         row = await self.db.run(work, readonly=True, single_statement=True)
-        return None if row is None else _document(row)
+        return None if row is None else _document(row, self.decoded_carts)
 
     async def _locked_cart(self: _Core, tx: Tx, cart_id: str, owner: str, ts: int) -> CartDocument:
-        """The cart, created for ``owner`` if new, with its row locked for this transaction."""
-        await tx.execute(
-            f"INSERT INTO carts ({_CART_COLUMNS}) VALUES ($1, $2, $3, $4, 0, NULL, NULL, $5, $5)"
-            " ON CONFLICT (id) DO NOTHING",
-            cart_id,
-            owner,
-            self.region,
-            b"",
-            ts,
-        )
-        row = await tx.fetchrow(
-            f"UPDATE carts SET version = version WHERE id = $1 RETURNING {_CART_COLUMNS}", cart_id
-        )
-        assert row is not None
+        """The cart, created for ``owner`` if new, with its row locked for this transaction: PostgreSQL
+        locks the row read ``FOR UPDATE``; SQLite's write transaction holds the whole database."""
+        select = _LOCKED_SELECT[self.db.dialect]
+        row = await tx.fetchrow(select, cart_id)
+        if row is None:
+            await tx.execute(
+                f"INSERT INTO carts ({_CART_COLUMNS}) VALUES ($1, $2, $3, $4, 0, NULL, NULL, $5, $5)"
+                " ON CONFLICT (id) DO NOTHING",
+                cart_id,
+                owner,
+                self.region,
+                b"",
+                ts,
+            )
+            row = await tx.fetchrow(select, cart_id)
+            assert row is not None
         if row["owner"] != owner:
             raise NotFound("no such cart", resource="cart")
-        return _document(row)
+        return _document(row, self.decoded_carts)
 
     async def open_cart(self: _Core, cart_id: str, owner: str) -> CartDocument:
         """The cart, created empty for ``owner`` if it does not exist; NotFound if it is another's."""
@@ -166,21 +203,18 @@ class CartSql:
                     cart = merged
                     version += 1
                     changed = True
-                    await self.append_event(
-                        tx,
-                        user_stream(document.region, owner),
-                        f"cart:{cart_id}",
-                        version,
-                        {
-                            "type": "cart.delta",
-                            "cart_id": cart_id,
-                            "version": version,
-                            "mutation_id": push.mutation_id,
-                            "delta": codec.to_dict(delta),
-                            "ts": ts,
-                        },
-                        ts,
-                    )
+                    event: dict[str, Any] = {
+                        "type": "cart.delta",
+                        "cart_id": cart_id,
+                        "version": version,
+                        "mutation_id": push.mutation_id,
+                        "delta": codec.to_dict(delta),
+                        "ts": ts,
+                    }
+                    if push.origin is not None:
+                        event["origin"] = push.origin
+                    stream = user_stream(document.region, owner)
+                    await self.append_event(tx, stream, f"cart:{cart_id}", version, event, ts)
                 await tx.execute(
                     "INSERT INTO cart_mutations (cart_id, mutation_id, version, created_at)"
                     " VALUES ($1, $2, $3, $4)",
@@ -192,6 +226,7 @@ class CartSql:
                 outcomes.append(PushOutcome(push.mutation_id, PushStatus.APPLIED, version))
             if changed:
                 await _save(tx, cart_id, cart, version, ts)
+                self.decoded_carts.put(cart_id, version, ts, cart)
             updated = replace(
                 document, cart=cart, version=version, updated_at=ts if changed else document.updated_at
             )
@@ -331,9 +366,15 @@ async def _checked_merge(tx: Tx, cart: Cart, delta: Cart, owner: str, rules: Car
             f"the delta's clock is {stamp.wall_ms - ts // 1000} ms ahead of the hub's"
             f" (at most {rules.max_drift_ms}): set it from the hub's time and write again",
         )
-    replicas = sorted(delta.new_replicas(cart.context))
+    # A writer the cart has heard from was bound to its owner when its first write was merged: only
+    # the others are looked up. The hub's own ('~') may not write anything the cart has not seen.
+    heard = cart.writers()
+    writers = delta.writers()
+    hubs = [replica for replica in writers if replica.startswith("~")]
+    if hubs and any(replica.startswith("~") for replica in delta.new_replicas(cart.context)):
+        raise Refusal("foreign_replica", f"replica ids starting with '~' are the hub's ({hubs[0][:40]!r})")
     unbound: list[str] = []
-    for replica in replicas:
+    for replica in sorted(writers - heard):
         if replica.startswith("~"):
             raise Refusal(
                 "foreign_replica", f"replica ids starting with '~' are the hub's ({replica[:40]!r})"

@@ -48,8 +48,18 @@ _BUSY_TIMEOUT_MS = 10_000  # how long a statement on the thread waits for anothe
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
+_TRANSLATED: dict[str, str] = {}
+
+
 def _translate(sql: str) -> str:
-    return _PLACEHOLDER.sub(r"?\1", sql)
+    """``$n`` placeholders as SQLite's ``?n``: a statement is translated once (the store's statements
+    are a fixed set, built from constants; past 4,096 distinct ones the cache starts over)."""
+    translated = _TRANSLATED.get(sql)
+    if translated is None:
+        if len(_TRANSLATED) >= 4096:
+            _TRANSLATED.clear()
+        translated = _TRANSLATED[sql] = _PLACEHOLDER.sub(r"?\1", sql)
+    return translated
 
 
 class SqliteTx:

@@ -30,6 +30,7 @@ class Event:
         "_ws_text",
         "key",
         "kind",
+        "origin",
         "position_text",
         "publication",
         "received_at",
@@ -45,6 +46,10 @@ class Event:
         # Raises ChannelError for data of no known kind (the engine drops such a publication).
         self.kind, self.type, self.key = event_route(publication.stream, self._data)
         self.route = route_key(self.kind, self.key)  # the engine's index of the feeds it goes to
+        # The connection a cart delta was pushed on (an opaque token): it is not sent back there, where
+        # the push's ack stands for it. None for every other event.
+        origin = self._data.get("origin")
+        self.origin: str | None = origin if isinstance(origin, str) else None
         ts = self._data.get("ts")
         self.ts: float | None = ts / 1e6 if isinstance(ts, int) else None  # when the change committed
         self.received_at = time.time()

@@ -620,3 +620,32 @@ async def test_a_cart_is_followed_on_the_nodes_of_its_own_region(hub, database_u
         assert (status, body["code"]) == (400, "channel_not_served")
         status, body = await poll(eu, f"cart:{cart_id}", wait=0, headers=auth(eu.alice))
         assert status == 200, body
+
+
+async def test_a_pushing_connection_gets_its_ack_and_not_its_own_delta_back(hub):
+    await catalog(hub)
+    cart_id = str(uuid.uuid4())
+    phone, tablet = Device(cart_id), Device(cart_id)
+    async with (
+        ws_client(hub, MSGPACK, headers=auth(hub.alice)) as ws,
+        ws_client(hub, JSON, headers=auth(hub.alice)) as other,
+    ):
+        await phone.sync_ws(ws)
+        await ws.subscribe(f"cart:{cart_id}")
+        await other.subscribe(f"cart:{cart_id}")
+        phone.add("TEA")
+        (ack,) = await phone.push_ws(ws)
+        assert ack["type"] == "ack"
+        (event,) = await other.events(1)
+        assert event["data"]["mutation_id"] == ack["mutation_id"]
+        await ws.assert_nothing_pending()  # the ack stood for it
+        # The tablet pushes on its own connection: the phone hears of it.
+        tablet.add("SOAP")
+        (ack,) = await tablet.push_ws(other)
+        (event,) = await ws.events(1)
+        assert event["data"]["mutation_id"] == ack["mutation_id"]
+        await other.assert_nothing_pending()
+        # A plain edit (no connection) reaches both.
+        status, _ = await op(hub, cart_id, op="add", sku="LIP")
+        assert status == 200
+        assert [len(await c.events(1)) for c in (ws, other)] == [1, 1]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from collections import deque
 from typing import Any
 
@@ -114,6 +115,7 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         "feeds",
         "meter",
         "metrics",
+        "origin",
         "principal",
         "settings",
         "state",
@@ -129,6 +131,7 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         settings = app[SETTINGS]
         self.app = app
         self.principal = principal
+        self.origin: str | None = None  # made when it first pushes (ws_messages.Messages.cart_push)
         expires_in = seconds_until_expiry(principal)
         self.binary = binary
         self.engine = app[ENGINE]
@@ -172,8 +175,14 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
     def deliver(self, event: Event, channel: Channel) -> None:
         # The event's frame is built once and shared by every connection: no copy, no re-encoding.
         # (_queue written out: this runs once per connection per event.)
-        if self.state is _OPEN:
+        if self.state is _OPEN and (event.origin is None or event.origin != self.origin):
             self._enqueue(event.ws_frame(channel.name, self.binary), event.ts)
+
+    def push_origin(self) -> str:
+        origin = self.origin
+        if origin is None:
+            origin = self.origin = secrets.token_urlsafe(9)
+        return origin
 
     def _queue(self, frame: bytes, ts: float | None) -> None:
         # Open implies a transport: connection_lost takes both away together.

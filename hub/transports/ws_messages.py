@@ -77,6 +77,11 @@ class Messages:
     def send(self, message: dict[str, Any]) -> None:
         raise NotImplementedError  # the connection's: queue a reply
 
+    def push_origin(self) -> str:
+        """This connection's token in the events of the deltas it pushes: they are not sent back to
+        it (its ack stands for them), only to the cart's other subscribers."""
+        raise NotImplementedError  # the connection's
+
     async def _answer(self, opcode: int, payload: bytes) -> None:
         decoded: dict[str, Any] = {}
         try:
@@ -175,7 +180,7 @@ class Messages:
         mutation_id = read_mutation_id(message.get("mutation_id"))
         delta = decode_delta(message.get("delta"), self.binary)
         result = await self.app[STORE].push_cart(
-            cart_id, principal.sub, [CartPush(mutation_id, delta)], CART_RULES
+            cart_id, principal.sub, [CartPush(mutation_id, delta, self.push_origin())], CART_RULES
         )
         outcome = result.outcomes[0]
         self.metrics.cart_pushes.labels(outcome.status.value).inc()
