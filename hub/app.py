@@ -119,8 +119,9 @@ async def _expire_forever(app: web.Application) -> None:
             if expired:
                 metrics.reservations.labels("expired").inc(len(expired))
             if time.monotonic() - last_purge > 3600:
-                cutoff = time.time_ns() // 1000 - settings.idempotency_retention_seconds * 1_000_000
-                await store.purge_idempotency_keys(cutoff)
+                now = time.time_ns() // 1000
+                await store.purge_idempotency_keys(now - settings.idempotency_retention_seconds * 10**6)
+                await store.purge_cart_mutations(now - settings.cart_mutation_retention_seconds * 10**6)
                 last_purge = time.monotonic()
         except asyncio.CancelledError:
             raise

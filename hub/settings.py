@@ -26,6 +26,9 @@ class Settings:
     expiry_interval: float = 1.0
     relay_enabled: bool = True
     idempotency_retention_seconds: int = 24 * 3600
+    # How long a cart push's mutation id is remembered (a retry within it is answered "duplicate";
+    # after it, merged again, which changes nothing).
+    cart_mutation_retention_seconds: int = 7 * 24 * 3600
     # real time
     stream_max_len: int = 100_000  # broker retention by length, per region stream
     stream_max_age_seconds: float | None = 24 * 3600  # and by age (Redis)

@@ -169,6 +169,10 @@ class Store(Protocol):
         """Merge each push in order, in one transaction with their mutation ids and outbox deltas."""
         ...
 
+    async def purge_cart_mutations(self, older_than_us: int) -> int:
+        """Forget mutation ids applied before ``older_than_us`` (a later retry merges again: no change)."""
+        ...
+
     async def checkout_cart(
         self, cart_id: str, owner: str, idempotency_key: str, request_hash: str, ttl_seconds: int
     ) -> CheckoutResult:

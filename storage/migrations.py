@@ -153,6 +153,7 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
                 PRIMARY KEY (cart_id, mutation_id)
             )
             """,
+            "CREATE INDEX cart_mutations_by_age ON cart_mutations (created_at)",
             """
             CREATE TABLE replicas (
                 replica_id TEXT PRIMARY KEY,

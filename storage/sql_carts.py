@@ -234,6 +234,16 @@ class CartSql:
 
         return await self._write(work)
 
+    async def purge_cart_mutations(self: _Core, older_than_us: int) -> int:
+        """Forget the mutation ids applied before ``older_than_us``; return how many. A push retried
+        after that is merged again, which changes nothing (a join is idempotent): it is answered
+        ``applied`` with the cart's current version instead of ``duplicate``."""
+
+        async def work(tx: Tx) -> int:
+            return await tx.execute("DELETE FROM cart_mutations WHERE created_at < $1", older_than_us)
+
+        return await self._write(work, single_statement=True)
+
     async def checkout_cart(
         self: _Core,
         cart_id: str,

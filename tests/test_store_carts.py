@@ -357,6 +357,24 @@ async def test_a_mutation_id_retried_later_is_answered_with_the_version_it_produ
     assert await footprint(store) == before
 
 
+async def test_purged_mutation_ids_are_merged_again_on_retry_and_change_nothing(store):
+    await catalog(store)
+    phone = Device("phone-1")
+    tea = phone.add("tea")
+    await push(store, ("old", tea))
+    cutoff = now_ms() * 1000 + 1
+    await asyncio.sleep(0.002)
+    await push(store, ("new", phone.add("milk")))
+    assert await store.purge_cart_mutations(cutoff) == 1
+    assert set(await mutation_ids(store)) == {"new"}
+    before = await document(store)
+    # Retried after its id was forgotten: merged again — the join changes nothing, no new version.
+    assert statuses(await push(store, ("old", tea))) == [(PushStatus.APPLIED, before.version, None)]
+    after = await document(store)
+    assert (after.cart, after.version) == (before.cart, before.version)
+    assert len(await cart_entries(store)) == 2
+
+
 async def test_a_mutation_id_is_one_carts_own(store):
     await catalog(store)
     phone = Device("phone-1")
