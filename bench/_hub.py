@@ -65,6 +65,7 @@ async def hub_process(database_url: str, secret: str, *extra: str) -> AsyncItera
         stderr=asyncio.subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
+    drain: asyncio.Task[None] | None = None
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(400):
@@ -78,8 +79,12 @@ async def hub_process(database_url: str, secret: str, *extra: str) -> AsyncItera
                 await asyncio.sleep(0.05)
             else:
                 raise RuntimeError("hub did not become ready")
+        # Read on while it runs: a hub that logs more than a pipe holds must not block on its stderr.
+        drain = asyncio.create_task(_drain(proc.stderr))
         yield base, proc.pid
     finally:
+        if drain is not None:
+            drain.cancel()
         if proc.returncode is None:
             proc.terminate()
             try:
@@ -198,3 +203,11 @@ async def adjust_at(
     if errors and not versions:
         raise RuntimeError(f"every stock adjustment failed: {errors[0]!r}")
     return versions
+
+
+async def _drain(stream: asyncio.StreamReader | None) -> None:
+    """Read a child's output to its end, keeping nothing (its last words are read on failure above)."""
+    if stream is None:
+        return
+    while await stream.read(65536):
+        pass
