@@ -184,6 +184,33 @@ class Cart:
         rather than the snapshot (what a hub bounds: the live state keeps growing after a checkout)."""
         return {sku: Line(*line_view(line)) for sku, line in self._live.lines.items()}
 
+    def live_skus(self) -> set[str]:
+        """The SKUs of :meth:`live_lines`, without building their lines."""
+        return set(self._live.lines)
+
+    def live_line(self, sku: str) -> Line:
+        """One of :meth:`live_lines` (``Line(0, ())`` for a SKU with no entry)."""
+        line = self._live.lines.get(sku)
+        return Line(*line_view(line)) if line is not None else Line(0, ())
+
+    def lines_touched_by(self, delta: Cart, limit: int = 512) -> set[str] | None:
+        """The SKUs of this cart's live lines that merging ``delta`` may change: the lines ``delta``
+        holds entries of, and those whose entries its context covers (a set or a remove cancels them).
+        None when ``delta``'s live context has more than ``limit`` dots (a whole state, say): then any
+        line may change."""
+        context = delta._live
+        if sum(context.vv.values()) + len(context.cloud) > limit:
+            return None
+        touched = set(context.lines)
+        index = self._live.index()
+        for dot in context.context_dots():
+            sku = index.get(dot)
+            if sku is not None:
+                touched.add(sku)
+        if delta._closed is not None:
+            touched.update(delta._closed.lines)
+        return touched
+
     def line(self, sku: str) -> Line:
         line = self._shown().lines.get(sku)
         return Line(*line_view(line)) if line is not None else Line(0, ())

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from crdt import codec
-from crdt.cart import Cart, Line
+from crdt.cart import Cart
 from crdt.context import CausalContext
 from crdt.wire import encode_context
 from storage.carts import (
@@ -406,7 +406,7 @@ async def _checked_merge(tx: Tx, cart: Cart, delta: Cart, owner: str, rules: Car
         if unknown:
             raise Refusal("unknown_sku", f"not in the catalog: {', '.join(unknown)[:200]}")
     merged = cart.merge(delta)
-    _check_bounds(cart, merged, rules)
+    _check_bounds(cart, delta, merged, rules)
     if unbound:
         # Bound on first use. Two users' concurrent first pushes with one id: the second's insert does
         # nothing and the re-read below refuses it — in a savepoint, so that the refusal takes back the
@@ -426,23 +426,23 @@ async def _checked_merge(tx: Tx, cart: Cart, delta: Cart, owner: str, rules: Car
     return merged
 
 
-def _check_bounds(cart: Cart, merged: Cart, rules: CartRules) -> None:
+def _check_bounds(cart: Cart, delta: Cart, merged: Cart, rules: CartRules) -> None:
     """The live cart keeps at most ``max_lines`` lines (a line set to 0 is one) of at most
     ``max_quantity`` units — also once checked out, where edits keep arriving. A delta may not take the
-    cart past a bound; a cart already past one (under older rules) may still be edited down."""
-    lines = merged.live_lines()
-    if len(lines) > rules.max_lines and len(lines) > len(cart.live_lines()):
-        raise Refusal("cart_too_large", f"a cart holds at most {rules.max_lines} lines")
-    before: dict[str, Line] | None = None
-    for sku, line in lines.items():
-        if line.quantity > rules.max_quantity:
-            if before is None:
-                before = cart.live_lines()
-            was = before.get(sku)
-            if was is None or line.quantity > was.quantity:
-                raise Refusal(
-                    "quantity_out_of_range", f"{sku[:60]}: a line holds 0 to {rules.max_quantity} units"
-                )
+    cart past a bound; a cart already past one (under older rules) may still be edited down. Only the
+    lines the delta can change are looked at: a push costs its own lines, not the whole cart's."""
+    before = cart.live_skus()
+    if not delta.entry_skus() <= before:  # only a line the cart has no entry in adds to the count
+        after = len(merged.live_skus())
+        if after > rules.max_lines and after > len(before):
+            raise Refusal("cart_too_large", f"a cart holds at most {rules.max_lines} lines")
+    touched = cart.lines_touched_by(delta)
+    for sku in merged.live_skus() if touched is None else touched:
+        quantity = merged.live_line(sku).quantity
+        if quantity > rules.max_quantity and quantity > cart.live_line(sku).quantity:
+            raise Refusal(
+                "quantity_out_of_range", f"{sku[:60]}: a line holds 0 to {rules.max_quantity} units"
+            )
 
 
 __all__ = ["CartSql", "context_json"]

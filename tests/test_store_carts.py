@@ -375,6 +375,26 @@ async def test_purged_mutation_ids_are_merged_again_on_retry_and_change_nothing(
     assert len(await cart_entries(store)) == 2
 
 
+async def test_a_remove_that_would_expose_a_line_past_the_bound_is_refused(store):
+    await catalog(store)
+    now = now_ms()
+    big, small, adder = Device("dev-big"), Device("dev-small"), Device("dev-adder")
+    await push(store, big.set("tea", 999, wall_ms=now))
+    await push(store, small.set("tea", 1, wall_ms=now + 1000))  # concurrent: wins by clock, 999 kept
+    await push(store, adder.add("tea", 500))  # 1 + 500
+    assert (await document(store)).cart.value() == {"tea": 501}
+    # A device that saw only the winning set removes the line: that set goes, the 999 and the 500 stay.
+    remover = Device("dev-remover", small.state())
+    before = await footprint(store)
+    result = await push(store, remover.remove("tea"))
+    assert [(o.status, o.code) for o in result.outcomes] == [(PushStatus.REFUSED, "quantity_out_of_range")]
+    assert await footprint(store) == before
+    # The same cancel of the small set with the big one seen too takes the line down: accepted.
+    cleaner = Device("dev-cleaner", (await document(store)).cart)
+    assert statuses(await push(store, cleaner.remove("tea")))[0][0] is PushStatus.APPLIED
+    assert (await document(store)).cart.value() == {}
+
+
 async def test_a_mutation_id_is_one_carts_own(store):
     await catalog(store)
     phone = Device("phone-1")
