@@ -99,7 +99,7 @@ from crdt._cart_state import (
     intern_sku,
     line_view,
 )
-from crdt._compact import ReplicaTable
+from crdt._compact import RawDot, ReplicaTable
 from crdt.context import CausalContext
 from crdt.dots import Dot
 from crdt.hlc import Timestamp
@@ -331,19 +331,62 @@ class Cart:
         return joined == other._closed
 
     def sync_reply(self, known: CausalContext) -> Cart | None:
-        """What a replica whose context is ``known`` needs to catch up with this one: ``None`` when it
-        has seen every write this one has, else this state.
+        """What a replica whose context is ``known`` lacks of this one: ``None`` when it has seen every
+        write this one has, else a delta.
 
         Law (for states made by mutators and joins): ``d.merge(h.sync_reply(d.context)) == d.merge(h)``
-        (with ``None`` meaning ``d``). The whole state, not just the entries ``known`` lacks, because an
-        entry both sides hold must not be in the reply's context unless the reply holds it too (the
-        join would read it as cancelled), and a context with such holes costs more than the entries.
+        (with ``None`` meaning ``d``; tests/test_cart.py checks it on reachable carts).
+
+        The reply holds the entries whose dots ``known`` lacks, and this cart's context less the dots of
+        the entries ``known`` has seen and this cart still holds — the replica holds those too (or
+        cancelled them itself), and a dot in the reply's context that the reply does not hold would
+        cancel them. Such holes cost context: where a writer's holes would take more cloud dots than
+        its entries, the reply carries that writer's held entries instead and no hole. The checkout
+        snapshot goes along unless ``known`` has seen its every write.
         """
         live = self._live
-        mine = live.context()
-        if known.includes(mine):
+        if known.includes(live.context()):
             return None
-        return self.copy()
+        reply = CartState()
+        holes: dict[str, list[int]] = {}
+        held: dict[str, list[tuple[str, RawDot, Any]]] = {}
+        for sku, line in live.lines.items():
+            for dot, value in line.items():
+                replica, counter = dot
+                if known.contains(Dot(replica, counter)):
+                    holes.setdefault(replica, []).append(counter)
+                    held.setdefault(replica, []).append((sku, dot, value))
+                else:
+                    reply.lines.setdefault(sku, {})[dot] = value
+        cloud: list[RawDot] = [dot for dot in live.cloud if dot[0] not in holes]
+        for replica, top in live.vv.items():
+            punched = sorted(holes.get(replica, ()))
+            if not punched:
+                reply.vv[replica] = top
+                continue
+            # Dots of this writer above the first hole that are not holes: the cloud the holes cost.
+            gone = set(punched)
+            own_cloud = [dot for dot in live.cloud if dot[0] == replica and dot[1] not in gone]
+            above = [(replica, c) for c in range(punched[0] + 1, top + 1) if c not in gone]
+            if len(above) + len(own_cloud) > 2 * len(punched):
+                reply.vv[replica] = top  # no hole: the held entries go along instead
+                cloud.extend(dot for dot in live.cloud if dot[0] == replica)
+                for sku, dot, value in held[replica]:
+                    reply.lines.setdefault(sku, {})[dot] = value
+                continue
+            if punched[0] > 1:
+                reply.vv[replica] = punched[0] - 1
+            cloud.extend(above)
+            cloud.extend(own_cloud)
+        for replica in holes.keys() - live.vv.keys():  # a writer seen only through cloud dots
+            gone = set(holes[replica])
+            cloud.extend(dot for dot in live.cloud if dot[0] == replica and dot[1] not in gone)
+        for dot in sorted(cloud):
+            reply.see(dot)
+        snapshot = self._closed
+        if snapshot is not None and known.includes(snapshot.context()):
+            snapshot = None
+        return Cart(reply, snapshot.copy() if snapshot is not None else None)
 
     # -- mutators: each returns a delta and leaves this cart unchanged ------------------------------
 

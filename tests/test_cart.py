@@ -567,6 +567,38 @@ def test_merge_is_a_join_on_reachable_carts(carts: tuple[Cart, Cart, Cart]) -> N
         assert_store_invariants(cart)
 
 
+@given(reachable_carts())
+def test_a_sync_reply_brings_a_replica_exactly_what_a_whole_state_would(
+    carts: tuple[Cart, Cart, Cart],
+) -> None:
+    for hub in carts:
+        for device in carts:
+            reply = hub.sync_reply(device.context)
+            expected = device.merge(hub)
+            if reply is None:
+                assert expected == device
+                continue
+            assert device.merge(reply) == expected
+            assert device.merge(wire(reply)) == expected  # as it travels
+            assert reply.entry_count() <= hub.entry_count()
+            assert_store_invariants(reply)
+
+
+def test_a_sync_reply_leaves_out_what_the_replica_already_holds() -> None:
+    hub = Cart.new()
+    for n in range(20):
+        hub = hub.merge(hub.add("phone", f"sku-{n}"))
+    laptop = hub.copy()  # saw all twenty
+    hub = hub.merge(hub.add("phone", "sku-new"))
+    hub = hub.merge(hub.remove("phone", "sku-3"))
+    reply = hub.sync_reply(laptop.context)
+    assert reply is not None
+    assert reply.entry_count() == 1  # the new line only, not the nineteen the laptop holds
+    assert laptop.merge(reply) == laptop.merge(hub)
+    assert "sku-3" not in laptop.merge(reply).value()
+    assert hub.sync_reply(laptop.merge(reply).context) is None
+
+
 @given(reachable_carts(), st.data())
 def test_a_decoded_delta_joins_the_same_as_its_built_store(
     carts: tuple[Cart, Cart, Cart], data: st.DataObject
