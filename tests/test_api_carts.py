@@ -15,6 +15,7 @@ import pytest
 from crdt import codec
 from crdt.cart import Cart
 from crdt.hlc import Timestamp
+from crdt.wire import encode_context
 from tests.cart_helpers import Device, event_delta, now_ms
 from tests.conftest import Hub, token
 from tests.realtime_helpers import JSON, MSGPACK, eu_hub, poll, sse_stream, ws_client
@@ -649,3 +650,26 @@ async def test_a_pushing_connection_gets_its_ack_and_not_its_own_delta_back(hub)
         status, _ = await op(hub, cart_id, op="add", sku="LIP")
         assert status == 200
         assert [len(await c.events(1)) for c in (ws, other)] == [1, 1]
+
+
+async def test_a_sync_answers_only_what_the_device_lacks(hub):
+    await catalog(hub)
+    cart_id = str(uuid.uuid4())
+    laptop, phone = Device(cart_id), Device(cart_id)
+    for sku in SKUS:
+        laptop.add(sku, 2)
+    await laptop.sync_rest(hub, hub.alice)
+    await phone.sync_rest(hub, hub.alice)
+    assert phone.cart == laptop.cart
+    laptop.add("TEA")
+    laptop.remove("SOAP")
+    await laptop.sync_rest(hub, hub.alice)
+    async with ws_client(hub, MSGPACK, headers=auth(hub.alice)) as ws:
+        reply = await ws.request(
+            {"type": "sync", "cart": cart_id, "context": encode_context(phone.cart.context)}
+        )
+    delta = codec.from_msgpack(reply["delta"])
+    assert delta.entry_count() == 1  # the new TEA add: not the lines the phone holds
+    phone.receive(delta)
+    assert phone.cart == laptop.cart
+    assert "SOAP" not in phone.cart.value()  # the remove's cancellation came along
