@@ -148,8 +148,11 @@ class SqliteDatabase:
             return await loop.run_in_executor(self._executor, partial(fn, *args))
 
     def _inline(self, fn: Callable[[str, tuple[Any, ...]], T], sql: str, args: tuple[Any, ...]) -> T:
-        with _driver_errors():
+        # (_driver_errors written out: this runs for every statement.)
+        try:
             return fn(sql, args)
+        except (sqlite3.IntegrityError, sqlite3.OperationalError, OverflowError) as exc:
+            raise _store_error(exc) from exc
 
     def _fetchall(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
         assert self._conn is not None
@@ -226,28 +229,23 @@ class SqliteDatabase:
             self._committer = None
 
     async def _commit_batch(self, batch: list[_Write[Any]]) -> list[tuple[_Write[Any], bool, Any]]:
-        """One transaction for every write of ``batch``: each in a savepoint, so that a write that fails
-        undoes only itself, as its own transaction would have; one COMMIT (one fsync) for all. Returns
+        """One transaction for every write of ``batch`` — a write that fails undoes only itself, as its
+        own transaction would have (see :meth:`_run_writes`) — and one COMMIT (one fsync) for all. Returns
         (write, succeeded, result or exception) per write run, once committed; a failure of the batch
         itself is set on every write's future here, and returns nothing to answer."""
-        outcomes: list[tuple[_Write[Any], bool, Any]] = []
         try:
             if self._conn is None:
                 raise StoreUnavailable("the SQLite store is not open")
             await self._begin()
-            for write in batch:
-                if write.done.done():  # its caller gave up before it ran: it is not run
-                    continue
-                tx = SqliteTx(self)
-                try:
-                    async with tx.savepoint():
-                        result = await write.work(tx)
-                except StoreUnavailable:
-                    raise  # the database itself failed: the whole batch does
-                except Exception as exc:
-                    outcomes.append((write, False, exc))
-                else:
-                    outcomes.append((write, True, result))
+            ran = await self._run_writes(batch, careful=False)
+            if ran is None:
+                # A write failed with nothing to undo it alone: the batch is run again from the start,
+                # each write in its own savepoint this time.
+                self._inline(self._execute, "ROLLBACK", ())
+                await self._begin()
+                ran = await self._run_writes(batch, careful=True)
+            assert ran is not None
+            outcomes = ran
             if outcomes:
                 await self._call(self._execute, "COMMIT", ())
             else:
@@ -264,6 +262,35 @@ class SqliteDatabase:
                 raise
             return []
         self.commits += 1
+        return outcomes
+
+    async def _run_writes(
+        self, batch: list[_Write[Any]], *, careful: bool
+    ) -> list[tuple[_Write[Any], bool, Any]] | None:
+        """Run the writes of ``batch`` in the open transaction: (write, succeeded, result or exception)
+        for each one run. ``careful``: each in a savepoint, so that a write that fails undoes only
+        itself. Not careful (first, as writes rarely fail): no savepoint — two statements and a context
+        manager less per write — and None as soon as one fails, for the caller to start over carefully
+        (a write's work runs again from the start, as after a database's abort)."""
+        outcomes: list[tuple[_Write[Any], bool, Any]] = []
+        for write in batch:
+            if write.done.done():  # its caller gave up before it ran: it is not run
+                continue
+            tx = SqliteTx(self)
+            try:
+                if careful:
+                    async with tx.savepoint():
+                        result = await write.work(tx)
+                else:
+                    result = await write.work(tx)
+            except StoreUnavailable:
+                raise  # the database itself failed: the whole batch does
+            except Exception as exc:
+                if not careful:
+                    return None
+                outcomes.append((write, False, exc))
+            else:
+                outcomes.append((write, True, result))
         return outcomes
 
     async def _answer(self, committed: list[tuple[_Write[Any], bool, Any]]) -> None:
@@ -312,14 +339,20 @@ class SqliteDatabase:
 def _driver_errors() -> Iterator[None]:
     try:
         yield
-    except sqlite3.IntegrityError as exc:
+    except (sqlite3.IntegrityError, sqlite3.OperationalError, OverflowError) as exc:
+        raise _store_error(exc) from exc
+
+
+def _store_error(exc: Exception) -> StoreError:
+    """The store's error for a driver's: a broken constraint, a database that cannot be used, or an
+    integer beyond SQLite's 64 bits."""
+    if isinstance(exc, sqlite3.IntegrityError):
         if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
-            raise Conflict(str(exc)) from exc
-        raise StoreError(str(exc)) from exc
-    except sqlite3.OperationalError as exc:
-        raise StoreUnavailable(str(exc)) from exc
-    except OverflowError as exc:  # an integer beyond SQLite's 64 bits
-        raise StoreError(str(exc)) from exc
+            return Conflict(str(exc))
+        return StoreError(str(exc))
+    if isinstance(exc, sqlite3.OperationalError):
+        return StoreUnavailable(str(exc))
+    return StoreError(str(exc))
 
 
 def SqliteStore(path: str, *, region: str = "default") -> SqlStore:
