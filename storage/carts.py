@@ -4,8 +4,10 @@ A cart is one :class:`crdt.cart.Cart` state per cart id, owned by the user who f
 store merges every accepted delta into it in the transaction that records the delta's mutation id and
 appends the delta (never the whole state) to the outbox, so:
 
-* a push is acknowledged only once durable, and a retried ``mutation_id`` applies once (its first
-  outcome is answered again);
+* a push is acknowledged only once durable, and a retried ``mutation_id`` applies once: it is answered
+  ``duplicate`` with the version its first application produced (a refused one is not recorded, and is
+  judged again). Ids are forgotten after the hub's retention (``purge_cart_mutations``); a retry after
+  that merges again, which changes nothing (a join is idempotent);
 * two nodes merging into one cart at once serialise on the cart's row, and the merge is a join: the
   stored state is the join of every accepted delta, whatever the order;
 * a refused delta (:class:`Refusal`) changes nothing — not the cart's state, its version, the outbox,

@@ -10,7 +10,7 @@
 Only the owner's tokens push, sync, edit and check out; the owner's, service and admin tokens read. A
 cart is created by its owner's first sync, push or edit (devices name carts with their own UUIDs); a
 cart that is another user's answers ``cart_not_found``, as a missing one does. Every push is merged and
-made durable before it is acknowledged; a retried ``mutation_id`` applies once.
+made durable before it is acknowledged; a retried ``mutation_id`` applies once (storage/carts.py).
 """
 
 from __future__ import annotations
