@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sync.broker import Broker, Position, PositionExpired, Publication
-from sync.channels import Channel, ChannelError, inventory_stream, user_streams
+from sync.channels import INVENTORY, Channel, ChannelError, inventory_stream, user_streams
 from sync.events import Event
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,9 @@ HISTORY_PAGE = 1000
 # their encoded frames instead of encoding the same replay once each: at 10,000 clients reconnecting
 # together, that encoding was a tenth of the hub's CPU.
 RECENT_EVENTS = 4096
+# A user stream's events have one or two subscribers each (a user's devices): a replay seldom reuses
+# another's, and each kept Event is a few objects the cycle collector scans at every full collection.
+RECENT_PRIVATE_EVENTS = 64
 
 
 class Sink(Protocol):
@@ -316,7 +319,7 @@ class SyncEngine:
                     feed.lost(reason, position)
         recent = self._recent.setdefault(stream, {})
         recent[position] = event
-        if len(recent) > RECENT_EVENTS:
+        if len(recent) > (RECENT_EVENTS if event.kind is INVENTORY else RECENT_PRIVATE_EVENTS):
             del recent[next(iter(recent))]
         if self._on_event is not None:
             self._on_event(event)
