@@ -647,6 +647,7 @@ def main(argv: list[str]) -> int:
     for extra in (
         crossnode.plot(results.crossnode, stem) if results.crossnode is not None else None,
         idle.plot(results.idle, stem),
+        sync.plot(results.sync, stem),
     ):
         if extra is not None:
             pictures.append(extra)

@@ -843,6 +843,46 @@ async def run(args: argparse.Namespace, progress: Any) -> SyncRun:
     return SyncRun(meta, await run_all(args, progress))
 
 
+def plot(run: SyncRun | None, stem: Path) -> Path | None:
+    """Two panels per configuration against the rate asked: acked edits per server CPU-second, and
+    device→device p99 (log scale). None when nothing was measured or matplotlib is not installed."""
+    measured = [config for config in (run.configs if run is not None else []) if config.steps]
+    if not measured:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (per_cpu, p99) = plt.subplots(1, 2, figsize=(12, 5))
+    for config in measured:
+        rates = [step.rate for step in config.steps]
+        per_cpu.plot(rates, [s.acked_per_server_cpu_s for s in config.steps], marker="o", label=config.name)
+        p99.plot(rates, [s.delivery_p99_ms for s in config.steps], marker="o", label=config.name)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    rates = sorted({step.rate for config in measured for step in config.steps})
+    p99.set_yscale("log")
+    p99.yaxis.set_major_formatter(ScalarFormatter())
+    for ax, title, unit in (
+        (per_cpu, "Acked edits per server CPU-second", "acked / CPU s"),
+        (p99, "Device→device p99", "ms"),
+    ):
+        ax.set_xscale("log")
+        ax.set_xticks(rates, [f"{rate:,}" for rate in rates])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("edits per second asked")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.legend(fontsize="small")
+    path = stem.with_name(stem.name + "-sync.png")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def failures(run: SyncRun | None) -> list[str]:
     """What fails a run: a synchub configuration that failed, or whose first step did not ack and
     deliver every edit. (Hocuspocus failing is reported, not failed; the targets are reported.)"""
@@ -956,8 +996,9 @@ def main(argv: Sequence[str]) -> int:
     stem = args.out / f"sync-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}"
     stem.with_suffix(".md").write_text(table)
     stem.with_suffix(".json").write_text(json.dumps(as_dict(result), indent=1))
+    picture = plot(result, stem)
     print(table)
-    print(f"results: {stem}.json, {stem}.md")
+    print(f"results: {stem}.json, {stem}.md" + (f", {picture.name}" if picture is not None else ""))
     found = failures(result)
     for failure in found:
         print(f"FAILED: {failure}", file=sys.stderr)
