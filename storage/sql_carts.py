@@ -56,6 +56,8 @@ class _Core(Protocol):
     async def append_event(
         self, tx: Tx, stream: str, key: str, version: int, payload: dict[str, Any], ts: int
     ) -> None: ...
+    async def _append(self, tx: Tx, stream: str, key: str, version: int, payload: bytes, ts: int) -> None: ...
+    def _appended(self, seq: int, stream: str, key: str, version: int, payload: bytes) -> None: ...
     async def user_event(
         self, tx: Tx, sub: str, payload: dict[str, Any], ts: int, *, region: str | None = None
     ) -> None: ...
@@ -78,6 +80,13 @@ def _now_us() -> int:
 _LOCKED_SELECT = {
     "sqlite": f"SELECT {_CART_COLUMNS} FROM carts WHERE id = $1",
     "postgres": f"SELECT {_CART_COLUMNS} FROM carts WHERE id = $1 FOR UPDATE",
+}
+# The same, with the version a mutation id ($2) produced if it was applied before: a push's first
+# question answered in the statement that locks the cart.
+_SEEN = "(SELECT version FROM cart_mutations WHERE cart_id = $1 AND mutation_id = $2) AS seen"
+_LOCKED_SELECT_SEEN = {
+    "sqlite": f"SELECT {_CART_COLUMNS}, {_SEEN} FROM carts WHERE id = $1",
+    "postgres": f"SELECT {_CART_COLUMNS}, {_SEEN} FROM carts WHERE id = $1 FOR UPDATE",
 }
 
 
@@ -145,8 +154,15 @@ class CartSql:
     async def _locked_cart(self: _Core, tx: Tx, cart_id: str, owner: str, ts: int) -> CartDocument:
         """The cart, created for ``owner`` if new, with its row locked for this transaction: PostgreSQL
         locks the row read ``FOR UPDATE``; SQLite's write transaction holds the whole database."""
-        select = _LOCKED_SELECT[self.db.dialect]
-        row = await tx.fetchrow(select, cart_id)
+        return (await CartSql._locked_cart_row(self, tx, cart_id, owner, ts, None))[0]
+
+    async def _locked_cart_row(
+        self: _Core, tx: Tx, cart_id: str, owner: str, ts: int, mutation_id: str | None
+    ) -> tuple[CartDocument, int | None]:
+        """:meth:`_locked_cart`, and the version ``mutation_id`` produced if it was applied before."""
+        args: tuple[str, ...] = (cart_id,) if mutation_id is None else (cart_id, mutation_id)
+        select = (_LOCKED_SELECT if mutation_id is None else _LOCKED_SELECT_SEEN)[self.db.dialect]
+        row = await tx.fetchrow(select, *args)
         if row is None:
             await tx.execute(
                 f"INSERT INTO carts ({_CART_COLUMNS}) VALUES ($1, $2, $3, $4, 0, NULL, NULL, $5, $5)"
@@ -157,11 +173,12 @@ class CartSql:
                 b"",
                 ts,
             )
-            row = await tx.fetchrow(select, cart_id)
+            row = await tx.fetchrow(select, *args)
             assert row is not None
         if row["owner"] != owner:
             raise NotFound("no such cart", resource="cart")
-        return _document(row, self.decoded_carts)
+        seen = row["seen"] if mutation_id is not None else None
+        return _document(row, self.decoded_carts), seen
 
     async def open_cart(self: _Core, cart_id: str, owner: str) -> CartDocument:
         """The cart, created empty for ``owner`` if it does not exist; NotFound if it is another's."""
@@ -176,18 +193,27 @@ class CartSql:
     ) -> PushResult:
         async def work(tx: Tx) -> PushResult:
             ts = _now_us()
-            document = await CartSql._locked_cart(self, tx, cart_id, owner, ts)
+            first = pushes[0].mutation_id if pushes else None
+            document, seen_first = await CartSql._locked_cart_row(self, tx, cart_id, owner, ts, first)
             cart, version = document.cart, document.version
             outcomes: list[PushOutcome] = []
             changed = False
-            for push in pushes:
-                seen = await tx.fetchrow(
-                    "SELECT version FROM cart_mutations WHERE cart_id = $1 AND mutation_id = $2",
-                    cart_id,
-                    push.mutation_id,
-                )
+            applied: dict[str, int] = {}  # mutation id → version, for the writes after the loop
+            events: list[tuple[int, bytes]] = []  # (version, payload) of the cart's outbox entries
+            for index, push in enumerate(pushes):
+                if push.mutation_id in applied:
+                    seen: int | None = applied[push.mutation_id]
+                elif index == 0:
+                    seen = seen_first
+                else:
+                    row = await tx.fetchrow(
+                        "SELECT version FROM cart_mutations WHERE cart_id = $1 AND mutation_id = $2",
+                        cart_id,
+                        push.mutation_id,
+                    )
+                    seen = None if row is None else row["version"]
                 if seen is not None:
-                    outcomes.append(PushOutcome(push.mutation_id, PushStatus.DUPLICATE, seen["version"]))
+                    outcomes.append(PushOutcome(push.mutation_id, PushStatus.DUPLICATE, seen))
                     continue
                 try:
                     delta = push.delta if isinstance(push.delta, Cart) else push.delta(cart)
@@ -213,19 +239,15 @@ class CartSql:
                     }
                     if push.origin is not None:
                         event["origin"] = push.origin
-                    stream = user_stream(document.region, owner)
-                    await self.append_event(tx, stream, f"cart:{cart_id}", version, event, ts)
-                await tx.execute(
-                    "INSERT INTO cart_mutations (cart_id, mutation_id, version, created_at)"
-                    " VALUES ($1, $2, $3, $4)",
-                    cart_id,
-                    push.mutation_id,
-                    version,
-                    ts,
-                )
+                    events.append((version, orjson.dumps(event)))
+                applied[push.mutation_id] = version
                 outcomes.append(PushOutcome(push.mutation_id, PushStatus.APPLIED, version))
+            if applied:
+                stream = user_stream(document.region, owner)
+                await CartSql._write_pushes(
+                    self, tx, cart_id, stream, cart if changed else None, version, ts, events, applied
+                )
             if changed:
-                await _save(tx, cart_id, cart, version, ts)
                 self.decoded_carts.put(cart_id, version, ts, cart)
             updated = replace(
                 document, cart=cart, version=version, updated_at=ts if changed else document.updated_at
@@ -233,6 +255,65 @@ class CartSql:
             return PushResult(updated, outcomes)
 
         return await self._write(work)
+
+    async def _write_pushes(
+        self: _Core,
+        tx: Tx,
+        cart_id: str,
+        stream: str,
+        cart: Cart | None,
+        version: int,
+        ts: int,
+        events: list[tuple[int, bytes]],
+        applied: dict[str, int],
+    ) -> None:
+        """The writes of a push batch: its outbox entries (in version order), its mutation ids, and the
+        cart's new state (``cart``; None: unchanged). On PostgreSQL one statement — a round trip each
+        was most of a push's cost there; SQLite runs its statements in process."""
+        key = f"cart:{cart_id}"
+        if self.db.dialect != "postgres":
+            for event_version, payload in events:
+                await self._append(tx, stream, key, event_version, payload, ts)
+            for mutation_id, mutation_version in applied.items():
+                await tx.execute(
+                    "INSERT INTO cart_mutations (cart_id, mutation_id, version, created_at)"
+                    " VALUES ($1, $2, $3, $4)",
+                    cart_id,
+                    mutation_id,
+                    mutation_version,
+                    ts,
+                )
+            if cart is not None:
+                await _save(tx, cart_id, cart, version, ts)
+            return
+        rows = await tx.fetch(
+            "WITH o AS ("
+            " INSERT INTO outbox (product_id, warehouse_id, payload, created_at, stream, dedupe_key, version)"
+            " SELECT '', '', e.payload, $1, $2, $3, e.version"
+            " FROM unnest($4::TEXT[], $5::BIGINT[]) WITH ORDINALITY AS e(payload, version, n) ORDER BY e.n"
+            " RETURNING seq, version),"
+            " m AS (INSERT INTO cart_mutations (cart_id, mutation_id, version, created_at)"
+            " SELECT $6, x.mutation_id, x.version, $1"
+            " FROM unnest($7::TEXT[], $8::BIGINT[]) AS x(mutation_id, version)),"
+            " u AS (UPDATE carts SET state = $9, context = $10, version = $11, updated_at = $1"
+            " WHERE id = $6 AND $12::BOOLEAN)"
+            " SELECT seq, version FROM o ORDER BY seq",
+            ts,
+            stream,
+            key,
+            [payload.decode() for _, payload in events],
+            [event_version for event_version, _ in events],
+            cart_id,
+            list(applied),
+            list(applied.values()),
+            codec.to_msgpack(cart) if cart is not None else b"",
+            context_json(cart.context) if cart is not None else "",
+            version,
+            cart is not None,
+        )
+        payloads = dict(events)
+        for row in rows:
+            self._appended(row["seq"], stream, key, row["version"], payloads[row["version"]])
 
     async def purge_cart_mutations(self: _Core, older_than_us: int) -> int:
         """Forget the mutation ids applied before ``older_than_us``; return how many. A push retried

@@ -40,9 +40,13 @@ class OutboxSql(SqlCore):
             version,
         )
         assert appended is not None
+        self._appended(appended["seq"], stream, key, version, payload)
+
+    def _appended(self, seq: int, stream: str, key: str, version: int, payload: bytes) -> None:
+        """Tell this transaction's writer of an entry appended (it is announced once committed)."""
         entries = _APPENDED.get()
         if entries is not None:
-            entries.append(OutboxEntry(appended["seq"], stream, key, version, payload))
+            entries.append(OutboxEntry(seq, stream, key, version, payload))
 
     async def append_event(
         self, tx: Tx, stream: str, key: str, version: int, payload: dict[str, Any], ts: int
