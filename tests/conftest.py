@@ -289,3 +289,20 @@ def stock_delta(entry: OutboxEntry) -> InventoryDelta:
     """The stock change an inventory outbox entry carries (its payload is the delta's JSON)."""
     assert is_stock_entry(entry), f"not a stock change: {entry.stream}"
     return InventoryDelta(**json.loads(entry.payload))
+
+
+async def wait_for_lock_waiters(url: str, count: int) -> None:
+    """Until ``count`` transactions of the PostgreSQL database at ``url`` wait for a lock (5 s at most)."""
+    conn = await asyncpg.connect(url)
+    try:
+        for _ in range(500):
+            waiting = await conn.fetchval(
+                "SELECT COUNT(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if waiting >= count:
+                return
+            await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+    raise AssertionError(f"expected {count} transactions waiting for a lock")

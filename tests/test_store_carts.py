@@ -37,7 +37,7 @@ from storage.factory import open_store
 from storage.models import OutboxEntry, ReservationLineRequest
 from storage.sql import SqlStore
 from storage.streams import user_stream
-from tests.conftest import seed
+from tests.conftest import seed, wait_for_lock_waiters
 
 CART = "cart-1"
 RULES = CartRules()
@@ -188,22 +188,6 @@ async def document(store: SqlStore, cart_id: str = CART) -> CartDocument:
     found = await store.get_cart(cart_id)
     assert found is not None, f"no cart {cart_id}"
     return found
-
-
-async def _wait_for_lock_waiters(url: str, count: int) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for _ in range(500):
-            waiting = await conn.fetchval(
-                "SELECT COUNT(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if waiting >= count:
-                return
-            await asyncio.sleep(0.01)
-    finally:
-        await conn.close()
-    raise AssertionError(f"expected {count} transactions waiting for a lock")
 
 
 # -- merging and persisting ---------------------------------------------------------------------
@@ -616,7 +600,7 @@ async def test_a_refused_push_leaves_none_of_its_replicas_bound(store, database_
                 "INSERT INTO replicas (replica_id, owner, created_at) VALUES ('dev-b', 'bob', 0)"
             )
             pushing = asyncio.create_task(push(store, ("both", both)))
-            await _wait_for_lock_waiters(database_url, 1)
+            await wait_for_lock_waiters(database_url, 1)
             await holding.commit()
             result = await pushing
         finally:

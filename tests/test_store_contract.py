@@ -45,7 +45,7 @@ from storage.models import (
     Warehouse,
 )
 from storage.sql import SqlStore
-from tests.conftest import is_stock_entry, seed, stock_delta
+from tests.conftest import is_stock_entry, seed, stock_delta, wait_for_lock_waiters
 
 SORTS = ["newest", "oldest", "name", "-name", "price", "-price"]
 SORT_KEYS: dict[str, tuple[str, bool]] = {
@@ -374,22 +374,6 @@ async def _pending_reservations_of_missing_products(store: SqlStore) -> int:
     )
 
 
-async def _wait_for_lock_waiters(url: str, count: int) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for _ in range(500):
-            waiting = await conn.fetchval(
-                "SELECT COUNT(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if waiting >= count:
-                return
-            await asyncio.sleep(0.01)
-    finally:
-        await conn.close()
-    raise AssertionError(f"expected {count} transactions waiting for a lock")
-
-
 async def test_a_delete_racing_a_reservation_never_leaves_a_pending_reservation_on_a_deleted_product(
     store, database_url
 ):
@@ -408,9 +392,9 @@ async def test_a_delete_racing_a_reservation_never_leaves_a_pending_reservation_
             await holding.start()
             await blocker.execute("SELECT 1 FROM stock WHERE product_id = $1 FOR UPDATE", product_id)
             reserving = asyncio.create_task(reserve(store, line(product_id, 1)))
-            await _wait_for_lock_waiters(database_url, 1)
+            await wait_for_lock_waiters(database_url, 1)
             deleting = asyncio.create_task(store.delete_product(product_id))
-            await _wait_for_lock_waiters(database_url, 2)
+            await wait_for_lock_waiters(database_url, 2)
             await holding.rollback()
             deleted, reserved = await asyncio.gather(deleting, reserving, return_exceptions=True)
         finally:
