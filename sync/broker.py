@@ -35,7 +35,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,12 +56,26 @@ class Publication:
     data: bytes  # the encoded event, as published
 
 
+# What publish_many takes: (stream, data, dedupe) as publish's arguments.
+PublishItem = tuple[str, bytes, tuple[str, int] | None]
+
+
 class BrokerError(Exception):
     """Base of broker failures."""
 
 
 class BrokerUnavailable(BrokerError):
     """The broker could not be reached (or did not answer in time); the operation may be retried."""
+
+
+class PublishIncomplete(BrokerError):
+    """:meth:`Broker.publish_many` stopped at a failure (``cause``, also its ``__cause__``): the positions
+    of the leading items known appended are ``published``."""
+
+    def __init__(self, published: list[Position | None], cause: BaseException) -> None:
+        super().__init__(f"published {len(published)} before failing: {cause}")
+        self.published = published
+        self.cause = cause
 
 
 class PositionExpired(BrokerError):
@@ -85,6 +99,14 @@ class Broker(Protocol):
     ) -> Position | None:
         """Append ``data``; return its position, or None if ``dedupe`` showed it was already appended
         (a version <= 0 always counts as appended)."""
+        ...
+
+    async def publish_many(self, items: Sequence[PublishItem]) -> list[Position | None]:
+        """:meth:`publish` each ``(stream, data, dedupe)`` in order, as many calls one after another
+        would — the same positions, the same dedupe, within the batch too — in one exchange with the
+        broker where it can. A failure raises :class:`PublishIncomplete`: its ``published`` items are
+        known appended, and of the rest any prefix may have been; publish them again (dedupe keeps each
+        appended once)."""
         ...
 
     async def history(self, stream: str, since: Position, limit: int = 10_000) -> list[Publication]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from sync.broker import Handler, Position, PositionExpired, Publication
+from sync.broker import Handler, Position, PositionExpired, Publication, PublishIncomplete, PublishItem
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,15 @@ class MemoryBroker:
             except Exception:
                 log.exception("a subscriber of %s failed", stream)
         return publication.position
+
+    async def publish_many(self, items: Sequence[PublishItem]) -> list[Position | None]:
+        published: list[Position | None] = []
+        for stream, data, dedupe in items:
+            try:
+                published.append(await self.publish(stream, data, dedupe=dedupe))
+            except Exception as exc:
+                raise PublishIncomplete(published, exc) from exc
+        return published
 
     async def top(self, stream: str) -> Position:
         return Position(self.epoch, self._stream(stream).offset)

@@ -28,9 +28,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from sync.broker import Broker
+from sync.broker import Broker, PublishIncomplete
 
 log = logging.getLogger(__name__)
+
+_PUBLISH_BATCH = 100  # outbox entries a sweep publishes in one exchange with the broker
 
 
 class OutboxItem(Protocol):
@@ -128,12 +130,21 @@ class OutboxRelay:
             skip.add(self._publishing)
         moved = 0
         try:
-            for entry in entries:
-                if entry.seq in skip:
-                    continue
-                await self._publish(entry)
-                self._published.add(entry.seq)
-                moved += 1
+            pending = [entry for entry in entries if entry.seq not in skip]
+            for start in range(0, len(pending), _PUBLISH_BATCH):
+                # One exchange with the broker per batch, in outbox order (Broker.publish_many); a batch
+                # that fails is published again by a later sweep, and dedupe appends each entry once.
+                chunk = pending[start : start + _PUBLISH_BATCH]
+                try:
+                    await self._broker.publish_many(
+                        [(entry.stream, entry.payload, (entry.key, entry.version)) for entry in chunk]
+                    )
+                except PublishIncomplete as exc:
+                    # What is known to have reached the broker is acknowledged below all the same.
+                    self._published.update(entry.seq for entry in chunk[: len(exc.published)])
+                    raise exc.cause from exc
+                self._published.update(entry.seq for entry in chunk)
+                moved += len(chunk)
             if len(entries) < self._batch_size and self._times_left == times_left:
                 # Everything left to the sweep was in the outbox this one read, and is published:
                 # handing over can resume without overtaking an older entry.

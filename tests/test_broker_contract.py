@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import pytest
 
-from sync.broker import Broker, Position, PositionExpired, Publication
+from sync.broker import Broker, BrokerUnavailable, Position, PositionExpired, Publication, PublishIncomplete
 from sync.broker_memory import MemoryBroker
 from sync.broker_redis import RedisBroker
 from tests.conftest import delete_redis_keys, fresh_redis_prefix, redis_url
@@ -260,3 +261,52 @@ async def test_a_restarted_memory_broker_is_a_new_epoch() -> None:
     after = await MemoryBroker().publish("s", b"x")
     assert before is not None and after is not None
     assert before.epoch != after.epoch
+
+
+async def test_publish_many_is_publish_one_after_another_in_one_exchange(broker: Broker) -> None:
+    inbox = Inbox()
+    unsubscribe = broker.subscribe("s", inbox)
+    before = await broker.publish("s", b"v1", dedupe=("k", 1))
+    assert before is not None
+    positions = await broker.publish_many(
+        [
+            ("s", b"v1 again", ("k", 1)),  # appended before the batch: dropped
+            ("s", b"v2", ("k", 2)),
+            ("s", b"v2 again", ("k", 2)),  # appended earlier in the batch: dropped
+            ("t", b"other stream", ("k", 2)),  # another stream's dedupe is its own
+            ("s", b"plain", None),
+            ("s", b"v3", ("k", 3)),
+        ]
+    )
+    assert positions[0] is None and positions[2] is None
+    assert [p.offset if p is not None else None for p in positions] == [
+        None,
+        before.offset + 1,
+        None,
+        1,
+        before.offset + 2,
+        before.offset + 3,
+    ]
+    assert await broker.publish_many([]) == []
+    await inbox.wait_for(4)
+    await inbox.settle()
+    unsubscribe()
+    assert inbox.data == [b"v1", b"v2", b"plain", b"v3"]
+    assert [p.data for p in await broker.history("s", before)] == [b"v2", b"plain", b"v3"]
+
+
+async def test_publish_many_that_fails_says_which_leading_items_were_appended() -> None:
+    class Refusing(MemoryBroker):
+        async def publish(self, stream: str, data: bytes, *, dedupe: tuple[str, int] | None = None) -> Any:
+            if data == b"bad":
+                raise BrokerUnavailable("refused")
+            return await super().publish(stream, data, dedupe=dedupe)
+
+    broker = Refusing()
+    with pytest.raises(PublishIncomplete) as failed:
+        await broker.publish_many(
+            [("s", b"a", None), ("s", b"b", None), ("s", b"bad", None), ("s", b"c", None)]
+        )
+    assert [p.offset for p in failed.value.published if p is not None] == [1, 2]
+    assert isinstance(failed.value.cause, BrokerUnavailable)
+    assert (await broker.top("s")).offset == 2  # nothing after the failure was appended

@@ -21,7 +21,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from sync.broker import BrokerError, Position, PositionExpired, Publication
+from sync.broker import BrokerError, Position, PositionExpired, Publication, PublishIncomplete
 from sync.broker_redis import BrokerUnavailable, RedisBroker
 from tests.conftest import delete_redis_keys, fresh_redis_prefix, redis_url
 from tests.test_broker_contract import Inbox, redis_broker
@@ -238,6 +238,10 @@ async def test_publishing_to_an_unreachable_redis_fails_promptly() -> None:
             await broker.publish("s", b"x")
         with within(2.0), pytest.raises(BrokerUnavailable):
             await broker.history("s", Position("e", 0))
+        with within(2.0), pytest.raises(PublishIncomplete) as failed:
+            await broker.publish_many([("s", b"x", None), ("s", b"y", ("k", 1))])
+        # Nothing is known to have been appended; the cause says why.
+        assert failed.value.published == [] and isinstance(failed.value.cause, BrokerUnavailable)
     finally:
         await broker.stop()
 
