@@ -142,7 +142,7 @@ class OutboxRelay:
                 except PublishIncomplete as exc:
                     # What is known to have reached the broker is acknowledged below all the same.
                     self._published.update(entry.seq for entry in chunk[: len(exc.published)])
-                    raise exc.cause from exc
+                    raise exc.cause from None  # the failure itself, as a lone publish raised it
                 self._published.update(entry.seq for entry in chunk)
                 moved += len(chunk)
             if len(entries) < self._batch_size and self._times_left == times_left:
