@@ -570,7 +570,17 @@ def _shares(items: list[Any], parts: int) -> list[list[Any]]:
 async def _steps(
     config: Config, clients: list[_Client], pids: list[int], args: argparse.Namespace, progress: Any
 ) -> None:
-    """The stepped rates, each client process with its share, until one saturates."""
+    """The stepped rates, each client process with its share, until one saturates — after a warm-up
+    at the first rate that is not measured (a server's connection pools fill, statements get prepared,
+    caches warm: on two nodes with PostgreSQL the first seconds' acks waited up to 0.5 s for that)."""
+    if args.sync_warmup_seconds > 0:
+        progress(f"{config.name}: warm-up, {args.sync_warmup_seconds:g} s at {args.sync_rates[0]:,} edits/s")
+        share = args.sync_rates[0] / len(clients)
+        cmd = {"cmd": "step", "seconds": args.sync_warmup_seconds, "drain": args.sync_drain_seconds}
+        limit = args.sync_warmup_seconds + args.sync_drain_seconds + 30
+        await asyncio.gather(
+            *(c.call({**cmd, "rate": share, "seed": -1 - n}, limit) for n, c in enumerate(clients))
+        )
     for index, rate in enumerate(args.sync_rates):
         progress(f"{config.name}: step {index + 1}/{len(args.sync_rates)}, {rate:,} edits/s")
         share = rate / len(clients)
@@ -912,6 +922,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sync-rates", help="total edits per second (250,500,1000,2000,5000; quick: 100,200)")
     group.add_argument("--sync-step-seconds", type=float, help="seconds of edits per step (4; quick: 1)")
     group.add_argument("--sync-client-procs", type=int, default=1, help="load-client processes")
+    group.add_argument(
+        "--sync-warmup-seconds", type=float, help="an unmeasured step at the first rate first (2; quick: 0)"
+    )
 
 
 def finish_arguments(
@@ -928,6 +941,8 @@ def finish_arguments(
     rates = args.sync_rates
     args.sync_rates = [int(r) for r in rates.split(",")] if rates else list(QUICK_RATES if quick else RATES)
     args.sync_step_seconds = args.sync_step_seconds or (1.0 if quick else 4.0)
+    warmup = getattr(args, "sync_warmup_seconds", None)
+    args.sync_warmup_seconds = (0.0 if quick else 2.0) if warmup is None else warmup
     args.sync_drain_seconds = getattr(args, "sync_drain_seconds", None) or (5.0 if quick else 10.0)
     args.sync_skus = getattr(args, "sync_skus", 20)
     args.sync_json = getattr(args, "sync_json", False)
@@ -951,6 +966,12 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--rates", dest="sync_rates", help="total edits per second (250,500,1000,2000,5000)")
     parser.add_argument(
         "--step-seconds", dest="sync_step_seconds", type=float, help="seconds of edits per step (4; quick: 1)"
+    )
+    parser.add_argument(
+        "--warmup-seconds",
+        dest="sync_warmup_seconds",
+        type=float,
+        help="an unmeasured step at the first rate before the measured ones (2; quick: 0)",
     )
     parser.add_argument(
         "--drain-seconds",
