@@ -269,10 +269,6 @@ class Cart:
     def _stores(self) -> tuple[CartState, ...]:
         return (self._live,) if self._closed is None else (self._live, self._closed)
 
-    def is_empty(self) -> bool:
-        """No entry and an empty context: the bottom of the lattice (a new cart)."""
-        return all(not store.lines and not store.vv and not store.cloud for store in self._stores())
-
     def entry_count(self) -> int:
         """How many entries (adds and sets) this state holds, live and snapshot."""
         return sum(len(line) for store in self._stores() for line in store.lines.values())

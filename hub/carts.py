@@ -24,10 +24,12 @@ from hub.auth import Principal
 from hub.channel_access import may_read_any
 from hub.responses import iso
 from storage.base import Store
-from storage.carts import CartDocument, CartPush, PushOutcome, PushStatus, Refusal
+from storage.carts import CartDocument, CartPush, CartRules, PushOutcome, PushStatus, Refusal
 from storage.errors import NotFound
 
 MUTATION_ID = re.compile(r"[\x21-\x7e]{1,128}")
+# The rules every push is held to, on every route and transport (storage/carts.py says what they are).
+RULES = CartRules()
 MAX_PUSHES = 100
 MAX_DELTA_BYTES = 64 * 1024
 _CODEC_VERSIONS = frozenset({1})

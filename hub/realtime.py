@@ -14,7 +14,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -70,13 +70,20 @@ def channel_snapshot_url(channel: Channel) -> str | None:
     return None
 
 
-def resync_message(channel: Channel, reason: str, current: Position | None) -> dict[str, Any]:
+def first_snapshot_url(channels: Sequence[Channel]) -> str | None:
+    """The snapshot of a feed of several channels: the first of them that has one."""
+    return next(filter(None, (channel_snapshot_url(c) for c in channels)), None)
+
+
+def resync_message(channels: Sequence[Channel], reason: str, current: Position | None) -> dict[str, Any]:
+    """A resync for one channel (WebSocket: one per subscription) or a feed's channels (SSE: their
+    names comma-separated)."""
     return {
         "type": "resync",
-        "channel": channel.name,
+        "channel": ",".join(c.name for c in channels),
         "reason": reason,
         "position": format_position(current) if current else None,
-        "snapshot": channel_snapshot_url(channel),
+        "snapshot": first_snapshot_url(channels),
     }
 
 

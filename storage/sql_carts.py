@@ -466,10 +466,6 @@ async def _checked_merge(tx: Tx, cart: Cart, delta: Cart, owner: str, rules: Car
         raise Refusal("foreign_replica", f"replica ids starting with '~' are the hub's ({hubs[0][:40]!r})")
     unbound: list[str] = []
     for replica in sorted(writers - heard):
-        if replica.startswith("~"):
-            raise Refusal(
-                "foreign_replica", f"replica ids starting with '~' are the hub's ({replica[:40]!r})"
-            )
         bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
         if bound is None:
             unbound.append(replica)

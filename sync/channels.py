@@ -102,11 +102,7 @@ class Channel:
     route: str | None = field(init=False, repr=False, compare=False)  # the engine's index of the feed
 
     def __post_init__(self) -> None:
-        if self.kind is INVENTORY:
-            name = f"inventory:{self.region}" if self.key is None else f"inventory:{self.region}:{self.key}"
-        else:
-            name = f"{self.kind.name}:{self.key}"
-        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "name", channel_name(self.kind, self.region, self.key))
         object.__setattr__(self, "route", None if self.key is None else route_key(self.kind, self.key))
 
     @property
@@ -129,6 +125,18 @@ class ChannelName:
     kind: ChannelKind
     key: str | None
     region: str | None  # inventory channels name theirs; the others are served in the node's region
+
+    @property
+    def name(self) -> str:
+        """The name as the hub writes it (a product or cart UUID in its canonical form)."""
+        return channel_name(self.kind, self.region, self.key)
+
+
+def channel_name(kind: ChannelKind, region: str | None, key: str | None) -> str:
+    """A channel's name: ``inventory:{region}[:{product}]``, ``cart:{id}``, ``user:{sub}``."""
+    if kind is INVENTORY:
+        return f"inventory:{region}" if key is None else f"inventory:{region}:{key}"
+    return f"{kind.name}:{key}"
 
 
 def route_key(kind: ChannelKind, key: str) -> str:
@@ -159,6 +167,7 @@ __all__ = [
     "ChannelKind",
     "ChannelName",
     "cart_channel",
+    "channel_name",
     "event_route",
     "inventory_channel",
     "inventory_stream",

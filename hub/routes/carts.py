@@ -23,6 +23,7 @@ from aiohttp import web
 from crdt.wire import encode_context
 from hub.auth import require
 from hub.carts import (
+    RULES,
     CartInputError,
     device_op,
     encode_delta,
@@ -39,10 +40,9 @@ from hub.keys import METRICS, SETTINGS, STORE
 from hub.responses import json_response, not_modified, version_etag
 from hub.routes.reservations import USER_ROLES, idempotency_key, request_hash, with_iso_times
 from hub.validation import Field, choice, integer, path_uuid, read_json, string, validate
-from storage.carts import CartPush, CartRules, CheckoutOutcome, PushStatus
+from storage.carts import CartPush, CheckoutOutcome, PushStatus
 
 routes = web.RouteTableDef()
-RULES = CartRules()
 
 _SYNC_FIELDS = {"context": Field(lambda v: v), "pushes": Field(lambda v: v)}
 _OP_FIELDS = {

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from hub.errors import ApiError
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS
-from hub.realtime import channel_snapshot_url, realtime_principal
+from hub.realtime import first_snapshot_url, realtime_principal
 from hub.responses import dumps
 from hub.transports.sse import parse_channels, parse_since
 from hub.validation import query_int
@@ -71,7 +71,7 @@ async def poll(request: web.Request) -> web.StreamResponse:
             "the cursor is older than the stream's retention or from another epoch:"
             " start again from the snapshot",
             position=format_position(exc.current) if exc.current else None,
-            snapshot=_snapshot(channels),
+            snapshot=first_snapshot_url(channels),
         ) from exc
     connections = request.app[CONNECTIONS]
     connections.add(collector, _waker(collector))
@@ -96,7 +96,7 @@ async def poll(request: web.Request) -> web.StreamResponse:
             f"{lost}: start again from the snapshot",
             reason=collector.resync_reason,
             position=format_position(feed.position) if feed.position else None,
-            snapshot=_snapshot(channels),
+            snapshot=first_snapshot_url(channels),
         )
     # The cursor covers every publication the feed saw, including the ones no channel matched, unless
     # the reply was full: then it stops at the last event in the reply and the next poll goes on from there.
@@ -109,11 +109,6 @@ async def poll(request: web.Request) -> web.StreamResponse:
     metrics.messages_sent.labels("poll").inc(len(collector.events))
     metrics.bytes_sent.labels("poll").inc(len(payload))
     return web.Response(body=payload, content_type="application/json")
-
-
-def _snapshot(channels: list[Channel]) -> str | None:
-    """Where to read the state after a resync: the first of the channels that has a snapshot."""
-    return next(filter(None, (channel_snapshot_url(c) for c in channels)), None)
 
 
 def _waker(collector: PollCollector):  # type: ignore[no-untyped-def]

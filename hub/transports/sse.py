@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import Any
 
 import orjson
 from aiohttp import HttpVersion11, web
@@ -23,7 +21,6 @@ from hub.errors import ApiError, BadRequest, Forbidden, NotFoundError, Unauthent
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
 from hub.realtime import (
     ConnectionState,
-    channel_snapshot_url,
     realtime_principal,
     resync_message,
     seconds_until_expiry,
@@ -68,15 +65,6 @@ def channel_problem(exc: ChannelError) -> ApiError:
     if exc.code == "cart_not_found":
         return NotFoundError(exc.message, code=exc.code)
     return BadRequest(exc.message, code=exc.code)
-
-
-def feed_resync_message(channels: Sequence[Channel], reason: str, current: Position | None) -> dict[str, Any]:
-    """One resync for a stream or poll of several channels: all their names, and the first snapshot
-    one of them has (a user channel has none)."""
-    message = resync_message(channels[0], reason, current)
-    message["channel"] = ",".join(c.name for c in channels)
-    message["snapshot"] = next(filter(None, (channel_snapshot_url(c) for c in channels)), None)
-    return message
 
 
 def parse_since(text: str | None) -> Position | None:
@@ -179,7 +167,7 @@ class SseConnection(TurnQueue, asyncio.Protocol):
 
     def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("sse", reason).inc()
-        self._queue(self.framed(_sse("resync", feed_resync_message(channels, reason, current))), None)
+        self._queue(self.framed(_sse("resync", resync_message(channels, reason, current))), None)
 
     def _queue(self, chunk: bytes, ts: float | None) -> None:
         if self.state is ConnectionState.OPEN:
@@ -292,7 +280,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers=_HEADERS)
         await response.prepare(request)
         await response.write(retry)
-        await response.write(_sse("resync", feed_resync_message(channels, "position_expired", exc.current)))
+        await response.write(_sse("resync", resync_message(channels, "position_expired", exc.current)))
         return response
     connection.feed = feed
     metrics.connections.labels("sse", connection.region).inc()

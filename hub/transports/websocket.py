@@ -205,7 +205,7 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
     def resync(self, reason: str, current: Position, channels: tuple[Channel, ...]) -> None:
         self.metrics.resyncs.labels("websocket", reason).inc()
         for channel in channels:
-            self.send(resync_message(channel, reason, current))
+            self.send(resync_message((channel,), reason, current))
 
     def beat(self, now: float) -> None:
         """The node's heartbeat tick (see the class)."""

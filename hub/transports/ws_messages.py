@@ -20,6 +20,9 @@ from aiohttp import web
 from crdt.wire import encode_context
 from hub.auth import Principal
 from hub.carts import (
+    RULES as CART_RULES,
+)
+from hub.carts import (
     CartInputError,
     decode_delta,
     encode_delta,
@@ -32,14 +35,13 @@ from hub.errors import from_store_error
 from hub.keys import STORE
 from hub.metrics import Metrics
 from hub.realtime import resync_message, snapshot_url
-from hub.routes.carts import RULES as CART_RULES
 from hub.routes.inventory import snapshot_items
 from hub.settings import Settings
 from hub.transports.wsframes import BINARY, TEXT
 from storage.carts import CartPush, PushStatus
 from storage.errors import StoreError
 from sync.broker import BrokerError, Position, PositionExpired
-from sync.channels import INVENTORY, ChannelError, parse_channel_name
+from sync.channels import ChannelError, parse_channel_name
 from sync.cursor import CursorError, format_position, parse_position
 from sync.engine import Feed, Sink, SyncEngine
 
@@ -152,9 +154,11 @@ class Messages:
             raise ProtocolError("forbidden", "editing a cart needs the customer role")
         cart_id = message.get("cart")
         try:
-            return principal, str(uuid.UUID(cart_id)) if isinstance(cart_id, str) else _bad_cart()
-        except ValueError as exc:
-            raise ProtocolError("invalid_cart", "cart is the cart's UUID") from exc
+            if isinstance(cart_id, str):
+                return principal, str(uuid.UUID(cart_id))
+        except ValueError:
+            pass
+        raise ProtocolError("invalid_cart", "cart is the cart's UUID")
 
     async def cart_sync(self, message: dict[str, Any]) -> None:
         """Sync step: the device's context in, what it lacks and the hub's context out."""
@@ -252,7 +256,7 @@ class Messages:
             self.metrics.resyncs.labels("websocket", "position_expired").inc()
             self.send(
                 {
-                    **resync_message(channel, "position_expired", exc.current),
+                    **resync_message((channel,), "position_expired", exc.current),
                     **_echo(message),
                 }
             )
@@ -283,25 +287,13 @@ class Messages:
         name = message.get("channel")
         if isinstance(name, str):
             with contextlib.suppress(ChannelError):
-                name = parse_channel_name_normalised(name)  # the name it was subscribed under
+                name = parse_channel_name(name).name  # the name it was subscribed under
         feed = self.feeds.pop(name, None) if isinstance(name, str) else None
         if feed is None:
             raise ProtocolError("not_subscribed", f"not subscribed to {str(name)[:140]}")
         feed.close()
         self.metrics.subscriptions.labels("websocket").dec()
         self.send({"type": "unsubscribed", "channel": name, **_echo(message)})
-
-
-def _bad_cart() -> str:
-    raise ValueError("not a string")
-
-
-def parse_channel_name_normalised(name: str) -> str:
-    """A channel's name as the hub writes it (a product or cart UUID in its canonical form)."""
-    parsed = parse_channel_name(name)
-    if parsed.kind is INVENTORY:
-        return f"inventory:{parsed.region}" + (f":{parsed.key}" if parsed.key else "")
-    return f"{parsed.kind.name}:{parsed.key}"
 
 
 def _echo(message: dict[str, Any]) -> dict[str, Any]:
