@@ -53,6 +53,17 @@ from storage.models import (
     StockLevel,
     Warehouse,
 )
+from storage.reviews import (
+    RatingAggregate,
+    ReviewDocument,
+    ReviewPage,
+    ReviewPush,
+    ReviewPushResult,
+    ReviewQuery,
+    ReviewRules,
+    ReviewStatus,
+    Screener,
+)
 
 
 class OutboxListener(Protocol):
@@ -178,6 +189,60 @@ class Store(Protocol):
     ) -> CheckoutResult:
         """Close the cart with the hub's replica and reserve its lines all or none, once per key."""
         ...
+
+    # -- reviews (storage.reviews states the guarantees) ----------------------------------------
+    async def get_review(self, review_id: str) -> ReviewDocument | None: ...
+    async def live_review_of(self, product_id: str, author: str) -> str | None:
+        """The id of ``author``'s live (neither deleted nor erased) review of the product, if any."""
+        ...
+
+    async def rating_of(self, product_id: str) -> RatingAggregate | None:
+        """The product's aggregate of published reviews; None if no such product."""
+        ...
+
+    async def recount_ratings(self) -> dict[str, tuple[RatingAggregate, RatingAggregate]]:
+        """Products whose stored aggregate differs from a recount: id → (stored, recounted)."""
+        ...
+
+    async def list_reviews(self, query: ReviewQuery) -> ReviewPage:
+        """Keyset pagination in the query's order; ``q`` matches every word of the text."""
+        ...
+
+    async def push_review(
+        self,
+        review_id: str,
+        author: str,
+        pushes: Sequence[ReviewPush],
+        rules: ReviewRules,
+        screener: Screener,
+    ) -> ReviewPushResult:
+        """Merge each push in order (the first may create the review), judge the result once and move
+        the product's aggregate, in one transaction. NotFound(resource="review") if it is another's;
+        a result with no document if it does not exist and no push created it."""
+        ...
+
+    async def moderate_review(
+        self,
+        review_id: str,
+        status: ReviewStatus,
+        reasons: Sequence[str],
+        expected_version: int | None = None,
+    ) -> ReviewDocument:
+        """A moderator's decision on the review as it is (VersionMismatch if it changed since
+        ``expected_version``); ReviewRefusal(review_gone) once deleted or erased."""
+        ...
+
+    async def report_review(
+        self, review_id: str, reporter: str, reason: str, rules: ReviewRules
+    ) -> tuple[ReviewDocument, bool]:
+        """One report per user of a published review; the rules' threshold flags it."""
+        ...
+
+    async def vote_helpful(self, review_id: str, voter: str) -> tuple[int, bool]:
+        """One helpful vote per user per published review (not one's own): (count, new?)."""
+        ...
+
+    async def purge_review_mutations(self, older_than_us: int) -> int: ...
 
     # -- outbox --------------------------------------------------------------------------------
     def watch_outbox(self, listener: OutboxListener) -> Callable[[], None]:

@@ -176,6 +176,97 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             *(("postgres", sql) for sql in pg_reserve.MIGRATION_3),
         ],
     ),
+    (
+        4,
+        "reviews, their mutation ids, helpful votes and reports; products' rating aggregates; search",
+        [
+            """
+            CREATE TABLE reviews (
+                id TEXT PRIMARY KEY,
+                product_id TEXT NOT NULL REFERENCES products (id) ON DELETE CASCADE,
+                author TEXT NOT NULL,
+                region TEXT NOT NULL,
+                state {blob} NOT NULL,
+                version BIGINT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN
+                    ('pending', 'published', 'flagged', 'rejected', 'deleted', 'erased')),
+                reasons TEXT NOT NULL DEFAULT '[]',
+                mod_seq BIGINT NOT NULL DEFAULT 0,
+                rating INTEGER NOT NULL DEFAULT 0 CHECK (rating >= 0 AND rating <= 5),
+                body TEXT,
+                body_hash TEXT,
+                media TEXT NOT NULL DEFAULT '[]',
+                has_media INTEGER NOT NULL DEFAULT 0,
+                helpful BIGINT NOT NULL DEFAULT 0 CHECK (helpful >= 0),
+                reports BIGINT NOT NULL DEFAULT 0 CHECK (reports >= 0),
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL
+            )
+            """,
+            # One live review per product and author; a deleted or erased one no longer counts.
+            "CREATE UNIQUE INDEX reviews_one_per_author ON reviews (product_id, author)"
+            " WHERE status NOT IN ('deleted', 'erased')",
+            "CREATE INDEX reviews_by_newest ON reviews (product_id, status, created_at, id)",
+            # (rating 0: none yet, never published)
+            "CREATE INDEX reviews_by_rating ON reviews (product_id, status, rating, created_at, id)",
+            "CREATE INDEX reviews_by_lowest ON reviews"
+            " (product_id, status, rating, created_at DESC, id DESC)",
+            "CREATE INDEX reviews_by_helpful ON reviews (product_id, status, helpful, created_at, id)",
+            "CREATE INDEX reviews_by_status ON reviews (status, updated_at, id)",
+            "CREATE INDEX reviews_by_author ON reviews (author, created_at)",
+            "CREATE INDEX reviews_by_body_hash ON reviews (body_hash)",
+            """
+            CREATE TABLE review_mutations (
+                review_id TEXT NOT NULL REFERENCES reviews (id) ON DELETE CASCADE,
+                mutation_id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (review_id, mutation_id)
+            )
+            """,
+            "CREATE INDEX review_mutations_by_age ON review_mutations (created_at)",
+            """
+            CREATE TABLE review_votes (
+                review_id TEXT NOT NULL REFERENCES reviews (id) ON DELETE CASCADE,
+                voter TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (review_id, voter)
+            )
+            """,
+            """
+            CREATE TABLE review_reports (
+                review_id TEXT NOT NULL REFERENCES reviews (id) ON DELETE CASCADE,
+                reporter TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (review_id, reporter)
+            )
+            """,
+            # The aggregate of the product's published reviews, changed by increments in the transaction
+            # that changes a review's status or rating; rating_score is the average × 10,000 (an integer
+            # both backends sort alike), rating_version numbers its changes for the event stream.
+            "ALTER TABLE products ADD COLUMN rating_count BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE products ADD COLUMN rating_total BIGINT NOT NULL DEFAULT 0",
+            *(f"ALTER TABLE products ADD COLUMN rating_{n} BIGINT NOT NULL DEFAULT 0" for n in range(1, 6)),
+            "ALTER TABLE products ADD COLUMN rating_score BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE products ADD COLUMN rating_version BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX products_by_rating ON products (rating_score, id)",
+            # Full-text search of review texts: one contract, each database's own index (no stemming
+            # on either, so both find the same words).
+            (
+                "sqlite",
+                # (rowid: a 64-bit hash of the review id, so that an entry is found without a scan; a
+                # review's implicit rowid is not stable across VACUUM)
+                "CREATE VIRTUAL TABLE review_search USING fts5("
+                "review_id UNINDEXED, body, tokenize = 'unicode61 remove_diacritics 2')",
+            ),
+            (
+                "postgres",
+                "CREATE INDEX reviews_search ON reviews"
+                " USING GIN (to_tsvector('simple', coalesce(body, '')))",
+            ),
+        ],
+    ),
 ]
 
 

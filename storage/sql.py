@@ -11,11 +11,12 @@ from storage.sql_carts import CartSql, DecodedCarts
 from storage.sql_catalog import CatalogSql
 from storage.sql_core import now_us
 from storage.sql_reservations import ReservationSql
+from storage.sql_reviews import ReviewSql
 
 
-class SqlStore(CatalogSql, ReservationSql, CartSql):
-    """The Store (storage.base) on a SQL database: catalog, stock, reservations, carts and the outbox,
-    each in its own module, over one writing-transaction core (storage.sql_core)."""
+class SqlStore(CatalogSql, ReservationSql, CartSql, ReviewSql):
+    """The Store (storage.base) on a SQL database: catalog, stock, reservations, carts, reviews and the
+    outbox, each in its own module, over one writing-transaction core (storage.sql_core)."""
 
     def __init__(self, db: Database, *, hand_over_outbox: bool = False, region: str = "default") -> None:
         super().__init__(db, hand_over_outbox=hand_over_outbox, region=region)

@@ -4,7 +4,9 @@
 outbox with the entry, so the relay publishes it without knowing what it carries.
 
     inventory.{region}     a region's stock changes
-    user.{region}.{n}      the private events (carts, reservations) of the users hashed to shard n
+    user.{region}.{n}      the private events (carts, reservations, reviews' status) of the users
+                           hashed to shard n
+    reviews.{region}       published reviews' changes and products' rating aggregates
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ USER_STREAM_SHARDS = 8
 
 def inventory_stream(region: str) -> str:
     return f"inventory.{region}"
+
+
+def reviews_stream(region: str) -> str:
+    return f"reviews.{region}"
 
 
 def user_stream(region: str, sub: str) -> str:

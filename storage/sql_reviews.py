@@ -1,0 +1,798 @@
+"""Review documents in SQL: merge pushed deltas into a review, judge it and move its product's rating
+aggregate, in one transaction with its mutation ids and outbox entries; moderators' decisions, helpful
+votes and reports; listings with keyset cursors and full-text search (see :mod:`storage.reviews` for
+the guarantees).
+
+The review's row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite has one writer), so two nodes
+writing one review serialise there. Its projection — status, rating, text, media, the columns listings
+sort and search by — is rewritten from the merged state in that transaction. The product's aggregate
+moves by the difference between the review's old and new contribution (counted only while
+``published``), as increments on the product's row: concurrent changes of one product's reviews
+serialise on that row, and no total is ever read into Python and written back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any, Protocol, TypeVar
+
+from crdt import codec
+from crdt.review import ModerationStatus, Review, ReviewGoneError
+from storage.carts import PushOutcome, PushStatus
+from storage.db import Database, Row, Tx
+from storage.errors import NotFound, VersionMismatch
+from storage.reviews import (
+    RatingAggregate,
+    ReviewDocument,
+    ReviewPage,
+    ReviewPush,
+    ReviewPushResult,
+    ReviewQuery,
+    ReviewRefusal,
+    ReviewRules,
+    ReviewSort,
+    ReviewStatus,
+    Screener,
+    Screening,
+    Verdict,
+)
+from storage.streams import reviews_stream
+
+T = TypeVar("T")
+
+_COLUMNS = (
+    "id, product_id, author, region, version, status, reasons, mod_seq, rating, body, media, helpful,"
+    " reports, created_at, updated_at"
+)
+_LOCKED = {
+    "sqlite": f"SELECT {_COLUMNS}, state FROM reviews WHERE id = $1",
+    "postgres": f"SELECT {_COLUMNS}, state FROM reviews WHERE id = $1 FOR UPDATE",
+}
+_RATING_COLUMNS = (
+    "rating_count, rating_total, rating_1, rating_2, rating_3, rating_4, rating_5, rating_version"
+)
+_FINAL = (ReviewStatus.DELETED, ReviewStatus.ERASED)
+_WORD = re.compile(r"\w+")
+_MAX_SEARCH_WORDS = 8
+HOUR_US = 3_600_000_000
+
+
+class _Core(Protocol):
+    db: Database
+    region: str
+
+    async def _write(self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False) -> T: ...
+    async def append_event(
+        self, tx: Tx, stream: str, key: str, version: int, payload: dict[str, Any], ts: int
+    ) -> None: ...
+    async def user_event(
+        self, tx: Tx, sub: str, payload: dict[str, Any], ts: int, *, region: str | None = None
+    ) -> None: ...
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def search_words(q: str) -> list[str]:
+    """The words a search looks for (every one must be in the text): letters and digits, at most 8."""
+    return [w.casefold() for w in _WORD.findall(q)][:_MAX_SEARCH_WORDS]
+
+
+def _search_rowid(review_id: str) -> int:
+    """The review's row in SQLite's search index: a signed 64-bit hash of its id."""
+    return int.from_bytes(hashlib.blake2b(review_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _body_hash(text: str | None) -> str | None:
+    """The text as the duplicate check compares it: case, spacing and punctuation do not matter."""
+    words = search_words(text or "") if text else []
+    if len(words) < 4:  # "Great product" twice is not spam
+        return None
+    folded = " ".join(w.casefold() for w in _WORD.findall(text or ""))
+    return hashlib.sha256(folded.encode()).hexdigest()
+
+
+def _document(row: Row, *, with_state: bool) -> ReviewDocument:
+    review = None
+    if with_state:
+        state = row["state"]
+        review = codec.from_msgpack(bytes(state)) if state else Review.new()
+    return ReviewDocument(
+        id=row["id"],
+        product_id=row["product_id"],
+        author=row["author"],
+        region=row["region"],
+        review=review,
+        version=row["version"],
+        status=ReviewStatus(row["status"]),
+        reasons=tuple(json.loads(row["reasons"])),
+        rating=row["rating"] or None,
+        text=row["body"],
+        media=tuple(json.loads(row["media"])),
+        helpful=row["helpful"],
+        reports=row["reports"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _state(document: ReviewDocument) -> Review:
+    assert document.review is not None, "read with its state"
+    return document.review
+
+
+def _aggregate(row: Row) -> RatingAggregate:
+    return RatingAggregate(
+        count=row["rating_count"],
+        total=row["rating_total"],
+        histogram=(row["rating_1"], row["rating_2"], row["rating_3"], row["rating_4"], row["rating_5"]),
+    )
+
+
+def public_review(document: ReviewDocument) -> dict[str, Any]:
+    """A review as anyone may read it (only published ones are; media as ids)."""
+    return {
+        "id": document.id,
+        "product_id": document.product_id,
+        "author": document.author,
+        "rating": document.rating,
+        "text": document.text,
+        "media": list(document.media),
+        "helpful": document.helpful,
+        "version": document.version,
+        "created_at": document.created_at,
+        "updated_at": document.updated_at,
+    }
+
+
+class ReviewSql:
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def get_review(self: _Core, review_id: str) -> ReviewDocument | None:
+        async def work(tx: Tx) -> Row | None:
+            return await tx.fetchrow(f"SELECT {_COLUMNS}, state FROM reviews WHERE id = $1", review_id)
+
+        row = await self.db.run(work, readonly=True, single_statement=True)
+        return None if row is None else _document(row, with_state=True)
+
+    async def live_review_of(self: _Core, product_id: str, author: str) -> str | None:
+        """The id of ``author``'s live (not deleted or erased) review of the product, if any."""
+
+        async def work(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
+                "SELECT id FROM reviews WHERE product_id = $1 AND author = $2"
+                " AND status NOT IN ('deleted', 'erased')",
+                product_id,
+                author,
+            )
+
+        row = await self.db.run(work, readonly=True, single_statement=True)
+        return None if row is None else str(row["id"])
+
+    async def rating_of(self: _Core, product_id: str) -> RatingAggregate | None:
+        async def work(tx: Tx) -> Row | None:
+            return await tx.fetchrow(f"SELECT {_RATING_COLUMNS} FROM products WHERE id = $1", product_id)
+
+        row = await self.db.run(work, readonly=True, single_statement=True)
+        return None if row is None else _aggregate(row)
+
+    async def recount_ratings(self: _Core) -> dict[str, tuple[RatingAggregate, RatingAggregate]]:
+        """Every product whose stored aggregate differs from a recount of its published reviews:
+        product id → (stored, recounted). Empty when all agree (what the tests and operators check)."""
+
+        async def work(tx: Tx) -> tuple[list[Row], list[Row]]:
+            stored = await tx.fetch(f"SELECT id, {_RATING_COLUMNS} FROM products")
+            counted = await tx.fetch(
+                "SELECT product_id, rating, COUNT(*) AS n FROM reviews WHERE status = 'published'"
+                " GROUP BY product_id, rating"
+            )
+            return stored, counted
+
+        stored, counted = await self.db.run(work, readonly=True)
+        histograms: dict[str, list[int]] = {}
+        for row in counted:
+            histograms.setdefault(row["product_id"], [0] * 5)[int(row["rating"]) - 1] += int(row["n"])
+        mismatched = {}
+        for row in stored:
+            have = _aggregate(row)
+            hist = histograms.get(row["id"], [0] * 5)
+            h1, h2, h3, h4, h5 = hist
+            want = RatingAggregate(sum(hist), h1 + 2 * h2 + 3 * h3 + 4 * h4 + 5 * h5, (h1, h2, h3, h4, h5))
+            if have != want:
+                mismatched[row["id"]] = (have, want)
+        return mismatched
+
+    async def list_reviews(self: _Core, query: ReviewQuery) -> ReviewPage:
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        where: list[str] = []
+        if query.product_id is not None:
+            where.append(f"r.product_id = {arg(query.product_id)}")
+        where.append("r.status IN (" + ", ".join(arg(s.value) for s in query.statuses) + ")")
+        if query.min_rating is not None:
+            where.append(f"r.rating >= {arg(query.min_rating)}")
+        if query.max_rating is not None:
+            where.append(f"r.rating <= {arg(query.max_rating)}")
+        if query.with_media is not None:
+            where.append(f"r.has_media = {arg(int(query.with_media))}")
+        if query.author is not None:
+            where.append(f"r.author = {arg(query.author)}")
+        words = search_words(query.q) if query.q else []
+        if query.q is not None and not words:
+            return ReviewPage([], None)
+        if words:
+            if self.db.dialect == "postgres":
+                where.append(
+                    "to_tsvector('simple', coalesce(r.body, '')) @@ plainto_tsquery('simple', "
+                    f"{arg(' '.join(words))})"
+                )
+            else:
+                match = " ".join('"' + w.replace('"', "") + '"' for w in words)
+                where.append(
+                    f"r.id IN (SELECT review_id FROM review_search WHERE review_search MATCH {arg(match)})"
+                )
+        keys, order, after = _keyset(query)
+        if query.after is not None:
+            if len(query.after) != len(keys):
+                raise ValueError("the cursor does not fit this listing's sort")
+            where.append(after([arg(v) for v in query.after]))
+        sql = (
+            f"SELECT {', '.join('r.' + c.strip() for c in _COLUMNS.split(','))} FROM reviews r"
+            f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {arg(query.limit + 1)}"
+        )
+
+        async def work(tx: Tx) -> list[Row]:
+            return await tx.fetch(sql, *args)
+
+        rows = await self.db.run(work, readonly=True, single_statement=True)
+        items = [_document(row, with_state=False) for row in rows[: query.limit]]
+        sort_keys = [tuple(row[k] for k in keys) for row in rows[: query.limit]]
+        next_after = sort_keys[-1] if len(rows) > query.limit else None
+        return ReviewPage(items, next_after, sort_keys)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    async def push_review(
+        self: _Core,
+        review_id: str,
+        author: str,
+        pushes: Sequence[ReviewPush],
+        rules: ReviewRules,
+        screener: Screener,
+    ) -> ReviewPushResult:
+        """Merge each push in order (the first may create the review: its delta names it), then judge
+        the review once and move the aggregate, in one transaction."""
+
+        async def work(tx: Tx) -> ReviewPushResult:
+            ts = _now_us()
+            row = await tx.fetchrow(_LOCKED[self.db.dialect], review_id)
+            if row is not None and row["author"] != author:
+                raise NotFound("no such review", resource="review")
+            before = None if row is None else _document(row, with_state=True)
+            review = Review.new() if before is None else _state(before)
+            version = 0 if before is None else before.version
+            outcomes: list[PushOutcome] = []
+            applied: dict[str, int] = {}
+            created = False
+            for push in pushes:
+                seen = applied.get(push.mutation_id)
+                if seen is None and before is not None:
+                    found = await tx.fetchrow(
+                        "SELECT version FROM review_mutations WHERE review_id = $1 AND mutation_id = $2",
+                        review_id,
+                        push.mutation_id,
+                    )
+                    seen = None if found is None else int(found["version"])
+                if seen is not None:
+                    outcomes.append(PushOutcome(push.mutation_id, PushStatus.DUPLICATE, seen))
+                    continue
+                try:
+                    delta = _make_delta(push, review)
+                    merged = await _checked_merge(tx, review, delta, review_id, author, rules, ts)
+                    if before is None and not created:
+                        await _insert_review(tx, merged, review_id, author, self.region, ts)
+                        created = True
+                except ReviewRefusal as refusal:
+                    outcomes.append(
+                        PushOutcome(
+                            push.mutation_id, PushStatus.REFUSED, version, refusal.code, refusal.message
+                        )
+                    )
+                    continue
+                if merged != review:
+                    review = merged
+                    version += 1
+                applied[push.mutation_id] = version
+                outcomes.append(PushOutcome(push.mutation_id, PushStatus.APPLIED, version))
+            if not applied:
+                return ReviewPushResult(before, outcomes)
+            for mutation_id, mutation_version in applied.items():
+                await tx.execute(
+                    "INSERT INTO review_mutations (review_id, mutation_id, version, created_at)"
+                    " VALUES ($1, $2, $3, $4)",
+                    review_id,
+                    mutation_id,
+                    mutation_version,
+                    ts,
+                )
+            document = await ReviewSql._settle(
+                self, tx, review_id, review, version, before, screener, rules, ts
+            )
+            return ReviewPushResult(document, outcomes)
+
+        return await self._write(work)
+
+    async def moderate_review(
+        self: _Core,
+        review_id: str,
+        status: ReviewStatus,
+        reasons: Sequence[str],
+        expected_version: int | None = None,
+    ) -> ReviewDocument:
+        """A moderator's decision (published, rejected or flagged) on the review as it is now, written by
+        the server in the review's own moderation sequence. With ``expected_version`` (the version the
+        moderator read) it is conditional: VersionMismatch if the author changed the review since, so
+        that no decision covers content its moderator did not see. NotFound if no such review,
+        ReviewRefusal(review_gone) once deleted or erased."""
+
+        async def work(tx: Tx) -> ReviewDocument:
+            ts = _now_us()
+            row = await tx.fetchrow(_LOCKED[self.db.dialect], review_id)
+            if row is None:
+                raise NotFound("no such review", resource="review")
+            before = _document(row, with_state=True)
+            if expected_version is not None and before.version != expected_version:
+                raise VersionMismatch("the review changed since it was read", current_version=before.version)
+            return await ReviewSql._judge(
+                self, tx, before, _state(before), before.version + 1, status, tuple(reasons), ts
+            )
+
+        return await self._write(work)
+
+    async def report_review(
+        self: _Core, review_id: str, reporter: str, reason: str, rules: ReviewRules
+    ) -> tuple[ReviewDocument, bool]:
+        """Record ``reporter``'s report (once per user); the ``reports_to_flag``-th flags a published
+        review. Returns the review and whether this report was new."""
+
+        async def work(tx: Tx) -> tuple[ReviewDocument, bool]:
+            ts = _now_us()
+            row = await tx.fetchrow(_LOCKED[self.db.dialect], review_id)
+            if row is None or row["status"] != ReviewStatus.PUBLISHED.value:
+                raise NotFound("no such review", resource="review")
+            before = _document(row, with_state=True)
+            added = await tx.execute(
+                "INSERT INTO review_reports (review_id, reporter, reason, created_at) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (review_id, reporter) DO NOTHING",
+                review_id,
+                reporter,
+                reason,
+                ts,
+            )
+            if added != 1:
+                return before, False
+            counted = await tx.fetchrow(
+                "UPDATE reviews SET reports = reports + 1 WHERE id = $1 RETURNING reports", review_id
+            )
+            assert counted is not None
+            if counted["reports"] >= rules.reports_to_flag:
+                flagged = await ReviewSql._judge(
+                    self,
+                    tx,
+                    before,
+                    _state(before),
+                    before.version + 1,
+                    ReviewStatus.FLAGGED,
+                    ("reported",),
+                    ts,
+                )
+                return flagged, True
+            return replace(before, reports=int(counted["reports"])), True
+
+        return await self._write(work)
+
+    async def vote_helpful(self: _Core, review_id: str, voter: str) -> tuple[int, bool]:
+        """One helpful vote per user per published review, not the author's own: (the review's count,
+        whether this vote was new). NotFound for an unpublished review; ReviewRefusal(own_review)."""
+
+        async def work(tx: Tx) -> tuple[int, bool]:
+            row = await tx.fetchrow("SELECT author, status, helpful FROM reviews WHERE id = $1", review_id)
+            if row is None or row["status"] != ReviewStatus.PUBLISHED.value:
+                raise NotFound("no such review", resource="review")
+            if row["author"] == voter:
+                raise ReviewRefusal("own_review", "authors cannot vote for their own review")
+            added = await tx.execute(
+                "INSERT INTO review_votes (review_id, voter, created_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (review_id, voter) DO NOTHING",
+                review_id,
+                voter,
+                _now_us(),
+            )
+            if added != 1:
+                return int(row["helpful"]), False
+            counted = await tx.fetchrow(
+                "UPDATE reviews SET helpful = helpful + 1 WHERE id = $1 RETURNING helpful", review_id
+            )
+            assert counted is not None
+            return int(counted["helpful"]), True
+
+        return await self._write(work)
+
+    async def purge_review_mutations(self: _Core, older_than_us: int) -> int:
+        async def work(tx: Tx) -> int:
+            return await tx.execute("DELETE FROM review_mutations WHERE created_at < $1", older_than_us)
+
+        return await self._write(work, single_statement=True)
+
+    # -- the judgment and its consequences ---------------------------------------------------------
+
+    async def _settle(
+        self: _Core,
+        tx: Tx,
+        review_id: str,
+        review: Review,
+        version: int,
+        before: ReviewDocument | None,
+        screener: Screener,
+        rules: ReviewRules,
+        ts: int,
+    ) -> ReviewDocument:
+        """After a push: judge the merged review (unless nothing new needs judging) and write it."""
+        base = before or await _fresh(tx, review_id)
+        reasons: tuple[str, ...]
+        if review.erased:
+            status, reasons = ReviewStatus.ERASED, ()
+        elif review.deleted:
+            status, reasons = ReviewStatus.DELETED, ()
+        elif review.moderation is not None and review.moderation.judged.includes(review.context):
+            status, reasons = base.status, base.reasons  # nothing new to judge
+        else:
+            status, reasons = await _screen(tx, review, review_id, base, screener, rules, ts)
+        return await ReviewSql._judge(self, tx, base, review, version, status, reasons, ts, after_push=True)
+
+    async def _judge(
+        self: _Core,
+        tx: Tx,
+        before: ReviewDocument,
+        review: Review,
+        version: int,
+        status: ReviewStatus,
+        reasons: tuple[str, ...],
+        ts: int,
+        *,
+        after_push: bool = False,
+    ) -> ReviewDocument:
+        """Write ``review`` judged ``status``: the server's moderation record (for a judgeable status),
+        the projection, the aggregate's move and the events. ``version`` is the review's new version.
+        Only a push changes a deleted or erased review (its edits merge, never shown)."""
+        if before.status in _FINAL and not after_push:
+            raise ReviewRefusal("review_gone", f"the review is {before.status.value}")
+        mod_seq = await _mod_seq(tx, before.id)
+        if status not in _FINAL:
+            mod_seq += 1
+            review = review.merge(review.moderate(mod_seq, ModerationStatus(status.value)))
+        value = review.value()
+        rating = value.rating if value is not None and value.rating is not None else 0
+        text = value.text if value is not None else None
+        media = list(value.media) if value is not None else []
+        await tx.execute(
+            "UPDATE reviews SET state = $2, version = $3, status = $4, reasons = $5, mod_seq = $6,"
+            " rating = $7, body = $8, body_hash = $9, media = $10, has_media = $11, updated_at = $12"
+            " WHERE id = $1",
+            before.id,
+            codec.to_msgpack(review),
+            version,
+            status.value,
+            json.dumps(list(reasons)),
+            mod_seq,
+            rating,
+            text,
+            _body_hash(text) if status not in _FINAL else None,
+            json.dumps(media),
+            int(bool(media)),
+            ts,
+        )
+        if self.db.dialect == "sqlite":
+            rowid = _search_rowid(before.id)
+            await tx.execute("DELETE FROM review_search WHERE rowid = $1", rowid)
+            if text and status not in _FINAL:
+                await tx.execute(
+                    "INSERT INTO review_search (rowid, review_id, body) VALUES ($1, $2, $3)",
+                    rowid,
+                    before.id,
+                    text,
+                )
+        after = ReviewDocument(
+            id=before.id,
+            product_id=before.product_id,
+            author=before.author,
+            region=before.region,
+            review=review,
+            version=version,
+            status=status,
+            reasons=reasons,
+            rating=rating or None,
+            text=text,
+            media=tuple(media),
+            helpful=before.helpful,
+            reports=before.reports,
+            created_at=before.created_at,
+            updated_at=ts,
+        )
+        await ReviewSql._tell(self, tx, before, after, ts)
+        await ReviewSql._move_aggregate(self, tx, before, after, ts)
+        return after
+
+    async def _move_aggregate(
+        self: _Core, tx: Tx, before: ReviewDocument, after: ReviewDocument, ts: int
+    ) -> None:
+        was = before.rating if before.status is ReviewStatus.PUBLISHED and before.version > 0 else None
+        now = after.rating if after.status is ReviewStatus.PUBLISHED else None
+        if was == now:
+            return
+        moves = {n: 0 for n in range(1, 6)}
+        if was is not None:
+            moves[was] -= 1
+        if now is not None:
+            moves[now] += 1
+        count = (now is not None) - (was is not None)
+        total = (now or 0) - (was or 0)
+        histogram = ", ".join(f"rating_{n} = rating_{n} + {moves[n]}" for n in range(1, 6) if moves[n])
+        row = await tx.fetchrow(
+            "UPDATE products SET rating_count = rating_count + $2, rating_total = rating_total + $3,"
+            f" {histogram},"
+            " rating_score = CASE WHEN rating_count + $2 > 0"
+            " THEN ((rating_total + $3) * 10000) / (rating_count + $2) ELSE 0 END,"
+            f" rating_version = rating_version + 1 WHERE id = $1 RETURNING {_RATING_COLUMNS}",
+            after.product_id,
+            count,
+            total,
+        )
+        if row is None:  # the product was deleted meanwhile: its reviews go with it
+            return
+        aggregate = _aggregate(row)
+        await self.append_event(
+            tx,
+            reviews_stream(after.region),
+            f"rating:{after.product_id}",
+            int(row["rating_version"]),
+            {
+                "type": "rating.changed",
+                "product_id": after.product_id,
+                "rating": render_aggregate(aggregate),
+                "version": int(row["rating_version"]),
+                "ts": ts,
+            },
+            ts,
+        )
+
+    async def _tell(self: _Core, tx: Tx, before: ReviewDocument, after: ReviewDocument, ts: int) -> None:
+        """The public event (published content only) and the author's."""
+        was_public = before.status is ReviewStatus.PUBLISHED and before.version > 0
+        is_public = after.status is ReviewStatus.PUBLISHED
+        public_type = None
+        if is_public:
+            public_type = "review.changed" if was_public else "review.published"
+        elif was_public:
+            public_type = "review.removed"
+        if public_type is not None:
+            payload: dict[str, Any] = {"type": public_type, "product_id": after.product_id, "ts": ts}
+            if is_public:
+                payload["review"] = public_review(after)
+            else:
+                payload["review"] = {"id": after.id, "product_id": after.product_id, "version": after.version}
+            await self.append_event(
+                tx, reviews_stream(after.region), f"review:{after.id}", after.version, payload, ts
+            )
+        await self.user_event(
+            tx,
+            after.author,
+            {
+                "type": "review.status",
+                "review_id": after.id,
+                "product_id": after.product_id,
+                "status": after.status.value,
+                "reasons": list(after.reasons),
+                "review_version": after.version,
+            },
+            ts,
+            region=after.region,
+        )
+
+
+def render_aggregate(aggregate: RatingAggregate) -> dict[str, Any]:
+    return {
+        "count": aggregate.count,
+        "average": aggregate.average,
+        "histogram": {str(n + 1): aggregate.histogram[n] for n in range(5)},
+    }
+
+
+def _make_delta(push: ReviewPush, review: Review) -> Review:
+    if isinstance(push.delta, Review):
+        return push.delta
+    try:
+        return push.delta(review)
+    except ReviewGoneError as exc:
+        raise ReviewRefusal("review_gone", str(exc)) from exc
+    except ValueError as exc:
+        raise ReviewRefusal("invalid_edit", str(exc)[:200]) from exc
+
+
+async def _checked_merge(
+    tx: Tx, review: Review, delta: Review, review_id: str, author: str, rules: ReviewRules, ts: int
+) -> Review:
+    """``review`` merged with ``delta`` if the delta keeps the rules (storage.reviews); ReviewRefusal
+    if not. Every check runs before anything is written."""
+    if delta.carries_moderation():
+        raise ReviewRefusal("moderation_forbidden", "only the hub writes a review's moderation")
+    if delta.review_id not in (None, review_id):
+        raise ReviewRefusal("wrong_review", "the delta names another review")
+    stamp = delta.max_timestamp()
+    if stamp is not None and stamp.wall_ms > ts // 1000 + rules.max_drift_ms:
+        raise ReviewRefusal(
+            "clock_skew",
+            f"the delta's clock is {stamp.wall_ms - ts // 1000} ms ahead of the hub's"
+            f" (at most {rules.max_drift_ms}): set it from the hub's time and write again",
+        )
+    new_replicas = sorted({dot.replica for dot in delta.context.dots() if not review.context.contains(dot)})
+    if any(replica.startswith("~") for replica in new_replicas):
+        raise ReviewRefusal("foreign_replica", "replica ids starting with '~' are the hub's")
+    try:
+        merged = review.merge(delta)
+    except ValueError as exc:  # two different identities
+        raise ReviewRefusal("wrong_review", str(exc)[:200]) from exc
+    if merged.review_id is None:
+        raise ReviewRefusal("not_created", "a new review's first delta names it (create)")
+    value = merged.value()
+    if value is not None:
+        if value.author != author:
+            raise ReviewRefusal("wrong_author", "a review is written by its author only")
+        if value.text is not None and len(value.text) > rules.max_text:
+            raise ReviewRefusal("text_too_long", f"a review's text is at most {rules.max_text} characters")
+        if len(value.media) > rules.max_media:
+            raise ReviewRefusal("too_many_media", f"a review holds at most {rules.max_media} media")
+    for replica in new_replicas:
+        await tx.execute(
+            "INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (replica_id) DO NOTHING",
+            replica,
+            author,
+            ts,
+        )
+        bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
+        if bound is None or bound["owner"] != author:
+            raise ReviewRefusal("foreign_replica", f"replica {replica[:40]!r} belongs to another user")
+    return merged
+
+
+async def _insert_review(tx: Tx, review: Review, review_id: str, author: str, region: str, ts: int) -> None:
+    """The row of a review its first push creates (its projection is written once judged)."""
+    value = review.value()
+    product_id = value.product if value is not None else None
+    if product_id is None:
+        raise ReviewRefusal("not_created", "a new review's first delta names its product (create)")
+    product = await tx.fetchrow("SELECT id FROM products WHERE id = $1", product_id)
+    if product is None:
+        raise ReviewRefusal("product_not_found", "no such product")
+    inserted = await tx.execute(
+        "INSERT INTO reviews (id, product_id, author, region, state, version, status, created_at, updated_at)"
+        " VALUES ($1, $2, $3, $4, $5, 0, 'pending', $6, $6) ON CONFLICT DO NOTHING",
+        review_id,
+        product_id,
+        author,
+        region,
+        b"",
+        ts,
+    )
+    if inserted != 1:
+        taken = await tx.fetchrow("SELECT author FROM reviews WHERE id = $1", review_id)
+        if taken is not None:
+            raise ReviewRefusal("wrong_review", "that review id is taken")
+        raise ReviewRefusal("review_exists", "this author already has a review of this product")
+
+
+async def _fresh(tx: Tx, review_id: str) -> ReviewDocument:
+    row = await tx.fetchrow(f"SELECT {_COLUMNS}, state FROM reviews WHERE id = $1", review_id)
+    assert row is not None
+    return _document(row, with_state=False)
+
+
+async def _mod_seq(tx: Tx, review_id: str) -> int:
+    row = await tx.fetchrow("SELECT mod_seq FROM reviews WHERE id = $1", review_id)
+    assert row is not None
+    return int(row["mod_seq"])
+
+
+async def _screen(
+    tx: Tx,
+    review: Review,
+    review_id: str,
+    before: ReviewDocument,
+    screener: Screener,
+    rules: ReviewRules,
+    ts: int,
+) -> tuple[ReviewStatus, tuple[str, ...]]:
+    """The automatic judgment of new content: the screen's, then the store's own spam signals, which
+    can only hold a review the screen would publish; and an edit of a review a person or the readers
+    held back (flagged, rejected) waits for a person again."""
+    value = review.value()
+    assert value is not None
+    screening: Screening = screener(value.text, value.rating, len(value.media))
+    reasons = set(screening.reasons)
+    verdict = screening.verdict
+    if verdict is Verdict.PUBLISH:
+        if value.rating is None:
+            reasons.add("no_rating")
+        body_hash = _body_hash(value.text)
+        if body_hash is not None:
+            duplicate = await tx.fetchrow(
+                "SELECT 1 AS x FROM reviews WHERE body_hash = $1 AND id <> $2"
+                " AND status IN ('published', 'pending', 'flagged') LIMIT 1",
+                body_hash,
+                review_id,
+            )
+            if duplicate is not None:
+                reasons.add("duplicate_text")
+        if before.version == 0:
+            posted = await tx.fetchrow(
+                "SELECT COUNT(*) AS n FROM reviews WHERE author = $1 AND created_at > $2 AND id <> $3",
+                before.author,
+                ts - HOUR_US,
+                review_id,
+            )
+            assert posted is not None
+            if int(posted["n"]) >= rules.max_posts_per_hour:
+                reasons.add("posting_rate")
+        if before.status in (ReviewStatus.FLAGGED, ReviewStatus.REJECTED) and before.version > 0:
+            reasons.add(f"previously_{before.status.value}")
+        if reasons:
+            verdict = Verdict.HOLD
+    status = {
+        Verdict.PUBLISH: ReviewStatus.PUBLISHED,
+        Verdict.HOLD: ReviewStatus.PENDING,
+        Verdict.REJECT: ReviewStatus.REJECTED,
+    }[verdict]
+    return status, tuple(sorted(reasons))
+
+
+def _keyset(query: ReviewQuery) -> tuple[list[str], str, Callable[[list[str]], str]]:
+    """(the sort key's columns, ORDER BY, the condition "after this key") of a listing."""
+    if query.oldest_first:
+        return (
+            ["updated_at", "id"],
+            "r.updated_at ASC, r.id ASC",
+            lambda a: f"(r.updated_at > {a[0]} OR (r.updated_at = {a[0]} AND r.id > {a[1]}))",
+        )
+    newest_after = "(r.created_at < {0} OR (r.created_at = {0} AND r.id < {1}))"
+    if query.sort is ReviewSort.NEWEST:
+        return (
+            ["created_at", "id"],
+            "r.created_at DESC, r.id DESC",
+            lambda a: newest_after.format(a[0], a[1]),
+        )
+    column, direction, beyond = {
+        ReviewSort.HIGHEST: ("rating", "DESC", "<"),
+        ReviewSort.LOWEST: ("rating", "ASC", ">"),
+        ReviewSort.HELPFUL: ("helpful", "DESC", "<"),
+    }[query.sort]
+    return (
+        [column, "created_at", "id"],
+        f"r.{column} {direction}, r.created_at DESC, r.id DESC",
+        lambda a: (
+            f"(r.{column} {beyond} {a[0]} OR (r.{column} = {a[0]} AND {newest_after.format(a[1], a[2])}))"
+        ),
+    )
+
+
+__all__ = ["ReviewSql", "public_review", "render_aggregate", "search_words"]
