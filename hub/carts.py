@@ -58,7 +58,7 @@ def decode_delta(raw: Any, binary: bool) -> Cart:
         delta = codec.from_msgpack(raw) if binary else codec.from_dict(raw)
     except codec.CodecError as exc:
         # Told apart only once it failed (a delta is decoded once on the way that succeeds).
-        tag, version = _msgpack_head(raw) if binary else (raw.get("t"), raw.get("v"))
+        tag, version = msgpack_head(raw) if binary else (raw.get("t"), raw.get("v"))
         if tag == "cart" and isinstance(version, int) and version not in _CODEC_VERSIONS:
             raise CartInputError(
                 "unsupported_codec_version", f"cart codec version {version} is not known here"
@@ -69,7 +69,7 @@ def decode_delta(raw: Any, binary: bool) -> Cart:
     return delta
 
 
-def _msgpack_head(raw: bytes) -> tuple[Any, Any]:
+def msgpack_head(raw: bytes) -> tuple[Any, Any]:
     try:
         decoded = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception:  # the codec reports it with its own message

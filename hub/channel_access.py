@@ -2,6 +2,7 @@
 a :class:`~sync.channels.Channel`, for every transport, at subscribe and at every resume.
 
     inventory:…    anyone (a token is optional; one that is sent must be valid)
+    reviews:…      anyone, alike (published reviews only ever reach these channels)
     user:{sub}     the user ``sub``; service and admin tokens may read any
     cart:{id}      the cart's owner; service and admin tokens may read any. A cart that does not exist,
                    or that is another user's, is ``cart_not_found`` alike (existence is not revealed)
@@ -19,12 +20,14 @@ from hub.auth import Principal
 from hub.keys import ENGINE, STORE
 from sync.channels import (
     CART,
-    INVENTORY,
+    REGIONAL,
+    REVIEWS,
     Channel,
     ChannelError,
     cart_channel,
     inventory_channel,
     parse_channel_name,
+    reviews_channel,
     user_channel,
 )
 
@@ -39,19 +42,20 @@ def may_read_any(principal: Principal | None) -> bool:
 
 
 def public_channel(name: str) -> Channel | None:
-    """The inventory channel of that name, the same object for every connection that names it so (a
-    few hundred bytes less per subscription); None if the name is not an inventory channel's. Bounded:
-    past 10,000 names the cache starts over."""
+    """The public (inventory or reviews) channel of that name, the same object for every connection
+    that names it so (a few hundred bytes less per subscription); None if the name is not a public
+    channel's. Bounded: past 10,000 names the cache starts over."""
     found = _SHARED.get(name)
     if found is not None:
         return found
     parsed = parse_channel_name(name)
-    if parsed.kind is not INVENTORY:
+    if parsed.kind not in REGIONAL:
         return None
     assert parsed.region is not None
     if len(_SHARED) >= _SHARED_MAX:
         _SHARED.clear()
-    found = _SHARED[name] = inventory_channel(parsed.region, parsed.key)
+    make = reviews_channel if parsed.kind is REVIEWS else inventory_channel
+    found = _SHARED[name] = make(parsed.region, parsed.key)
     return found
 
 

@@ -29,6 +29,18 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.review_pushes = Counter(
+            "synchub_review_pushes_total",
+            "Review writes (devices' deltas and REST edits), by outcome (applied, duplicate, refused)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.review_decisions = Counter(
+            "synchub_review_decisions_total",
+            "Moderators' decisions on reviews, by the status decided",
+            ["status"],
+            registry=self.registry,
+        )
         self.cart_pushes = Counter(
             "synchub_cart_pushes_total",
             "Cart deltas pushed by devices, by outcome (applied, duplicate, refused)",

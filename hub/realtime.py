@@ -23,7 +23,7 @@ from hub.auth import Principal, decode_token
 from hub.errors import Unauthenticated
 from hub.keys import SETTINGS
 from sync.broker import Position
-from sync.channels import CART, INVENTORY, Channel
+from sync.channels import CART, INVENTORY, REVIEWS, Channel
 from sync.cursor import format_position
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ def channel_snapshot_url(channel: Channel) -> str | None:
         return snapshot_url(channel.region)
     if channel.kind is CART:
         return f"/api/v1/carts/{channel.key}"
+    if channel.kind is REVIEWS and channel.key is not None:
+        return f"/api/v1/products/{channel.key}/reviews"
     return None
 
 

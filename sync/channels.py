@@ -3,7 +3,9 @@
     inventory:{region}                 every stock change of the region            (public)
     inventory:{region}:{product_id}    stock changes of one product in the region  (public)
     cart:{cart_id}                     one cart's deltas and status                (its owner's devices)
-    user:{sub}                         one user's reservations and carts' status  (that user)
+    user:{sub}                         one user's reservations', carts' and reviews' status (that user)
+    reviews:{region}                   published reviews and rating aggregates of the region (public)
+    reviews:{region}:{product_id}      the same for one product                    (public)
 
 Each kind (:data:`KINDS`) declares who may follow it, the event types it carries and how an event
 names its key. Access is *checked by the hub* (``hub/channel_access.py``) at subscribe and at every
@@ -13,6 +15,8 @@ Streams. A channel is a view of one broker stream, and one position (cursor) is 
 of that stream:
 
 * ``inventory.{region}`` carries the region's stock changes;
+* ``reviews.{region}`` carries the published reviews (published, changed, removed) and products' rating
+  aggregates written by the region's nodes — never unpublished content;
 * ``user.{region}.{n}`` carries the private events of the users whose name hashes to shard ``n``
   (:func:`user_stream`, named in :mod:`storage.streams`, which writes them into the outbox): a
   user's ``user:`` channel and all their ``cart:`` channels share one stream, so
@@ -34,7 +38,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.streams import USER_STREAM_SHARDS, inventory_stream, user_stream, user_streams
+from storage.streams import USER_STREAM_SHARDS, inventory_stream, reviews_stream, user_stream, user_streams
 
 _REGION = re.compile(r"[a-z0-9][a-z0-9\-]{0,31}")
 # A user's name (a token's ``sub``) as it may appear in a channel name: no ':' or ',' (channel and
@@ -77,6 +81,7 @@ USER = ChannelKind(
     frozenset(
         {
             "cart.status",
+            "review.status",
             "reservation.created",
             "reservation.committed",
             "reservation.released",
@@ -86,9 +91,18 @@ USER = ChannelKind(
     key_field="sub",
     sse_event="user",
 )
-KINDS: dict[str, ChannelKind] = {kind.name: kind for kind in (INVENTORY, CART, USER)}
-# Every event type of a private stream names the one kind of channel it is published to.
-KIND_OF_TYPE: dict[str, ChannelKind] = {t: kind for kind in (CART, USER) for t in kind.event_types}
+REVIEWS = ChannelKind(
+    "reviews",
+    Access.PUBLIC,
+    frozenset({"review.published", "review.changed", "review.removed", "rating.changed"}),
+    key_field="product_id",
+    sse_event="reviews",
+)
+KINDS: dict[str, ChannelKind] = {kind.name: kind for kind in (INVENTORY, CART, USER, REVIEWS)}
+# Every typed event names the one kind of channel it is published to.
+KIND_OF_TYPE: dict[str, ChannelKind] = {t: kind for kind in (CART, USER, REVIEWS) for t in kind.event_types}
+# Kinds whose channels name a region and, optionally, a product: inventory:{region}[:{product}].
+REGIONAL = (INVENTORY, REVIEWS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +121,8 @@ class Channel:
 
     @property
     def product_id(self) -> str | None:
-        """The product of an inventory channel (None for the whole region)."""
-        return self.key if self.kind is INVENTORY else None
+        """The product of an inventory or reviews channel (None for the whole region)."""
+        return self.key if self.kind in REGIONAL else None
 
     @property
     def public(self) -> bool:
@@ -133,9 +147,10 @@ class ChannelName:
 
 
 def channel_name(kind: ChannelKind, region: str | None, key: str | None) -> str:
-    """A channel's name: ``inventory:{region}[:{product}]``, ``cart:{id}``, ``user:{sub}``."""
-    if kind is INVENTORY:
-        return f"inventory:{region}" if key is None else f"inventory:{region}:{key}"
+    """A channel's name: ``inventory:{region}[:{product}]``, ``reviews:{region}[:{product}]``,
+    ``cart:{id}``, ``user:{sub}``."""
+    if kind in REGIONAL:
+        return f"{kind.name}:{region}" if key is None else f"{kind.name}:{region}:{key}"
     return f"{kind.name}:{key}"
 
 
@@ -145,6 +160,10 @@ def route_key(kind: ChannelKind, key: str) -> str:
 
 def inventory_channel(region: str, product_id: str | None = None) -> Channel:
     return Channel(INVENTORY, region, product_id, inventory_stream(region))
+
+
+def reviews_channel(region: str, product_id: str | None = None) -> Channel:
+    return Channel(REVIEWS, region, product_id, reviews_stream(region))
 
 
 def cart_channel(region: str, cart_id: str, owner: str) -> Channel:
@@ -159,6 +178,8 @@ __all__ = [
     "CART",
     "INVENTORY",
     "KINDS",
+    "REGIONAL",
+    "REVIEWS",
     "USER",
     "USER_STREAM_SHARDS",
     "Access",
@@ -173,6 +194,8 @@ __all__ = [
     "inventory_stream",
     "parse_channel",
     "parse_channel_name",
+    "reviews_channel",
+    "reviews_stream",
     "route_key",
     "user_channel",
     "user_stream",
@@ -188,17 +211,19 @@ def parse_channel_name(name: str) -> ChannelName:
     if kind is None or not rest:
         raise ChannelError(
             "invalid_channel",
-            "a channel is inventory:{region}, inventory:{region}:{product_id}, cart:{cart_id} or user:{sub}",
+            "a channel is inventory:{region}[:{product_id}], reviews:{region}[:{product_id}],"
+            " cart:{cart_id} or user:{sub}",
         )
-    if kind is INVENTORY:
+    if kind in REGIONAL:
         parts = rest.split(":")
         if len(parts) > 2:
             raise ChannelError(
-                "invalid_channel", "a channel is inventory:{region} or inventory:{region}:{product_id}"
+                "invalid_channel",
+                f"a channel is {kind.name}:{{region}} or {kind.name}:{{region}}:{{product_id}}",
             )
         if not _REGION.fullmatch(parts[0]):
             raise ChannelError("invalid_channel", f"{parts[0]!r} is not a region name")
-        return ChannelName(INVENTORY, _uuid(parts[1], "product") if len(parts) == 2 else None, parts[0])
+        return ChannelName(kind, _uuid(parts[1], "product") if len(parts) == 2 else None, parts[0])
     if kind is CART:
         return ChannelName(CART, _uuid(rest, "cart"), None)
     if not _SUB.fullmatch(rest):
@@ -207,11 +232,13 @@ def parse_channel_name(name: str) -> ChannelName:
 
 
 def parse_channel(name: str) -> Channel:
-    """A public (inventory) channel from its name; ChannelError for anything else."""
+    """A public (inventory, reviews) channel from its name; ChannelError for anything else."""
     parsed = parse_channel_name(name)
-    if parsed.kind is not INVENTORY:
+    if parsed.kind not in REGIONAL:
         raise ChannelError("invalid_channel", f"{parsed.kind.name} channels are resolved by the hub")
     assert parsed.region is not None
+    if parsed.kind is REVIEWS:
+        return reviews_channel(parsed.region, parsed.key)
     return inventory_channel(parsed.region, parsed.key)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sync.broker import Broker, Position, PositionExpired, Publication
-from sync.channels import INVENTORY, Channel, ChannelError, inventory_stream, user_streams
+from sync.channels import INVENTORY, Channel, ChannelError, inventory_stream, reviews_stream, user_streams
 from sync.events import Event
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ class SyncEngine:
 
     @property
     def streams(self) -> list[str]:
-        return [inventory_stream(self.region), *user_streams(self.region)]
+        return [inventory_stream(self.region), reviews_stream(self.region), *user_streams(self.region)]
 
     async def start(self) -> None:
         for stream in self.streams:

@@ -37,11 +37,12 @@ from hub.metrics import Metrics
 from hub.realtime import resync_message, snapshot_url
 from hub.routes.inventory import snapshot_items
 from hub.settings import Settings
+from hub.transports.ws_reviews import review_push, review_sync
 from hub.transports.wsframes import BINARY, TEXT
 from storage.carts import CartPush, PushStatus
 from storage.errors import StoreError
 from sync.broker import BrokerError, Position, PositionExpired
-from sync.channels import ChannelError, parse_channel_name
+from sync.channels import INVENTORY, ChannelError, parse_channel_name
 from sync.cursor import CursorError, format_position, parse_position
 from sync.engine import Feed, Sink, SyncEngine
 
@@ -51,8 +52,8 @@ _MESSAGE_FIELDS = {
     "subscribe": {"type", "id", "channel", "since", "recover"},
     "unsubscribe": {"type", "id", "channel"},
     "ping": {"type", "id"},
-    "sync": {"type", "id", "cart", "context"},
-    "push": {"type", "id", "cart", "mutation_id", "delta"},
+    "sync": {"type", "id", "cart", "review", "context"},
+    "push": {"type", "id", "cart", "review", "mutation_id", "delta"},
 }
 
 
@@ -138,7 +139,13 @@ class Messages:
             self.unsubscribe(message)
         else:
             try:
-                await (self.cart_sync(message) if kind == "sync" else self.cart_push(message))
+                if "review" in message:
+                    if "cart" in message:
+                        raise ProtocolError("bad_request", f"a {kind} names a cart or a review, not both")
+                    handler = review_sync if kind == "sync" else review_push
+                    await handler(self, message, _echo(message))
+                else:
+                    await (self.cart_sync(message) if kind == "sync" else self.cart_push(message))
             except CartInputError as exc:
                 raise ProtocolError(exc.code, exc.message) from exc
             except StoreError as exc:
@@ -227,9 +234,11 @@ class Messages:
         recover = message.get("recover", "replay")
         if recover not in ("replay", "latest"):
             raise ProtocolError("bad_request", 'recover is "replay" (default) or "latest"')
-        if recover == "latest" and not channel.public:
+        if recover == "latest" and channel.kind is not INVENTORY:
             raise ProtocolError(
-                "bad_request", 'recover "latest" serves inventory snapshots; a cart resumes with "sync"'
+                "bad_request",
+                'recover "latest" serves inventory snapshots; a cart resumes with "sync", reviews from'
+                " their listing",
             )
         since_text = message.get("since")
         since: Position | None = None

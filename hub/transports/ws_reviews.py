@@ -1,0 +1,109 @@
+"""Review documents over WebSocket: ``sync`` and ``push`` messages that name a ``review`` instead of a
+``cart`` (docs/protocol.md). The same rules as REST (``hub/reviews.py``, storage/reviews.py): a push is
+answered ``ack`` only once merged, judged and committed; a refused one is an ``error`` with the
+refusal's code and changes nothing. A review that does not exist (or is another user's) syncs as
+empty: a device creates one by pushing the delta that names it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from crdt.wire import encode_context
+from hub.auth import Principal
+from hub.carts import CartInputError, read_context, read_mutation_id
+from hub.keys import STORE
+from hub.media import owned_media
+from hub.metrics import Metrics
+from hub.reviews import RULES, SCREENER, decode_review_delta, encode_review, new_media, sync_reply
+from storage.carts import PushStatus
+from storage.reviews import ReviewPush
+
+
+class Connection(Protocol):
+    app: web.Application
+    binary: bool
+    metrics: Metrics
+    principal: Principal | None
+
+    def send(self, message: dict[str, Any]) -> None: ...
+
+
+def _author(conn: Connection, message: dict[str, Any]) -> tuple[Principal, str]:
+    principal = conn.principal
+    if principal is None:
+        raise CartInputError("unauthenticated", "reviews need a bearer token on the connection")
+    if "customer" not in principal.roles:
+        raise CartInputError("forbidden", "writing a review needs the customer role")
+    review_id = message.get("review")
+    try:
+        if isinstance(review_id, str):
+            return principal, str(uuid.UUID(review_id))
+    except ValueError:
+        pass
+    raise CartInputError("invalid_review", "review is the review's UUID")
+
+
+async def review_sync(conn: Connection, message: dict[str, Any], echo: dict[str, Any]) -> None:
+    principal, review_id = _author(conn, message)
+    context = read_context(message.get("context"))
+    document = await conn.app[STORE].get_review(review_id)
+    if document is not None and document.author != principal.sub:
+        document = None  # another's review: not revealed
+    state = document.review if document is not None else None
+    lacking = sync_reply(state, context)
+    conn.send(
+        {
+            "type": "synced",
+            "review": review_id,
+            "version": 0 if document is None else document.version,
+            "status": None if document is None else document.status.value,
+            "delta": None if lacking is None else encode_review(lacking, conn.binary),
+            "context": None if state is None else encode_context(state.context),
+            **echo,
+        }
+    )
+
+
+async def review_push(conn: Connection, message: dict[str, Any], echo: dict[str, Any]) -> None:
+    principal, review_id = _author(conn, message)
+    mutation_id = read_mutation_id(message.get("mutation_id"))
+    delta = decode_review_delta(message.get("delta"), conn.binary)
+    store = conn.app[STORE]
+    current = await store.get_review(review_id)
+    added = new_media(delta, current.review if current is not None else None)
+    if added and await owned_media(conn.app, principal.sub, added):
+        raise CartInputError("unknown_media", "media ids must name your own uploads (POST /api/v1/media)")
+    result = await store.push_review(
+        review_id, principal.sub, [ReviewPush(mutation_id, delta)], RULES, SCREENER
+    )
+    outcome = result.outcomes[0]
+    conn.metrics.review_pushes.labels(outcome.status.value).inc()
+    if outcome.status is PushStatus.REFUSED:
+        conn.send(
+            {
+                "type": "error",
+                "code": outcome.code,
+                "message": outcome.message,
+                "review": review_id,
+                "mutation_id": mutation_id,
+                **echo,
+            }
+        )
+        return
+    document = result.document
+    conn.send(
+        {
+            "type": "ack",
+            "review": review_id,
+            "mutation_id": mutation_id,
+            "status": outcome.status.value,
+            "version": outcome.version,
+            "review_status": None if document is None else document.status.value,
+            "reasons": [] if document is None else list(document.reasons),
+            **echo,
+        }
+    )
