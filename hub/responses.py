@@ -78,7 +78,8 @@ def expected_version(request: web.Request) -> int | None:
     if len(tags) != 1 or not tags[0].startswith('"') or not tags[0].endswith('"'):
         raise BadRequest("If-Match must hold one ETag from a previous response", code="invalid_precondition")
     try:
-        return int(tags[0].strip('"'))
+        # A product's ETag is "{version}-{rating version}": its write version comes first.
+        return int(tags[0].strip('"').split("-", 1)[0])
     except ValueError as exc:
         raise PreconditionFailed("If-Match does not name a version of this resource") from exc
 

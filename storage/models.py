@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from storage.reviews import RatingAggregate
+
 PRICE_SCALE = 10_000  # prices are stored as integers of 1/10,000 of the currency unit: exact on every backend
 
 
@@ -70,6 +72,10 @@ class Product:
     created_at: int  # epoch microseconds
     updated_at: int
     version: int
+    # The aggregate of its published reviews (storage/reviews.py), numbered apart from ``version``:
+    # it changes with reviews, not with the product's own edits.
+    rating: RatingAggregate = field(default_factory=lambda: RatingAggregate(0, 0, (0, 0, 0, 0, 0)))
+    rating_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +210,7 @@ class ProductQuery:
     price_min: Decimal | None = None
     price_max: Decimal | None = None
     in_stock_region: str | None = None
+    min_rating: Decimal | None = None  # products whose published reviews average at least this
     sort: str = "newest"
     after: tuple[Any, str] | None = None  # keyset cursor: (sort value, id) of the last row seen
 
@@ -222,6 +229,8 @@ SORTS: dict[str, tuple[str, bool]] = {
     "-name": ("name", True),
     "price": ("price_units", False),
     "-price": ("price_units", True),
+    "rating": ("rating_score", False),  # the average of published reviews, lowest first
+    "-rating": ("rating_score", True),
 }
 
 

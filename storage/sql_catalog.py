@@ -20,12 +20,18 @@ from storage.models import (
     price_to_units,
     units_to_price,
 )
+from storage.reviews import RatingAggregate
 from storage.sql_core import now_us
 from storage.sql_stock import StockSql
 
-_PRODUCT_COLUMNS = (
+_WRITTEN_COLUMNS = (
     "id, sku, name, description, category, price_units, status, attributes,"
     " low_stock_threshold, created_at, updated_at, version"
+)
+# (the rating columns are written by reviews only: storage/sql_reviews.py)
+_PRODUCT_COLUMNS = (
+    _WRITTEN_COLUMNS + ", rating_count, rating_total, rating_1, rating_2, rating_3, rating_4, rating_5,"
+    " rating_version"
 )
 
 
@@ -43,6 +49,12 @@ def _product(row: Row) -> Product:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         version=row["version"],
+        rating=RatingAggregate(
+            row["rating_count"],
+            row["rating_total"],
+            (row["rating_1"], row["rating_2"], row["rating_3"], row["rating_4"], row["rating_5"]),
+        ),
+        rating_version=row["rating_version"],
     )
 
 
@@ -54,7 +66,7 @@ class CatalogSql(StockSql):
 
         async def work(tx: Tx) -> Row | None:
             return await tx.fetchrow(
-                f"INSERT INTO products ({_PRODUCT_COLUMNS})"
+                f"INSERT INTO products ({_WRITTEN_COLUMNS})"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1)"
                 f" RETURNING {_PRODUCT_COLUMNS}",
                 product_id,
@@ -185,6 +197,11 @@ class CatalogSql(StockSql):
             clauses.append(f"price_units >= {arg(price_to_units(query.price_min))}")
         if query.price_max is not None:
             clauses.append(f"price_units <= {arg(price_to_units(query.price_max))}")
+        if query.min_rating is not None:
+            # rating_score is the average × 10,000 (integer division, so a product averaging exactly
+            # the bound is kept)
+            score = int(query.min_rating * 10_000)
+            clauses.append(f"rating_count > 0 AND rating_score >= {arg(score)}")
         if query.in_stock_region is not None:
             clauses.append(
                 "EXISTS (SELECT 1 FROM stock s JOIN warehouses w ON w.id = s.warehouse_id"

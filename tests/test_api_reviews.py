@@ -424,3 +424,46 @@ async def test_the_author_hears_the_status_of_their_review_on_their_user_channel
             )
             (event,) = await ws.events(1)
             assert (event["data"]["status"], event["data"]["review_id"]) == ("published", held["id"])
+
+
+# -- the catalog's view ----------------------------------------------------------------------------------
+
+
+async def test_product_reads_carry_the_rating_and_their_etag_follows_it(hub):
+    product_id = await product(hub)
+    status, before, headers = await hub.call("GET", f"/api/v1/products/{product_id}")
+    assert status == 200 and before["rating"] == {
+        "count": 0,
+        "average": None,
+        "histogram": {"1": 0, "2": 0, "3": 0, "4": 0, "5": 0},
+    }
+    assert before["links"]["reviews"] == f"/api/v1/products/{product_id}/reviews"
+    etag = headers["ETag"]
+    await published(hub, product_id, rating=3)
+    status, after, headers = await hub.call(
+        "GET", f"/api/v1/products/{product_id}", headers={"If-None-Match": etag}
+    )
+    assert status == 200 and after["rating"]["count"] == 1 and headers["ETag"] != etag
+    # The product's own version is unchanged: an admin's If-Match from before the review still holds.
+    assert after["version"] == before["version"]
+    status, patched, _ = await hub.call(
+        "PATCH",
+        f"/api/v1/products/{product_id}",
+        token=hub.admin,
+        json={"name": "renamed"},
+        headers={"If-Match": etag},
+    )
+    assert status == 200, patched
+
+
+async def test_the_catalog_filters_by_minimum_rating_and_sorts_by_rating(hub):
+    good, fair, unrated = await product(hub, "GOOD"), await product(hub, "FAIR"), await product(hub, "NONE")
+    await published(hub, good, rating=5)
+    await published(hub, good, who=hub.bob, rating=4, text="Good value for the price")
+    await published(hub, fair, rating=3, text="Fine but nothing special")
+    status, body, _ = await hub.call("GET", "/api/v1/products?min_rating=4.5")
+    assert status == 200 and [p["id"] for p in body["items"]] == [good]
+    status, body, _ = await hub.call("GET", "/api/v1/products?sort=-rating")
+    assert [p["id"] for p in body["items"]] == [good, fair, unrated]
+    status, body, _ = await hub.call("GET", "/api/v1/products?min_rating=6")
+    assert (status, body["code"]) == (400, "invalid_parameter")

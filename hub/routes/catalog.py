@@ -21,7 +21,6 @@ from hub.responses import (
     iso,
     json_response,
     not_modified,
-    version_etag,
 )
 from hub.routes.inventory import REGION_PATTERN
 from hub.validation import (
@@ -42,6 +41,7 @@ from hub.validation import (
     validate,
 )
 from storage.models import SORTS, NewProduct, Product, ProductQuery, ProductStatus
+from storage.sql_reviews import render_aggregate
 
 routes = web.RouteTableDef()
 
@@ -73,9 +73,12 @@ VISIBLE_FIELDS = frozenset(
         "created_at",
         "updated_at",
         "version",
+        "rating",
+        "links",
     }
 )
 MAX_PAGE = 200
+MIN_RATING = decimal(Decimal(1), Decimal(5), 2)
 
 
 def product_to_dict(product: Product) -> dict[str, Any]:
@@ -92,7 +95,15 @@ def product_to_dict(product: Product) -> dict[str, Any]:
         "created_at": iso(product.created_at),
         "updated_at": iso(product.updated_at),
         "version": product.version,
+        "rating": render_aggregate(product.rating),
+        "links": {"reviews": f"/api/v1/products/{product.id}/reviews"},
     }
+
+
+def product_etag(product: Product) -> str:
+    """The product's version and its rating's: a representation changes with either. If-Match reads
+    the first (the rating changes with reviews, and never conflicts with an edit of the product)."""
+    return f'"{product.version}-{product.rating_version}"'
 
 
 def sparse_fields(request: web.Request) -> frozenset[str] | None:
@@ -156,6 +167,7 @@ async def list_products(request: web.Request) -> web.StreamResponse:
         status=ProductStatus(status) if status else None,
         price_min=query_decimal(request, "price_min", PRICE),
         price_max=query_decimal(request, "price_max", PRICE),
+        min_rating=query_decimal(request, "min_rating", MIN_RATING),
         in_stock_region=region,
         sort=sort,
         after=decode_cursor(cursor, sort) if cursor else None,
@@ -188,7 +200,7 @@ async def create_product(request: web.Request) -> web.StreamResponse:
     return json_response(
         product_to_dict(product),
         status=201,
-        etag=version_etag(product.version),
+        etag=product_etag(product),
         headers={"Location": f"/api/v1/products/{product.id}"},
     )
 
@@ -200,7 +212,7 @@ async def get_product(request: web.Request) -> web.StreamResponse:
     product = await request.app[STORE].get_product(product_id)
     if product is None:
         raise NotFoundError("no such product", code="product_not_found", product_id=product_id)
-    etag = version_etag(product.version)
+    etag = product_etag(product)
     if not_modified(request, etag):
         return web.Response(status=304, headers={"ETag": etag})
     return json_response(shaped(product, fields), etag=etag)
@@ -215,7 +227,7 @@ async def update_product(request: web.Request) -> web.StreamResponse:
     if not changes:
         raise BadRequest("the patch changes nothing", code="validation_failed")
     product = await request.app[STORE].update_product(product_id, changes, version)
-    return json_response(product_to_dict(product), etag=version_etag(product.version))
+    return json_response(product_to_dict(product), etag=product_etag(product))
 
 
 @routes.delete("/api/v1/products/{product_id}", name="delete_product")
