@@ -14,10 +14,11 @@ from aiohttp import web
 from hub.auth import auth_middleware
 from hub.errors import error_middleware
 from hub.keys import BROKER, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE, WRITES
+from hub.media import media_context
 from hub.metrics import Metrics, metrics_middleware
 from hub.realtime import Connections
 from hub.responses import compression_middleware
-from hub.routes import carts, catalog, inventory, ops, reservations
+from hub.routes import carts, catalog, inventory, media, ops, reservations, reviews
 from hub.settings import Settings
 from hub.transports import poll, sse, websocket
 from hub.transports.writes import WriteBatcher
@@ -155,9 +156,12 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(inventory.routes)
     app.add_routes(reservations.routes)
     app.add_routes(carts.routes)
+    app.add_routes(media.routes)
+    app.add_routes(reviews.routes)
     app.add_routes(websocket.routes)
     app.add_routes(sse.routes)
     app.add_routes(poll.routes)
     app.cleanup_ctx.extend([store_context, broker_context, engine_context, relay_context, expiry_context])
+    app.cleanup_ctx.append(media_context)
     app.on_shutdown.append(go_away)
     return app

@@ -84,6 +84,7 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
         help="do not relay the outbox on this node (env SYNCHUB_RELAY=off)",
     )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="env SYNCHUB_LOG_LEVEL")
+    _add_media(serve)
     serve.add_argument(
         "--workers",
         type=_workers,
@@ -94,6 +95,54 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
     # Internal: how the supervisor starts worker K, and the pipe on which the worker says it is ready.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+
+# The media flags: each is the Settings field of its name, and SYNCHUB_<NAME> sets it.
+_MEDIA_SETTINGS = (
+    "media_dir",
+    "media_max_image_bytes",
+    "media_max_video_bytes",
+    "media_url_ttl_seconds",
+    "media_s3_endpoint",
+    "media_s3_bucket",
+    "media_s3_access_key",
+    "media_s3_secret_key",
+    "media_s3_region",
+)
+
+
+def _add_media(serve: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    serve.add_argument(
+        "--media-dir",
+        default=_env("MEDIA_DIR", defaults.media_dir),
+        help="directory of uploaded media when no S3 bucket is set (env SYNCHUB_MEDIA_DIR)",
+    )
+    for flag, name, default, what in (
+        ("--media-max-image-bytes", "MEDIA_MAX_IMAGE_BYTES", defaults.media_max_image_bytes, "largest image"),
+        ("--media-max-video-bytes", "MEDIA_MAX_VIDEO_BYTES", defaults.media_max_video_bytes, "largest video"),
+        (
+            "--media-url-ttl-seconds",
+            "MEDIA_URL_TTL_SECONDS",
+            defaults.media_url_ttl_seconds,
+            "signed URL life",
+        ),
+    ):
+        serve.add_argument(
+            flag, type=int, default=int(_env(name, str(default)) or 0), help=f"{what} (env SYNCHUB_{name})"
+        )
+    for flag, name, what in (
+        ("--media-s3-endpoint", "MEDIA_S3_ENDPOINT", "S3-compatible endpoint URL"),
+        ("--media-s3-bucket", "MEDIA_S3_BUCKET", "bucket for media: set, it replaces --media-dir"),
+        ("--media-s3-access-key", "MEDIA_S3_ACCESS_KEY", "S3 access key id"),
+        ("--media-s3-secret-key", "MEDIA_S3_SECRET_KEY", "S3 secret key (prefer the env variable)"),
+    ):
+        serve.add_argument(flag, default=_env(name), help=f"{what} (env SYNCHUB_{name})")
+    serve.add_argument(
+        "--media-s3-region",
+        default=_env("MEDIA_S3_REGION", defaults.media_s3_region),
+        help="region the S3 requests are signed for (env SYNCHUB_MEDIA_S3_REGION)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +201,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         jwt_secret=_secret(args),
         max_body_bytes=args.max_body_bytes,
         relay_enabled=not args.no_relay,
+        **{name: getattr(args, name) for name in _MEDIA_SETTINGS},
         **kwargs,
     )
 
@@ -211,6 +261,7 @@ _FORWARDED = {
     "region": "REGION",
     "max_body_bytes": "MAX_BODY_BYTES",
     "log_level": "LOG_LEVEL",
+    **{name: name.upper() for name in _MEDIA_SETTINGS},
 }
 
 

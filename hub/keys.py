@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from hub.auth import Principal
+    from hub.media_store import MediaStore
     from hub.metrics import Metrics
     from hub.realtime import Connections
     from hub.settings import Settings
@@ -25,5 +26,6 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ENGINE: web.AppKey[SyncEngine] = web.AppKey("engine")
 CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")
 WRITES: web.AppKey[WriteBatcher] = web.AppKey("writes")
+MEDIA: web.AppKey[MediaStore] = web.AppKey("media")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous

@@ -6,6 +6,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from hub.openapi_reviews import review_paths, review_schemas
+
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 PROBLEM_CONTENT = {
     "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -130,6 +132,92 @@ _ACK = {
 _MUTATION_ID = {"type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$"}
 
 
+_MEDIA_TYPES = ["image/jpeg", "image/png", "image/gif", "image/webp", "video/mp4", "video/webm"]
+_MEDIA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "owner": {"type": "string"},
+        "content_type": {"enum": _MEDIA_TYPES},
+        "size": {"type": "integer", "description": "bytes stored, after metadata stripping"},
+        "sha256": {"type": "string", "description": "hex SHA-256 of the bytes stored"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "url": {"type": "string", "description": "signed path on this hub: GET it, no token needed"},
+        "expires_at": {"type": "string", "format": "date-time", "description": "when url stops working"},
+    },
+}
+
+
+def _media_paths() -> dict[str, Any]:
+    media_id = _path("media_id")
+    return {
+        "/api/v1/media": {
+            "post": {
+                **_op(
+                    "Upload an image or video for a review (customer role): the body is the file, its"
+                    " Content-Type the type its bytes are. Images are stored without their metadata",
+                    {
+                        "201": {
+                            **_json("Media", "stored"),
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                        },
+                        **_problems(
+                            **_AUTH_PROBLEMS,
+                            _400="empty_upload",
+                            _403="forbidden: needs the customer role",
+                            _413="media_too_large (limit: bytes): images 10 MiB, videos 50 MiB by default",
+                            _415="unsupported_media_type (bytes of no accepted type), media_type_mismatch"
+                            " (detected, declared)",
+                            _422="malformed_media: an image whose structure is broken (truncated, bad CRC)",
+                            _503="media_store_unavailable",
+                        ),
+                    },
+                    auth=True,
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in _MEDIA_TYPES},
+                },
+            },
+        },
+        "/api/v1/media/{media_id}": {
+            "get": _op(
+                "The media's bytes, through the signed URL the hub gave (no token). Range: one byte range",
+                {
+                    "200": {"description": "the file, with its stored Content-Type"},
+                    "206": {"description": "the requested byte range"},
+                    "304": {"description": "not modified (ETag: the SHA-256)"},
+                    **_problems(
+                        _400="invalid_id",
+                        _403="invalid_signature (missing, malformed or not this hub's), url_expired",
+                        _404="media_not_found",
+                    ),
+                },
+                params=[
+                    media_id,
+                    _query("exp", {"type": "integer"}, "expiry, epoch seconds, as signed"),
+                    _query("sig", {"type": "string"}, "the signature, as given"),
+                ],
+            ),
+        },
+        "/api/v1/media/{media_id}/info": {
+            "get": _op(
+                "The media's record and a fresh signed URL: the uploader, moderators and admins",
+                {
+                    "200": _json("Media"),
+                    **_problems(
+                        **_AUTH_PROBLEMS,
+                        _400="invalid_id",
+                        _404="media_not_found: no such media, or another user's",
+                    ),
+                },
+                auth=True,
+                params=[media_id],
+            ),
+        },
+    }
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     product_id = _path("product_id")
@@ -159,13 +247,29 @@ def openapi_document() -> dict[str, Any]:
                         _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size"),
                         _query(
                             "sort",
-                            {"enum": ["newest", "oldest", "name", "-name", "price", "-price"]},
-                            "order",
+                            {
+                                "enum": [
+                                    "newest",
+                                    "oldest",
+                                    "name",
+                                    "-name",
+                                    "price",
+                                    "-price",
+                                    "rating",
+                                    "-rating",
+                                ]
+                            },
+                            "order (rating: the average of published reviews)",
                         ),
                         _query("category", {"type": "string"}, "exact category"),
                         _query("status", {"enum": ["active", "preorder", "discontinued"]}, "product status"),
                         _query("price_min", {"type": "string"}, "inclusive lower bound"),
                         _query("price_max", {"type": "string"}, "inclusive upper bound"),
+                        _query(
+                            "min_rating",
+                            {"type": "string"},
+                            "reviewed products whose published reviews average at least this (1-5)",
+                        ),
                         _query("in_stock_region", {"type": "string"}, "only products available there"),
                         _query("fields", {"type": "string"}, "comma-separated sparse fieldset"),
                     ],
@@ -450,6 +554,8 @@ def openapi_document() -> dict[str, Any]:
                     ],
                 ),
             },
+            **_media_paths(),
+            **review_paths(_op, _json, _problems, _path, _query, _AUTH_PROBLEMS),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -493,6 +599,11 @@ def openapi_document() -> dict[str, Any]:
                         "created_at": {"type": "string", "format": "date-time"},
                         "updated_at": {"type": "string", "format": "date-time"},
                         "version": {"type": "integer"},
+                        "rating": {"$ref": "#/components/schemas/RatingAggregate"},
+                        "links": {
+                            "type": "object",
+                            "properties": {"reviews": {"type": "string", "description": "its reviews"}},
+                        },
                     },
                 },
                 "ProductPage": {
@@ -693,6 +804,8 @@ def openapi_document() -> dict[str, Any]:
                         "cart": {"$ref": "#/components/schemas/Cart"},
                     },
                 },
+                "Media": _MEDIA,
+                **review_schemas(_CONTEXT, _DELTA, _ACK),
             },
         },
     }

@@ -42,6 +42,16 @@ class Settings:
     sse_retry_ms: int = 2_000
     poll_max_timeout_seconds: float = 60.0
     poll_max_events: int = 1_000
+    # media uploads (hub/media.py): a local directory unless an S3 bucket is configured
+    media_dir: str = str(DEFAULT_DATA_DIR / "media")
+    media_max_image_bytes: int = 10 * 1024 * 1024
+    media_max_video_bytes: int = 50 * 1024 * 1024
+    media_url_ttl_seconds: int = 3600  # how long a signed media URL works
+    media_s3_endpoint: str | None = None  # e.g. https://s3.eu-west-3.amazonaws.com, http://127.0.0.1:9000
+    media_s3_bucket: str | None = None
+    media_s3_region: str = "us-east-1"
+    media_s3_access_key: str | None = None
+    media_s3_secret_key: str | None = None
 
     @property
     def uses_postgres(self) -> bool:

@@ -1,0 +1,111 @@
+"""The media store seam: where uploaded files and their records live.
+
+Implementations: ``hub/media_store_local.py`` (a directory, the default) and
+``hub/media_store_s3.py`` (an S3-compatible bucket). ``tests/test_media.py`` runs one contract test
+against both. A record lives with its bytes, in the store — there is no database table.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+if TYPE_CHECKING:
+    from hub.settings import Settings
+
+
+class MediaStoreError(Exception):
+    """The store could not be reached or refused an operation; nothing is known to have changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRecord:
+    id: str  # a UUID, made by the hub: never a name a client chose
+    owner: str  # the uploader's token subject
+    content_type: str  # sniffed from the bytes, one of media_files.ALLOWED_TYPES
+    size: int  # bytes stored (after metadata stripping)
+    sha256: str  # hex SHA-256 of the bytes stored
+    created_at: int  # epoch microseconds
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> MediaRecord:
+        try:
+            fields: Any = orjson.loads(raw)
+            record = cls(**fields)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise MediaStoreError(f"a media record does not decode: {exc}") from exc
+        types = {"id": str, "owner": str, "content_type": str, "size": int, "sha256": str, "created_at": int}
+        if any(type(getattr(record, name)) is not kind for name, kind in types.items()):
+            raise MediaStoreError("a media record has a field of the wrong type")
+        return record
+
+
+def canonical_id(media_id: str) -> str | None:
+    """``media_id`` if it is a UUID in its canonical form, else None: what stores build names from."""
+    try:
+        return media_id if str(uuid.UUID(media_id)) == media_id else None
+    except (ValueError, TypeError):
+        return None
+
+
+class MediaStore(Protocol):
+    """Uploaded files by id, each with its :class:`MediaRecord`.
+
+    Guarantees:
+
+    - ``put(record, data)`` stores ``data`` under ``record.id``, then the record: once ``get`` returns
+      the record, ``read`` returns exactly ``data`` (``record.sha256`` is its hash, which the caller
+      computed; the S3 store signs it, for the server to check). When ``put`` returns, both are
+      durable (local: fsynced; S3: acknowledged). A ``put`` that fails may leave bytes with no
+      record: ``get`` does not see them, so callers look the record up before reading. Putting an id
+      again replaces it.
+    - A reader never sees a partial file or record: each is written whole, then made visible at once
+      (local: rename over; S3: a PUT is atomic).
+    - ``get`` and ``read`` return None for an id that was never put, and for one that is not a
+      canonical UUID (no name is ever built from anything else).
+    - Files and records are never changed or deleted by the store itself.
+    - Failures of the backend raise :class:`MediaStoreError`.
+    """
+
+    async def put(self, record: MediaRecord, data: bytes) -> None: ...
+
+    async def get(self, media_id: str) -> MediaRecord | None: ...
+
+    async def read(self, media_id: str) -> bytes | None: ...
+
+    async def close(self) -> None: ...
+
+
+def open_media_store(settings: Settings) -> MediaStore:
+    """The S3 store when a bucket is configured (its endpoint and keys are then required), else the
+    local directory."""
+    if settings.media_s3_bucket:
+        missing = [
+            flag
+            for flag, value in (
+                ("--media-s3-endpoint", settings.media_s3_endpoint),
+                ("--media-s3-access-key", settings.media_s3_access_key),
+                ("--media-s3-secret-key", settings.media_s3_secret_key),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(f"an S3 media bucket needs {', '.join(missing)}")
+        from hub.media_store_s3 import S3MediaStore
+
+        return S3MediaStore(
+            settings.media_s3_endpoint or "",
+            settings.media_s3_bucket,
+            settings.media_s3_access_key or "",
+            settings.media_s3_secret_key or "",
+            settings.media_s3_region,
+        )
+    from hub.media_store_local import LocalMediaStore
+
+    return LocalMediaStore(settings.media_dir)
