@@ -123,6 +123,8 @@ async def _expire_forever(app: web.Application) -> None:
                 now = time.time_ns() // 1000
                 await store.purge_idempotency_keys(now - settings.idempotency_retention_seconds * 10**6)
                 await store.purge_cart_mutations(now - settings.cart_mutation_retention_seconds * 10**6)
+                # (review pushes' ids are kept as long as carts': one retention for devices' retries)
+                await store.purge_review_mutations(now - settings.cart_mutation_retention_seconds * 10**6)
                 last_purge = time.monotonic()
         except asyncio.CancelledError:
             raise

@@ -541,3 +541,16 @@ async def test_concurrent_writes_to_one_products_reviews_keep_its_aggregate_exac
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_purged_mutation_ids_merge_again_and_change_nothing(store: SqlStore) -> None:
+    product = await seed(store)
+    review_id, device, _ = await post(store, product, "ana", rating=5)
+    delta = device.rate(3)
+    first = await store.push_review(review_id, "ana", [ReviewPush("old-1", delta)], RULES, keyword_screen)
+    assert await store.purge_review_mutations(time.time_ns() // 1000 + 1) >= 2
+    again = await store.push_review(review_id, "ana", [ReviewPush("old-1", delta)], RULES, keyword_screen)
+    assert again.outcomes[0].status is PushStatus.APPLIED
+    assert again.document is not None and first.document is not None
+    assert again.document.version == first.document.version  # a join of what it holds changes nothing
+    assert await store.rating_of(product) == RatingAggregate(1, 3, (0, 0, 1, 0, 0))
