@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -251,7 +252,11 @@ async def start_hub(settings: Settings) -> tuple[web.AppRunner, str]:
 
 
 def hub_settings(database_url: str, **overrides: Any) -> Settings:
-    defaults: dict[str, Any] = {"max_body_bytes": 64 * 1024, "expiry_interval": 0.1}
+    defaults: dict[str, Any] = {
+        "max_body_bytes": 64 * 1024,
+        "expiry_interval": 0.1,
+        "media_dir": tempfile.mkdtemp(prefix="synchub-media-"),  # not the checkout's var/media
+    }
     return Settings(database_url=database_url, jwt_secret=JWT_SECRET, **{**defaults, **overrides})
 
 

@@ -13,6 +13,7 @@ from crdt import codec
 from crdt.hlc import HybridClock
 from crdt.review import ModerationStatus, Review
 from crdt.wire import encode_context
+from tests import media_samples
 from tests.conftest import Hub, token
 from tests.realtime_helpers import JSON, MSGPACK, eu_hub, poll, sse_stream, ws_client
 from tests.test_store_reviews import now_ms
@@ -467,3 +468,34 @@ async def test_the_catalog_filters_by_minimum_rating_and_sorts_by_rating(hub):
     assert [p["id"] for p in body["items"]] == [good, fair, unrated]
     status, body, _ = await hub.call("GET", "/api/v1/products?min_rating=6")
     assert (status, body["code"]) == (400, "invalid_parameter")
+
+
+# -- media ---------------------------------------------------------------------------------------------
+
+
+async def upload_png(hub: Hub, who: str) -> str:
+    status, body, _ = await hub.call(
+        "POST", "/api/v1/media", token=who, data=media_samples.png(), headers={"Content-Type": "image/png"}
+    )
+    assert status == 201, body
+    return str(body["id"])
+
+
+async def test_reviews_carry_the_authors_uploads_as_signed_urls_and_refuse_anyone_elses(hub):
+    product_id = await product(hub)
+    mine, theirs = await upload_png(hub, hub.alice), await upload_png(hub, hub.bob)
+    status, body = await post_review(hub, product_id, media=[theirs])
+    assert (status, body["code"], body["media"]) == (422, "unknown_media", [theirs])
+    review = await published(hub, product_id, media=[mine])
+    (attached,) = review["media"]
+    assert attached["id"] == mine and "sig=" in attached["url"] and "exp=" in attached["url"]
+    async with hub.session.get(hub.base + attached["url"]) as response:
+        assert response.status == 200 and response.headers["Content-Type"] == "image/png"
+    status, listing, _ = await hub.call("GET", f"/api/v1/products/{product_id}/reviews?with_media=true")
+    assert [r["id"] for r in listing["items"]] == [review["id"]]
+    status, edited, _ = await hub.call(
+        "PATCH", f"/api/v1/reviews/{review['id']}", token=hub.alice, json={"media": []}
+    )
+    assert status == 200 and edited["media"] == []
+    status, listing, _ = await hub.call("GET", f"/api/v1/products/{product_id}/reviews?with_media=true")
+    assert listing["items"] == []
