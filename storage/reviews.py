@@ -59,7 +59,7 @@ class Verdict(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class Screening:
     verdict: Verdict
-    reasons: tuple[str, ...] = ()  # stable reason codes, e.g. ("profanity",), ("link", "contact")
+    reasons: tuple[str, ...] = ()  # stable reason codes, e.g. ("profanity",), ("contact_email", "link")
 
 
 class Screener(Protocol):

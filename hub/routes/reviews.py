@@ -39,7 +39,6 @@ from hub.media import media_urls, owned_media
 from hub.responses import json_response, not_modified, version_etag
 from hub.reviews import (
     RULES,
-    SCREENER,
     encode_review,
     is_moderator,
     may_read,
@@ -47,6 +46,7 @@ from hub.reviews import (
     read_review_pushes,
     render_review,
     rest_replica,
+    screen,
     stamp,
     sync_reply,
 )
@@ -155,7 +155,7 @@ def _raise_refusal(code: str | None, message: str | None) -> None:
 
 
 async def _push_one(request: web.Request, review_id: str, author: str, push: ReviewPush) -> ReviewDocument:
-    result = await request.app[STORE].push_review(review_id, author, [push], RULES, SCREENER)
+    result = await request.app[STORE].push_review(review_id, author, [push], RULES, screen)
     outcome = result.outcomes[0]
     request.app[METRICS].review_pushes.labels(outcome.status.value).inc()
     if outcome.status is PushStatus.REFUSED:
@@ -306,7 +306,7 @@ async def sync_review(request: web.Request) -> web.StreamResponse:
         for push in pushes:
             assert isinstance(push.delta, Review)
             await _check_media(request, who.sub, new_media(push.delta, current))
-        result = await store.push_review(review_id, who.sub, pushes, RULES, SCREENER)
+        result = await store.push_review(review_id, who.sub, pushes, RULES, screen)
         for outcome in result.outcomes:
             request.app[METRICS].review_pushes.labels(outcome.status.value).inc()
         acks = [render_outcome(o) for o in result.outcomes]

@@ -18,7 +18,7 @@ from hub.carts import CartInputError, read_context, read_mutation_id
 from hub.keys import STORE
 from hub.media import owned_media
 from hub.metrics import Metrics
-from hub.reviews import RULES, SCREENER, decode_review_delta, encode_review, new_media, sync_reply
+from hub.reviews import RULES, decode_review_delta, encode_review, new_media, screen, sync_reply
 from storage.carts import PushStatus
 from storage.reviews import ReviewPush
 
@@ -78,7 +78,7 @@ async def review_push(conn: Connection, message: dict[str, Any], echo: dict[str,
     if added and await owned_media(conn.app, principal.sub, added):
         raise CartInputError("unknown_media", "media ids must name your own uploads (POST /api/v1/media)")
     result = await store.push_review(
-        review_id, principal.sub, [ReviewPush(mutation_id, delta)], RULES, SCREENER
+        review_id, principal.sub, [ReviewPush(mutation_id, delta)], RULES, screen
     )
     outcome = result.outcomes[0]
     conn.metrics.review_pushes.labels(outcome.status.value).inc()
