@@ -274,6 +274,14 @@ class ReviewSql:
         the review once and move the aggregate, in one transaction."""
 
         async def work(tx: Tx) -> ReviewPushResult:
+            try:
+                return await attempt(tx)
+            except _CreatedMeanwhile:
+                # Another transaction created this review (the same author's retry through another
+                # node) and has committed: it is read, locked, this time.
+                return await attempt(tx)
+
+        async def attempt(tx: Tx) -> ReviewPushResult:
             ts = _now_us()
             row = await tx.fetchrow(_LOCKED[self.db.dialect], review_id)
             if row is not None and row["author"] != author:
@@ -297,11 +305,13 @@ class ReviewSql:
                     outcomes.append(PushOutcome(push.mutation_id, PushStatus.DUPLICATE, seen))
                     continue
                 try:
-                    delta = _make_delta(push, review)
-                    merged = await _checked_merge(tx, review, delta, review_id, author, rules, ts)
-                    if before is None and not created:
-                        await _insert_review(tx, merged, review_id, author, self.region, ts)
-                        created = True
+                    # (a savepoint: a refusal takes back the replicas the delta bound before it)
+                    async with tx.savepoint():
+                        delta = _make_delta(push, review)
+                        merged = await _checked_merge(tx, review, delta, review_id, author, rules, ts)
+                        if before is None and not created:
+                            await _insert_review(tx, merged, review_id, author, self.region, ts)
+                            created = True
                 except ReviewRefusal as refusal:
                     outcomes.append(
                         PushOutcome(
@@ -697,9 +707,15 @@ async def _insert_review(tx: Tx, review: Review, review_id: str, author: str, re
     )
     if inserted != 1:
         taken = await tx.fetchrow("SELECT author FROM reviews WHERE id = $1", review_id)
+        if taken is not None and taken["author"] == author:
+            raise _CreatedMeanwhile(review_id)
         if taken is not None:
             raise ReviewRefusal("wrong_review", "that review id is taken")
         raise ReviewRefusal("review_exists", "this author already has a review of this product")
+
+
+class _CreatedMeanwhile(Exception):
+    """The review a push would create was created by a concurrent transaction of the same author."""
 
 
 async def _fresh(tx: Tx, review_id: str) -> ReviewDocument:

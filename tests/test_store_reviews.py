@@ -554,3 +554,53 @@ async def test_purged_mutation_ids_merge_again_and_change_nothing(store: SqlStor
     assert again.document is not None and first.document is not None
     assert again.document.version == first.document.version  # a join of what it holds changes nothing
     assert await store.rating_of(product) == RatingAggregate(1, 3, (0, 0, 1, 0, 0))
+
+
+async def test_a_refused_creation_binds_no_replica(store: SqlStore) -> None:
+    review_id = str(uuid.uuid4())
+    result = await push(
+        store, review_id, "ana", Device("ana-unbound").create(review_id, str(uuid.uuid4()), "ana", 5, "x")
+    )
+    assert result.outcomes[0].code == "product_not_found"
+
+    async def bound(tx):  # type: ignore[no-untyped-def]
+        return await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", "ana-unbound")
+
+    assert await store.db.run(bound, readonly=True) is None
+
+
+async def test_one_new_review_pushed_through_two_nodes_at_once_is_created_once(database_url: str) -> None:
+    """The same device's first push, retried through another node while the first is in flight."""
+    from storage.factory import open_store
+
+    stores = [open_store(database_url), open_store(database_url)]
+    for s in stores:
+        await s.open()
+        await s.migrate()
+    try:
+        product = await seed(stores[0])
+        review_id = str(uuid.uuid4())
+        delta = Device("ana-race").create(review_id, product, "ana", 4, "first words here")
+        for attempt in range(5):
+            rid = review_id if attempt == 0 else str(uuid.uuid4())
+            d = (
+                delta
+                if attempt == 0
+                else Device(f"ana-race{attempt}").create(
+                    rid, await seed(stores[0], f"S{attempt}"), "ana", 4, f"words {attempt} here ok"
+                )
+            )
+            results = await asyncio.gather(
+                *(
+                    s.push_review(rid, "ana", [ReviewPush(f"first-{attempt}", d)], RULES, keyword_screen)
+                    for s in stores
+                )
+            )
+            statuses = sorted(r.outcomes[0].status.value for r in results)
+            assert statuses in (["applied", "duplicate"], ["applied", "applied"]), statuses
+            stored = await stores[0].get_review(rid)
+            assert stored is not None and stored.status is ReviewStatus.PUBLISHED
+        await recounted(stores[0])
+    finally:
+        for s in stores:
+            await s.close()
