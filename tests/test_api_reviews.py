@@ -264,8 +264,16 @@ async def test_listing_sorts_filters_searches_and_pages(hub):
     assert [r["rating"] for r in await items("sort=lowest")] == [2, 4, 5]
     assert [r["rating"] for r in await items("min_rating=4&sort=lowest")] == [4, 5]
     assert [r["text"] for r in await items("q=light")] == ["light scent", "hydrating and light"]
+    status, first, _ = await hub.call("GET", f"{base}?limit=1&q=light%20scent%26%22%20OR")
+    assert status == 200 and [r["text"] for r in first["items"]] == []  # every word: "or" is in none
+    status, first, _ = await hub.call("GET", f"{base}?limit=1&q=light%20scent%26")
+    assert [r["text"] for r in first["items"]] == ["light scent"] and first["next_cursor"] is None
+    status, first, _ = await hub.call("GET", f"{base}?limit=2&q=and%20light")
+    assert [r["text"] for r in first["items"]] == ["hydrating and light"] and first["next_cursor"] is None
     status, first, _ = await hub.call("GET", f"{base}?limit=2")
     assert len(first["items"]) == 2 and first["next_cursor"]
+    status, following, _ = await hub.call("GET", first["next"])  # the next page's link, as given
+    assert status == 200 and len(following["items"]) == 1
     status, rest, _ = await hub.call("GET", f"{base}?limit=2&cursor={first['next_cursor']}")
     assert len(rest["items"]) == 1 and rest["next_cursor"] is None
     for bad, code in [

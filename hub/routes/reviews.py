@@ -25,6 +25,7 @@ import binascii
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from aiohttp import web
@@ -426,7 +427,7 @@ async def _listing(request: web.Request, query: ReviewQuery, kind: str, base: st
     if page.next_after:
         query_args = dict(request.query)
         query_args["cursor"] = body["next_cursor"]
-        body["next"] = base + "?" + "&".join(f"{k}={v}" for k, v in query_args.items())
+        body["next"] = base + "?" + urlencode(query_args)
     return json_response(body)
 
 
