@@ -118,7 +118,6 @@ ReviewDeltaSource = Review | Callable[[Review], Review]
 class ReviewPush:
     mutation_id: str
     delta: ReviewDeltaSource
-    origin: str | None = None  # the pushing connection, written into the author's event
 
 
 @dataclass(frozen=True, slots=True)

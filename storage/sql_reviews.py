@@ -81,7 +81,7 @@ def _now_us() -> int:
 
 def search_words(q: str) -> list[str]:
     """The words a search looks for (every one must be in the text): letters and digits, at most 8."""
-    return [w.casefold() for w in _WORD.findall(q)][:_MAX_SEARCH_WORDS]
+    return [w.lower() for w in _WORD.findall(q)][:_MAX_SEARCH_WORDS]
 
 
 def _search_rowid(review_id: str) -> int:
@@ -189,8 +189,8 @@ class ReviewSql:
         async def work(tx: Tx) -> tuple[list[Row], list[Row]]:
             stored = await tx.fetch(f"SELECT id, {_RATING_COLUMNS} FROM products")
             counted = await tx.fetch(
-                "SELECT product_id, rating, COUNT(*) AS n FROM reviews WHERE status = 'published'"
-                " GROUP BY product_id, rating"
+                "SELECT product_id, rating, COUNT(*) AS n FROM reviews"
+                " WHERE status = 'published' AND rating > 0 GROUP BY product_id, rating"
             )
             return stored, counted
 
@@ -335,6 +335,9 @@ class ReviewSql:
                     mutation_version,
                     ts,
                 )
+            if before is not None and version == before.version:
+                # Nothing new merged (a delta the review held already): no judgment, no event.
+                return ReviewPushResult(before, outcomes)
             document = await ReviewSql._settle(
                 self, tx, review_id, review, version, before, screener, rules, ts
             )
@@ -363,6 +366,11 @@ class ReviewSql:
             before = _document(row, with_state=True)
             if expected_version is not None and before.version != expected_version:
                 raise VersionMismatch("the review changed since it was read", current_version=before.version)
+            if status is ReviewStatus.PUBLISHED and before.reports and before.status not in _FINAL:
+                # A person has looked at the reports: they are settled, and new ones count anew.
+                await tx.execute("DELETE FROM review_reports WHERE review_id = $1", review_id)
+                await tx.execute("UPDATE reviews SET reports = 0 WHERE id = $1", review_id)
+                before = replace(before, reports=0)
             return await ReviewSql._judge(
                 self, tx, before, _state(before), before.version + 1, status, tuple(reasons), ts
             )
@@ -380,6 +388,8 @@ class ReviewSql:
             row = await tx.fetchrow(_LOCKED[self.db.dialect], review_id)
             if row is None or row["status"] != ReviewStatus.PUBLISHED.value:
                 raise NotFound("no such review", resource="review")
+            if row["author"] == reporter:
+                raise ReviewRefusal("own_review", "authors cannot report their own review")
             before = _document(row, with_state=True)
             added = await tx.execute(
                 "INSERT INTO review_reports (review_id, reporter, reason, created_at) VALUES ($1, $2, $3, $4)"
@@ -399,7 +409,7 @@ class ReviewSql:
                 flagged = await ReviewSql._judge(
                     self,
                     tx,
-                    before,
+                    replace(before, reports=int(counted["reports"])),
                     _state(before),
                     before.version + 1,
                     ReviewStatus.FLAGGED,
@@ -760,6 +770,8 @@ async def _screen(
             )
             if duplicate is not None:
                 reasons.add("duplicate_text")
+        if "posting_rate" in before.reasons:
+            reasons.add("posting_rate")  # held for a person: a later clean edit does not lift it
         if before.version == 0:
             posted = await tx.fetchrow(
                 "SELECT COUNT(*) AS n FROM reviews WHERE author = $1 AND created_at > $2 AND id <> $3",

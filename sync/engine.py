@@ -19,7 +19,14 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sync.broker import Broker, Position, PositionExpired, Publication
-from sync.channels import INVENTORY, Channel, ChannelError, inventory_stream, reviews_stream, user_streams
+from sync.channels import (
+    Access,
+    Channel,
+    ChannelError,
+    inventory_stream,
+    reviews_stream,
+    user_streams,
+)
 from sync.events import Event
 
 log = logging.getLogger(__name__)
@@ -319,7 +326,7 @@ class SyncEngine:
                     feed.lost(reason, position)
         recent = self._recent.setdefault(stream, {})
         recent[position] = event
-        if len(recent) > (RECENT_EVENTS if event.kind is INVENTORY else RECENT_PRIVATE_EVENTS):
+        if len(recent) > (RECENT_EVENTS if event.kind.access is Access.PUBLIC else RECENT_PRIVATE_EVENTS):
             del recent[next(iter(recent))]
         if self._on_event is not None:
             self._on_event(event)

@@ -604,3 +604,79 @@ async def test_one_new_review_pushed_through_two_nodes_at_once_is_created_once(d
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_push_that_adds_nothing_new_judges_nothing_and_tells_no_one(store: SqlStore) -> None:
+    product = await seed(store)
+    review_id, device, before = await post(store, product, "ana", rating=4)
+    events = len(await store.read_outbox(1000))
+    result = await push(store, review_id, "ana", wire(device.review))  # all of it, held already
+    assert result.outcomes[0].status is PushStatus.APPLIED
+    assert result.document is not None and result.document.version == before.version
+    stored = await store.get_review(review_id)
+    assert stored is not None and stored.review == before.review
+    assert len(await store.read_outbox(1000)) == events
+
+
+async def test_a_review_held_for_its_authors_posting_rate_stays_held_after_a_clean_edit(
+    store: SqlStore,
+) -> None:
+    rules = ReviewRules(max_posts_per_hour=1)
+    product = await seed(store)
+    await store.push_review(
+        (first := str(uuid.uuid4())),
+        "ana",
+        [ReviewPush("a", Device("ana-1").create(first, product, "ana", 4, "one"))],
+        rules,
+        keyword_screen,
+    )
+    other = await seed(store, "SKU-2")
+    second = str(uuid.uuid4())
+    device = Device("ana-2")
+    held = await store.push_review(
+        second, "ana", [ReviewPush("b", device.create(second, other, "ana", 4, "two"))], rules, keyword_screen
+    )
+    assert held.document is not None and held.document.reasons == ("posting_rate",)
+    edited = await store.push_review(second, "ana", [ReviewPush("c", device.rate(5))], rules, keyword_screen)
+    assert edited.document is not None and edited.document.status is ReviewStatus.PENDING
+    assert "posting_rate" in edited.document.reasons
+
+
+async def test_authors_cannot_report_their_own_review_and_a_publication_settles_reports(
+    store: SqlStore,
+) -> None:
+    product = await seed(store)
+    review_id, _, _ = await post(store, product, "ana")
+    with pytest.raises(ReviewRefusal) as refused:
+        await store.report_review(review_id, "ana", "spam", RULES)
+    assert refused.value.code == "own_review"
+    rules = ReviewRules(reports_to_flag=2)
+    await store.report_review(review_id, "r1", "spam", rules)
+    flagged, _ = await store.report_review(review_id, "r2", "spam", rules)
+    assert flagged.status is ReviewStatus.FLAGGED and flagged.reports == 2
+    republished = await store.moderate_review(review_id, ReviewStatus.PUBLISHED, ())
+    assert republished.reports == 0
+    again, new = await store.report_review(review_id, "r1", "spam", rules)  # counts anew, one of two
+    assert new and again.status is ReviewStatus.PUBLISHED and again.reports == 1
+
+
+async def test_a_published_review_without_a_rating_is_listed_but_not_counted(store: SqlStore) -> None:
+    product = await seed(store)
+    review_id = str(uuid.uuid4())
+    device = Device("ana-unrated")
+    delta = wire(device.review.create(review_id, product, "ana"))
+    device.review.apply(delta)
+    delta.apply(device.write("words only, no stars"))
+    result = await push(store, review_id, "ana", delta)
+    assert result.document is not None and result.document.reasons == ("no_rating",)
+    await store.moderate_review(review_id, ReviewStatus.PUBLISHED, ())
+    assert await store.rating_of(product) == RatingAggregate(0, 0, (0, 0, 0, 0, 0))
+    assert [d.id for d in (await store.list_reviews(ReviewQuery(product))).items] == [review_id]
+    await recounted(store)
+
+
+async def test_search_matches_words_with_letters_outside_ascii(store: SqlStore) -> None:
+    product = await seed(store)
+    await post(store, product, "ana", text="Smells like the Straße after rain")
+    found = await store.list_reviews(ReviewQuery(product, q="straße"))
+    assert [d.author for d in found.items] == ["ana"]

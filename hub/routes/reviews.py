@@ -300,7 +300,10 @@ async def sync_review(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     document = await store.get_review(review_id)
     if document is not None and document.author != who.sub:
-        raise NotFoundError("no such review", code="review_not_found")
+        if pushes:
+            raise NotFoundError("no such review", code="review_not_found")
+        document = None  # another's: answered as a review that does not exist
+
     acks: list[dict[str, Any]] = []
     if pushes:
         current = document.review if document is not None else None

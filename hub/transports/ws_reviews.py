@@ -76,7 +76,18 @@ async def review_push(conn: Connection, message: dict[str, Any], echo: dict[str,
     current = await store.get_review(review_id)
     added = new_media(delta, current.review if current is not None else None)
     if added and await owned_media(conn.app, principal.sub, added):
-        raise CartInputError("unknown_media", "media ids must name your own uploads (POST /api/v1/media)")
+        conn.metrics.review_pushes.labels(PushStatus.REFUSED.value).inc()
+        conn.send(
+            {
+                "type": "error",
+                "code": "unknown_media",
+                "message": "media ids must name your own uploads (POST /api/v1/media)",
+                "review": review_id,
+                "mutation_id": mutation_id,
+                **echo,
+            }
+        )
+        return
     result = await store.push_review(
         review_id, principal.sub, [ReviewPush(mutation_id, delta)], RULES, screen
     )
