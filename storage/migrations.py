@@ -252,7 +252,7 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             "ALTER TABLE products ADD COLUMN rating_version BIGINT NOT NULL DEFAULT 0",
             "CREATE INDEX products_by_rating ON products (rating_score, id)",
             # Full-text search of review texts: one contract, each database's own index (no stemming
-            # on either, so both find the same words).
+            # on either; docs/api.md says where their word splitting differs).
             (
                 "sqlite",
                 # (rowid: a 64-bit hash of the review id, so that an entry is found without a scan; a
