@@ -11,6 +11,7 @@ from sync.channels import (
     CART,
     INVENTORY,
     KINDS,
+    REVIEWS,
     USER,
     Access,
     ChannelError,
@@ -25,8 +26,10 @@ CART_ID = "7d4a3c1e-2b5f-4e6a-9c8d-0e1f2a3b4c5d"
 
 
 def test_every_kind_names_its_access_and_its_event_types() -> None:
-    assert KINDS == {"inventory": INVENTORY, "cart": CART, "user": USER}
-    assert INVENTORY.access is Access.PUBLIC
+    assert KINDS == {"inventory": INVENTORY, "cart": CART, "user": USER, "reviews": REVIEWS}
+    assert INVENTORY.access is Access.PUBLIC and REVIEWS.access is Access.PUBLIC
+    assert "review.status" in USER.event_types and "review.published" in REVIEWS.event_types
+    assert not REVIEWS.event_types & USER.event_types
     assert CART.access is Access.CART_OWNER and "cart.delta" in CART.event_types
     assert USER.access is Access.SELF and "reservation.created" in USER.event_types
     assert not CART.event_types & USER.event_types  # an event type names one kind
@@ -36,6 +39,8 @@ def test_every_kind_names_its_access_and_its_event_types() -> None:
     ("name", "kind", "key", "region"),
     [
         ("inventory:eu", INVENTORY, None, "eu"),
+        ("reviews:eu", REVIEWS, None, "eu"),
+        (f"reviews:us-1:{CART_ID.upper()}", REVIEWS, CART_ID, "us-1"),
         (f"cart:{CART_ID.upper()}", CART, CART_ID, None),
         ("user:alice", USER, "alice", None),
         ("user:svc.partner-7@shop", USER, "svc.partner-7@shop", None),
@@ -53,6 +58,10 @@ def test_channel_names_parse_to_their_kind_and_key(
     [
         "cart:",
         "cart:not-a-uuid",
+        "reviews:",
+        "reviews:eu:not-a-uuid",
+        "reviews:EU",
+        f"reviews:eu:{CART_ID}:x",
         "user:",
         "user:a:b",
         "user:a,b",
@@ -94,3 +103,11 @@ def test_a_cart_event_is_sent_as_sse_event_cart() -> None:
     event = Event(Publication("user.eu.3", Position("e", 4), orjson.dumps(data)))
     assert event.sse("user:alice").startswith(b"id: e:4\nevent: user\ndata: ")
     assert orjson.loads(event.json("user:alice"))["data"] == data
+
+
+def test_a_review_event_routes_to_its_products_reviews_channel() -> None:
+    kind, event_type, key = event_route(
+        streams.reviews_stream("eu"), {"type": "rating.changed", "product_id": CART_ID, "rating": {}}
+    )
+    assert (kind, event_type, key) == (REVIEWS, "rating.changed", CART_ID)
+    assert streams.reviews_stream("eu") == "reviews.eu"
