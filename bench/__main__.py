@@ -1,5 +1,5 @@
 """``python -m bench <name>`` (or ``synchub bench <name>``): run one benchmark (``suite``,
-``reservations``, ``fanout``, ``fanpath``, ``crdt``)."""
+``reservations``, ``fanout``, ``fanpath``, ``crdt``, ``sync``, ``reviews``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ NAMES = {
     "crdt": "bench.crdt",
     "suite": "bench.suite",
     "sync": "bench.sync",
+    "reviews": "bench.reviews",
 }
 
 

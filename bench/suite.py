@@ -1,12 +1,14 @@
 """``python -m bench suite``: synchub beside the servers a user would pick instead, on this machine, with
 one load generator, in one run.
 
-Five sections (``--sections``, default all): **throughput** (below), **crossnode** (what the Redis Streams
+Six sections (``--sections``, default all): **throughput** (below), **crossnode** (what the Redis Streams
 hop between two hub nodes adds to the latency, :mod:`bench.crossnode`), **storm** (every WebSocket client
 dropped at once and resuming: time to resume, missed and duplicated events per client,
 :mod:`bench.storm`), **idle** (server memory with 0, 10,000 and 19,000 idle connections, KB per
-connection, :mod:`bench.idle`) and **sync** (cart edits between the two devices of each user, synchub
-beside Hocuspocus, :mod:`bench.sync`; ``python -m bench sync`` runs it alone).
+connection, :mod:`bench.idle`), **sync** (cart edits between the two devices of each user, synchub
+beside Hocuspocus, :mod:`bench.sync`; ``python -m bench sync`` runs it alone) and **reviews** (review posts
+on one hot product with the aggregate's exactness checked, listings of a product's 100,000 reviews,
+:mod:`bench.reviews`; ``python -m bench reviews`` runs it alone).
 
 Throughput: for each server and each client count (1,000 / 10,000 / 19,000; ``--quick``: 200), the suite:
 
@@ -36,11 +38,12 @@ Every loop is bounded in count and time; every server is on 127.0.0.1; every pro
 ``--quick`` (CI smoke, under two minutes) runs every section small: throughput with 200 clients and two
 steps on synchub (WebSocket and SSE) and the bare aiohttp peer, cross-node with 50 clients per path,
 the storm with 300 clients, idle with 200 and 500 connections on the same three servers, sync on
-synchub-sqlite alone with 10 users. The run exits non-zero unless synchub delivered 100% (throughput's
-first step, both cross-node paths, sync's first step: every edit acked and delivered) and the storm
-delivered every event to every client exactly once (0 missed, 0 duplicated).
+synchub-sqlite alone with 10 users, reviews at 25 and 50 posts/s with 2,000 reviews listed. The run
+exits non-zero unless synchub delivered 100% (throughput's first step, both cross-node paths, sync's
+first step: every edit acked and delivered), the storm delivered every event to every client exactly
+once (0 missed, 0 duplicated) and every reviews configuration's aggregate is exact.
 
-Run: ``python -m bench suite [--quick] [--sections throughput,crossnode,storm,idle,sync] [--clients
+Run: ``python -m bench suite [--quick] [--sections throughput,crossnode,storm,idle,sync,reviews] [--clients
 1000,10000,19000] [--servers synchub-ws,...]`` (or ``synchub bench suite …``); ``--help`` lists each
 section's options.
 """
@@ -75,6 +78,7 @@ from hub.auth import issue_token
 if TYPE_CHECKING:
     from bench.crossnode import CrossNode
     from bench.idle import IdleRun
+    from bench.reviews import ReviewsRun
     from bench.storm import Storm
     from bench.sync import SyncRun
 
@@ -454,7 +458,7 @@ def plots(runs: list[Run], stem: Path) -> list[Path]:
 # -- main ------------------------------------------------------------------------------------------------
 
 
-SECTIONS = ("throughput", "crossnode", "storm", "idle", "sync")
+SECTIONS = ("throughput", "crossnode", "storm", "idle", "sync", "reviews")
 
 
 @dataclass
@@ -467,6 +471,7 @@ class Results:
     storm: Storm | None = None
     idle: list[IdleRun] = field(default_factory=list)
     sync: SyncRun | None = None
+    reviews: ReviewsRun | None = None
 
 
 async def throughput(args: argparse.Namespace, progress: Progress) -> list[Run]:
@@ -494,7 +499,7 @@ async def throughput(args: argparse.Namespace, progress: Progress) -> list[Run]:
 
 
 async def suite(args: argparse.Namespace) -> Results:
-    from bench import crossnode, idle, storm, sync
+    from bench import crossnode, idle, reviews, storm, sync
 
     progress = Progress()
     results = Results(
@@ -517,6 +522,8 @@ async def suite(args: argparse.Namespace) -> Results:
             results.idle = await idle.run(args, progress)
         if "sync" in args.sections:
             results.sync = await sync.run(args, progress)
+        if "reviews" in args.sections:
+            results.reviews = await reviews.run(args, progress)
     finally:
         progress.done()
     return results
@@ -524,7 +531,7 @@ async def suite(args: argparse.Namespace) -> Results:
 
 def report(results: Results) -> tuple[str, dict[str, Any]]:
     """The run's Markdown and its JSON document."""
-    from bench import crossnode, idle, storm, sync
+    from bench import crossnode, idle, reviews, storm, sync
 
     if results.runs:
         parts = [markdown(results.runs, results.meta)]
@@ -538,6 +545,8 @@ def report(results: Results) -> tuple[str, dict[str, Any]]:
         parts.append(idle.markdown(results.idle))
     if results.sync is not None:
         parts.append(sync.markdown(results.sync))
+    if results.reviews is not None:
+        parts.append(reviews.markdown(results.reviews))
     document = {
         "meta": results.meta,
         "runs": [asdict(run) for run in results.runs],
@@ -545,6 +554,7 @@ def report(results: Results) -> tuple[str, dict[str, Any]]:
         "storm": None if results.storm is None else storm.as_dict(results.storm),
         "idle": idle.as_dict(results.idle),
         "sync": None if results.sync is None else sync.as_dict(results.sync),
+        "reviews": None if results.reviews is None else reviews.as_dict(results.reviews),
     }
     return "\n".join(parts), document
 
@@ -553,8 +563,9 @@ def failures(results: Results) -> list[str]:
     """What fails the run: synchub not delivering everything at its first step on any transport it ran,
     in either cross-node path, or the storm not delivering every event exactly once; synchub not holding
     its idle connections, or a synchub sync configuration not acking and delivering every edit of its
-    first step. (Peers that fail are reported, not failed; latency targets are reported.)"""
-    from bench import crossnode, idle, storm, sync
+    first step, or a reviews configuration's aggregate not exact. (Peers that fail are reported, not
+    failed; latency targets are reported.)"""
+    from bench import crossnode, idle, reviews, storm, sync
 
     found = [
         f"{run.server} · {run.clients:,}: "
@@ -567,11 +578,12 @@ def failures(results: Results) -> list[str]:
     found += storm.failures(results.storm)
     found += idle.failures(results.idle)
     found += sync.failures(results.sync)
+    found += reviews.failures(results.reviews)
     return found
 
 
 def main(argv: list[str]) -> int:
-    from bench import crossnode, idle, storm, sync
+    from bench import crossnode, idle, reviews, storm, sync
 
     parser = argparse.ArgumentParser(
         prog="python -m bench suite",
@@ -604,6 +616,7 @@ def main(argv: list[str]) -> int:
     storm.add_arguments(parser)
     idle.add_arguments(parser)
     sync.add_arguments(parser)
+    reviews.add_arguments(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     args.sections = args.sections.split(",") if args.sections else list(SECTIONS)
@@ -627,7 +640,11 @@ def main(argv: list[str]) -> int:
     args.settle_seconds = args.settle_seconds if args.settle_seconds is not None else (0.5 if quick else 2.0)
     crossnode.finish_arguments(args)
     storm.finish_arguments(args)
-    problem = idle.finish_arguments(args, ALL_SERVERS, QUICK_SERVERS) or sync.finish_arguments(args)
+    problem = (
+        idle.finish_arguments(args, ALL_SERVERS, QUICK_SERVERS)
+        or sync.finish_arguments(args)
+        or reviews.finish_arguments(args)
+    )
     if problem:
         parser.error(problem)
 
