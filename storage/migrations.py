@@ -267,6 +267,16 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             ),
         ],
     ),
+    (
+        5,
+        "reviews: the lowest-first listing along its own index",
+        [
+            # Lowest rating first, newest first among equals: one direction along (-rating, created_at,
+            # id), so that a deep page's cursor starts the index scan.
+            "DROP INDEX reviews_by_lowest",
+            "CREATE INDEX reviews_by_lowest ON reviews (product_id, status, (-rating), created_at, id)",
+        ],
+    ),
 ]
 
 

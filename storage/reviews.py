@@ -107,6 +107,7 @@ class ReviewDocument:
     reports: int
     created_at: int
     updated_at: int
+    mod_seq: int = 0  # the server's last moderation sequence number of this review
 
 
 # A device's delta, or (for a REST edit) a function the store calls with the review as it is in the

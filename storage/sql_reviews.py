@@ -73,6 +73,7 @@ class _Core(Protocol):
     async def user_event(
         self, tx: Tx, sub: str, payload: dict[str, Any], ts: int, *, region: str | None = None
     ) -> None: ...
+    def _appended(self, seq: int, stream: str, key: str, version: int, payload: bytes) -> None: ...
 
 
 def _now_us() -> int:
@@ -119,6 +120,7 @@ def _document(row: Row, *, with_state: bool) -> ReviewDocument:
         reports=row["reports"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        mod_seq=row["mod_seq"],
     )
 
 
@@ -219,10 +221,15 @@ class ReviewSql:
         if query.product_id is not None:
             where.append(f"r.product_id = {arg(query.product_id)}")
         where.append("r.status IN (" + ", ".join(arg(s.value) for s in query.statuses) + ")")
+        # SQLite, with no statistics, would walk the rating index and sort what it found when rating is
+        # only a filter: "+" keeps the sort's own index.
+        rating = (
+            "+r.rating" if self.db.dialect == "sqlite" and query.sort is ReviewSort.NEWEST else "r.rating"
+        )
         if query.min_rating is not None:
-            where.append(f"r.rating >= {arg(query.min_rating)}")
+            where.append(f"{rating} >= {arg(query.min_rating)}")
         if query.max_rating is not None:
-            where.append(f"r.rating <= {arg(query.max_rating)}")
+            where.append(f"{rating} <= {arg(query.max_rating)}")
         if query.with_media is not None:
             where.append(f"r.has_media = {arg(int(query.with_media))}")
         if query.author is not None:
@@ -468,7 +475,7 @@ class ReviewSql:
         ts: int,
     ) -> ReviewDocument:
         """After a push: judge the merged review (unless nothing new needs judging) and write it."""
-        base = before or await _fresh(tx, review_id)
+        base = before or _new_document(review_id, review, self.region, ts)
         reasons: tuple[str, ...]
         if review.erased:
             status, reasons = ReviewStatus.ERASED, ()
@@ -497,7 +504,7 @@ class ReviewSql:
         Only a push changes a deleted or erased review (its edits merge, never shown)."""
         if before.status in _FINAL and not after_push:
             raise ReviewRefusal("review_gone", f"the review is {before.status.value}")
-        mod_seq = await _mod_seq(tx, before.id)
+        mod_seq = before.mod_seq
         if status not in _FINAL:
             mod_seq += 1
             review = review.merge(review.moderate(mod_seq, ModerationStatus(status.value)))
@@ -548,6 +555,7 @@ class ReviewSql:
             reports=before.reports,
             created_at=before.created_at,
             updated_at=ts,
+            mod_seq=mod_seq,
         )
         await ReviewSql._tell(self, tx, before, after, ts)
         await ReviewSql._move_aggregate(self, tx, before, after, ts)
@@ -568,23 +576,45 @@ class ReviewSql:
         count = (now is not None) - (was is not None)
         total = (now or 0) - (was or 0)
         histogram = ", ".join(f"rating_{n} = rating_{n} + {moves[n]}" for n in range(1, 6) if moves[n])
-        row = await tx.fetchrow(
+        update = (
             "UPDATE products SET rating_count = rating_count + $2, rating_total = rating_total + $3,"
             f" {histogram},"
             " rating_score = CASE WHEN rating_count + $2 > 0"
             " THEN ((rating_total + $3) * 10000) / (rating_count + $2) ELSE 0 END,"
-            f" rating_version = rating_version + 1 WHERE id = $1 RETURNING {_RATING_COLUMNS}",
-            after.product_id,
-            count,
-            total,
+            f" rating_version = rating_version + 1 WHERE id = $1 RETURNING {_RATING_COLUMNS}"
         )
+        stream, key = reviews_stream(after.region), f"rating:{after.product_id}"
+        if self.db.dialect == "postgres":
+            # The product's row is the one every review of the product waits for: it is changed by the
+            # transaction's last statement, with its event, so its lock is held for one round trip and
+            # the commit.
+            row = await tx.fetchrow(
+                f"WITH agg AS ({update}), o AS ("
+                " INSERT INTO outbox (product_id, warehouse_id, payload, created_at, stream, dedupe_key,"
+                " version) SELECT '', '', json_build_object('type', 'rating.changed', 'product_id', $1::TEXT,"
+                " 'rating', json_build_object('count', rating_count, 'average', CASE WHEN rating_count > 0"
+                " THEN round(rating_total::NUMERIC / rating_count, 4) END, 'histogram', json_build_object("
+                " '1', rating_1, '2', rating_2, '3', rating_3, '4', rating_4, '5', rating_5)),"
+                " 'version', rating_version, 'ts', $4::BIGINT)::TEXT, $4, $5, $6, rating_version FROM agg"
+                " RETURNING seq, version, payload) SELECT o.seq, o.payload, agg.* FROM o, agg",
+                after.product_id,
+                count,
+                total,
+                ts,
+                stream,
+                key,
+            )
+            if row is not None:
+                self._appended(row["seq"], stream, key, row["rating_version"], row["payload"].encode())
+            return
+        row = await tx.fetchrow(update, after.product_id, count, total)
         if row is None:  # the product was deleted meanwhile: its reviews go with it
             return
         aggregate = _aggregate(row)
         await self.append_event(
             tx,
-            reviews_stream(after.region),
-            f"rating:{after.product_id}",
+            stream,
+            key,
             int(row["rating_version"]),
             {
                 "type": "rating.changed",
@@ -683,14 +713,16 @@ async def _checked_merge(
         if len(value.media) > rules.max_media:
             raise ReviewRefusal("too_many_media", f"a review holds at most {rules.max_media} media")
     for replica in new_replicas:
-        await tx.execute(
-            "INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
-            " ON CONFLICT (replica_id) DO NOTHING",
-            replica,
-            author,
-            ts,
-        )
         bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
+        if bound is None:  # bound on first use; of two users binding one id at once, one does
+            await tx.execute(
+                "INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (replica_id) DO NOTHING",
+                replica,
+                author,
+                ts,
+            )
+            bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
         if bound is None or bound["owner"] != author:
             raise ReviewRefusal("foreign_replica", f"replica {replica[:40]!r} belongs to another user")
     return merged
@@ -702,12 +734,10 @@ async def _insert_review(tx: Tx, review: Review, review_id: str, author: str, re
     product_id = value.product if value is not None else None
     if product_id is None:
         raise ReviewRefusal("not_created", "a new review's first delta names its product (create)")
-    product = await tx.fetchrow("SELECT id FROM products WHERE id = $1", product_id)
-    if product is None:
-        raise ReviewRefusal("product_not_found", "no such product")
     inserted = await tx.execute(
         "INSERT INTO reviews (id, product_id, author, region, state, version, status, created_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, 0, 'pending', $6, $6) ON CONFLICT DO NOTHING",
+        " SELECT $1, $2, $3, $4, $5, 0, 'pending', $6, $6 WHERE EXISTS (SELECT 1 FROM products WHERE id = $2)"
+        " ON CONFLICT DO NOTHING",
         review_id,
         product_id,
         author,
@@ -716,6 +746,8 @@ async def _insert_review(tx: Tx, review: Review, review_id: str, author: str, re
         ts,
     )
     if inserted != 1:
+        if await tx.fetchrow("SELECT id FROM products WHERE id = $1", product_id) is None:
+            raise ReviewRefusal("product_not_found", "no such product")
         taken = await tx.fetchrow("SELECT author FROM reviews WHERE id = $1", review_id)
         if taken is not None and taken["author"] == author:
             raise _CreatedMeanwhile(review_id)
@@ -728,16 +760,27 @@ class _CreatedMeanwhile(Exception):
     """The review a push would create was created by a concurrent transaction of the same author."""
 
 
-async def _fresh(tx: Tx, review_id: str) -> ReviewDocument:
-    row = await tx.fetchrow(f"SELECT {_COLUMNS}, state FROM reviews WHERE id = $1", review_id)
-    assert row is not None
-    return _document(row, with_state=False)
-
-
-async def _mod_seq(tx: Tx, review_id: str) -> int:
-    row = await tx.fetchrow("SELECT mod_seq FROM reviews WHERE id = $1", review_id)
-    assert row is not None
-    return int(row["mod_seq"])
+def _new_document(review_id: str, review: Review, region: str, ts: int) -> ReviewDocument:
+    """The row :func:`_insert_review` wrote, as it stands before its first judgment."""
+    value = review.value()
+    assert value is not None and value.product is not None and value.author is not None
+    return ReviewDocument(
+        id=review_id,
+        product_id=value.product,
+        author=value.author,
+        region=region,
+        review=Review.new(),
+        version=0,
+        status=ReviewStatus.PENDING,
+        reasons=(),
+        rating=None,
+        text=None,
+        media=(),
+        helpful=0,
+        reports=0,
+        created_at=ts,
+        updated_at=ts,
+    )
 
 
 async def _screen(
@@ -760,28 +803,25 @@ async def _screen(
     if verdict is Verdict.PUBLISH:
         if value.rating is None:
             reasons.add("no_rating")
-        body_hash = _body_hash(value.text)
-        if body_hash is not None:
-            duplicate = await tx.fetchrow(
-                "SELECT 1 AS x FROM reviews WHERE body_hash = $1 AND id <> $2"
-                " AND status IN ('published', 'pending', 'flagged') LIMIT 1",
-                body_hash,
-                review_id,
-            )
-            if duplicate is not None:
-                reasons.add("duplicate_text")
         if "posting_rate" in before.reasons:
             reasons.add("posting_rate")  # held for a person: a later clean edit does not lift it
-        if before.version == 0:
-            posted = await tx.fetchrow(
-                "SELECT COUNT(*) AS n FROM reviews WHERE author = $1 AND created_at > $2 AND id <> $3",
-                before.author,
-                ts - HOUR_US,
-                review_id,
-            )
-            assert posted is not None
-            if int(posted["n"]) >= rules.max_posts_per_hour:
-                reasons.add("posting_rate")
+        # The duplicate text and, for a new review, the author's posting rate: one statement.
+        signals = await tx.fetchrow(
+            "SELECT EXISTS (SELECT 1 FROM reviews WHERE body_hash = $1 AND id <> $2"
+            " AND status IN ('published', 'pending', 'flagged')) AS duplicate,"
+            " CASE WHEN $3 THEN (SELECT COUNT(*) FROM reviews"
+            " WHERE author = $4 AND created_at > $5 AND id <> $2) ELSE 0 END AS posted",
+            _body_hash(value.text),
+            review_id,
+            before.version == 0,
+            before.author,
+            ts - HOUR_US,
+        )
+        assert signals is not None
+        if signals["duplicate"]:
+            reasons.add("duplicate_text")
+        if int(signals["posted"]) >= rules.max_posts_per_hour:
+            reasons.add("posting_rate")
         if before.status in (ReviewStatus.FLAGGED, ReviewStatus.REJECTED) and before.version > 0:
             reasons.add(f"previously_{before.status.value}")
         if reasons:
@@ -795,31 +835,32 @@ async def _screen(
 
 
 def _keyset(query: ReviewQuery) -> tuple[list[str], str, Callable[[list[str]], str]]:
-    """(the sort key's columns, ORDER BY, the condition "after this key") of a listing."""
+    """(the sort key's columns, ORDER BY, the condition "after this key") of a listing. Every order runs
+    one way along an index (``lowest``: along ``-rating``), and the cursor is a row comparison, which
+    the database turns into the index scan's start, not a filter over the rows skipped."""
     if query.oldest_first:
         return (
             ["updated_at", "id"],
             "r.updated_at ASC, r.id ASC",
-            lambda a: f"(r.updated_at > {a[0]} OR (r.updated_at = {a[0]} AND r.id > {a[1]}))",
+            lambda a: f"(r.updated_at, r.id) > ({a[0]}, {a[1]})",
         )
-    newest_after = "(r.created_at < {0} OR (r.created_at = {0} AND r.id < {1}))"
     if query.sort is ReviewSort.NEWEST:
         return (
             ["created_at", "id"],
             "r.created_at DESC, r.id DESC",
-            lambda a: newest_after.format(a[0], a[1]),
+            lambda a: f"(r.created_at, r.id) < ({a[0]}, {a[1]})",
         )
-    column, direction, beyond = {
-        ReviewSort.HIGHEST: ("rating", "DESC", "<"),
-        ReviewSort.LOWEST: ("rating", "ASC", ">"),
-        ReviewSort.HELPFUL: ("helpful", "DESC", "<"),
-    }[query.sort]
+    if query.sort is ReviewSort.LOWEST:
+        return (
+            ["rating", "created_at", "id"],
+            "-r.rating DESC, r.created_at DESC, r.id DESC",
+            lambda a: f"(-r.rating, r.created_at, r.id) < (0 - {a[0]}, {a[1]}, {a[2]})",
+        )
+    column = "rating" if query.sort is ReviewSort.HIGHEST else "helpful"
     return (
         [column, "created_at", "id"],
-        f"r.{column} {direction}, r.created_at DESC, r.id DESC",
-        lambda a: (
-            f"(r.{column} {beyond} {a[0]} OR (r.{column} = {a[0]} AND {newest_after.format(a[1], a[2])}))"
-        ),
+        f"r.{column} DESC, r.created_at DESC, r.id DESC",
+        lambda a: f"(r.{column}, r.created_at, r.id) < ({a[0]}, {a[1]}, {a[2]})",
     )
 
 

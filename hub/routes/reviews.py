@@ -206,16 +206,6 @@ async def create_review(request: web.Request) -> web.StreamResponse:
     who = require(request, "customer")
     product_id = path_uuid(request, "product_id")
     data = validate(await read_json(request), _CREATE_FIELDS)
-    store = request.app[STORE]
-    if await store.get_product(product_id) is None:
-        raise NotFoundError("no such product", code="product_not_found")
-    existing = await store.live_review_of(product_id, who.sub)
-    if existing is not None:
-        raise ConflictError(
-            "you have already reviewed this product: edit that review",
-            code="review_exists",
-            review_id=existing,
-        )
     media: list[str] = data.get("media", [])
     await _check_media(request, who.sub, media)
     review_id = str(uuid.uuid4())
@@ -229,7 +219,23 @@ async def create_review(request: web.Request) -> web.StreamResponse:
         steps += [_adding(replica, m) for m in dict.fromkeys(media)]
         return _minted(review, review.create(review_id, product_id, who.sub), steps)
 
-    document = await _push_one(request, review_id, who.sub, ReviewPush(_mutation_id(request), make))
+    # (the store refuses a missing product and a second live review: no reads before the write)
+    result = await request.app[STORE].push_review(
+        review_id, who.sub, [ReviewPush(_mutation_id(request), make)], RULES, screen
+    )
+    outcome = result.outcomes[0]
+    request.app[METRICS].review_pushes.labels(outcome.status.value).inc()
+    if outcome.code == "review_exists":
+        existing = await request.app[STORE].live_review_of(product_id, who.sub)
+        raise ConflictError(
+            "you have already reviewed this product: edit that review",
+            code="review_exists",
+            review_id=existing,
+        )
+    if outcome.status is PushStatus.REFUSED:
+        _raise_refusal(outcome.code, outcome.message)
+    document = result.document
+    assert document is not None
     return json_response(
         await _rendered(request, document),
         status=201,
