@@ -139,11 +139,24 @@ async def expiry_context(app: web.Application) -> AsyncIterator[None]:
     await _cancel(task)
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp's default names its and Python's versions.
+    response.headers["Server"] = "synchub"
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[metrics_middleware, compression_middleware, error_middleware, auth_middleware],
+        handler_args={
+            # Bodies are read as sent: an encoded one is refused (hub/validation.refuse_encoded_body)
+            # rather than inflated, unbounded, before any limit or token is checked.
+            "auto_decompress": False,
+            # An idle keep-alive socket is closed after this long (aiohttp's default: an hour).
+            "keepalive_timeout": settings.keepalive_timeout_seconds,
+        },
     )
+    app.on_response_prepare.append(_server_header)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[CONNECTIONS] = Connections()

@@ -46,6 +46,7 @@ from hub.keys import MEDIA, SETTINGS
 from hub.media_files import ALLOWED_TYPES, IMAGE_TYPES, SNIFF_BYTES, MalformedMedia, sniff, strip_metadata
 from hub.media_store import MediaRecord, MediaStore, MediaStoreError, open_media_store
 from hub.settings import Settings
+from hub.validation import refuse_encoded_body
 
 T = TypeVar("T")
 _URL_KEY_LABEL = b"synchub media url"
@@ -96,6 +97,7 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 async def read_upload(request: web.Request) -> tuple[str, bytes]:
     """The upload's sniffed type and bytes, checked as the module docstring says."""
+    refuse_encoded_body(request)
     settings = request.app[SETTINGS]
     declared = request.content_type
     largest = max(settings.media_max_image_bytes, settings.media_max_video_bytes)

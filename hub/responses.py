@@ -79,7 +79,10 @@ def expected_version(request: web.Request) -> int | None:
         raise BadRequest("If-Match must hold one ETag from a previous response", code="invalid_precondition")
     try:
         # A product's ETag is "{version}-{rating version}": its write version comes first.
-        return int(tags[0].strip('"').split("-", 1)[0])
+        version = int(tags[0].strip('"').split("-", 1)[0])
+        if not 0 <= version < 2**63:  # no stored version is one (and a database cannot compare it)
+            raise ValueError(version)
+        return version
     except ValueError as exc:
         raise PreconditionFailed("If-Match does not name a version of this resource") from exc
 

@@ -21,6 +21,7 @@ class Settings:
     node_id: str = field(default_factory=lambda: f"node-{secrets.token_hex(3)}")
     jwt_secret: str = ""
     max_body_bytes: int = 256 * 1024
+    keepalive_timeout_seconds: float = 15.0  # an idle keep-alive connection is closed after this
     reservation_ttl_seconds: int = 900
     reservation_max_ttl_seconds: int = 24 * 3600
     expiry_interval: float = 1.0

@@ -50,7 +50,19 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
+def refuse_encoded_body(request: web.Request) -> None:
+    """Bodies are read as sent (the server does not inflate them: a few KiB of gzip or brotli can
+    inflate to GiB, before any limit or token is checked); an encoded one is refused."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMedia(
+            f"request bodies are not accepted with Content-Encoding {encoding[:40]!r}: send them as they are",
+            code="unsupported_content_encoding",
+        )
+
+
 async def read_json(request: web.Request) -> Any:
+    refuse_encoded_body(request)
     if request.content_type not in ("application/json", "application/merge-patch+json"):
         raise UnsupportedMedia(f"send the body as application/json, not {request.content_type or 'nothing'}")
     raw = await request.read()  # aiohttp enforces client_max_size → 413
@@ -108,6 +120,8 @@ def string(min_len: int = 0, max_len: int = 1000, pattern: str | None = None) ->
             raise FieldError("too_long", f"at most {max_len} characters")
         if "\x00" in value:
             raise FieldError("invalid_format", "NUL characters are not allowed")
+        if not _is_unicode(value):
+            raise FieldError("invalid_text", "the text holds a lone surrogate (not valid Unicode)")
         if regex is not None and not regex.fullmatch(value):
             raise FieldError("invalid_format", f"must match {pattern}")
         return value
@@ -166,12 +180,47 @@ def choice(*values: str) -> Validator:
     return check
 
 
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def json_object(max_keys: int = 100) -> Validator:
+    """Free JSON (a product's attributes): numbers are held to what every reader can write back — an
+    integer within 64 bits, a finite double — and checked before any conversion (``1e300000`` as an
+    integer is 300,000 digits of work); strings and keys to valid Unicode. Nothing that passes here can
+    make a later read fail."""
+
     def to_plain(value: Any) -> Any:
         # Free-form attributes keep JSON's own number semantics; only prices must be exact.
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int):
+            if not INT64[0] <= value <= INT64[1]:
+                raise FieldError("number_out_of_range", "integers in free JSON fit in 64 bits")
+            return value
         if isinstance(value, Decimal):
-            return int(value) if value == value.to_integral_value() else float(value)
+            if not value.is_finite() or value.adjusted() > 308 or value.adjusted() < -330:
+                raise FieldError("number_out_of_range", "numbers in free JSON are finite doubles")
+            if value == value.to_integral_value() and value.adjusted() < 19:
+                integral = int(value)
+                if INT64[0] <= integral <= INT64[1]:
+                    return integral
+            return float(value)
+        if isinstance(value, str):
+            if not _is_unicode(value):
+                raise FieldError("invalid_text", "a string holds a lone surrogate (not valid Unicode)")
+            return value
         if isinstance(value, dict):
+            for key in value:
+                if not _is_unicode(key):
+                    raise FieldError("invalid_text", "a key holds a lone surrogate (not valid Unicode)")
             return {k: to_plain(v) for k, v in value.items()}
         if isinstance(value, list):
             return [to_plain(v) for v in value]

@@ -263,6 +263,8 @@ async def sse(request: web.Request) -> web.StreamResponse:
     principal = realtime_principal(request)
     channels = await parse_channels(request, principal)
     since = parse_since(request.headers.get("Last-Event-ID") or request.query.get("last_event_id"))
+    if request.method == "HEAD":  # the stream's head, checked as a GET's would be, and no stream
+        return web.Response(headers=_HEADERS)
     app = request.app
     engine = app[ENGINE]
     metrics = app[METRICS]
