@@ -90,6 +90,23 @@ class OutboxSql(SqlCore):
             return
         ordered = sorted(set(seqs))
 
+        if self.db.dialect == "postgres":
+            # Every node's relay acknowledges the entries it published, and they publish the same
+            # entries: one statement, which skips the rows another relay's acknowledgement is deleting
+            # instead of waiting for them. Waiting, a range DELETE and a transaction of one-row DELETEs
+            # locked the same rows in different orders and deadlocked: both relays stood still until
+            # PostgreSQL's deadlock_timeout (1 s) broke it. A row skipped stays if that other deletion
+            # rolls back, and is published (deduplicated) and acknowledged again by a later sweep.
+            async def delete(tx: Tx) -> None:
+                await tx.execute(
+                    "DELETE FROM outbox WHERE seq IN"
+                    " (SELECT seq FROM outbox WHERE seq = ANY($1::bigint[]) FOR UPDATE SKIP LOCKED)",
+                    ordered,
+                )
+
+            await self.db.run(delete, single_statement=True)
+            return
+
         # Entries are acknowledged in order, so deleting a contiguous range is the common case.
         contiguous = ordered[-1] - ordered[0] + 1 == len(ordered)
 

@@ -326,3 +326,34 @@ async def test_relays_on_several_nodes_racing_over_one_outbox_append_each_change
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+async def test_on_postgresql_an_acknowledgement_skips_the_entries_another_relay_is_deleting(pg: str) -> None:
+    """Every node's relay acknowledges what it published, and they publish the same entries: one
+    acknowledgement must not wait for another's rows. (Two that did, locking rows in different orders,
+    deadlocked — each time the relays stood still for PostgreSQL's deadlock_timeout, 1 s.) An entry it
+    skipped stays if the other deletion rolls back, for a later sweep to publish and acknowledge."""
+    import asyncpg
+
+    from storage.factory import open_store
+
+    store = open_store(pg)
+    await store.open()
+    await store.migrate()
+    other = await asyncpg.connect(pg)
+    try:
+        product_id = await seed(store, stock={"par-1": 1})
+        for _ in range(3):
+            await store.adjust_stock(product_id, "par-1", 1)
+        entries = await store.read_outbox()
+        assert len(entries) == 4
+        held = entries[1].seq
+        rival = other.transaction()  # another relay's acknowledgement, not committed yet
+        await rival.start()
+        await other.execute("DELETE FROM outbox WHERE seq = $1", held)
+        await asyncio.wait_for(store.ack_outbox([e.seq for e in entries]), 5)
+        await rival.rollback()
+        assert [e.seq for e in await store.read_outbox()] == [held]
+    finally:
+        await other.close()
+        await store.close()
