@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from hub.keys import METRICS
 from tests.conftest import Hub, hub_settings, running_hub
 
 PRODUCTS = "/api/v1/products"
@@ -134,3 +135,45 @@ async def test_an_idle_keep_alive_socket_is_closed(tmp_path):
         assert time.monotonic() - started < 3
         assert b"HTTP/1.1" not in rest
         writer.close()
+
+
+async def test_a_peer_that_pings_and_never_reads_is_cut_off(tmp_path):
+    """Pongs go around the send queue: without a bound on the socket's write buffer, a client that
+    pings and never reads grows the server's memory without end."""
+    import base64
+    import os
+    import socket
+
+    from hub.transports.wsframes import PING
+    from tests.realtime_helpers import client_frame
+
+    settings = hub_settings(str(tmp_path / "hub.sqlite3"), send_buffer_bytes=64 * 1024)
+    async with running_hub(settings) as hub:
+        host, port = hub.base.removeprefix("http://").split(":")
+        # (asyncio streams: the hub runs on this loop. The reader takes at most 64 KiB, then stops.)
+        reader, writer = await asyncio.open_connection(host, int(port), limit=64 * 1024)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                "GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Protocol: synchub.json\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        ping = client_frame(PING, b"p" * 125)
+        cut = False
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not cut:
+            try:
+                writer.write(ping * 200)  # 25 KiB of pings; the pongs are never read
+                await asyncio.wait_for(writer.drain(), 5)
+            except (ConnectionResetError, BrokenPipeError):
+                cut = True
+            if writer.is_closing() or reader.at_eof():
+                cut = True
+        writer.close()
+        assert cut, "the server kept answering a peer that never reads"
+        assert hub.app[METRICS].slow_consumers.labels("websocket")._value.get() >= 1

@@ -765,9 +765,11 @@ async def _metrics_after_activity(rt_hub, product: str) -> None:
     assert await metric(rt_hub, "synchub_messages_sent_total", transport="websocket") >= 4  # subscribed + 3
     assert await metric(rt_hub, "synchub_messages_sent_total", transport="sse") >= 3
     assert await metric(rt_hub, "synchub_messages_sent_total", transport="poll") >= polled
-    assert await metric(rt_hub, "synchub_delivery_latency_seconds_count", transport="websocket") >= 3
-    assert await metric(rt_hub, "synchub_delivery_latency_seconds_count", transport="sse") >= 3
-    assert await metric(rt_hub, "synchub_broker_read_lag_seconds_count") >= 3
+    # Latency is observed once per write turn (its oldest frame: hub/transports/writes.py), and events
+    # the relay publishes together arrive in one turn: at least one sample, not one per event.
+    assert await metric(rt_hub, "synchub_delivery_latency_seconds_count", transport="websocket") >= 1
+    assert await metric(rt_hub, "synchub_delivery_latency_seconds_count", transport="sse") >= 1
+    assert await metric(rt_hub, "synchub_broker_read_lag_seconds_count") >= 1
     assert await metric(rt_hub, "synchub_bytes_sent_total", transport="websocket") > 0
 
     async def all_closed() -> bool:

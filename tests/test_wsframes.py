@@ -241,3 +241,21 @@ def test_any_bytes_give_messages_or_a_frame_error_with_a_close_code_and_nothing_
                 assert opcode in (TEXT, BINARY, PING, PONG, CLOSE)
     except FrameError as exc:
         assert exc.code in (1002, 1007, 1009)
+
+
+def test_a_message_of_endless_empty_fragments_is_refused_at_the_fragment_limit():
+    from hub.transports.wsframes import MAX_FRAGMENTS
+
+    reader = FrameReader(LIMIT)
+    assert reader.feed(client_frame(TEXT, b"", fin=False)) == []
+    for _ in range(MAX_FRAGMENTS - 1):
+        assert reader.feed(client_frame(CONTINUATION, b"", fin=False)) == []
+    with pytest.raises(FrameError) as caught:
+        reader.feed(client_frame(CONTINUATION, b"", fin=False))
+    assert caught.value.code == 1009
+    whole = (
+        client_frame(TEXT, b"a", fin=False)
+        + client_frame(CONTINUATION, b"b", fin=False) * (MAX_FRAGMENTS - 2)
+        + client_frame(CONTINUATION, b"c")
+    )
+    assert read_all(whole) == [(TEXT, b"a" + b"b" * (MAX_FRAGMENTS - 2) + b"c")]

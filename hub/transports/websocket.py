@@ -303,6 +303,12 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
             if opcode == PING:
                 transport = self._transport
                 if transport is not None and self.state is ConnectionState.OPEN:
+                    if transport.get_write_buffer_size() > self.settings.send_buffer_bytes:
+                        # Pongs go around the send queue's limits: a peer that pings and never reads
+                        # would grow the socket's write buffer without end. It is cut off.
+                        self.metrics.slow_consumers.labels("websocket").inc()
+                        transport.abort()
+                        return
                     transport.write(control_frame(PONG, payload))
             elif opcode == CLOSE:
                 self._peer_closed(payload)

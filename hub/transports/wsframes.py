@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+MAX_FRAGMENTS = 1024  # frames of one message
 
 # Close codes an endpoint may put in a close frame (§7.4.1-2; 1004-1006 and 1015 are reserved and
 # never sent, 1012-1014 were registered with IANA later, 3000-4999 are for libraries and apps).
@@ -160,6 +161,10 @@ class FrameReader:
         if opcode == CONTINUATION:
             if self._fragments is None:
                 raise FrameError(PROTOCOL_ERROR, "a continuation frame with no message to continue")
+            if len(self._fragments) >= MAX_FRAGMENTS:
+                # Empty fragments never reach the size limit: without a count, an endless run of them
+                # would grow the message's list forever.
+                raise FrameError(MESSAGE_TOO_BIG, f"a message is at most {MAX_FRAGMENTS} fragments")
         elif self._fragments is not None:
             raise FrameError(PROTOCOL_ERROR, "a new message before the fragmented one ended")
         if self._fragments_size + length > self.max_size:
