@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from hub.access_log import RedactingAccessLogger
 from hub.auth import auth_middleware
 from hub.errors import error_middleware
 from hub.keys import BROKER, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE, WRITES
@@ -154,6 +155,8 @@ def create_app(settings: Settings) -> web.Application:
             "auto_decompress": False,
             # An idle keep-alive socket is closed after this long (aiohttp's default: an hour).
             "keepalive_timeout": settings.keepalive_timeout_seconds,
+            # Tokens and signatures in URLs are not written to the log.
+            "access_log_class": RedactingAccessLogger,
         },
     )
     app.on_response_prepare.append(_server_header)

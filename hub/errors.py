@@ -98,6 +98,10 @@ class Unprocessable(ApiError):
     status, code, title = 422, "unprocessable", "Unprocessable request"
 
 
+class RequestTimeout(ApiError):
+    status, code, title = 408, "body_timeout", "Request timeout"
+
+
 class ServiceUnavailable(ApiError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
 
@@ -193,6 +197,11 @@ async def error_middleware(
         elif exc.status == 404:
             detail = f"no route for {request.path}"
         return problem_response(exc.status, code, title, detail, headers=headers)
+    except ConnectionResetError:
+        # The client went away mid-request (an aborted upload, a closed tab): not a server error, and
+        # nobody is left to read an answer.
+        log.debug("client went away during %s %s", request.method, request.path)
+        return problem_response(400, "client_disconnected", "Bad request", "the client closed the connection")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         error = ApiError("an unexpected error occurred")

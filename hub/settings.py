@@ -22,6 +22,7 @@ class Settings:
     jwt_secret: str = ""
     max_body_bytes: int = 256 * 1024
     keepalive_timeout_seconds: float = 15.0  # an idle keep-alive connection is closed after this
+    body_timeout_seconds: float = 30.0  # a JSON body must arrive within this (408 body_timeout)
     reservation_ttl_seconds: int = 900
     reservation_max_ttl_seconds: int = 24 * 3600
     expiry_interval: float = 1.0

@@ -7,6 +7,7 @@ exact decimals, so a price is never rounded through a float. Booleans are not in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -17,7 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.errors import BadRequest, UnsupportedMedia
+from hub.errors import BadRequest, RequestTimeout, UnsupportedMedia
+from hub.keys import SETTINGS
 
 Validator = Callable[[Any], Any]
 MAX_JSON_DEPTH = 16
@@ -65,7 +67,13 @@ async def read_json(request: web.Request) -> Any:
     refuse_encoded_body(request)
     if request.content_type not in ("application/json", "application/merge-patch+json"):
         raise UnsupportedMedia(f"send the body as application/json, not {request.content_type or 'nothing'}")
-    raw = await request.read()  # aiohttp enforces client_max_size → 413
+    try:
+        # aiohttp enforces client_max_size (→ 413); a body that trickles in is bounded in time too.
+        raw = await asyncio.wait_for(request.read(), request.app[SETTINGS].body_timeout_seconds)
+    except TimeoutError as exc:
+        raise RequestTimeout(
+            f"the body did not arrive within {request.app[SETTINGS].body_timeout_seconds:g} s"
+        ) from exc
     try:
         body = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:

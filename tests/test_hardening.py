@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import time
 import zlib
 from typing import Any
@@ -177,3 +178,49 @@ async def test_a_peer_that_pings_and_never_reads_is_cut_off(tmp_path):
         writer.close()
         assert cut, "the server kept answering a peer that never reads"
         assert hub.app[METRICS].slow_consumers.labels("websocket")._value.get() >= 1
+
+
+async def test_a_client_that_goes_away_mid_body_is_not_a_server_error(hub, caplog):
+    caplog.set_level(logging.DEBUG)
+    host, port = hub.base.removeprefix("http://").split(":")
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /api/v1/products HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {hub.admin}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"sku": '.encode()
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    await asyncio.sleep(0.3)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert any("client went away" in r.getMessage() for r in caplog.records)
+    assert await listed(hub) == []
+
+
+async def test_a_body_that_trickles_in_past_the_timeout_is_408(tmp_path):
+    settings = hub_settings(str(tmp_path / "hub.sqlite3"), body_timeout_seconds=0.5)
+    async with running_hub(settings) as hub:
+        host, port = hub.base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /api/v1/products HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {hub.admin}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"sku": '.encode()
+        )
+        await writer.drain()
+        started = time.monotonic()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 408")
+        assert 0.4 < time.monotonic() - started < 3
+        writer.close()
+
+
+async def test_tokens_and_signatures_in_urls_are_not_written_to_the_access_log(hub, caplog):
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    secret = hub.alice
+    status, _, _ = await hub.call("GET", f"/api/v1/poll?channels=user:alice&timeout=0&access_token={secret}")
+    assert status == 200
+    await hub.call("GET", "/api/v1/media/x?sig=SIGNATURE-VALUE&exp=1")
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any("/api/v1/poll?channels=user%3Aalice&timeout=0&access_token=…" in line for line in lines), lines
+    assert not any(secret in line or "SIGNATURE-VALUE" in line for line in lines)
