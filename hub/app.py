@@ -13,6 +13,7 @@ from aiohttp import web
 
 from hub.access_log import RedactingAccessLogger
 from hub.auth import auth_middleware
+from hub.browsers import cors_middleware, security_headers
 from hub.errors import error_middleware
 from hub.keys import BROKER, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE, WRITES
 from hub.media import media_context
@@ -140,15 +141,16 @@ async def expiry_context(app: web.Application) -> AsyncIterator[None]:
     await _cancel(task)
 
 
-async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
-    # aiohttp's default names its and Python's versions.
-    response.headers["Server"] = "synchub"
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[metrics_middleware, compression_middleware, error_middleware, auth_middleware],
+        middlewares=[
+            metrics_middleware,
+            compression_middleware,
+            error_middleware,
+            cors_middleware,
+            auth_middleware,
+        ],
         handler_args={
             # Bodies are read as sent: an encoded one is refused (hub/validation.refuse_encoded_body)
             # rather than inflated, unbounded, before any limit or token is checked.
@@ -159,7 +161,7 @@ def create_app(settings: Settings) -> web.Application:
             "access_log_class": RedactingAccessLogger,
         },
     )
-    app.on_response_prepare.append(_server_header)
+    app.on_response_prepare.append(security_headers)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[CONNECTIONS] = Connections()

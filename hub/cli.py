@@ -70,6 +70,18 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
         help="prefix of every Redis key (env SYNCHUB_REDIS_PREFIX)",
     )
     serve.add_argument("--region", default=_env("REGION", "default"), help="env SYNCHUB_REGION")
+    serve.add_argument(
+        "--allowed-origins",
+        default=_env("ALLOWED_ORIGINS", ""),
+        help="comma-separated origins whose pages may open WebSocket/SSE connections, * for any; the hub's"
+        " own origin and non-browser clients always may (env SYNCHUB_ALLOWED_ORIGINS)",
+    )
+    serve.add_argument(
+        "--cors-origins",
+        default=_env("CORS_ORIGINS", ""),
+        help="comma-separated origins whose pages may call the REST API, * for any"
+        " (env SYNCHUB_CORS_ORIGINS)",
+    )
     serve.add_argument("--node-id", default=_env("NODE_ID"), help="env SYNCHUB_NODE_ID")
     serve.add_argument(
         "--max-body-bytes",
@@ -187,6 +199,10 @@ def _secret(args: argparse.Namespace) -> str:
     return secret
 
 
+def _origins(text: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     kwargs = {}
     if args.node_id:
@@ -198,6 +214,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         redis_url=args.redis_url,
         redis_prefix=args.redis_prefix,
         region=args.region,
+        allowed_origins=_origins(args.allowed_origins),
+        cors_origins=_origins(args.cors_origins),
         jwt_secret=_secret(args),
         max_body_bytes=args.max_body_bytes,
         relay_enabled=not args.no_relay,
@@ -258,6 +276,8 @@ _FORWARDED = {
     "database_url": "DATABASE_URL",
     "redis_url": "REDIS_URL",
     "redis_prefix": "REDIS_PREFIX",
+    "allowed_origins": "ALLOWED_ORIGINS",
+    "cors_origins": "CORS_ORIGINS",
     "region": "REGION",
     "max_body_bytes": "MAX_BODY_BYTES",
     "log_level": "LOG_LEVEL",

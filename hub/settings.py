@@ -23,6 +23,10 @@ class Settings:
     max_body_bytes: int = 256 * 1024
     keepalive_timeout_seconds: float = 15.0  # an idle keep-alive connection is closed after this
     body_timeout_seconds: float = 30.0  # a JSON body must arrive within this (408 body_timeout)
+    # Browser pages of these origins may open WebSocket and SSE connections ("*": any; the hub's own
+    # origin and non-browser clients always may) and call the REST API (hub/browsers.py).
+    allowed_origins: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
     reservation_ttl_seconds: int = 900
     reservation_max_ttl_seconds: int = 24 * 3600
     expiry_interval: float = 1.0

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import HttpVersion11, web
 
 from hub.auth import Principal
+from hub.browsers import check_origin
 from hub.channel_access import resolve_channel
 from hub.errors import ApiError, BadRequest, Forbidden, NotFoundError, Unauthenticated
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
@@ -260,6 +261,7 @@ class SseConnection(TurnQueue, asyncio.Protocol):
 @routes.get("/api/v1/sse", name="sse")
 async def sse(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
+    check_origin(request)
     principal = realtime_principal(request)
     channels = await parse_channels(request, principal)
     since = parse_since(request.headers.get("Last-Event-ID") or request.query.get("last_event_id"))

@@ -29,6 +29,7 @@ import orjson
 from aiohttp import web
 
 from hub.auth import Principal
+from hub.browsers import check_origin
 from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
 from hub.realtime import (
     CloseCode,
@@ -402,6 +403,7 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
 async def websocket(request: web.Request) -> web.StreamResponse:
     principal = realtime_principal(request)  # before the upgrade: a bad token is a plain 401
     accept, protocol = check_upgrade(request, _PROTOCOLS)
+    check_origin(request)
     app, settings = request.app, request.app[SETTINGS]
     transport = request.transport
     if transport is None:
