@@ -13,6 +13,7 @@ from aiohttp import web
 
 from hub.access_log import RedactingAccessLogger
 from hub.auth import auth_middleware
+from hub.authz import authz_middleware
 from hub.browsers import cors_middleware, security_headers
 from hub.errors import error_middleware
 from hub.keys import BROKER, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE, WRITES
@@ -150,6 +151,7 @@ def create_app(settings: Settings) -> web.Application:
             error_middleware,
             cors_middleware,
             auth_middleware,
+            authz_middleware,
         ],
         handler_args={
             # Bodies are read as sent: an encoded one is refused (hub/validation.refuse_encoded_body)
