@@ -72,6 +72,7 @@ TABLE: dict[str, frozenset[str]] = {
     "moderate_review": MODERATION,
     "moderation_queue": MODERATION,
     # real time: public channels need no token; private ones are checked per channel (channel_access)
+    "create_ticket": ANY_USER,
     "websocket": PUBLIC,
     "sse": PUBLIC,
     "poll": PUBLIC,

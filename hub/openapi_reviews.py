@@ -1,4 +1,4 @@
-"""The reviews' part of the OpenAPI document (``hub/openapi.py`` joins it): their paths and schemas."""
+"""The OpenAPI paths and schemas of reviews and of real-time tickets (``hub/openapi.py`` joins them)."""
 
 from __future__ import annotations
 
@@ -202,6 +202,17 @@ def review_paths(
                 params=[review_id],
             ),
         },
+        "/api/v1/realtime/tickets": {
+            "post": op(
+                "A ticket for a browser's EventSource or WebSocket (?ticket=): good for 30 s and one"
+                " connection, on any node, as the token's user; tokens in URLs are refused by default",
+                {
+                    "201": json("RealtimeTicket", "issued"),
+                    **problems(**auth_problems),
+                },
+                auth=True,
+            ),
+        },
         "/api/v1/moderation/queue": {
             "get": op(
                 "The moderation queue: pending and flagged reviews (or status=), oldest change first",
@@ -311,6 +322,14 @@ def review_schemas(context: dict[str, Any], delta: dict[str, Any], ack: dict[str
             "properties": {"product_id": {"type": "string"}, "rating": _AGGREGATE},
         },
         "RatingAggregate": _AGGREGATE,
+        "RealtimeTicket": {
+            "type": "object",
+            "properties": {
+                "ticket": {"type": "string"},
+                "expires_at": {"type": "string", "format": "date-time"},
+                "ttl": {"type": "integer", "description": "seconds"},
+            },
+        },
         "HelpfulVote": {
             "type": "object",
             "properties": {

@@ -22,6 +22,7 @@ from aiohttp import web
 from hub.auth import Principal, decode_token
 from hub.errors import Unauthenticated
 from hub.keys import SETTINGS
+from hub.tickets import redeem
 from sync.broker import Position
 from sync.channels import CART, INVENTORY, REVIEWS, Channel
 from sync.cursor import format_position
@@ -37,6 +38,7 @@ class CloseCode(enum.IntEnum):
     SLOW_CONSUMER = 4101
     AUTH_EXPIRED = 4102
     RESYNC_REQUIRED = 4103
+    RATE_LIMITED = 4104
 
 
 class ConnectionState(enum.Enum):
@@ -159,9 +161,10 @@ class Connections:
         await asyncio.gather(*(close() for close in closers), return_exceptions=True)
 
 
-def realtime_principal(request: web.Request) -> Principal | None:
+async def realtime_principal(request: web.Request) -> Principal | None:
     """A token is optional for public channels, but one that is sent must be valid. Browsers cannot
-    set headers on WebSocket and EventSource requests, so ``access_token`` in the query works too."""
+    set headers on WebSocket and EventSource requests: they send a ticket (``?ticket=``, hub/tickets.py);
+    ``?access_token=`` only where ``--tokens-in-urls`` allows it."""
     header = request.headers.get("Authorization")
     token = None
     if header:
@@ -169,7 +172,14 @@ def realtime_principal(request: web.Request) -> Principal | None:
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'", code="invalid_token")
         token = value.strip()
+    elif "ticket" in request.query:
+        return await redeem(request, request.query["ticket"])
     elif "access_token" in request.query:
+        if not request.app[SETTINGS].tokens_in_urls:
+            raise Unauthenticated(
+                "tokens in URLs are refused here: POST /api/v1/realtime/tickets and send ?ticket=",
+                code="token_in_url_refused",
+            )
         token = request.query["access_token"]
     if token is None:
         return None

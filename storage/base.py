@@ -244,6 +244,15 @@ class Store(Protocol):
 
     async def purge_review_mutations(self, older_than_us: int) -> int: ...
 
+    # -- real-time tickets (hub/tickets.py) -----------------------------------------------------
+    async def use_ticket(self, jti: str, expires_at_us: int) -> bool:
+        """Record a ticket's use; False if it was used before, on any node."""
+        ...
+
+    async def purge_tickets(self, now_us: int) -> int:
+        """Forget the tickets that expired before ``now_us``; return how many."""
+        ...
+
     # -- outbox --------------------------------------------------------------------------------
     def watch_outbox(self, listener: OutboxListener) -> Callable[[], None]:
         """Tell ``listener`` of every outbox entry this process commits from now on; return a

@@ -277,6 +277,19 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             "CREATE INDEX reviews_by_lowest ON reviews (product_id, status, (-rating), created_at, id)",
         ],
     ),
+    (
+        6,
+        "real-time tickets used (each once, on any node)",
+        [
+            """
+            CREATE TABLE realtime_tickets (
+                jti TEXT PRIMARY KEY,
+                expires_at BIGINT NOT NULL
+            )
+            """,
+            "CREATE INDEX realtime_tickets_by_expiry ON realtime_tickets (expires_at)",
+        ],
+    ),
 ]
 
 

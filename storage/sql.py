@@ -12,9 +12,10 @@ from storage.sql_catalog import CatalogSql
 from storage.sql_core import now_us
 from storage.sql_reservations import ReservationSql
 from storage.sql_reviews import ReviewSql
+from storage.sql_tickets import TicketSql
 
 
-class SqlStore(CatalogSql, ReservationSql, CartSql, ReviewSql):
+class SqlStore(CatalogSql, ReservationSql, CartSql, ReviewSql, TicketSql):
     """The Store (storage.base) on a SQL database: catalog, stock, reservations, carts, reviews and the
     outbox, each in its own module, over one writing-transaction core (storage.sql_core)."""
 

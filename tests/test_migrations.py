@@ -33,6 +33,7 @@ EXPECTED_TABLES = {
     "review_mutations",
     "review_votes",
     "review_reports",
+    "realtime_tickets",
 }
 
 

@@ -43,7 +43,8 @@ PROTOCOLS = pytest.mark.parametrize("protocol", [JSON, MSGPACK])
 
 @pytest.fixture
 async def rt_hub(database_url: str):
-    async with eu_hub(database_url) as hub:
+    # (tokens in URLs on: these tests cover ?access_token= too; tests/test_tickets.py the default)
+    async with eu_hub(database_url, tokens_in_urls=True) as hub:
         yield hub
 
 

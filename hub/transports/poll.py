@@ -56,7 +56,7 @@ class PollCollector:
 @routes.get("/api/v1/poll", name="poll")
 async def poll(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    channels = await parse_channels(request, realtime_principal(request))
+    channels = await parse_channels(request, await realtime_principal(request))
     since = parse_since(request.query.get("cursor"))
     timeout = query_int(request, "timeout", 25, 0, int(settings.poll_max_timeout_seconds))
     engine = request.app[ENGINE]
