@@ -10,7 +10,8 @@ not decode is ``malformed_delta``, and neither changes the cart.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgpack
 import orjson
@@ -33,6 +34,8 @@ RULES = CartRules()
 MAX_PUSHES = 100
 MAX_DELTA_BYTES = 64 * 1024
 _CODEC_VERSIONS = frozenset({1})
+D = TypeVar("D")
+P = TypeVar("P")
 
 
 class CartInputError(ValueError):
@@ -42,7 +45,9 @@ class CartInputError(ValueError):
         self.message = message
 
 
-def decode_delta(raw: Any, binary: bool) -> Cart:
+def decode_document_delta(raw: Any, binary: bool, kind: type[D], tag: str) -> D:
+    """A delta of one document type (``kind``, its codec ``tag``: a cart, a review) as a device sent it;
+    CartInputError with the codes of the module docstring."""
     if binary:
         if not isinstance(raw, bytes):
             raise CartInputError("malformed_delta", "a delta is the codec's MessagePack bytes (bin)")
@@ -50,23 +55,27 @@ def decode_delta(raw: Any, binary: bool) -> Cart:
             raise CartInputError("delta_too_large", f"a delta is at most {MAX_DELTA_BYTES} bytes")
     else:
         if not isinstance(raw, dict):
-            raise CartInputError("malformed_delta", 'a delta is {"t": "cart", "v": 1, "s": …}')
+            raise CartInputError("malformed_delta", f'a delta is {{"t": "{tag}", "v": 1, "s": …}}')
         # (REST bodies carry non-integer numbers as Decimal: measured as their text, refused below.)
         if len(orjson.dumps(raw, default=str)) > MAX_DELTA_BYTES:
             raise CartInputError("delta_too_large", f"a delta is at most {MAX_DELTA_BYTES} bytes")
     try:
         delta = codec.from_msgpack(raw) if binary else codec.from_dict(raw)
-    except codec.CodecError as exc:
+    except (codec.CodecError, UnicodeError) as exc:
         # Told apart only once it failed (a delta is decoded once on the way that succeeds).
-        tag, version = msgpack_head(raw) if binary else (raw.get("t"), raw.get("v"))
-        if tag == "cart" and isinstance(version, int) and version not in _CODEC_VERSIONS:
+        found, version = msgpack_head(raw) if binary else (raw.get("t"), raw.get("v"))
+        if found == tag and isinstance(version, int) and version not in _CODEC_VERSIONS:
             raise CartInputError(
-                "unsupported_codec_version", f"cart codec version {version} is not known here"
+                "unsupported_codec_version", f"{tag} codec version {version} is not known here"
             ) from exc
         raise CartInputError("malformed_delta", str(exc)[:300]) from exc
-    if not isinstance(delta, Cart):
-        raise CartInputError("malformed_delta", f"a {type(delta).__name__} is not a cart delta")
+    if not isinstance(delta, kind):
+        raise CartInputError("malformed_delta", f"a {type(delta).__name__} is not a {tag} delta")
     return delta
+
+
+def decode_delta(raw: Any, binary: bool) -> Cart:
+    return decode_document_delta(raw, binary, Cart, "cart")
 
 
 def msgpack_head(raw: bytes) -> tuple[Any, Any]:
@@ -98,20 +107,24 @@ def read_mutation_id(raw: Any) -> str:
     return raw
 
 
-def read_pushes(raw: Any, binary: bool) -> list[CartPush]:
-    """``[{"mutation_id": …, "delta": …}, …]``; CartInputError names the first bad one."""
+def read_push_list(raw: Any, decode: Callable[[Any], P]) -> list[tuple[str, P]]:
+    """``[{"mutation_id": …, "delta": …}, …]`` as (mutation id, decoded delta) pairs; CartInputError
+    names the first bad one."""
     if not isinstance(raw, list) or len(raw) > MAX_PUSHES:
         raise CartInputError("bad_request", f"pushes is a list of at most {MAX_PUSHES}")
-    pushes: list[CartPush] = []
+    pushes: list[tuple[str, P]] = []
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or set(item) != {"mutation_id", "delta"}:
             raise CartInputError("bad_request", f'pushes[{index}] is {{"mutation_id": …, "delta": …}}')
         try:
-            mutation_id = read_mutation_id(item["mutation_id"])
-            pushes.append(CartPush(mutation_id, decode_delta(item["delta"], binary)))
+            pushes.append((read_mutation_id(item["mutation_id"]), decode(item["delta"])))
         except CartInputError as exc:
             raise CartInputError(exc.code, f"pushes[{index}]: {exc.message}") from exc
     return pushes
+
+
+def read_pushes(raw: Any, binary: bool) -> list[CartPush]:
+    return [CartPush(m, d) for m, d in read_push_list(raw, lambda delta: decode_delta(delta, binary))]
 
 
 def device_op(op: str, replica: str, sku: str, quantity: int | None, now_ms: int) -> Any:

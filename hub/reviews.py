@@ -19,15 +19,13 @@ import hashlib
 import time
 from typing import Any
 
-import orjson
-
 from crdt import codec
 from crdt.context import CausalContext
 from crdt.hlc import Timestamp
 from crdt.review import Review
 from crdt.wire import encode_context
 from hub.auth import Principal
-from hub.carts import MAX_DELTA_BYTES, MAX_PUSHES, CartInputError, msgpack_head, read_mutation_id
+from hub.carts import decode_document_delta, read_push_list
 from hub.moderation import TextScreener
 from hub.responses import iso
 from storage.reviews import ReviewDocument, ReviewPush, ReviewRules, ReviewStatus, Screening
@@ -46,7 +44,6 @@ def screen(text: str | None, rating: int | None, media_count: int) -> Screening:
 
 
 MODERATOR_ROLES = frozenset({"moderator", "admin"})
-_CODEC_VERSIONS = frozenset({1})
 
 
 def is_moderator(principal: Principal | None) -> bool:
@@ -62,44 +59,14 @@ def may_read(principal: Principal | None, document: ReviewDocument) -> bool:
 
 
 def decode_review_delta(raw: Any, binary: bool) -> Review:
-    if binary:
-        if not isinstance(raw, bytes):
-            raise CartInputError("malformed_delta", "a delta is the codec's MessagePack bytes (bin)")
-        if len(raw) > MAX_DELTA_BYTES:
-            raise CartInputError("delta_too_large", f"a delta is at most {MAX_DELTA_BYTES} bytes")
-    else:
-        if not isinstance(raw, dict):
-            raise CartInputError("malformed_delta", 'a delta is {"t": "review", "v": 1, "s": …}')
-        if len(orjson.dumps(raw, default=str)) > MAX_DELTA_BYTES:
-            raise CartInputError("delta_too_large", f"a delta is at most {MAX_DELTA_BYTES} bytes")
-    try:
-        delta = codec.from_msgpack(raw) if binary else codec.from_dict(raw)
-    except (codec.CodecError, UnicodeError) as exc:
-        tag, version = msgpack_head(raw) if binary else (raw.get("t"), raw.get("v"))
-        if tag == "review" and isinstance(version, int) and version not in _CODEC_VERSIONS:
-            raise CartInputError(
-                "unsupported_codec_version", f"review codec version {version} is not known here"
-            ) from exc
-        raise CartInputError("malformed_delta", str(exc)[:300]) from exc
-    if not isinstance(delta, Review):
-        raise CartInputError("malformed_delta", f"a {type(delta).__name__} is not a review delta")
-    return delta
+    return decode_document_delta(raw, binary, Review, "review")
 
 
 def read_review_pushes(raw: Any, binary: bool = False) -> list[ReviewPush]:
     """``[{"mutation_id": …, "delta": …}, …]``; CartInputError names the first bad one."""
-    if not isinstance(raw, list) or len(raw) > MAX_PUSHES:
-        raise CartInputError("bad_request", f"pushes is a list of at most {MAX_PUSHES}")
-    pushes = []
-    for index, item in enumerate(raw):
-        if not isinstance(item, dict) or set(item) != {"mutation_id", "delta"}:
-            raise CartInputError("bad_request", f'pushes[{index}] is {{"mutation_id": …, "delta": …}}')
-        try:
-            mutation_id = read_mutation_id(item["mutation_id"])
-            pushes.append(ReviewPush(mutation_id, decode_review_delta(item["delta"], binary)))
-        except CartInputError as exc:
-            raise CartInputError(exc.code, f"pushes[{index}]: {exc.message}") from exc
-    return pushes
+    return [
+        ReviewPush(m, d) for m, d in read_push_list(raw, lambda delta: decode_review_delta(delta, binary))
+    ]
 
 
 def encode_review(state: Review, binary: bool) -> Any:
