@@ -1,0 +1,62 @@
+"""The in-process rate limiter: each node counts for itself (the default, with no --redis-url).
+
+Keys live in one dict, their TATs as values. Every check also looks at the two entries at the front
+of the dict: one whose bucket is full again (its TAT has passed) is dropped — forgetting it changes
+no decision — and one still counting goes to the back. So the dict is swept continuously, two
+entries a check, and holds about the keys counted within the longest policy's window. ``max_keys``
+bounds it outright: past it the front entry goes even if still counting (that key may then burst
+once more; a flood of distinct keys cannot grow memory). The clock is ``time.monotonic_ns``, so a
+wall-clock step changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from hub.ratelimit.limiter import Decision, RatePolicy, gcra
+
+DEFAULT_MAX_KEYS = 1_000_000  # ~150 bytes each
+
+
+def _now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+class MemoryRateLimiter:
+    def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self._max_keys = max_keys
+        self._tats: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        """Keys held."""
+        return len(self._tats)
+
+    async def check(self, key: str, policy: RatePolicy) -> Decision:
+        return self.check_now(key, policy)
+
+    def check_now(self, key: str, policy: RatePolicy) -> Decision:
+        """:meth:`check`, synchronously (it never waits)."""
+        tats = self._tats
+        now = _now_us()
+        tat = tats.get(key)
+        decision, new_tat = gcra(tat, now, policy.interval_us, policy.burst)
+        if new_tat is not None:
+            tats[key] = new_tat
+        self._sweep(tats, now)
+        return decision
+
+    def _sweep(self, tats: dict[str, int], now: int) -> None:
+        for _ in range(2):
+            front = next(iter(tats), None)
+            if front is None:
+                return
+            tat = tats.pop(front)
+            if tat > now:
+                tats[front] = tat  # still counting: to the back
+        while len(tats) > self._max_keys:
+            del tats[next(iter(tats))]
+
+    async def close(self) -> None:
+        self._tats.clear()
