@@ -59,6 +59,7 @@ async def hub_process(database_url: str, secret: str, *extra: str) -> AsyncItera
         f"--jwt-secret={secret}",  # one argument: a token_urlsafe secret may begin with "-"
         "--log-level",
         "WARNING",
+        "--rate-limits=off",  # a bench is one address firing as fast as it can: measure, not throttle
         *extra,
         cwd=workdir,
         stdout=asyncio.subprocess.DEVNULL,

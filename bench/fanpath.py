@@ -52,7 +52,12 @@ class NullTransport:
 
 async def measure(connections: int, events: int, rounds: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="synchub-fanpath-") as folder:
-        settings = Settings(database_url=str(Path(folder) / "hub.sqlite3"), region="eu", jwt_secret="x" * 32)
+        settings = Settings(
+            database_url=str(Path(folder) / "hub.sqlite3"),
+            region="eu",
+            jwt_secret="x" * 32,
+            rate_limits_enabled=False,  # thousands of clients from one address: measure, not throttle
+        )
         runner = web.AppRunner(create_app(settings))
         await runner.setup()
         try:

@@ -16,9 +16,11 @@ from hub.auth import auth_middleware
 from hub.authz import authz_middleware
 from hub.browsers import cors_middleware, security_headers
 from hub.errors import error_middleware
-from hub.keys import BROKER, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE, WRITES
+from hub.keys import BROKER, CONNECTION_CAPS, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE, WRITES
 from hub.media import media_context
 from hub.metrics import Metrics, metrics_middleware
+from hub.ratelimit.connections import ConnectionCaps
+from hub.ratelimit.http import rate_limit_context, rate_limit_middleware
 from hub.realtime import Connections
 from hub.responses import compression_middleware
 from hub.routes import carts, catalog, inventory, media, ops, reservations, reviews
@@ -151,6 +153,8 @@ def create_app(settings: Settings) -> web.Application:
             error_middleware,
             cors_middleware,
             auth_middleware,
+            # after auth (the caller is known), before authz (refused calls count too)
+            *([rate_limit_middleware] if settings.rate_limits_enabled else []),
             authz_middleware,
         ],
         handler_args={
@@ -168,6 +172,13 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics()
     app[CONNECTIONS] = Connections()
     metrics = app[METRICS]
+    limits_on = settings.rate_limits_enabled
+    app[CONNECTION_CAPS] = ConnectionCaps(
+        settings.max_connections_per_user if limits_on else 0,
+        settings.max_connections_per_ip if limits_on else 0,
+        frozenset(settings.rate_limit_exempt_roles),
+        metrics,
+    )
     app[WRITES] = WriteBatcher(
         metrics.messages_sent.labels("websocket"),
         metrics.bytes_sent.labels("websocket"),
@@ -185,5 +196,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(poll.routes)
     app.cleanup_ctx.extend([store_context, broker_context, engine_context, relay_context, expiry_context])
     app.cleanup_ctx.append(media_context)
+    if limits_on:
+        app.cleanup_ctx.append(rate_limit_context)
     app.on_shutdown.append(go_away)
     return app

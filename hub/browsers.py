@@ -28,7 +28,7 @@ from hub.keys import PRINCIPAL, SETTINGS
 
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-Match, If-None-Match, Last-Event-ID"
-EXPOSED_HEADERS = "ETag, Location, Retry-After, Idempotent-Replayed, Link"
+EXPOSED_HEADERS = "ETag, Location, Retry-After, Idempotent-Replayed, Link, RateLimit, RateLimit-Policy"
 PREFLIGHT_MAX_AGE = "600"
 
 

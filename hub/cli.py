@@ -15,10 +15,12 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
 from hub.auth import ROLES, issue_token
+from hub.ratelimit.limiter import parse_optional_policy
 from hub.settings import DEFAULT_DATABASE_URL, Settings, dev_jwt_secret
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,7 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="env SYNCHUB_LOG_LEVEL")
     _add_media(serve)
+    _add_limits(serve)
     serve.add_argument(
         "--workers",
         type=_workers,
@@ -155,6 +158,86 @@ def _add_media(serve: argparse.ArgumentParser) -> None:
         default=_env("MEDIA_S3_REGION", defaults.media_s3_region),
         help="region the S3 requests are signed for (env SYNCHUB_MEDIA_S3_REGION)",
     )
+
+
+# The rate limit flags (hub/ratelimit/): each is SYNCHUB_<DEST> in the environment.
+_ROUTE_CLASSES = ("read", "write", "reservation", "review_post", "sync_push")
+_LIMIT_FLAGS = (
+    "rate_limits",
+    *(f"rate_limit_{route_class}" for route_class in _ROUTE_CLASSES),
+    "rate_limit_failure",
+    "ws_message_rate",
+    "max_connections_per_user",
+    "max_connections_per_ip",
+)
+
+
+def _policy_arg(text: str) -> str:
+    try:
+        parse_optional_policy(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _add_limits(serve: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    serve.add_argument(
+        "--rate-limits",
+        choices=("on", "off"),
+        default=_env("RATE_LIMITS", "on"),
+        help="off: no request rate limits, WebSocket message limits or connection caps, for benchmarks"
+        " (env SYNCHUB_RATE_LIMITS)",
+    )
+    for route_class in _ROUTE_CLASSES:
+        dest = f"rate_limit_{route_class}"
+        serve.add_argument(
+            f"--rate-limit-{route_class.replace('_', '-')}",
+            type=_policy_arg,
+            default=_env(dest.upper(), str(getattr(defaults, dest) or "off")),
+            metavar="RATE/PERIOD:BURST",
+            help=f"{route_class} requests per user (else per IP), e.g. 50/s:100, 1/min:5, off"
+            f" (default %(default)s; env SYNCHUB_{dest.upper()})",
+        )
+    serve.add_argument(
+        "--rate-limit-failure",
+        choices=("open", "closed"),
+        default=_env("RATE_LIMIT_FAILURE", "open"),
+        help="when the shared (Redis) limiter fails: let requests through (open) or answer 503"
+        " (env SYNCHUB_RATE_LIMIT_FAILURE)",
+    )
+    serve.add_argument(
+        "--ws-message-rate",
+        type=_policy_arg,
+        default=_env("WS_MESSAGE_RATE", str(defaults.ws_message_rate or "off")),
+        metavar="RATE/PERIOD:BURST",
+        help="messages a WebSocket connection may send (default %(default)s; env SYNCHUB_WS_MESSAGE_RATE)",
+    )
+    for flag, dest, what in (
+        ("--max-connections-per-user", "max_connections_per_user", "per user"),
+        ("--max-connections-per-ip", "max_connections_per_ip", "anonymous, per client IP"),
+    ):
+        serve.add_argument(
+            flag,
+            type=int,
+            default=int(_env(dest.upper(), str(getattr(defaults, dest))) or 0),
+            help=f"real-time connections on this node, {what}; 0: no cap (default %(default)s;"
+            f" env SYNCHUB_{dest.upper()})",
+        )
+
+
+def _limit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "rate_limits_enabled": args.rate_limits == "on",
+        **{
+            f"rate_limit_{route_class}": parse_optional_policy(getattr(args, f"rate_limit_{route_class}"))
+            for route_class in _ROUTE_CLASSES
+        },
+        "rate_limit_fail_open": args.rate_limit_failure == "open",
+        "ws_message_rate": parse_optional_policy(args.ws_message_rate),
+        "max_connections_per_user": args.max_connections_per_user,
+        "max_connections_per_ip": args.max_connections_per_ip,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +303,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         max_body_bytes=args.max_body_bytes,
         relay_enabled=not args.no_relay,
         **{name: getattr(args, name) for name in _MEDIA_SETTINGS},
+        **_limit_settings(args),
         **kwargs,
     )
 
@@ -282,6 +366,7 @@ _FORWARDED = {
     "max_body_bytes": "MAX_BODY_BYTES",
     "log_level": "LOG_LEVEL",
     **{name: name.upper() for name in _MEDIA_SETTINGS},
+    **{name: name.upper() for name in _LIMIT_FLAGS},
 }
 
 

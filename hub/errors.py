@@ -9,7 +9,9 @@
     ├── 412 PreconditionFailed precondition_failed
     ├── 413 PayloadTooLarge    body_too_large
     ├── 415 UnsupportedMedia   unsupported_media_type
-    └── 422 Unprocessable      idempotency_key_reused
+    ├── 422 Unprocessable      idempotency_key_reused
+    ├── 429 TooManyRequests    rate_limited, too_many_connections
+    └── 503 ServiceUnavailable store_unavailable, broker_unavailable, rate_limiter_unavailable, ...
 
 Handlers raise; only :func:`error_middleware` formats. Store exceptions are mapped here too, so a
 handler never translates them itself. The codes are stable: clients switch on ``code``, never on
@@ -100,6 +102,10 @@ class Unprocessable(ApiError):
 
 class RequestTimeout(ApiError):
     status, code, title = 408, "body_timeout", "Request timeout"
+
+
+class TooManyRequests(ApiError):
+    status, code, title = 429, "rate_limited", "Too many requests"
 
 
 class ServiceUnavailable(ApiError):

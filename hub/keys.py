@@ -10,6 +10,8 @@ if TYPE_CHECKING:
     from hub.auth import Principal
     from hub.media_store import MediaStore
     from hub.metrics import Metrics
+    from hub.ratelimit.connections import ConnectionCaps
+    from hub.ratelimit.http import RateLimits
     from hub.realtime import Connections
     from hub.settings import Settings
     from hub.transports.writes import WriteBatcher
@@ -27,5 +29,7 @@ ENGINE: web.AppKey[SyncEngine] = web.AppKey("engine")
 CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")
 WRITES: web.AppKey[WriteBatcher] = web.AppKey("writes")
 MEDIA: web.AppKey[MediaStore] = web.AppKey("media")
+RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")  # only while rate limits are on
+CONNECTION_CAPS: web.AppKey[ConnectionCaps] = web.AppKey("connection_caps")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous

@@ -98,6 +98,20 @@ class Metrics:
             ["transport", "reason"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "synchub_rate_limited_total",
+            "Requests, WebSocket messages and connections refused by a limit, by limit (read, write,"
+            " reservation, review_post, sync_push, ws_message, connections) and scope (user, ip, connection)",
+            ["limit", "scope"],
+            registry=self.registry,
+        )
+        self.rate_limiter_failures = Counter(
+            "synchub_rate_limiter_failures_total",
+            "Checks the shared (Redis) rate limiter could not make, by what the request got (allowed:"
+            " fail-open, refused: fail-closed)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.slow_consumers = Counter(
             "synchub_slow_consumer_disconnects_total",
             "Clients cut off for falling too far behind",

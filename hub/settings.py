@@ -7,6 +7,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hub.ratelimit.limiter import RatePolicy
+
 DEFAULT_DATA_DIR = Path("var")
 DEFAULT_DATABASE_URL = str(DEFAULT_DATA_DIR / "synchub.sqlite3")
 
@@ -58,6 +60,36 @@ class Settings:
     media_s3_region: str = "us-east-1"
     media_s3_access_key: str | None = None
     media_s3_secret_key: str | None = None
+    # Rate limits (hub/ratelimit/; docs/api.md, "Rate limits"): per user (a token's sub; tokens of the
+    # exempt roles are not limited), else per client IP, by route class (hub/ratelimit/classes.py) —
+    # in this process, or shared by every node through Redis when redis_url is set. None: no limit.
+    # Off altogether (False: no request limits, message limits or connection caps) for benchmarks.
+    rate_limits_enabled: bool = True
+    # A shop page fires 10–30 reads: 100 at once is a few pages opened together; 50/s sustained is
+    # more than a person clicks and lets an app poll a watch list.
+    rate_limit_read: RatePolicy | None = field(default=RatePolicy(50, 1.0, 100))
+    # Catalog and stock edits, uploads, votes, reports: by hand a few a second (imports and back
+    # offices use service tokens, which are exempt).
+    rate_limit_write: RatePolicy | None = field(default=RatePolicy(10, 1.0, 20))
+    # Reservations hold stock other buyers want, so these bound hoarding: an order is a reservation
+    # and a commit, 2/s is an order a second, 10 at once absorbs a client's retries.
+    rate_limit_reservation: RatePolicy | None = field(default=RatePolicy(2, 1.0, 10))
+    # New or edited review text: reviewing an order's items at once (5), then one a minute; the
+    # store's posting_rate signal holds an author's 21st review within an hour for a moderator anyway.
+    rate_limit_review_post: RatePolicy | None = field(default=RatePolicy(1, 60.0, 5))
+    # Cart and review sync and edits: a device back online replays its queue (50 at once; one REST sync
+    # carries up to 100 deltas), a person edits a few times a second.
+    rate_limit_sync_push: RatePolicy | None = field(default=RatePolicy(20, 1.0, 50))
+    rate_limit_fail_open: bool = True  # Redis failing: let requests through (False: 503)
+    rate_limit_exempt_roles: tuple[str, ...] = ("service",)
+    # Messages a WebSocket connection sends: 100 at once (subscribing to ws_max_subscriptions on
+    # connect), then 20/s; a client that goes on past 3 bursts of refusals is closed (4104).
+    ws_message_rate: RatePolicy | None = field(default=RatePolicy(20, 1.0, 100))
+    # Real-time connections (WebSocket and SSE) open on this node: per user, and anonymous ones per
+    # client IP (0: no cap). A phone, a laptop and a few tabs are well under 20; 200 anonymous
+    # followers behind one address is an office or a carrier's NAT.
+    max_connections_per_user: int = 20
+    max_connections_per_ip: int = 200
 
     @property
     def uses_postgres(self) -> bool:

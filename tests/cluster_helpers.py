@@ -77,7 +77,14 @@ async def start_node(
         "--log-level",
         "WARNING",
         *extra,
-        env={**os.environ, "SYNCHUB_JWT_SECRET": JWT_SECRET, "PYTHONPATH": os.getcwd()},
+        # Rate limits off unless ``extra`` turns them on (--rate-limits on): these tests push bursts from
+        # one address that the production defaults would throttle (tests/conftest.py, GENEROUS_LIMITS).
+        env={
+            "SYNCHUB_RATE_LIMITS": "off",
+            **os.environ,
+            "SYNCHUB_JWT_SECRET": JWT_SECRET,
+            "PYTHONPATH": os.getcwd(),
+        },
         cwd=workdir,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

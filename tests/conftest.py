@@ -31,6 +31,7 @@ from redis.asyncio import Redis  # noqa: E402
 
 from hub.app import create_app  # noqa: E402
 from hub.auth import issue_token  # noqa: E402
+from hub.ratelimit.limiter import RatePolicy  # noqa: E402
 from hub.settings import Settings  # noqa: E402
 from storage.factory import open_store  # noqa: E402
 from storage.models import InventoryDelta, NewProduct, OutboxEntry, Warehouse  # noqa: E402
@@ -251,11 +252,33 @@ async def start_hub(settings: Settings) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
+# Production keeps its real rate limits (hub/settings.py). Tests fire bursts from one address and one
+# token that no client would, so their hubs get limits too high to reach: the middleware, the message
+# limiter and the connection caps still run on every request. tests/test_ratelimit_http.py sets real ones.
+_UNREACHABLE = RatePolicy(1_000_000, 1.0, 1_000_000)
+GENEROUS_LIMITS: dict[str, Any] = {
+    **{
+        name: _UNREACHABLE
+        for name in (
+            "rate_limit_read",
+            "rate_limit_write",
+            "rate_limit_reservation",
+            "rate_limit_review_post",
+            "rate_limit_sync_push",
+            "ws_message_rate",
+        )
+    },
+    "max_connections_per_user": 1_000_000,
+    "max_connections_per_ip": 1_000_000,
+}
+
+
 def hub_settings(database_url: str, **overrides: Any) -> Settings:
     defaults: dict[str, Any] = {
         "max_body_bytes": 64 * 1024,
         "expiry_interval": 0.1,
         "media_dir": tempfile.mkdtemp(prefix="synchub-media-"),  # not the checkout's var/media
+        **GENEROUS_LIMITS,
     }
     return Settings(database_url=database_url, jwt_secret=JWT_SECRET, **{**defaults, **overrides})
 

@@ -19,7 +19,8 @@ from hub.auth import Principal
 from hub.browsers import check_origin
 from hub.channel_access import resolve_channel
 from hub.errors import ApiError, BadRequest, Forbidden, NotFoundError, Unauthenticated
-from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
+from hub.keys import CONNECTION_CAPS, CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
+from hub.ratelimit.connections import ConnectionSlot
 from hub.realtime import (
     ConnectionState,
     realtime_principal,
@@ -119,6 +120,7 @@ class SseConnection(TurnQueue, asyncio.Protocol):
         "_quiet_since",
         "_transport",
         "_wrote",
+        "cap",
         "feed",
         "meter",
         "metrics",
@@ -132,9 +134,11 @@ class SseConnection(TurnQueue, asyncio.Protocol):
         transport: asyncio.Transport,
         chunked: bool,
         principal: Principal | None = None,
+        cap: ConnectionSlot | None = None,
     ) -> None:
         settings = app[SETTINGS]
         metrics = self.metrics = app[METRICS]
+        self.cap = cap  # this stream's place under the node's connection caps
         self.region = settings.region
         self.state = ConnectionState.OPEN
         self.feed: Feed | None = None
@@ -254,6 +258,8 @@ class SseConnection(TurnQueue, asyncio.Protocol):
         if self.feed is not None:
             self.feed.close()
         self._connections.discard(self)
+        if self.cap is not None:
+            self.cap.release()
         self.metrics.connections.labels("sse", self.region).dec()
         self.metrics.subscriptions.labels("sse").dec()
 
@@ -275,17 +281,22 @@ async def sse(request: web.Request) -> web.StreamResponse:
         raise ConnectionResetError("the client went away")
     chunked = request.version >= HttpVersion11
     retry = f"retry: {settings.sse_retry_ms}\n\n".encode()
-    connection = SseConnection(app, transport, chunked, principal)
+    cap = app[CONNECTION_CAPS].acquire(principal, request.remote)  # before the stream: a plain 429
+    connection = SseConnection(app, transport, chunked, principal, cap)
     feed = engine.feed(channels, connection)
     try:
         position = await feed.start(since)
     except PositionExpired as exc:
+        cap.release()  # a resync answer, not a stream
         metrics.resyncs.labels("sse", "position_expired").inc()
         response = web.StreamResponse(headers=_HEADERS)
         await response.prepare(request)
         await response.write(retry)
         await response.write(_sse("resync", resync_message(channels, "position_expired", exc.current)))
         return response
+    except BaseException:
+        cap.release()
+        raise
     connection.feed = feed
     metrics.connections.labels("sse", connection.region).inc()
     metrics.subscriptions.labels("sse").inc()

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import random
 import secrets
+import time
 from collections import deque
 from typing import Any
 
@@ -30,7 +31,9 @@ from aiohttp import web
 
 from hub.auth import Principal
 from hub.browsers import check_origin
-from hub.keys import CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
+from hub.keys import CONNECTION_CAPS, CONNECTIONS, ENGINE, METRICS, SETTINGS, WRITES
+from hub.ratelimit.connections import ConnectionSlot
+from hub.ratelimit.limiter import gcra
 from hub.realtime import (
     CloseCode,
     ConnectionState,
@@ -69,6 +72,7 @@ _CLOSE_WAIT = 2.0  # seconds a closing connection waits for the peer's close fra
 _INBOX_LIMIT = 32  # messages waiting for an answer before the socket stops being read
 _INTERNAL_ERROR = 1011
 _OPEN = ConnectionState.OPEN  # (a module global is found faster than an enum member, per delivery)
+_REFUSALS_BEFORE_CLOSE = 3  # bursts' worth of messages refused in a row, then the connection is closed
 
 
 class WsConnection(TurnQueue, Messages, asyncio.Protocol):
@@ -90,6 +94,10 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
     that connections opened together are not pinged together), drops one that stays silent for half of
     ``ws_heartbeat_seconds`` again, and closes the connection when its token expires.
 
+    Messages are rate limited per connection (``ws_message_rate``, GCRA in memory: two numbers on the
+    connection): a message over the rate is answered ``rate_limited`` and not acted on; a client that
+    goes on sending through three bursts' worth of refusals in a row is closed with 4104.
+
     Closing: the side that closes sends a close frame; the other answers with one; the server then
     ends the TCP connection (RFC 6455 §7.1.1). A client that breaks the framing rules gets a close
     frame with the code of its fault (1002, 1007, 1009), after which its input is discarded.
@@ -104,6 +112,8 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         "_heard",
         "_heartbeat",
         "_inbox",
+        "_msg_refused",
+        "_msg_tat",
         "_pinged_at",
         "_pong_wait",
         "_quiet_since",
@@ -112,6 +122,7 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         "_transport",
         "app",
         "binary",
+        "cap",
         "engine",
         "feeds",
         "meter",
@@ -128,10 +139,14 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         transport: asyncio.Transport,
         binary: bool,
         principal: Principal | None = None,
+        cap: ConnectionSlot | None = None,
     ) -> None:
         settings = app[SETTINGS]
         self.app = app
         self.principal = principal
+        self.cap = cap  # this connection's place under the node's connection caps
+        self._msg_tat: int | None = None  # the message rate's GCRA state (hub/ratelimit/limiter.py)
+        self._msg_refused = 0  # messages refused in a row
         self.origin: str | None = None  # made when it first pushes (ws_messages.Messages.cart_push)
         expires_in = seconds_until_expiry(principal)
         self.binary = binary
@@ -227,6 +242,24 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
             # No pong, nor anything else: the peer is gone (or its network is), and would acknowledge
             # no close frame. Let go of the socket; the receive loop then ends.
             self._transport.abort()
+
+    def message_refused(self) -> float | None:
+        """Count one message against the connection's rate: None if it may be answered, else the
+        seconds until one would be (after too many refusals in a row, the connection is closing)."""
+        policy = self.settings.ws_message_rate
+        if policy is None or not self.settings.rate_limits_enabled:
+            return None
+        decision, tat = gcra(self._msg_tat, time.monotonic_ns() // 1000, policy.interval_us, policy.burst)
+        if tat is not None:
+            self._msg_tat, self._msg_refused = tat, 0
+            return None
+        self._msg_refused += 1
+        if self._msg_refused == 1:
+            self.metrics.rate_limited.labels("ws_message", "connection").inc()
+        if self._msg_refused >= _REFUSALS_BEFORE_CLOSE * policy.burst:
+            self.flush()  # the refusals already queued go first
+            self.close_soon(CloseCode.RATE_LIMITED, "too many messages: back off, then reconnect")
+        return decision.retry_after
 
     # -- closing -----------------------------------------------------------------------------------
     async def go_away(self) -> None:
@@ -396,6 +429,8 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         self.metrics.subscriptions.labels("websocket").dec(len(self.feeds))
         self.feeds.clear()
         self.app[CONNECTIONS].discard(self)
+        if self.cap is not None:
+            self.cap.release()
         self.metrics.connections.labels("websocket", self.settings.region).dec()
 
 
@@ -409,8 +444,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if transport is None:
         raise ConnectionResetError("the client went away before the upgrade")
     binary = protocol == MSGPACK_PROTOCOL
-    connection = WsConnection(app, transport, binary, principal)
-    early = take_over(request, switching_protocols(accept, protocol), connection)
+    cap = app[CONNECTION_CAPS].acquire(principal, request.remote)  # before the upgrade: a plain 429
+    connection = WsConnection(app, transport, binary, principal, cap)
+    try:
+        early = take_over(request, switching_protocols(accept, protocol), connection)
+    except BaseException:
+        cap.release()
+        raise
     app[CONNECTIONS].watch(connection, settings.ws_heartbeat_seconds)
     app[METRICS].connections.labels("websocket", settings.region).inc()
     if early:

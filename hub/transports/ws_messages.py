@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import uuid
 from typing import Any, cast
 
@@ -58,11 +59,12 @@ _MESSAGE_FIELDS = {
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, request: Any = None) -> None:
+    def __init__(self, code: str, message: str, request: Any = None, **extra: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request = request  # the decoded message, when there was one: its id is echoed
+        self.extra = extra  # more members of the error reply
 
 
 class Messages:
@@ -80,6 +82,10 @@ class Messages:
     def send(self, message: dict[str, Any]) -> None:
         raise NotImplementedError  # the connection's: queue a reply
 
+    def message_refused(self) -> float | None:
+        """The connection's message rate: None, or the seconds until a message would be answered."""
+        raise NotImplementedError  # the connection's
+
     def push_origin(self) -> str:
         """This connection's token in the events of the deltas it pushes: they are not sent back to
         it (its ack stands for them), only to the cart's other subscribers."""
@@ -88,11 +94,20 @@ class Messages:
     async def _answer(self, opcode: int, payload: bytes) -> None:
         decoded: dict[str, Any] = {}
         try:
+            retry_after = self.message_refused()
+            if retry_after is not None:
+                with contextlib.suppress(ProtocolError):
+                    decoded = self.decode(opcode, payload)  # (for its id)
+                raise ProtocolError(
+                    "rate_limited",
+                    f"too many messages: retry in {retry_after:.3f} s",
+                    retry_after_ms=math.ceil(retry_after * 1000),
+                )
             decoded = self.decode(opcode, payload)
             await self.handle(decoded)
         except ProtocolError as exc:
             echo = _echo(exc.request if isinstance(exc.request, dict) else decoded)
-            self.send({"type": "error", "code": exc.code, "message": exc.message, **echo})
+            self.send({"type": "error", "code": exc.code, "message": exc.message, **exc.extra, **echo})
 
     def decode(self, opcode: int, payload: bytes) -> dict[str, Any]:
         if opcode == TEXT:

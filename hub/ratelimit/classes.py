@@ -1,0 +1,74 @@
+"""Which limit each route counts against, by its aiohttp route name (``name=`` in hub/routes/*.py and
+hub/transports/*.py). Every named route is in :data:`ROUTE_CLASSES` or in :data:`UNLIMITED`
+(tests/test_ratelimit_http.py checks it, so a new route cannot go unlimited by oversight)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class RouteClass(enum.StrEnum):
+    READ = "read"
+    WRITE = "write"
+    RESERVATION = "reservation"
+    REVIEW_POST = "review_post"
+    SYNC_PUSH = "sync_push"
+
+
+ROUTE_CLASSES: dict[str, RouteClass] = {
+    # Reads: the catalog, stock, carts, reviews, media; opening a real-time connection (its ticket,
+    # then the upgrade or the event stream, cost what reads do; how many stay open is capped apart:
+    # connections.py) and each long-poll.
+    **dict.fromkeys(
+        (
+            "list_products",
+            "get_product",
+            "list_warehouses",
+            "get_warehouse",
+            "get_inventory",
+            "inventory_snapshot",
+            "get_reservation",
+            "get_cart",
+            "get_review",
+            "list_reviews",
+            "get_rating",
+            "moderation_queue",
+            "media_info",
+            "get_media",
+            "create_ticket",
+            "websocket",
+            "sse",
+            "poll",
+        ),
+        RouteClass.READ,
+    ),
+    # Writes: the catalog and stock (admins), uploads, votes, reports, moderation, deleting a review.
+    **dict.fromkeys(
+        (
+            "create_product",
+            "update_product",
+            "delete_product",
+            "create_warehouse",
+            "set_stock",
+            "adjust_stock",
+            "upload_media",
+            "vote_helpful",
+            "report_review",
+            "moderate_review",
+            "delete_review",
+        ),
+        RouteClass.WRITE,
+    ),
+    # Reservations hold stock others could buy: a checkout reserves too.
+    **dict.fromkeys(
+        ("create_reservation", "commit_reservation", "release_reservation", "checkout_cart"),
+        RouteClass.RESERVATION,
+    ),
+    # New or changed review text: what spam is made of (each is also screened and moderated).
+    **dict.fromkeys(("create_review", "edit_review"), RouteClass.REVIEW_POST),
+    # Devices' deltas and plain edits of carts and reviews.
+    **dict.fromkeys(("sync_cart", "edit_cart", "sync_review"), RouteClass.SYNC_PUSH),
+}
+
+# Operations: probes and scrapers must always get an answer.
+UNLIMITED = frozenset({"healthz", "readyz", "metrics", "openapi"})

@@ -1,0 +1,183 @@
+"""Rate limits on HTTP requests: one middleware, innermost (after auth, so the caller is known).
+
+**Who is counted.** A request with a bearer token counts against its user (the token's ``sub``),
+any other against its client IP (the socket's peer: behind a proxy, every client shares the proxy's
+address — see docs/api.md). Tokens of the exempt roles (``service``: trusted back ends, such as a
+checkout service acting for many users) are not limited. API keys, once the hub has them, go first
+in :meth:`RateLimits.client`, with quotas of their own.
+
+**What is counted.** Each named route has a class (:mod:`hub.ratelimit.classes`), each class a
+policy (Settings ``rate_limit_<class>``); a key is ``<class>:<scope>:<id>``, so a client's reads do
+not spend its writes. The operations routes are not limited.
+
+**Answers.** A refused request gets 429 problem+json ``rate_limited`` with ``Retry-After`` (whole
+seconds, rounded up) and ``retry_after_ms`` in the body (to the millisecond), and every answer of a
+limited route carries the IETF fields of draft-ietf-httpapi-ratelimit-headers-11:
+
+    RateLimit-Policy: "write";q=20;w=2      the class's burst, and the seconds it takes to refill
+    RateLimit: "write";r=0;t=1              requests left now, and the seconds (rounded up) within
+                                            which no more than those would pass: until the quota
+                                            grows by one — on a 429, the Retry-After
+
+The limiter (:mod:`hub.ratelimit.limiter`) is the in-process one, or the Redis one when the node has
+``redis_url`` (one limit shared by every node). When Redis fails, ``rate_limit_fail_open`` decides:
+let the request through (logged at most every 10 s, counted in
+``synchub_rate_limiter_failures_total{outcome="allowed"}``) or answer 503
+``rate_limiter_unavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from hub.errors import problem_response
+from hub.keys import METRICS, PRINCIPAL, RATE_LIMITS, SETTINGS
+from hub.metrics import Metrics
+from hub.ratelimit.classes import ROUTE_CLASSES, RouteClass
+from hub.ratelimit.limiter import Decision, RateLimiter, RateLimiterUnavailable, RatePolicy
+from hub.ratelimit.limiter_memory import MemoryRateLimiter
+from hub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DRAFT = "draft-ietf-httpapi-ratelimit-headers-11"
+_LOG_EVERY = 10.0  # seconds between two warnings of a failing limiter
+
+
+def make_limiter(settings: Settings) -> RateLimiter:
+    if settings.redis_url:
+        from hub.ratelimit.limiter_redis import RedisRateLimiter
+
+        return RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix)
+    return MemoryRateLimiter()
+
+
+def _policies(settings: Settings) -> dict[RouteClass, RatePolicy]:
+    given = {
+        RouteClass.READ: settings.rate_limit_read,
+        RouteClass.WRITE: settings.rate_limit_write,
+        RouteClass.RESERVATION: settings.rate_limit_reservation,
+        RouteClass.REVIEW_POST: settings.rate_limit_review_post,
+        RouteClass.SYNC_PUSH: settings.rate_limit_sync_push,
+    }
+    return {route_class: policy for route_class, policy in given.items() if policy is not None}
+
+
+def _period(seconds: float) -> str:
+    for unit, length in (("hour", 3600), ("minute", 60)):
+        if seconds == length:
+            return unit
+        if seconds % length == 0:
+            return f"{int(seconds // length)} {unit}s"
+    return "second" if seconds == 1 else f"{seconds:g} seconds"
+
+
+class RateLimits:
+    """The node's limiter, the policy of each route class, and who is exempt."""
+
+    def __init__(self, settings: Settings, limiter: RateLimiter, metrics: Metrics) -> None:
+        self.limiter = limiter
+        self.policies = _policies(settings)
+        self.fail_open = settings.rate_limit_fail_open
+        self.exempt_roles = frozenset(settings.rate_limit_exempt_roles)
+        self._metrics = metrics
+        self._policy_fields = {
+            route_class: f'"{route_class}";q={policy.burst};w={policy.window_seconds}'
+            for route_class, policy in self.policies.items()
+        }
+        self._quiet_until = 0.0
+
+    def client(self, request: web.Request) -> tuple[str, str] | None:
+        """(scope, id) the request counts against; None: not limited."""
+        who = request.get(PRINCIPAL)
+        if who is not None:
+            if who.roles & self.exempt_roles:
+                return None
+            return "user", who.sub
+        return "ip", request.remote or "unknown"
+
+    def fields(self, route_class: RouteClass, decision: Decision) -> dict[str, str]:
+        """The RateLimit and RateLimit-Policy fields of an answer (and Retry-After for a refusal)."""
+        t = math.ceil(decision.next_after)
+        fields = {
+            "RateLimit-Policy": self._policy_fields[route_class],
+            "RateLimit": f'"{route_class}";r={decision.remaining};t={t}',
+        }
+        if not decision.allowed:
+            fields["Retry-After"] = str(t)
+        return fields
+
+    def refusal(self, route_class: RouteClass, scope: str, decision: Decision) -> web.Response:
+        self._metrics.rate_limited.labels(route_class, scope).inc()
+        policy = self.policies[route_class]
+        retry_ms = math.ceil(decision.retry_after * 1000)
+        # Answered here rather than raised, so that it passes through the CORS middleware (its
+        # headers let a page read the 429 and its Retry-After).
+        return problem_response(
+            429,
+            "rate_limited",
+            "Too many requests",
+            f"too many {route_class} requests: {policy.burst} at once, then {policy.rate} per"
+            f" {_period(policy.period)}; retry in {retry_ms / 1000:.3f} s",
+            headers=self.fields(route_class, decision),
+            extra={"policy": str(route_class), "retry_after_ms": retry_ms},
+        )
+
+    def unavailable(self, exc: RateLimiterUnavailable) -> web.Response | None:
+        """A failed check: None to let the request through (fail-open), else the 503 to answer."""
+        now = time.monotonic()
+        if now >= self._quiet_until:
+            self._quiet_until = now + _LOG_EVERY
+            what = "let through" if self.fail_open else "refused"
+            log.warning("rate limiter unavailable (%s): requests are %s", exc, what)
+        self._metrics.rate_limiter_failures.labels("allowed" if self.fail_open else "refused").inc()
+        if self.fail_open:
+            return None
+        return problem_response(
+            503,
+            "rate_limiter_unavailable",
+            "Service unavailable",
+            "the rate limiter cannot be reached; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+
+
+@web.middleware
+async def rate_limit_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    route_class = ROUTE_CLASSES.get(request.match_info.route.name or "")
+    if route_class is None:
+        return await handler(request)
+    limits = request.app[RATE_LIMITS]
+    policy = limits.policies.get(route_class)
+    client = limits.client(request) if policy is not None else None
+    if policy is None or client is None:
+        return await handler(request)
+    scope, ident = client
+    try:
+        decision = await limits.limiter.check(f"{route_class}:{scope}:{ident}", policy)
+    except RateLimiterUnavailable as exc:
+        refused = limits.unavailable(exc)
+        return refused if refused is not None else await handler(request)
+    if not decision.allowed:
+        return limits.refusal(route_class, scope, decision)
+    response = await handler(request)
+    if not response.prepared:
+        response.headers.update(limits.fields(route_class, decision))
+    return response
+
+
+async def rate_limit_context(app: web.Application) -> AsyncIterator[None]:
+    """The node's limiter, from start-up to shutdown (only while rate limits are on)."""
+    limiter = make_limiter(app[SETTINGS])
+    app[RATE_LIMITS] = RateLimits(app[SETTINGS], limiter, app[METRICS])
+    try:
+        yield
+    finally:
+        await limiter.close()
