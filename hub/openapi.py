@@ -218,8 +218,49 @@ def _media_paths() -> dict[str, Any]:
     }
 
 
+# The operations no rate limit refuses (the routes of hub/ratelimit/classes.UNLIMITED); every other
+# operation may answer 429 (docs/api.md, "Rate limits").
+_UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"})
+_TEXT = {"type": "string"}
+_RATE_LIMITED = {
+    "description": "rate_limited: over the limit of the route's class, counted per user (else per client"
+    " IP); too_many_connections: /ws and /sse over the connections a user or an address may hold",
+    "headers": {
+        "Retry-After": {
+            "description": "seconds until a request would pass, rounded up (the body's retry_after_ms:"
+            " milliseconds)",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        "RateLimit": {
+            "description": 'draft-ietf-httpapi-ratelimit-headers-11: "<class>";r=<left>;t=<seconds>',
+            "schema": _TEXT,
+        },
+        "RateLimit-Policy": {
+            "description": 'draft-ietf-httpapi-ratelimit-headers-11: "<class>";q=<burst>;w=<seconds>',
+            "schema": _TEXT,
+        },
+    },
+    **PROBLEM_CONTENT,
+}
+
+
+def _with_rate_limits(doc: dict[str, Any]) -> dict[str, Any]:
+    for path, item in doc["paths"].items():
+        if path in _UNLIMITED_PATHS:
+            continue
+        for op in item.values():
+            if isinstance(op, dict) and "responses" in op:
+                op["responses"].setdefault("429", {"$ref": "#/components/responses/RateLimited"})
+    doc["components"]["responses"]["RateLimited"] = _RATE_LIMITED
+    return doc
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
+    return _with_rate_limits(_document())
+
+
+def _document() -> dict[str, Any]:
     product_id = _path("product_id")
     warehouse_id = _path("warehouse_id")
     reservation_id = _path("reservation_id")

@@ -50,6 +50,24 @@ def test_every_named_route_is_in_a_class_or_unlimited() -> None:
     assert not set(ROUTE_CLASSES) & UNLIMITED
 
 
+def test_the_openapi_document_lists_a_429_on_every_limited_operation() -> None:
+    from hub.openapi import openapi_document
+
+    app = create_app(Settings(jwt_secret="x" * 32))
+    doc = openapi_document()
+    checked = 0
+    for route in app.router.routes():
+        resource = route.resource
+        if route.method == "HEAD" or resource is None or not route.name:
+            continue
+        operation = doc["paths"][resource.canonical][route.method.lower()]
+        assert ("429" in operation["responses"]) == (route.name not in UNLIMITED), route.name
+        checked += 1
+    assert checked > 40
+    fields = doc["components"]["responses"]["RateLimited"]["headers"]
+    assert set(fields) == {"Retry-After", "RateLimit", "RateLimit-Policy"}
+
+
 async def test_a_burst_passes_then_a_429_says_when_to_retry(tmp_path: Path) -> None:
     async with limited_hub(tmp_path) as hub:
         seen = []
