@@ -126,6 +126,30 @@ async def test_redis_keys_are_prefixed_hash_tagged_and_expire(redis_prefix: str)
         await limiter.close()
 
 
+async def test_checks_of_one_turn_share_a_pipeline_and_survive_a_flushed_script() -> None:
+    from tests.cluster_helpers import RedisServer, free_port
+
+    server = RedisServer(free_port())  # its own: SCRIPT FLUSH would reach every script of a shared one
+    await server.start()
+    redis_prefix = "t:"
+    limiter = RedisRateLimiter(server.url, prefix=redis_prefix)
+    client = Redis.from_url(server.url)
+    try:
+        policy = RatePolicy(1, 60.0, 3)
+        for _ in range(2):  # once with the script loaded, once after Redis lost it
+            await client.script_flush()
+            single = await limiter.check("alone", policy)
+            assert single.allowed
+            await client.script_flush()
+            decisions = await asyncio.gather(*(limiter.check(f"k{i % 2}", policy) for i in range(8)))
+            assert [d.allowed for d in decisions].count(True) == 6  # 3 for each of the two keys
+            await client.delete(*[f"{redis_prefix}{{rl:{k}}}" for k in ("alone", "k0", "k1")])
+    finally:
+        await client.aclose()
+        await limiter.close()
+        await server.kill()
+
+
 async def test_an_unreachable_redis_raises_unavailable_at_once_then_without_asking() -> None:
     from hub.ratelimit.limiter import RateLimiterUnavailable
     from tests.cluster_helpers import free_port
