@@ -1,5 +1,5 @@
 """``python -m bench <name>`` (or ``synchub bench <name>``): run one benchmark (``suite``,
-``reservations``, ``fanout``, ``fanpath``, ``crdt``, ``sync``, ``reviews``)."""
+``reservations``, ``fanout``, ``fanpath``, ``crdt``, ``sync``, ``reviews``, ``ratelimit``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ NAMES = {
     "suite": "bench.suite",
     "sync": "bench.sync",
     "reviews": "bench.reviews",
+    "ratelimit": "bench.ratelimit",
 }
 
 

@@ -1,0 +1,231 @@
+"""What a rate limit costs: a limit check in process and on Redis, and a request on a limited route with
+the limits off, in process and on Redis.
+
+  checks    µs per check of MemoryRateLimiter (one key; 10,000 keys in turn) and of RedisRateLimiter
+            (one at a time: a round trip each; 64 in flight), in this process
+  requests  ``GET /api/v1/warehouses`` (a read: limited) on a hub process started three ways —
+            ``--rate-limits off``, on in process, on through Redis — with a read limit too high to
+            reach: latency one request at a time (µs, p50 and p99), then ``--connections`` keep-alive
+            connections for ``--seconds``: requests/s and the hub's CPU µs per request
+
+Run: ``python -m bench ratelimit [--quick] [--redis-url redis://127.0.0.1:6379/0]``. Without a reachable
+Redis the Redis rows are skipped. Keys go under a fresh prefix, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bench._hub import cpu_seconds, hub_process
+from bench.http_client import HttpConnection, request_bytes
+from hub.ratelimit.limiter import RatePolicy
+from hub.ratelimit.limiter_memory import MemoryRateLimiter
+from hub.ratelimit.limiter_redis import RedisRateLimiter
+
+POLICY = RatePolicy(1_000_000_000, 1.0, 1_000_000_000)  # never refuses: the cost, not the refusals
+HIGH = "1000000/s:1000000"
+PATH = "/api/v1/warehouses"
+
+
+Timing = tuple[float, float]  # µs per call: wall clock, this process's CPU
+
+
+async def _per_call(calls: int, call: Callable[[int], Awaitable[object]]) -> Timing:
+    started, cpu = time.perf_counter(), time.process_time()
+    for i in range(calls):
+        await call(i)
+    return (time.perf_counter() - started) / calls * 1e6, (time.process_time() - cpu) / calls * 1e6
+
+
+async def _in_flight(calls: int, width: int, call: Callable[[int], Awaitable[object]]) -> Timing:
+    async def lane(start: int) -> None:
+        for i in range(start, calls, width):
+            await call(i)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(lane(k) for k in range(width)))
+    return (time.perf_counter() - started) / calls * 1e6, (time.process_time() - cpu) / calls * 1e6
+
+
+async def bench_checks(calls: int, redis_url: str | None, prefix: str) -> list[tuple[str, Timing]]:
+    memory = MemoryRateLimiter()
+    keys = [f"read:ip:10.0.{i // 256}.{i % 256}" for i in range(10_000)]
+    rows = [
+        ("memory, one key", await _per_call(calls, lambda _: memory.check("read:user:alice", POLICY))),
+        ("memory, 10,000 keys", await _per_call(calls, lambda i: memory.check(keys[i % len(keys)], POLICY))),
+    ]
+    if redis_url:
+        redis = RedisRateLimiter(redis_url, prefix=prefix)
+        try:
+            few = max(1000, calls // 50)
+            await _per_call(100, lambda _: redis.check("read:user:warm", POLICY))
+            rows.append(
+                ("redis, one at a time", await _per_call(few, lambda _: redis.check("read:user:a", POLICY)))
+            )
+            rows.append(
+                (
+                    "redis, 64 in flight",
+                    await _in_flight(few * 4, 64, lambda i: redis.check(keys[i % 100], POLICY)),
+                )
+            )
+        finally:
+            await redis.close()
+    return rows
+
+
+async def _latencies(host: str, port: int, count: int) -> list[float]:
+    conn = await HttpConnection.open(host, port)
+    request = request_bytes("GET", PATH, f"{host}:{port}", {})
+    try:
+        for _ in range(200):  # warm up
+            await conn.send(request)
+        took = []
+        for _ in range(count):
+            started = time.perf_counter()
+            response = await conn.send(request)
+            took.append(time.perf_counter() - started)
+            if response.status != 200:
+                raise RuntimeError(f"{PATH} answered {response.status}")
+        return took
+    finally:
+        conn.close()
+
+
+async def _throughput(
+    host: str, port: int, pid: int, connections: int, seconds: float
+) -> tuple[float, float]:
+    request = request_bytes("GET", PATH, f"{host}:{port}", {})
+    conns = [await HttpConnection.open(host, port) for _ in range(connections)]
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def lane(conn: HttpConnection) -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            response = await conn.send(request)
+            if response.status != 200:
+                raise RuntimeError(f"{PATH} answered {response.status}")
+            done += 1
+
+    cpu = cpu_seconds(pid)
+    started = time.monotonic()
+    try:
+        await asyncio.gather(*(lane(conn) for conn in conns))
+    finally:
+        for conn in conns:
+            conn.close()
+    elapsed = time.monotonic() - started
+    return done / elapsed, (cpu_seconds(pid) - cpu) / max(1, done) * 1e6
+
+
+async def bench_requests(
+    count: int, connections: int, seconds: float, redis_url: str | None, prefix: str
+) -> list[tuple[str, float, float, float, float, float]]:
+    setups: list[tuple[str, tuple[str, ...]]] = [
+        ("limits off", ("--rate-limits=off",)),
+        ("in process", ("--rate-limits=on", f"--rate-limit-read={HIGH}")),
+    ]
+    if redis_url:
+        setups.append(
+            (
+                "redis",
+                (
+                    "--rate-limits=on",
+                    f"--rate-limit-read={HIGH}",
+                    "--redis-url",
+                    redis_url,
+                    "--redis-prefix",
+                    prefix,
+                ),
+            )
+        )
+    rows = []
+    secret = secrets.token_urlsafe(32)
+    for name, flags in setups:
+        with tempfile.TemporaryDirectory(prefix="synchub-bench-rl-") as folder:
+            async with hub_process(str(Path(folder) / "hub.sqlite3"), secret, *flags) as (base, pid):
+                host, port = base.removeprefix("http://").split(":")
+                took = sorted(await _latencies(host, int(port), count))
+                rate, cpu_us = await _throughput(host, int(port), pid, connections, seconds)
+        mean = statistics.fmean(took) * 1e6
+        p50 = took[len(took) // 2] * 1e6
+        p99 = took[min(len(took) - 1, int(len(took) * 0.99))] * 1e6
+        rows.append((name, mean, p50, p99, rate, cpu_us))
+    return rows
+
+
+async def _redis_reachable(url: str) -> bool:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        await client.ping()
+        return True
+    except Exception:
+        return False
+    finally:
+        await client.aclose()
+
+
+async def _delete_keys(url: str, prefix: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def run(args: argparse.Namespace) -> None:
+    quick = args.quick
+    redis_url = args.redis_url if args.redis_url and await _redis_reachable(args.redis_url) else None
+    prefix = f"synchub_bench_rl_{secrets.token_hex(4)}:"
+    try:
+        checks = await bench_checks(20_000 if quick else 200_000, redis_url, prefix)
+        print("\n## Limit checks (this process)\n")
+        print("| limiter | µs per check | CPU µs per check (this process) |")
+        print("|---|---|---|")
+        for name, (wall, cpu) in checks:
+            print(f"| {name} | {wall:.2f} | {cpu:.2f} |")
+        if not redis_url:
+            print(f"\n(Redis at {args.redis_url} not reachable: its rows are skipped)")
+        rows = await bench_requests(
+            500 if quick else 5000, args.connections, 1.0 if quick else args.seconds, redis_url, prefix
+        )
+        print(f"\n## GET {PATH} on a hub process (a read: limited when the limits are on)\n")
+        print(
+            f"| limits | mean µs | p50 µs | p99 µs | req/s, {args.connections} connections"
+            " | hub CPU µs/request |"
+        )
+        print("|---|---|---|---|---|---|")
+        for name, mean, p50, p99, rate, cpu_us in rows:
+            print(f"| {name} | {mean:.0f} | {p50:.0f} | {p99:.0f} | {rate:,.0f} | {cpu_us:.0f} |")
+    finally:
+        if redis_url:
+            await _delete_keys(redis_url, prefix)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench ratelimit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer checks and requests (a smoke run)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="'' to skip Redis")
+    parser.add_argument("--connections", type=int, default=16, help="keep-alive connections for req/s")
+    parser.add_argument("--seconds", type=float, default=5.0, help="how long the req/s run lasts")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.run(run(args))
+    except ImportError:  # pragma: no cover
+        asyncio.run(run(args))
+    return 0
