@@ -23,7 +23,7 @@ from hub.ratelimit.connections import ConnectionCaps
 from hub.ratelimit.http import rate_limit_context, rate_limit_middleware
 from hub.realtime import Connections
 from hub.responses import compression_middleware
-from hub.routes import carts, catalog, inventory, media, ops, reservations, reviews
+from hub.routes import carts, catalog, inventory, media, ops, reservations, reviews, tickets
 from hub.settings import Settings
 from hub.transports import poll, sse, websocket
 from hub.transports.writes import WriteBatcher
@@ -130,6 +130,7 @@ async def _expire_forever(app: web.Application) -> None:
                 await store.purge_cart_mutations(now - settings.cart_mutation_retention_seconds * 10**6)
                 # (review pushes' ids are kept as long as carts': one retention for devices' retries)
                 await store.purge_review_mutations(now - settings.cart_mutation_retention_seconds * 10**6)
+                await store.purge_tickets(now)
                 last_purge = time.monotonic()
         except asyncio.CancelledError:
             raise
@@ -191,6 +192,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(carts.routes)
     app.add_routes(media.routes)
     app.add_routes(reviews.routes)
+    app.add_routes(tickets.routes)
     app.add_routes(websocket.routes)
     app.add_routes(sse.routes)
     app.add_routes(poll.routes)

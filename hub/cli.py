@@ -79,6 +79,13 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
         " own origin and non-browser clients always may (env SYNCHUB_ALLOWED_ORIGINS)",
     )
     serve.add_argument(
+        "--tokens-in-urls",
+        action="store_true",
+        default=(_env("TOKENS_IN_URLS", "") or "").lower() in ("1", "true", "yes", "on"),
+        help="accept ?access_token= on real-time routes (off: browsers use tickets)"
+        " (env SYNCHUB_TOKENS_IN_URLS)",
+    )
+    serve.add_argument(
         "--cors-origins",
         default=_env("CORS_ORIGINS", ""),
         help="comma-separated origins whose pages may call the REST API, * for any"
@@ -299,6 +306,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         region=args.region,
         allowed_origins=_origins(args.allowed_origins),
         cors_origins=_origins(args.cors_origins),
+        tokens_in_urls=args.tokens_in_urls,
         jwt_secret=_secret(args),
         max_body_bytes=args.max_body_bytes,
         relay_enabled=not args.no_relay,
@@ -362,6 +370,7 @@ _FORWARDED = {
     "redis_prefix": "REDIS_PREFIX",
     "allowed_origins": "ALLOWED_ORIGINS",
     "cors_origins": "CORS_ORIGINS",
+    "tokens_in_urls": "TOKENS_IN_URLS",
     "region": "REGION",
     "max_body_bytes": "MAX_BODY_BYTES",
     "log_level": "LOG_LEVEL",

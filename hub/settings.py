@@ -28,6 +28,8 @@ class Settings:
     # Browser pages of these origins may open WebSocket and SSE connections ("*": any; the hub's own
     # origin and non-browser clients always may) and call the REST API (hub/browsers.py).
     allowed_origins: tuple[str, ...] = ()
+    # A token in a URL (?access_token=) is refused unless this is set: browsers use tickets instead.
+    tokens_in_urls: bool = False
     cors_origins: tuple[str, ...] = ()
     reservation_ttl_seconds: int = 900
     reservation_max_ttl_seconds: int = 24 * 3600

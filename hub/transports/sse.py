@@ -268,7 +268,7 @@ class SseConnection(TurnQueue, asyncio.Protocol):
 async def sse(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     check_origin(request)
-    principal = realtime_principal(request)
+    principal = await realtime_principal(request)
     channels = await parse_channels(request, principal)
     since = parse_since(request.headers.get("Last-Event-ID") or request.query.get("last_event_id"))
     if request.method == "HEAD":  # the stream's head, checked as a GET's would be, and no stream

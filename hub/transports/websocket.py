@@ -436,7 +436,7 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
 
 @routes.get("/api/v1/ws", name="websocket")
 async def websocket(request: web.Request) -> web.StreamResponse:
-    principal = realtime_principal(request)  # before the upgrade: a bad token is a plain 401
+    principal = await realtime_principal(request)  # before the upgrade: a bad token is a plain 401
     accept, protocol = check_upgrade(request, _PROTOCOLS)
     check_origin(request)
     app, settings = request.app, request.app[SETTINGS]
