@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from crdt.review import Review
@@ -159,7 +159,6 @@ class ReviewQuery:
 class ReviewPage:
     items: list[ReviewDocument]
     next_after: tuple[int | str, ...] | None
-    sort_keys: list[tuple[int | str, ...]] = field(default_factory=list)
 
 
 class ReviewRefusal(Exception):

@@ -263,9 +263,8 @@ class ReviewSql:
 
         rows = await self.db.run(work, readonly=True, single_statement=True)
         items = [_document(row, with_state=False) for row in rows[: query.limit]]
-        sort_keys = [tuple(row[k] for k in keys) for row in rows[: query.limit]]
-        next_after = sort_keys[-1] if len(rows) > query.limit else None
-        return ReviewPage(items, next_after, sort_keys)
+        last = rows[query.limit - 1] if len(rows) > query.limit else None
+        return ReviewPage(items, None if last is None else tuple(last[k] for k in keys))
 
     # -- writing -----------------------------------------------------------------------------------
 

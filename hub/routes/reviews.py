@@ -146,9 +146,7 @@ async def _check_media(request: web.Request, owner: str, ids: list[str]) -> None
 
 def _raise_refusal(code: str | None, message: str | None) -> None:
     code, message = code or "refused", message or "the edit was refused"
-    if code == "review_exists":
-        raise ConflictError(message, code=code)
-    if code == "review_gone":
+    if code in ("review_exists", "review_gone"):
         raise ConflictError(message, code=code)
     if code == "product_not_found":
         raise NotFoundError(message, code=code)

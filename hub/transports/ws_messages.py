@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import uuid
 from typing import Any, cast
 
 import msgpack
@@ -38,7 +37,7 @@ from hub.metrics import Metrics
 from hub.realtime import resync_message, snapshot_url
 from hub.routes.inventory import snapshot_items
 from hub.settings import Settings
-from hub.transports.ws_reviews import review_push, review_sync
+from hub.transports.ws_reviews import document_writer, review_push, review_sync
 from hub.transports.wsframes import BINARY, TEXT
 from storage.carts import CartPush, PushStatus
 from storage.errors import StoreError
@@ -169,18 +168,7 @@ class Messages:
 
     def _cart_user(self, message: dict[str, Any]) -> tuple[Principal, str]:
         """The connection's user, who may edit carts, and the message's cart id."""
-        principal = self.principal
-        if principal is None:
-            raise ProtocolError("unauthenticated", "carts need a bearer token on the connection")
-        if "customer" not in principal.roles:
-            raise ProtocolError("forbidden", "editing a cart needs the customer role")
-        cart_id = message.get("cart")
-        try:
-            if isinstance(cart_id, str):
-                return principal, str(uuid.UUID(cart_id))
-        except ValueError:
-            pass
-        raise ProtocolError("invalid_cart", "cart is the cart's UUID")
+        return document_writer(self.principal, message, "cart")
 
     async def cart_sync(self, message: dict[str, Any]) -> None:
         """Sync step: the device's context in, what it lacks and the hub's context out."""

@@ -32,19 +32,24 @@ class Connection(Protocol):
     def send(self, message: dict[str, Any]) -> None: ...
 
 
-def _author(conn: Connection, message: dict[str, Any]) -> tuple[Principal, str]:
-    principal = conn.principal
+def document_writer(principal: Principal | None, message: dict[str, Any], what: str) -> tuple[Principal, str]:
+    """The connection's user, who may write documents (carts, reviews), and the id the message names
+    in its field ``what``; CartInputError with a stable code if either is missing."""
     if principal is None:
-        raise CartInputError("unauthenticated", "reviews need a bearer token on the connection")
+        raise CartInputError("unauthenticated", f"{what}s need a bearer token on the connection")
     if "customer" not in principal.roles:
-        raise CartInputError("forbidden", "writing a review needs the customer role")
-    review_id = message.get("review")
+        raise CartInputError("forbidden", f"editing a {what} needs the customer role")
+    raw = message.get(what)
     try:
-        if isinstance(review_id, str):
-            return principal, str(uuid.UUID(review_id))
+        if isinstance(raw, str):
+            return principal, str(uuid.UUID(raw))
     except ValueError:
         pass
-    raise CartInputError("invalid_review", "review is the review's UUID")
+    raise CartInputError(f"invalid_{what}", f"{what} is the {what}'s UUID")
+
+
+def _author(conn: Connection, message: dict[str, Any]) -> tuple[Principal, str]:
+    return document_writer(conn.principal, message, "review")
 
 
 async def review_sync(conn: Connection, message: dict[str, Any], echo: dict[str, Any]) -> None:
@@ -73,8 +78,10 @@ async def review_push(conn: Connection, message: dict[str, Any], echo: dict[str,
     mutation_id = read_mutation_id(message.get("mutation_id"))
     delta = decode_review_delta(message.get("delta"), conn.binary)
     store = conn.app[STORE]
-    current = await store.get_review(review_id)
-    added = new_media(delta, current.review if current is not None else None)
+    added = new_media(delta, None)
+    if added:  # (the review is read only when the delta names media: most pushes don't)
+        current = await store.get_review(review_id)
+        added = new_media(delta, current.review if current is not None else None)
     if added and await owned_media(conn.app, principal.sub, added):
         conn.metrics.review_pushes.labels(PushStatus.REFUSED.value).inc()
         conn.send(
