@@ -26,9 +26,14 @@ _LEEWAY_SECONDS = 5
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who is calling. ``expires_at`` (epoch seconds) ends a live connection's authority; ``scopes``
+    are an API key's grants (empty for a user's token); ``api_key_id`` is set for API-key callers."""
+
     sub: str
     roles: frozenset[str]
     expires_at: int
+    scopes: frozenset[str] = frozenset()
+    api_key_id: str | None = None
 
 
 # Verified tokens, so that a client sending the same token with every request pays for the HMAC
@@ -93,13 +98,19 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
+async def authenticate(app: web.Application, token: str) -> Principal:
+    """The principal a bearer credential names, or :class:`Unauthenticated` with a stable code. The one
+    place every transport (REST, WebSocket, SSE, long-poll) turns a credential into a caller."""
+    return decode_token(app[SETTINGS].jwt_secret, token)
+
+
 @web.middleware
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     token = bearer_token(request)
     if token is not None:
-        request[PRINCIPAL] = decode_token(request.app[SETTINGS].jwt_secret, token)
+        request[PRINCIPAL] = await authenticate(request.app, token)
     return await handler(request)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from hub.auth import Principal, decode_token
+from hub.auth import Principal, authenticate
 from hub.errors import Unauthenticated
 from hub.keys import SETTINGS
 from hub.tickets import redeem
@@ -183,7 +183,7 @@ async def realtime_principal(request: web.Request) -> Principal | None:
         token = request.query["access_token"]
     if token is None:
         return None
-    return decode_token(request.app[SETTINGS].jwt_secret, token)
+    return await authenticate(request.app, token)
 
 
 def seconds_until_expiry(principal: Principal | None) -> float | None:
