@@ -19,6 +19,7 @@ from hub.errors import error_middleware
 from hub.keys import BROKER, CONNECTION_CAPS, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE, WRITES
 from hub.media import media_context
 from hub.metrics import Metrics, metrics_middleware
+from hub.oidc import verifier_context
 from hub.ratelimit.connections import ConnectionCaps
 from hub.ratelimit.http import rate_limit_context, rate_limit_middleware
 from hub.realtime import Connections
@@ -196,7 +197,9 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(websocket.routes)
     app.add_routes(sse.routes)
     app.add_routes(poll.routes)
-    app.cleanup_ctx.extend([store_context, broker_context, engine_context, relay_context, expiry_context])
+    app.cleanup_ctx.extend(
+        [verifier_context, store_context, broker_context, engine_context, relay_context, expiry_context]
+    )
     app.cleanup_ctx.append(media_context)
     if limits_on:
         app.cleanup_ctx.append(rate_limit_context)

@@ -1,8 +1,9 @@
-"""Bearer JWT identity (HS256) and role checks.
+"""Bearer identity and role checks.
 
 A token carries ``sub`` (who), ``roles`` (what they may do: customer, moderator, admin, service) and
-``exp``. Tokens signed with anything but HS256 — including ``alg: none`` — are refused, as are
-expired, not-yet-valid and tampered ones. A request without a token is anonymous: public reads
+``exp``. The hub's own tokens are HS256 (here); an OpenID provider's are verified against its JWKS
+(:mod:`hub.oidc`, which also says which algorithm meets which key). ``alg: none``, expired,
+not-yet-valid and tampered tokens are refused. A request without a token is anonymous: public reads
 work, everything else answers 401; an authenticated request lacking the role answers 403.
 """
 
@@ -17,7 +18,7 @@ import jwt
 from aiohttp import web
 
 from hub.errors import Forbidden, Unauthenticated
-from hub.keys import PRINCIPAL, SETTINGS
+from hub.keys import PRINCIPAL, SETTINGS, VERIFIER
 
 ROLES = frozenset({"customer", "moderator", "admin", "service"})
 ALGORITHM = "HS256"
@@ -101,7 +102,10 @@ def bearer_token(request: web.Request) -> str | None:
 async def authenticate(app: web.Application, token: str) -> Principal:
     """The principal a bearer credential names, or :class:`Unauthenticated` with a stable code. The one
     place every transport (REST, WebSocket, SSE, long-poll) turns a credential into a caller."""
-    return decode_token(app[SETTINGS].jwt_secret, token)
+    verifier = app.get(VERIFIER)
+    if verifier is None:  # an app not started by create_app's contexts (HS256 only)
+        return decode_token(app[SETTINGS].jwt_secret, token)
+    return await verifier.verify(token)
 
 
 @web.middleware

@@ -107,6 +107,7 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="env SYNCHUB_LOG_LEVEL")
     _add_media(serve)
     _add_limits(serve)
+    _add_identity(serve)
     serve.add_argument(
         "--workers",
         type=_workers,
@@ -117,6 +118,70 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
     # Internal: how the supervisor starts worker K, and the pipe on which the worker says it is ready.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+
+# The identity flags (hub/oidc.py): each is the Settings field of its name, set by SYNCHUB_<NAME>.
+_IDENTITY_SETTINGS = (
+    "jwks_url",
+    "oidc_issuer",
+    "oidc_audience",
+    "roles_claim",
+    "token_leeway_seconds",
+    "token_refresh_grace_seconds",
+)
+
+
+def _add_identity(serve: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    serve.add_argument(
+        "--jwks-url",
+        default=_env("JWKS_URL"),
+        help="an OpenID provider's JWKS URL: its RS/PS/ES/EdDSA tokens are accepted (env SYNCHUB_JWKS_URL)",
+    )
+    serve.add_argument(
+        "--issuer",
+        dest="oidc_issuer",
+        default=_env("OIDC_ISSUER"),
+        help="the iss every provider token must carry (env SYNCHUB_OIDC_ISSUER)",
+    )
+    serve.add_argument(
+        "--audience",
+        dest="oidc_audience",
+        default=_env("OIDC_AUDIENCE"),
+        help="the aud every provider token must carry (env SYNCHUB_OIDC_AUDIENCE)",
+    )
+    serve.add_argument(
+        "--roles-claim",
+        default=_env("ROLES_CLAIM", defaults.roles_claim),
+        help="the claim holding a token's roles, or a dotted path such as realm_access.roles"
+        " (default: %(default)s; env SYNCHUB_ROLES_CLAIM)",
+    )
+    serve.add_argument(
+        "--token-leeway-seconds",
+        type=int,
+        default=int(_env("TOKEN_LEEWAY_SECONDS", str(defaults.token_leeway_seconds)) or 0),
+        help="clock skew allowed on exp/nbf/iat (default: %(default)s; env SYNCHUB_TOKEN_LEEWAY_SECONDS)",
+    )
+    serve.add_argument(
+        "--token-refresh-grace-seconds",
+        type=float,
+        default=float(_env("TOKEN_REFRESH_GRACE_SECONDS", str(defaults.token_refresh_grace_seconds)) or 0),
+        help="a WebSocket whose token expired is closed with 4102 this long after, unless refreshed in"
+        " band (default: %(default)s; env SYNCHUB_TOKEN_REFRESH_GRACE_SECONDS)",
+    )
+    serve.add_argument(
+        "--hs256-tokens",
+        choices=("on", "off", "auto"),
+        default=_env("HS256_TOKENS", "auto"),
+        help="accept the hub's own HS256 tokens; auto: yes, unless --jwks-url is set without an explicit"
+        " --jwt-secret (env SYNCHUB_HS256_TOKENS)",
+    )
+
+
+def _hs256_tokens(args: argparse.Namespace) -> bool:
+    if args.hs256_tokens == "auto":
+        return not args.jwks_url or bool(args.jwt_secret)
+    return bool(args.hs256_tokens == "on")
 
 
 # The media flags: each is the Settings field of its name, and SYNCHUB_<NAME> sets it.
@@ -308,9 +373,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         cors_origins=_origins(args.cors_origins),
         tokens_in_urls=args.tokens_in_urls,
         jwt_secret=_secret(args),
+        hs256_tokens=_hs256_tokens(args),
         max_body_bytes=args.max_body_bytes,
         relay_enabled=not args.no_relay,
         **{name: getattr(args, name) for name in _MEDIA_SETTINGS},
+        **{name: getattr(args, name) for name in _IDENTITY_SETTINGS},
         **_limit_settings(args),
         **kwargs,
     )
@@ -375,6 +442,7 @@ _FORWARDED = {
     "max_body_bytes": "MAX_BODY_BYTES",
     "log_level": "LOG_LEVEL",
     **{name: name.upper() for name in _MEDIA_SETTINGS},
+    **{name: name.upper() for name in _IDENTITY_SETTINGS},
     **{name: name.upper() for name in _LIMIT_FLAGS},
 }
 
@@ -406,6 +474,8 @@ def _worker_env(args: argparse.Namespace, jwt_secret: str, node_id: str) -> dict
             env[f"SYNCHUB_{name}"] = str(value)
     env["SYNCHUB_RELAY"] = "off" if args.no_relay else "on"
     env["SYNCHUB_JWT_SECRET"] = jwt_secret  # resolved once: workers must not race to create var/jwt-secret
+    if not _hs256_tokens(args):  # (a worker's secret is explicit, which would turn "auto" on)
+        env["SYNCHUB_HS256_TOKENS"] = "off"
     env["SYNCHUB_NODE_ID"] = node_id
     env["SYNCHUB_WORKERS"] = "1"
     return env

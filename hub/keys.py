@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from hub.auth import Principal
     from hub.media_store import MediaStore
     from hub.metrics import Metrics
+    from hub.oidc import TokenVerifier
     from hub.ratelimit.connections import ConnectionCaps
     from hub.ratelimit.http import RateLimits
     from hub.realtime import Connections
@@ -31,5 +32,6 @@ WRITES: web.AppKey[WriteBatcher] = web.AppKey("writes")
 MEDIA: web.AppKey[MediaStore] = web.AppKey("media")
 RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")  # only while rate limits are on
 CONNECTION_CAPS: web.AppKey[ConnectionCaps] = web.AppKey("connection_caps")
+VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous

@@ -22,6 +22,18 @@ class Settings:
     region: str = "default"
     node_id: str = field(default_factory=lambda: f"node-{secrets.token_hex(3)}")
     jwt_secret: str = ""
+    # Identity (hub/oidc.py, docs/security.md): HS256 tokens signed with jwt_secret (the embedded
+    # default), and/or an OpenID provider's RS*/PS*/ES*/EdDSA tokens verified against its JWKS.
+    hs256_tokens: bool = True
+    jwks_url: str | None = None
+    oidc_issuer: str | None = None  # required "iss" when set
+    oidc_audience: str | None = None  # required "aud" when set
+    roles_claim: str = "roles"  # the claim holding the roles: a name, or a dotted path (realm_access.roles)
+    token_leeway_seconds: int = 5  # clock skew allowed on exp, nbf and iat
+    jwks_timeout_seconds: float = 5.0
+    jwks_kid_cooldown_seconds: float = 30.0  # an unknown kid refetches the key set at most this often
+    # A WebSocket whose token expired without an in-band refresh is closed with 4102 after this.
+    token_refresh_grace_seconds: float = 25.0
     max_body_bytes: int = 256 * 1024
     keepalive_timeout_seconds: float = 15.0  # an idle keep-alive connection is closed after this
     body_timeout_seconds: float = 30.0  # a JSON body must arrive within this (408 body_timeout)

@@ -341,7 +341,7 @@ def test_a_worker_gets_every_setting_of_the_supervisor_through_its_environment(
     serve = argparse.ArgumentParser()
     cli._add_serve(serve)
     flags = {action.dest for action in serve._actions} - {"help"}
-    handed_over = set(cli._FORWARDED) | {"no_relay", "jwt_secret", "node_id", "workers"}
+    handed_over = set(cli._FORWARDED) | {"no_relay", "jwt_secret", "node_id", "workers", "hs256_tokens"}
     assert flags - handed_over == {"worker_index", "ready_fd"}
 
 
