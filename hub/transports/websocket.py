@@ -109,6 +109,7 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         "_closed",
         "_closing",
         "_expires_at",
+        "_expiry_noticed",
         "_heard",
         "_heartbeat",
         "_inbox",
@@ -176,6 +177,7 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         self._quiet_since = now
         self._pinged_at: float | None = None
         self._expires_at = None if expires_in is None else now + expires_in
+        self._expiry_noticed = False  # the token_expired notice was sent
         self._released = False
 
     # -- outgoing ----------------------------------------------------------------------------------
@@ -193,6 +195,13 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         # (_queue written out: this runs once per connection per event.)
         if self.state is _OPEN and (event.origin is None or event.origin != self.origin):
             self._enqueue(event.ws_frame(channel.name, self.binary), event.ts)
+
+    def renew(self, principal: Principal) -> None:
+        self.principal = principal
+        expires_in = seconds_until_expiry(principal)
+        now = asyncio.get_running_loop().time()
+        self._expires_at = None if expires_in is None else now + expires_in
+        self._expiry_noticed = False
 
     def push_origin(self) -> str:
         origin = self.origin
@@ -227,9 +236,17 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
         """The node's heartbeat tick (see the class)."""
         if self.state is not ConnectionState.OPEN:
             return
-        if self._expires_at is not None and now >= self._expires_at:
-            self.close_soon(CloseCode.AUTH_EXPIRED, "token expired: reconnect with a new one")
-        elif self._heard or self._busy:
+        expires_at = self._expires_at
+        if expires_at is not None and now >= expires_at:
+            grace = self.settings.token_refresh_grace_seconds
+            if now >= expires_at + grace:
+                self.close_soon(CloseCode.AUTH_EXPIRED, "token expired: reconnect with a new one")
+                return
+            if not self._expiry_noticed:
+                # (hub/transports/ws_session.py: a refresh within the grace keeps the connection)
+                self._expiry_noticed = True
+                self.send({"type": "token_expired", "grace": round(expires_at + grace - now, 3)})
+        if self._heard or self._busy:
             self._heard = False
             self._quiet_since = now
             self._pinged_at = None

@@ -38,6 +38,14 @@ from hub.realtime import resync_message, snapshot_url
 from hub.routes.inventory import snapshot_items
 from hub.settings import Settings
 from hub.transports.ws_reviews import document_writer, review_push, review_sync
+from hub.transports.ws_session import (
+    REFRESH_FIELDS,
+    SESSION_FIELDS,
+    RefreshRefused,
+    recheck_subscriptions,
+    session_reply,
+    verify_refresh,
+)
 from hub.transports.wsframes import BINARY, TEXT
 from storage.carts import CartPush, PushStatus
 from storage.errors import StoreError
@@ -54,6 +62,8 @@ _MESSAGE_FIELDS = {
     "ping": {"type", "id"},
     "sync": {"type", "id", "cart", "review", "context"},
     "push": {"type", "id", "cart", "review", "mutation_id", "delta"},
+    "session": SESSION_FIELDS,
+    "refresh": REFRESH_FIELDS,
 }
 
 
@@ -83,6 +93,10 @@ class Messages:
 
     def message_refused(self) -> float | None:
         """The connection's message rate: None, or the seconds until a message would be answered."""
+        raise NotImplementedError  # the connection's
+
+    def renew(self, principal: Principal) -> None:
+        """Take ``principal`` as the connection's credential from now on (its new deadline with it)."""
         raise NotImplementedError  # the connection's
 
     def push_origin(self) -> str:
@@ -151,6 +165,12 @@ class Messages:
             await self.subscribe(message)
         elif kind == "unsubscribe":
             self.unsubscribe(message)
+        elif kind == "session":
+            self.send(
+                {**session_reply(self.principal, self.settings.token_refresh_grace_seconds), **_echo(message)}
+            )
+        elif kind == "refresh":
+            await self.refresh(message)
         else:
             try:
                 if "review" in message:
@@ -294,6 +314,18 @@ class Messages:
                 }
             )
         feed.go_live()
+
+    async def refresh(self, message: dict[str, Any]) -> None:
+        """A new token for the connection, without reconnecting (hub/transports/ws_session.py)."""
+        try:
+            renewed = await verify_refresh(self, message)
+        except RefreshRefused as exc:
+            raise ProtocolError(exc.code, exc.message) from exc
+        for notice in await recheck_subscriptions(self, renewed):
+            self.send(notice)
+        self.renew(renewed)
+        reply = session_reply(renewed, self.settings.token_refresh_grace_seconds)
+        self.send({"type": "refreshed", "ttl": reply["ttl"], **_echo(message)})
 
     def unsubscribe(self, message: dict[str, Any]) -> None:
         name = message.get("channel")
