@@ -1,5 +1,5 @@
 """``python -m bench <name>`` (or ``synchub bench <name>``): run one benchmark (``suite``,
-``reservations``, ``fanout``, ``fanpath``, ``crdt``, ``sync``, ``reviews``, ``ratelimit``)."""
+``reservations``, ``fanout``, ``fanpath``, ``crdt``, ``sync``, ``reviews``, ``ratelimit``, ``auth``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ NAMES = {
     "sync": "bench.sync",
     "reviews": "bench.reviews",
     "ratelimit": "bench.ratelimit",
+    "auth": "bench.auth",
 }
 
 

@@ -85,8 +85,9 @@ class TokenVerifier:
         if alg == "HS256":
             if self._secret is None:
                 raise Unauthenticated("HS256 tokens are not accepted by this hub", code="invalid_token")
-            # (decode_token keeps its own cache of verified HS256 tokens)
-            return decode_token(self._secret, token)
+            principal = decode_token(self._secret, token)
+            self._remember(token, principal, None)
+            return principal
         if alg not in _ASYMMETRIC or self._keys is None:
             raise Unauthenticated(
                 f"tokens signed with {str(alg)[:20]!r} are not accepted", code="invalid_token"
