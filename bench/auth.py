@@ -68,11 +68,12 @@ async def bench_verify(provider: Provider, calls: int) -> list[tuple[str, float,
 
     secret = secrets.token_urlsafe(32)
     rows = []
-    for name, make in (
+    makers: list[tuple[str, Callable[[int], str]]] = [
         ("HS256 (the hub's own)", lambda i: issue_token(secret, f"user-{i}", ["customer"])),
         ("RS256 (provider, 2048-bit)", lambda i: provider.token("rsa", f"user-{i}")),
         ("ES256 (provider, P-256)", lambda i: provider.token("ec", f"user-{i}")),
-    ):
+    ]
+    for name, make in makers:
         verifier = TokenVerifier(secret=secret, keys=JwksKeySource(fetch), issuer=ISSUER, audience=AUDIENCE)
         tokens = [make(i) for i in range(calls)]
         await verifier.verify(make(-1))  # the key set fetched
