@@ -170,6 +170,12 @@ def _add_identity(serve: argparse.ArgumentParser) -> None:
         " band (default: %(default)s; env SYNCHUB_TOKEN_REFRESH_GRACE_SECONDS)",
     )
     serve.add_argument(
+        "--private-metrics",
+        action="store_true",
+        default=(_env("PRIVATE_METRICS", "") or "").lower() in ("1", "true", "yes", "on"),
+        help="/metrics answers only admin and service tokens (env SYNCHUB_PRIVATE_METRICS)",
+    )
+    serve.add_argument(
         "--hs256-tokens",
         choices=("on", "off", "auto"),
         default=_env("HS256_TOKENS", "auto"),
@@ -374,6 +380,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         tokens_in_urls=args.tokens_in_urls,
         jwt_secret=_secret(args),
         hs256_tokens=_hs256_tokens(args),
+        metrics_public=not args.private_metrics,
         max_body_bytes=args.max_body_bytes,
         relay_enabled=not args.no_relay,
         **{name: getattr(args, name) for name in _MEDIA_SETTINGS},
@@ -438,6 +445,7 @@ _FORWARDED = {
     "allowed_origins": "ALLOWED_ORIGINS",
     "cors_origins": "CORS_ORIGINS",
     "tokens_in_urls": "TOKENS_IN_URLS",
+    "private_metrics": "PRIVATE_METRICS",
     "region": "REGION",
     "max_body_bytes": "MAX_BODY_BYTES",
     "log_level": "LOG_LEVEL",

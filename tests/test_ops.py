@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from hub.keys import SETTINGS
+from tests.conftest import hub_settings, running_hub
 
 LATENCY = "synchub_http_request_duration_seconds"
 
@@ -129,3 +130,17 @@ async def test_metrics_expose_the_outbox_backlog_and_it_drains(hub):
         await asyncio.sleep(0.05)
     assert value(samples, "synchub_outbox_backlog") == 0
     assert value(samples, "synchub_outbox_lag_seconds") >= 0
+
+
+async def test_private_metrics_answer_only_admin_and_service_tokens(database_url):
+    async with running_hub(hub_settings(database_url, metrics_public=False)) as private:
+        async with private.session.get(private.base + "/metrics") as response:
+            assert response.status == 401
+            assert (await response.json())["code"] == "unauthenticated"
+        status, body, _ = await private.call("GET", "/metrics", token=private.alice)
+        assert (status, body["code"]) == (403, "forbidden")
+        for credential in (private.admin, private.service):
+            headers = {"Authorization": f"Bearer {credential}"}
+            async with private.session.get(private.base + "/metrics", headers=headers) as response:
+                assert response.status == 200
+                assert "# TYPE synchub_http_request_duration_seconds histogram" in await response.text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from hub.auth import require
 from hub.errors import ServiceUnavailable
 from hub.keys import METRICS, SETTINGS, STORE
 from hub.openapi import openapi_document
@@ -29,6 +30,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/metrics", name="metrics")
 async def metrics(request: web.Request) -> web.StreamResponse:
+    if not request.app[SETTINGS].metrics_public:
+        # (the counters tell an outsider the hub's load, its clients and its failures)
+        require(request, "admin", "service")
     return web.Response(
         body=request.app[METRICS].render(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
