@@ -12,6 +12,8 @@ from urllib.parse import quote
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from hub.keys import CLIENT_ADDRESS
+
 SECRET_PARAMETERS = frozenset({"access_token", "token", "ticket", "sig"})
 
 
@@ -32,7 +34,7 @@ class RedactingAccessLogger(AbstractAccessLogger):
         version = request.version
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %s %.1fms "%s"',
-            request.remote,
+            request.get(CLIENT_ADDRESS) or request.remote,
             request.method,
             redacted_target(request),
             version.major,

@@ -20,6 +20,7 @@ from hub.keys import BROKER, CONNECTION_CAPS, CONNECTIONS, ENGINE, METRICS, RELA
 from hub.media import media_context
 from hub.metrics import Metrics, metrics_middleware
 from hub.oidc import verifier_context
+from hub.proxies import forwarded_middleware, parse_networks
 from hub.ratelimit.connections import ConnectionCaps
 from hub.ratelimit.http import rate_limit_context, rate_limit_middleware
 from hub.realtime import Connections
@@ -150,6 +151,12 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
+            # first: every later step (limits, caps, the log) sees the client behind a trusted proxy
+            *(
+                [forwarded_middleware(parse_networks(settings.trusted_proxies))]
+                if settings.trusted_proxies
+                else []
+            ),
             metrics_middleware,
             compression_middleware,
             error_middleware,

@@ -170,6 +170,12 @@ def _add_identity(serve: argparse.ArgumentParser) -> None:
         " band (default: %(default)s; env SYNCHUB_TOKEN_REFRESH_GRACE_SECONDS)",
     )
     serve.add_argument(
+        "--trusted-proxies",
+        default=_env("TRUSTED_PROXIES", ""),
+        help="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For names the"
+        " client (for per-address limits and the log); none by default (env SYNCHUB_TRUSTED_PROXIES)",
+    )
+    serve.add_argument(
         "--private-metrics",
         action="store_true",
         default=(_env("PRIVATE_METRICS", "") or "").lower() in ("1", "true", "yes", "on"),
@@ -182,6 +188,17 @@ def _add_identity(serve: argparse.ArgumentParser) -> None:
         help="accept the hub's own HS256 tokens; auto: yes, unless --jwks-url is set without an explicit"
         " --jwt-secret (env SYNCHUB_HS256_TOKENS)",
     )
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    from hub.proxies import parse_networks
+
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    try:
+        parse_networks(items)
+    except ValueError as exc:
+        raise SystemExit(f"synchub: --trusted-proxies: {exc}") from None
+    return items
 
 
 def _hs256_tokens(args: argparse.Namespace) -> bool:
@@ -381,6 +398,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         jwt_secret=_secret(args),
         hs256_tokens=_hs256_tokens(args),
         metrics_public=not args.private_metrics,
+        trusted_proxies=_networks(args.trusted_proxies),
         max_body_bytes=args.max_body_bytes,
         relay_enabled=not args.no_relay,
         **{name: getattr(args, name) for name in _MEDIA_SETTINGS},
@@ -446,6 +464,7 @@ _FORWARDED = {
     "cors_origins": "CORS_ORIGINS",
     "tokens_in_urls": "TOKENS_IN_URLS",
     "private_metrics": "PRIVATE_METRICS",
+    "trusted_proxies": "TRUSTED_PROXIES",
     "region": "REGION",
     "max_body_bytes": "MAX_BODY_BYTES",
     "log_level": "LOG_LEVEL",

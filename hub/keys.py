@@ -35,3 +35,4 @@ CONNECTION_CAPS: web.AppKey[ConnectionCaps] = web.AppKey("connection_caps")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous
+CLIENT_ADDRESS: web.RequestKey[str] = web.RequestKey("client_address")  # behind a trusted proxy only

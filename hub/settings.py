@@ -35,6 +35,8 @@ class Settings:
     # A WebSocket whose token expired without an in-band refresh is closed with 4102 after this.
     token_refresh_grace_seconds: float = 25.0
     metrics_public: bool = True  # False: /metrics needs an admin or service token
+    # Reverse proxies whose X-Forwarded-For is believed (hub/proxies.py): addresses or networks.
+    trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 256 * 1024
     keepalive_timeout_seconds: float = 15.0  # an idle keep-alive connection is closed after this
     body_timeout_seconds: float = 30.0  # a JSON body must arrive within this (408 body_timeout)
