@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from hub.access_log import RedactingAccessLogger
+from hub.api_keys import api_keys_context
 from hub.auth import auth_middleware
 from hub.authz import authz_middleware
 from hub.browsers import cors_middleware, security_headers
@@ -25,7 +26,7 @@ from hub.ratelimit.connections import ConnectionCaps
 from hub.ratelimit.http import rate_limit_context, rate_limit_middleware
 from hub.realtime import Connections
 from hub.responses import compression_middleware
-from hub.routes import carts, catalog, inventory, media, ops, reservations, reviews, tickets
+from hub.routes import api_keys, carts, catalog, inventory, media, ops, reservations, reviews, tickets
 from hub.settings import Settings
 from hub.transports import poll, sse, websocket
 from hub.transports.writes import WriteBatcher
@@ -201,6 +202,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(media.routes)
     app.add_routes(reviews.routes)
     app.add_routes(tickets.routes)
+    app.add_routes(api_keys.routes)
     app.add_routes(websocket.routes)
     app.add_routes(sse.routes)
     app.add_routes(poll.routes)
@@ -208,6 +210,7 @@ def create_app(settings: Settings) -> web.Application:
         [verifier_context, store_context, broker_context, engine_context, relay_context, expiry_context]
     )
     app.cleanup_ctx.append(media_context)
+    app.cleanup_ctx.append(api_keys_context)  # after the store's: it reads keys from it
     if limits_on:
         app.cleanup_ctx.append(rate_limit_context)
     app.on_shutdown.append(go_away)

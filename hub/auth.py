@@ -18,7 +18,7 @@ import jwt
 from aiohttp import web
 
 from hub.errors import Forbidden, Unauthenticated
-from hub.keys import PRINCIPAL, SETTINGS, VERIFIER
+from hub.keys import GRANTED_SCOPE, PRINCIPAL, SETTINGS, VERIFIER
 
 ROLES = frozenset({"customer", "moderator", "admin", "service"})
 ALGORITHM = "HS256"
@@ -102,6 +102,10 @@ def bearer_token(request: web.Request) -> str | None:
 async def authenticate(app: web.Application, token: str) -> Principal:
     """The principal a bearer credential names, or :class:`Unauthenticated` with a stable code. The one
     place every transport (REST, WebSocket, SSE, long-poll) turns a credential into a caller."""
+    if token.startswith("shk_"):  # an API key (hub/api_keys.py, which imports this module)
+        from hub.api_keys import authenticate_api_key
+
+        return await authenticate_api_key(app, token)
     verifier = app.get(VERIFIER)
     if verifier is None:  # an app not started by create_app's contexts (HS256 only)
         return decode_token(app[SETTINGS].jwt_secret, token)
@@ -128,6 +132,11 @@ def require(request: web.Request, *roles: str) -> Principal:
     who = principal(request)
     if who is None:
         raise Unauthenticated("this operation needs a bearer token", headers={"WWW-Authenticate": "Bearer"})
+    if who.api_key_id is not None:
+        # An API key holds scopes, not roles: it passes where hub/authz.py admitted it by a scope.
+        if GRANTED_SCOPE not in request:
+            raise Forbidden("API keys may not call this operation", code="insufficient_scope")
+        return who
     if roles and not (who.roles & set(roles)):
         raise Forbidden(f"this operation needs the role {' or '.join(roles)}", required=list(roles))
     return who

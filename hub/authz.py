@@ -1,32 +1,78 @@
-"""Who may call which route: one table, route name → the roles that may, enforced by one middleware
-before any handler runs.
+"""Who may call which route: one table, route name → the roles that may and the scopes that let an
+API key, enforced by one middleware before any handler runs.
 
-    PUBLIC        anyone, with or without a token (a token that is sent must be valid: hub/auth.py)
+    PUBLIC        anyone, with or without a token (a token that is sent must be valid: hub/auth.py),
+                  API keys included
     roles         a token holding one of them (401 unauthenticated without a token, 403 forbidden
                   without the role)
+    .or_key(s…)   and an API key holding one of these scopes (hub/api_keys.py: keys hold scopes, never
+                  roles). A key reaches no other route: 403 insufficient_scope, required_scopes
+                  naming what would do
 
 The table says who may *reach* a route. What the caller may do there with a given resource — only a
 cart's owner pushes to it, only a review's author edits it, a moderator reads unpublished reviews — is
 the handler's, beside the resource it reads. ``tests/test_authz.py`` walks every registered route:
-one missing from the table fails it, and every role outside a route's set is refused there.
+one missing from the table fails it, every role outside a route's set is refused there, and so is every
+API key without one of the route's scopes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from hub.auth import require
+from hub.auth import Principal, principal, require
 from hub.errors import Forbidden
+from hub.keys import GRANTED_SCOPE
 
-PUBLIC: frozenset[str] = frozenset()
-CUSTOMER = frozenset({"customer"})
-ADMIN = frozenset({"admin"})
-MODERATION = frozenset({"moderator", "admin"})
-ANY_USER = frozenset({"customer", "moderator", "admin", "service"})
+# What an API key may be given (docs/security.md, "API keys"). Scopes that no row names yet are for the
+# routes of features to come; a key may hold them already.
+SCOPES: dict[str, str] = {
+    "catalog:write": "create, update and delete products; create warehouses",
+    "inventory:write": "set and adjust stock",
+    "reservations:read": "read the key's own reservations",
+    "reservations:write": "make, read, commit and release the key's own reservations",
+    "parts-requests:write": "parts requests (no route yet)",
+    "webhooks:manage": "webhook subscriptions (no route yet)",
+}
 
-TABLE: dict[str, frozenset[str]] = {
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Tokens holding one of ``roles`` may reach the route (none: anyone may), and API keys holding
+    one of ``scopes``."""
+
+    roles: frozenset[str]
+    scopes: frozenset[str] = frozenset()
+
+    def or_key(self, *scopes: str) -> Rule:
+        return Rule(self.roles, self.scopes | frozenset(scopes))
+
+    def admit_key(self, who: Principal) -> str:
+        """The scope by which the API key ``who`` may reach the route, or 403 insufficient_scope."""
+        granted = sorted(who.scopes & self.scopes)
+        if granted:
+            return granted[0]
+        wanted = " ".join(sorted(self.scopes))
+        raise Forbidden(
+            f"this API key needs the scope {' or '.join(sorted(self.scopes))}"
+            if self.scopes
+            else "API keys may not call this operation: it needs a user's token",
+            code="insufficient_scope",
+            required_scopes=sorted(self.scopes),
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{wanted}"'},
+        )
+
+
+PUBLIC = Rule(frozenset())
+CUSTOMER = Rule(frozenset({"customer"}))
+ADMIN = Rule(frozenset({"admin"}))
+MODERATION = Rule(frozenset({"moderator", "admin"}))
+ANY_USER = Rule(frozenset({"customer", "moderator", "admin", "service"}))
+
+TABLE: dict[str, Rule] = {
     # operations and documents
     "healthz": PUBLIC,
     "readyz": PUBLIC,
@@ -35,21 +81,21 @@ TABLE: dict[str, frozenset[str]] = {
     # catalog and stock: read by anyone, written by admins
     "list_products": PUBLIC,
     "get_product": PUBLIC,
-    "create_product": ADMIN,
-    "update_product": ADMIN,
-    "delete_product": ADMIN,
+    "create_product": ADMIN.or_key("catalog:write"),
+    "update_product": ADMIN.or_key("catalog:write"),
+    "delete_product": ADMIN.or_key("catalog:write"),
     "list_warehouses": PUBLIC,
     "get_warehouse": PUBLIC,
-    "create_warehouse": ADMIN,
+    "create_warehouse": ADMIN.or_key("catalog:write"),
     "get_inventory": PUBLIC,
     "inventory_snapshot": PUBLIC,
-    "set_stock": ADMIN,
-    "adjust_stock": ADMIN,
+    "set_stock": ADMIN.or_key("inventory:write"),
+    "adjust_stock": ADMIN.or_key("inventory:write"),
     # reservations: any user; only the owner (or admin/service) reads and settles one
-    "create_reservation": ANY_USER,
-    "get_reservation": ANY_USER,
-    "commit_reservation": ANY_USER,
-    "release_reservation": ANY_USER,
+    "create_reservation": ANY_USER.or_key("reservations:write"),
+    "get_reservation": ANY_USER.or_key("reservations:read", "reservations:write"),
+    "commit_reservation": ANY_USER.or_key("reservations:write"),
+    "release_reservation": ANY_USER.or_key("reservations:write"),
     # carts: the owner's devices write; the owner, service and admin read
     "get_cart": ANY_USER,
     "sync_cart": CUSTOMER,
@@ -65,7 +111,7 @@ TABLE: dict[str, frozenset[str]] = {
     "get_rating": PUBLIC,
     "create_review": CUSTOMER,
     "edit_review": CUSTOMER,
-    "delete_review": frozenset({"customer", "admin"}),
+    "delete_review": Rule(frozenset({"customer", "admin"})),
     "sync_review": CUSTOMER,
     "vote_helpful": CUSTOMER,
     "report_review": CUSTOMER,
@@ -76,6 +122,12 @@ TABLE: dict[str, frozenset[str]] = {
     "websocket": PUBLIC,
     "sse": PUBLIC,
     "poll": PUBLIC,
+    # API keys: made, read, revoked and rotated by admins (never by a key)
+    "create_api_key": ADMIN,
+    "list_api_keys": ADMIN,
+    "get_api_key": ADMIN,
+    "revoke_api_key": ADMIN,
+    "rotate_api_key": ADMIN,
 }
 
 
@@ -94,10 +146,14 @@ async def authz_middleware(
     name = route_name(request)
     if name is None:  # aiohttp's own answers (404, 405): no handler of ours runs
         return await handler(request)
-    roles = TABLE.get(name)
-    if roles is None:
+    rule = TABLE.get(name)
+    if rule is None:
         # A route added without a row: refused rather than open (tests/test_authz.py catches it first).
         raise Forbidden(f"route {name} has no authorization rule", code="no_authorization_rule")
-    if roles:
-        require(request, *sorted(roles))
+    if rule.roles:
+        who = principal(request)
+        if who is not None and who.api_key_id is not None:
+            request[GRANTED_SCOPE] = rule.admit_key(who)
+        else:
+            require(request, *sorted(rule.roles))
     return await handler(request)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from hub.api_keys import ApiKeys
     from hub.auth import Principal
     from hub.media_store import MediaStore
     from hub.metrics import Metrics
@@ -32,7 +33,10 @@ WRITES: web.AppKey[WriteBatcher] = web.AppKey("writes")
 MEDIA: web.AppKey[MediaStore] = web.AppKey("media")
 RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")  # only while rate limits are on
 CONNECTION_CAPS: web.AppKey[ConnectionCaps] = web.AppKey("connection_caps")
+API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous
+# The scope by which hub/authz.py admitted an API key to this request's route (absent otherwise).
+GRANTED_SCOPE: web.RequestKey[str] = web.RequestKey("granted_scope")
 CLIENT_ADDRESS: web.RequestKey[str] = web.RequestKey("client_address")  # behind a trusted proxy only

@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from hub.openapi_api_keys import api_key_paths, api_key_schemas, with_api_key_scopes
 from hub.openapi_reviews import review_paths, review_schemas
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
@@ -257,7 +258,7 @@ def _with_rate_limits(doc: dict[str, Any]) -> dict[str, Any]:
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    return _with_rate_limits(_document())
+    return _with_rate_limits(with_api_key_scopes(_document()))
 
 
 def _document() -> dict[str, Any]:
@@ -597,6 +598,7 @@ def _document() -> dict[str, Any]:
             },
             **_media_paths(),
             **review_paths(_op, _json, _problems, _path, _query, _AUTH_PROBLEMS),
+            **api_key_paths(_op, _json, _problems, _query, _AUTH_PROBLEMS),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -847,6 +849,7 @@ def _document() -> dict[str, Any]:
                 },
                 "Media": _MEDIA,
                 **review_schemas(_CONTEXT, _DELTA, _ACK),
+                **api_key_schemas(),
             },
         },
     }

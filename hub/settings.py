@@ -45,6 +45,9 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     # A token in a URL (?access_token=) is refused unless this is set: browsers use tickets instead.
     tokens_in_urls: bool = False
+    # API keys (hub/api_keys.py): a node re-reads a key it has seen after this long, so a revocation
+    # made on another node takes effect here within it (on the revoking node, at once).
+    api_key_cache_seconds: float = 2.0
     cors_origins: tuple[str, ...] = ()
     reservation_ttl_seconds: int = 900
     reservation_max_ttl_seconds: int = 24 * 3600

@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from storage.api_keys import ApiKey, NewSecret
 from storage.carts import CartDocument, CartOwner, CartPush, CartRules, CheckoutResult, PushResult
 from storage.models import (
     IdempotentResult,
@@ -251,6 +252,28 @@ class Store(Protocol):
 
     async def purge_tickets(self, now_us: int) -> int:
         """Forget the tickets that expired before ``now_us``; return how many."""
+        ...
+
+    # -- API keys (storage.api_keys states the guarantees) --------------------------------------
+    async def create_api_key(self, key: ApiKey) -> ApiKey: ...
+    async def get_api_key(self, key_id: str) -> ApiKey | None: ...
+    async def list_api_keys(self, limit: int, after: tuple[int, str] | None = None) -> list[ApiKey]:
+        """Newest first, keyset-paginated by (created_at, id)."""
+        ...
+
+    async def revoke_api_key(self, key_id: str, now_us: int) -> ApiKey:
+        """Stamp revoked_at (the first revocation's time stays); NotFound(resource="api_key")."""
+        ...
+
+    async def rotate_api_key(
+        self, key_id: str, successor: NewSecret, overlap_ends_at: int
+    ) -> tuple[ApiKey, ApiKey]:
+        """(old, new): a new key of the old one's name, scopes, expiry and family; the old one works
+        until ``overlap_ends_at``. Once per key: Conflict(api_key_not_rotatable) unless it is active."""
+        ...
+
+    async def touch_api_key(self, key_id: str, now_us: int, interval_us: int) -> bool:
+        """last_used_at = now_us unless it is within interval_us of it already."""
         ...
 
     # -- outbox --------------------------------------------------------------------------------

@@ -290,6 +290,30 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             "CREATE INDEX realtime_tickets_by_expiry ON realtime_tickets (expires_at)",
         ],
     ),
+    (
+        7,
+        "API keys of partner systems (storage/api_keys.py): only the SHA-256 of a key is kept",
+        [
+            """
+            CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                family_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                secret_hash TEXT NOT NULL,
+                prefix TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT,
+                revoked_at BIGINT,
+                last_used_at BIGINT,
+                rotated_from TEXT UNIQUE REFERENCES api_keys (id),
+                overlap_ends_at BIGINT
+            )
+            """,
+            "CREATE INDEX api_keys_by_created ON api_keys (created_at, id)",
+        ],
+    ),
 ]
 
 

@@ -7,6 +7,7 @@ only decides *which* statement to run. See :mod:`storage.base` for the guarantee
 from __future__ import annotations
 
 from storage.db import Database
+from storage.sql_api_keys import ApiKeySql
 from storage.sql_carts import CartSql, DecodedCarts
 from storage.sql_catalog import CatalogSql
 from storage.sql_core import now_us
@@ -15,7 +16,7 @@ from storage.sql_reviews import ReviewSql
 from storage.sql_tickets import TicketSql
 
 
-class SqlStore(CatalogSql, ReservationSql, CartSql, ReviewSql, TicketSql):
+class SqlStore(CatalogSql, ReservationSql, CartSql, ReviewSql, TicketSql, ApiKeySql):
     """The Store (storage.base) on a SQL database: catalog, stock, reservations, carts, reviews and the
     outbox, each in its own module, over one writing-transaction core (storage.sql_core)."""
 

@@ -34,6 +34,7 @@ EXPECTED_TABLES = {
     "review_votes",
     "review_reports",
     "realtime_tickets",
+    "api_keys",
 }
 
 

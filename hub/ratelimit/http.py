@@ -1,10 +1,11 @@
 """Rate limits on HTTP requests: one middleware, innermost (after auth, so the caller is known).
 
-**Who is counted.** A request with a bearer token counts against its user (the token's ``sub``),
-any other against its client IP (the socket's peer: behind a proxy, every client shares the proxy's
-address — see docs/api.md). Tokens of the exempt roles (``service``: trusted back ends, such as a
-checkout service acting for many users) are not limited. API keys, once the hub has them, go first
-in :meth:`RateLimits.client`, with quotas of their own.
+**Who is counted.** A request with an API key counts against that key (``api_key`` scope: its family,
+so a rotated key and its successor share one count), one with a bearer token against its user (the
+token's ``sub``), any other against its client IP (the socket's peer: behind a proxy, every client
+shares the proxy's address — see docs/api.md). Tokens of the exempt roles (``service``: trusted back
+ends, such as a checkout service acting for many users) are not limited; API keys always are (they
+hold no role).
 
 **What is counted.** Each named route has a class (:mod:`hub.ratelimit.classes`), each class a
 policy (Settings ``rate_limit_<class>``); a key is ``<class>:<scope>:<id>``, so a client's reads do
@@ -96,6 +97,8 @@ class RateLimits:
         """(scope, id) the request counts against; None: not limited."""
         who = request.get(PRINCIPAL)
         if who is not None:
+            if who.api_key_id is not None:
+                return "api_key", who.sub
             if who.roles & self.exempt_roles:
                 return None
             return "user", who.sub
