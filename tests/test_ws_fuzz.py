@@ -4,8 +4,8 @@ frames that do not decode — the hub answers each message (a reply or an error 
 fails a connection with 1011, never answers ``internal_error``, and holds no memory for a connection
 once it is closed.
 
-The hub runs on an event loop of its own thread, so that hypothesis (which drives plain functions)
-can send its examples to it over the socket.
+The hub runs on an event loop of its own thread (tests/hub_thread.py), so that hypothesis (which
+drives plain functions) can send its examples to it over the socket.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import threading
 import tracemalloc
-from collections.abc import Awaitable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -26,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.keys import CONNECTIONS
-from tests.conftest import Hub, hub_settings, running_hub, token
+from tests.conftest import Hub, token
+from tests.hub_thread import HubThread
 
 T = TypeVar("T")
 
@@ -74,46 +73,9 @@ frames = st.one_of(
 )
 
 
-class HubThread:
-    """A hub and a client session on an event loop in another thread."""
-
-    def __init__(self, database: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self._stop: asyncio.Event | None = None
-        self.hub: Hub = self.run(self._start(database))
-
-    def run(self, work: Awaitable[T], timeout: float = 30.0) -> T:
-        async def wrapped() -> T:
-            return await work
-
-        return asyncio.run_coroutine_threadsafe(wrapped(), self.loop).result(timeout)
-
-    async def _start(self, database: Path) -> Hub:
-        started: asyncio.Future[Hub] = self.loop.create_future()
-        self._stop = asyncio.Event()
-
-        async def serve() -> None:
-            async with running_hub(hub_settings(str(database), region="eu")) as hub:
-                started.set_result(hub)
-                assert self._stop is not None
-                await self._stop.wait()
-
-        self._task = self.loop.create_task(serve())
-        return await started
-
-    def close(self) -> None:
-        assert self._stop is not None
-        self.loop.call_soon_threadsafe(self._stop.set)
-        self.run(asyncio.wait_for(asyncio.shield(self._task), 10))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-
-
 @pytest.fixture(scope="module")
 def hub_thread(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubThread]:
-    running = HubThread(tmp_path_factory.mktemp("fuzz") / "hub.sqlite3")
+    running = HubThread(tmp_path_factory.mktemp("fuzz") / "hub.sqlite3", region="eu")
     yield running
     running.close()
 
