@@ -60,6 +60,9 @@ async def hub_process(database_url: str, secret: str, *extra: str) -> AsyncItera
         "--log-level",
         "WARNING",
         "--rate-limits=off",  # a bench is one address firing as fast as it can: measure, not throttle
+        # and one user reserving thousands of units: no reservation caps (bench reservations --caps on)
+        "--max-reserve-per-line=0",
+        "--max-active-reserved-per-user=0",
         *extra,
         cwd=workdir,
         stdout=asyncio.subprocess.DEVNULL,

@@ -7,6 +7,11 @@ Scenarios (each against a fresh hub process and a fresh database):
 
 Run: ``python -m bench reservations [--seconds 5] [--concurrency 64] [--backends sqlite,postgres]``.
 PostgreSQL comes from ``--postgres-admin-url``; the bench creates and drops its own database.
+
+The requests come from ``--users`` customers in turn (default 1, as ever). The hub runs without the
+reservation caps (docs/security.md), which one bench user reserving thousands of units would hit;
+``--caps on`` turns them on with a per-user cap no user reaches, to measure what checking them costs
+(with one user that holds every reservation, the check sums them all: use ``--users 1000``).
 """
 
 from __future__ import annotations
@@ -97,8 +102,15 @@ async def _seed(
 async def run_scenario(backend: str, database_url: str, scenario: str, args: argparse.Namespace) -> Result:
     secret = secrets.token_urlsafe(32)
     admin = {"Authorization": f"Bearer {issue_token(secret, 'bench-admin', ['admin'])}"}
-    customer = {"Authorization": f"Bearer {issue_token(secret, 'bench', ['customer'])}"}
-    async with hub_process(database_url, secret) as (base, pid), aiohttp.ClientSession() as session:
+    customers = [
+        {"Authorization": f"Bearer {issue_token(secret, f'bench-{n}' if n else 'bench', ['customer'])}"}
+        for n in range(args.users)
+    ]
+    # Caps checked but never reached (bench/_hub.py starts hubs with them off).
+    caps = (
+        ("--max-reserve-per-line=10", "--max-active-reserved-per-user=1000000") if args.caps == "on" else ()
+    )
+    async with hub_process(database_url, secret, *caps) as (base, pid), aiohttp.ClientSession() as session:
         if scenario == "many-skus":
             products = await _seed(session, base, admin, 1000, 1_000_000)
             initial = 1_000_000
@@ -112,13 +124,17 @@ async def run_scenario(backend: str, database_url: str, scenario: str, args: arg
         latencies: list[float] = []
         sequence = iter(range(10**9))
         host, port = base.removeprefix("http://").split(":")
-        auth = {**customer, "Content-Type": "application/json"}
+        auths = [{**customer, "Content-Type": "application/json"} for customer in customers]
 
         async def reserve(conn: HttpConnection) -> None:
             n = next(sequence)
             body = orjson.dumps({"lines": [{"product_id": products[n % len(products)], "quantity": 1}]})
             request = request_bytes(
-                "POST", "/api/v1/reservations", host, {**auth, "Idempotency-Key": f"k{n}"}, body
+                "POST",
+                "/api/v1/reservations",
+                host,
+                {**auths[n % len(auths)], "Idempotency-Key": f"k{n}"},
+                body,
             )
             started = time.perf_counter()
             try:
@@ -188,7 +204,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     failures = 0
     for backend in args.backends.split(","):
-        for scenario in ("hot-sku", "many-skus", "flash-sale"):
+        for scenario in args.scenarios.split(","):
             if backend == "postgres":
                 name = f"synchub_bench_{secrets.token_hex(4)}"
                 await _postgres_db(args.postgres_admin_url, f'CREATE DATABASE "{name}"')
@@ -215,6 +231,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--flash-requests", type=int, default=1000)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--postgres-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--users", type=int, default=1, help="customers the requests come from, in turn")
+    parser.add_argument(
+        "--caps",
+        choices=("off", "on"),
+        default="off",
+        help="reservation caps on the hub: on = 10 units a line, 1,000,000 held per user (never hit)",
+    )
+    parser.add_argument(
+        "--scenarios", default="hot-sku,many-skus,flash-sale", help="comma-separated, of the three above"
+    )
     args = parser.parse_args(argv)
     try:
         import uvloop

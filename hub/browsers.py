@@ -14,7 +14,9 @@ methods and headers the API takes. Credentials travel as bearer tokens, never co
 page.
 
 **Headers.** Every response: ``X-Content-Type-Options: nosniff`` and ``Server: synchub``. A response to
-an authenticated request is private: ``Cache-Control: no-store`` unless the route chose its own.
+an authenticated request is private: ``Cache-Control: no-store`` unless the route chose its own. Over
+TLS (``--tls-cert``, :mod:`hub.tls`), ``Strict-Transport-Security``; never over plain HTTP, where a
+browser would ignore it and a man in the middle could forge or strip it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aiohttp import web
 
 from hub.errors import Forbidden
 from hub.keys import PRINCIPAL, SETTINGS
+from hub.tls import HSTS
 
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-Match, If-None-Match, Last-Event-ID"
@@ -91,5 +94,7 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     headers = response.headers
     headers["Server"] = "synchub"  # aiohttp's default names its and Python's versions
     headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.secure:  # this connection is TLS: a node serving --tls-cert
+        headers["Strict-Transport-Security"] = HSTS
     if PRINCIPAL in request and "Cache-Control" not in headers:
         headers["Cache-Control"] = "no-store"

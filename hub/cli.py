@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -107,6 +108,7 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="env SYNCHUB_LOG_LEVEL")
     _add_media(serve)
     _add_limits(serve)
+    _add_caps_and_tls(serve)
     _add_identity(serve)
     serve.add_argument(
         "--workers",
@@ -321,6 +323,59 @@ def _add_limits(serve: argparse.ArgumentParser) -> None:
         )
 
 
+# The reservation caps and TLS flags: each is the Settings field of its name, SYNCHUB_<NAME> sets it.
+_CAP_SETTINGS = ("max_reserve_per_line", "max_active_reserved_per_user")
+_TLS_SETTINGS = ("tls_cert", "tls_key")
+
+
+def _cap(value: str) -> int:
+    try:
+        cap = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of units (0: no cap), not {value!r}") from None
+    if cap < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no cap) or more, not {cap}")
+    return cap
+
+
+def _add_caps_and_tls(serve: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    for flag, dest, what in (
+        ("--max-reserve-per-line", "max_reserve_per_line", "units of one product one reservation may take"),
+        (
+            "--max-active-reserved-per-user",
+            "max_active_reserved_per_user",
+            "units of one product one user may hold at once in pending reservations",
+        ),
+    ):
+        serve.add_argument(
+            flag,
+            type=_cap,
+            default=_cap(_env(dest.upper(), str(getattr(defaults, dest))) or "0"),
+            help=f"{what}; 0: no cap; service and admin tokens are exempt (default %(default)s;"
+            f" env SYNCHUB_{dest.upper()})",
+        )
+    serve.add_argument(
+        "--tls-cert",
+        default=_env("TLS_CERT"),
+        help="PEM certificate chain: serve HTTPS and WSS (TLS 1.2+, HSTS), with --tls-key"
+        " (env SYNCHUB_TLS_CERT)",
+    )
+    serve.add_argument(
+        "--tls-key", default=_env("TLS_KEY"), help="the certificate's PEM private key (env SYNCHUB_TLS_KEY)"
+    )
+
+
+def _tls(settings: Settings) -> ssl.SSLContext | None:
+    """The node's TLS context; a one-line exit when its files cannot serve (hub/tls.py)."""
+    from hub.tls import TlsConfigError, context_for
+
+    try:
+        return context_for(settings)
+    except TlsConfigError as exc:
+        raise SystemExit(f"synchub: {exc}") from None
+
+
 def _limit_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "rate_limits_enabled": args.rate_limits == "on",
@@ -404,6 +459,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         **{name: getattr(args, name) for name in _MEDIA_SETTINGS},
         **{name: getattr(args, name) for name in _IDENTITY_SETTINGS},
         **_limit_settings(args),
+        **{name: getattr(args, name) for name in (*_CAP_SETTINGS, *_TLS_SETTINGS)},
         **kwargs,
     )
 
@@ -430,10 +486,12 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
     loop = _new_loop()
     settings = _settings(args)
+    ssl_context = _tls(settings)
     app = create_app(settings)
     app.on_startup.append(_freeze_startup_objects)
+    scheme = "https" if ssl_context else "http"
     print(
-        f"synchub {settings.node_id} serving region {settings.region!r} on http://{settings.host}:{settings.port}"
+        f"synchub {settings.node_id} serving region {settings.region!r} on {scheme}://{settings.host}:{settings.port}"
         f" (store: {settings.database_url.split('@')[-1]})",
         flush=True,
     )
@@ -445,6 +503,7 @@ def _serve(args: argparse.Namespace) -> int:
         loop=loop,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         backlog=LISTEN_BACKLOG,
+        ssl_context=ssl_context,
     )
     return 0
 
@@ -471,6 +530,7 @@ _FORWARDED = {
     **{name: name.upper() for name in _MEDIA_SETTINGS},
     **{name: name.upper() for name in _IDENTITY_SETTINGS},
     **{name: name.upper() for name in _LIMIT_FLAGS},
+    **{name: name.upper() for name in (*_CAP_SETTINGS, *_TLS_SETTINGS)},
 }
 
 
@@ -513,6 +573,7 @@ def _supervise(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
     _check_workers(args)
+    scheme = "https" if _tls(Settings(tls_cert=args.tls_cert, tls_key=args.tls_key)) else "http"
     try:
         check_port_free(args.host, args.port)
     except OSError as exc:
@@ -523,7 +584,7 @@ def _supervise(args: argparse.Namespace) -> int:
     slots = [
         WorkerSlot(k, f"{base}-w{k}", _worker_env(args, secret, f"{base}-w{k}")) for k in range(args.workers)
     ]
-    address = f"http://{args.host}:{args.port}"
+    address = f"{scheme}://{args.host}:{args.port}"
     print(
         f"synchub supervisor (pid {os.getpid()}) starting {args.workers} workers, nodes {base}-w0…"
         f"{base}-w{args.workers - 1}, serving region {args.region!r} on {address}"
@@ -559,6 +620,7 @@ def _serve_worker(args: argparse.Namespace) -> int:
         format=_LOG_FORMAT.replace("%(name)s", f"[{settings.node_id.replace('%', '%%')}] %(name)s"),
     )
     loop = _new_loop() or asyncio.new_event_loop()
+    ssl_context = _tls(settings)
     app = create_app(settings)
     app.on_startup.append(_freeze_startup_objects)
 
@@ -587,7 +649,7 @@ def _serve_worker(args: argparse.Namespace) -> int:
 
     print(
         f"synchub {settings.node_id} (worker {args.worker_index}, pid {os.getpid()}) serving region "
-        f"{settings.region!r} on http://{settings.host}:{settings.port}",
+        f"{settings.region!r} on {'https' if ssl_context else 'http'}://{settings.host}:{settings.port}",
         flush=True,
     )
     web.run_app(
@@ -600,6 +662,7 @@ def _serve_worker(args: argparse.Namespace) -> int:
         reuse_port=True,
         backlog=LISTEN_BACKLOG,
         handle_signals=False,
+        ssl_context=ssl_context,
     )
     return 0
 

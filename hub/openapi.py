@@ -461,7 +461,13 @@ def _document() -> dict[str, Any]:
             "/api/v1/reservations": {
                 "post": _op(
                     "Reserve all lines or none (Idempotency-Key required)",
-                    {"201": _json("Reservation", "reserved")},
+                    {
+                        "201": _json("Reservation", "reserved"),
+                        **_problems(
+                            _422="idempotency_key_reused, reservation_cap_exceeded (scope: reservation or"
+                            " user, cap, product_id, line, requested, held): nothing reserved",
+                        ),
+                    },
                     auth=True,
                     body="NewReservation",
                     params=[
@@ -581,7 +587,8 @@ def _document() -> dict[str, Any]:
                             _409="cart_closed (already checked out; reservation_id), insufficient_stock"
                             " (line, product_id, requested), product_not_found (skus, or line and"
                             " product_id); the cart stays open",
-                            _422="empty_cart, idempotency_key_reused",
+                            _422="empty_cart, idempotency_key_reused, reservation_cap_exceeded (scope,"
+                            " cap, product_id, line, requested, held); the cart stays open",
                         ),
                     },
                     auth=True,

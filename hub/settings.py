@@ -110,10 +110,24 @@ class Settings:
     # followers behind one address is an office or a carrier's NAT.
     max_connections_per_user: int = 20
     max_connections_per_ip: int = 200
+    # Reservation caps (storage/reservation_caps.py; docs/security.md, API6), for every token without an
+    # exempt role: the units of one product a reservation may take (its lines of that product summed),
+    # and the units of one product a user may hold at once in pending reservations (0: no cap). A few
+    # of an item per order, a couple of orders in flight; beyond that is a reseller's basket.
+    max_reserve_per_line: int = 10
+    max_active_reserved_per_user: int = 20
+    reservation_cap_exempt_roles: tuple[str, ...] = ("admin", "service")
+    # HTTPS and WSS (hub/tls.py): a PEM certificate chain and its private key, both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @property
     def uses_postgres(self) -> bool:
         return self.database_url.startswith(("postgres://", "postgresql://"))
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 def dev_jwt_secret(data_dir: Path = DEFAULT_DATA_DIR) -> str:

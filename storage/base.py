@@ -54,6 +54,7 @@ from storage.models import (
     StockLevel,
     Warehouse,
 )
+from storage.reservation_caps import ReservationCaps
 from storage.reviews import (
     RatingAggregate,
     ReviewDocument,
@@ -147,8 +148,11 @@ class Store(Protocol):
         request_hash: str,
         lines: Sequence[ReservationLineRequest],
         ttl_seconds: int,
+        caps: ReservationCaps | None = None,
     ) -> IdempotentResult:
-        """Reserve every line or none; the outcome is stored under (owner, idempotency_key)."""
+        """Reserve every line or none; the outcome is stored under (owner, idempotency_key). Past one of
+        ``caps`` (checked before any stock moves; exact under concurrency: storage.reservation_caps) the
+        outcome is CAP_EXCEEDED and nothing else changes."""
         ...
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None: ...
@@ -186,9 +190,16 @@ class Store(Protocol):
         ...
 
     async def checkout_cart(
-        self, cart_id: str, owner: str, idempotency_key: str, request_hash: str, ttl_seconds: int
+        self,
+        cart_id: str,
+        owner: str,
+        idempotency_key: str,
+        request_hash: str,
+        ttl_seconds: int,
+        caps: ReservationCaps | None = None,
     ) -> CheckoutResult:
-        """Close the cart with the hub's replica and reserve its lines all or none, once per key."""
+        """Close the cart with the hub's replica and reserve its lines all or none (within ``caps``, as
+        ``reserve``), once per key."""
         ...
 
     # -- reviews (storage.reviews states the guarantees) ----------------------------------------

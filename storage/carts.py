@@ -116,6 +116,7 @@ class CheckoutOutcome(enum.StrEnum):
     INSUFFICIENT_STOCK = "insufficient_stock"
     PRODUCT_NOT_FOUND = "product_not_found"
     EMPTY_CART = "empty_cart"
+    CAP_EXCEEDED = "reservation_cap_exceeded"  # storage.reservation_caps
 
 
 @dataclass(frozen=True, slots=True)

@@ -314,6 +314,14 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             "CREATE INDEX api_keys_by_created ON api_keys (created_at, id)",
         ],
     ),
+    (
+        9,
+        "reservation caps (storage/reservation_caps.py): an owner's pending reservations found by owner",
+        [
+            "CREATE INDEX reservations_pending_by_owner ON reservations (owner) WHERE status = 'pending'",
+            *(("postgres", sql) for sql in pg_reserve.MIGRATION_9),
+        ],
+    ),
 ]
 
 

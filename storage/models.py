@@ -148,6 +148,7 @@ class ReservationOutcome(enum.IntEnum):
     RESERVED = 201
     PRODUCT_NOT_FOUND = 404
     INSUFFICIENT_STOCK = 409
+    CAP_EXCEEDED = 422  # a reservation cap (storage.reservation_caps)
 
 
 @dataclass(frozen=True, slots=True)

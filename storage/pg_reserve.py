@@ -16,6 +16,8 @@ in a batch succeeds or fails on its own; only a database error fails the whole b
 request in it gets that error, nothing having been committed.
 
 Changing a function below means a new migration with ``CREATE OR REPLACE`` — never editing this one.
+Migration 9 replaced ``synchub_reserve_batch`` so that it checks the reservation caps
+(:mod:`storage.reservation_caps`) of the requests that carry them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import orjson
 from storage.db import Tx
 from storage.errors import IdempotencyMismatch
 from storage.models import IdempotentResult, ReservationLineRequest, ReservationOutcome
+from storage.reservation_caps import CAP_LOCK_CLASS, PG_CHECK_CAPS, ReservationCaps
 
 # One line: {"product_id", "quantity", "index", "warehouse_id"?, "region"?}. Returns
 # {"warehouse_id": w} once reserved (and its outbox delta written, built as
@@ -234,6 +237,74 @@ $fn$
 
 MIGRATION_3 = [_RESERVE_BATCH_TOLD]
 
+# Migration 9: migration 2's batch, and the reservation caps of the requests that carry them
+# ("caps": {"reservation", "user"}, storage.reservation_caps): first the lock of each owner whose held
+# units are capped, in one order and before any stock row (as the generic path takes it), then, per
+# request whose key is new, the caps' check before its reservation (a refusal is its outcome).
+_RESERVE_BATCH_CAPPED = f"""
+CREATE OR REPLACE FUNCTION synchub_reserve_batch(requests JSONB, ts BIGINT) RETURNS JSONB
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    request JSONB;
+    prior RECORD;
+    outcome JSONB;
+    results JSONB[] := '{{}}';  -- appended in place; concatenating JSONB would copy it every time
+BEGIN
+    PERFORM pg_advisory_xact_lock({CAP_LOCK_CLASS}, owners.k) FROM (
+        SELECT DISTINCT hashtext(r.request->>'owner') AS k
+        FROM jsonb_array_elements(requests) AS r(request)
+        WHERE COALESCE((r.request->'caps'->>'user')::BIGINT, 0) > 0
+        ORDER BY k) AS owners;
+    -- Every stock row the batch may touch, locked up front in one global order: concurrent batches
+    -- then queue behind each other instead of deadlocking.
+    PERFORM 1 FROM stock
+    WHERE product_id IN (
+        SELECT l.line->>'product_id'
+        FROM jsonb_array_elements(requests) AS r(request),
+             jsonb_array_elements(r.request->'lines') AS l(line))
+    ORDER BY product_id, warehouse_id
+    FOR UPDATE;
+    FOR request IN SELECT value FROM jsonb_array_elements(requests) LOOP
+        SELECT k.request_hash, k.status, k.body INTO prior FROM idempotency_keys k
+        WHERE k.owner = request->>'owner' AND k.key = request->>'key';
+        IF FOUND THEN
+            -- Used before, in an earlier transaction or earlier in this batch.
+            IF prior.request_hash <> request->>'hash' THEN
+                outcome := jsonb_build_object('mismatch', true);
+            ELSE
+                outcome := jsonb_build_object(
+                    'status', prior.status, 'body', prior.body::JSONB, 'replayed', true);
+            END IF;
+        ELSE
+            outcome := NULL;
+            IF request ? 'caps' THEN
+                outcome := synchub_check_caps(request, ts);
+            END IF;
+            IF outcome IS NULL THEN
+                outcome := synchub_reserve_one(request, ts);
+            END IF;
+            INSERT INTO idempotency_keys (owner, key, request_hash, status, body, created_at)
+            VALUES (request->>'owner', request->>'key', request->>'hash',
+                    (outcome->>'status')::INTEGER, (outcome->'body')::TEXT, ts)
+            ON CONFLICT (owner, key) DO NOTHING;
+            IF NOT FOUND THEN
+                -- A concurrent transaction committed this key after our look: this request's work
+                -- must not count. The batch is retried as a serialization failure; the look then
+                -- finds the key and replays its outcome.
+                RAISE EXCEPTION 'idempotency key % claimed concurrently', request->>'key'
+                    USING ERRCODE = 'serialization_failure';
+            END IF;
+            outcome := outcome || jsonb_build_object('replayed', false);
+        END IF;
+        results := results || outcome;
+    END LOOP;
+    RETURN to_jsonb(results);
+END
+$fn$
+"""
+
+MIGRATION_9 = [PG_CHECK_CAPS, _RESERVE_BATCH_CAPPED]
+
 
 @dataclass(slots=True)
 class _Request:
@@ -244,6 +315,7 @@ class _Request:
     lines: Sequence[ReservationLineRequest]
     ttl_seconds: int
     user_stream: str
+    caps: ReservationCaps | None = None
     done: asyncio.Future[IdempotentResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -258,7 +330,7 @@ class _Request:
             if line.region is not None:
                 item["region"] = line.region
             lines.append(item)
-        return {
+        encoded = {
             "owner": self.owner,
             "key": self.key,
             "hash": self.request_hash,
@@ -267,6 +339,9 @@ class _Request:
             "lines": lines,
             "user_stream": self.user_stream,
         }
+        if self.caps is not None and self.caps.active:
+            encoded["caps"] = self.caps.encode()
+        return encoded
 
 
 def _seen(done: asyncio.Future[IdempotentResult]) -> None:
@@ -315,9 +390,17 @@ class ReservationBatcher:
         lines: Sequence[ReservationLineRequest],
         ttl_seconds: int,
         reservation_id: str,
+        caps: ReservationCaps | None = None,
     ) -> IdempotentResult:
         request = _Request(
-            owner, idempotency_key, request_hash, reservation_id, lines, ttl_seconds, self._user_stream(owner)
+            owner,
+            idempotency_key,
+            request_hash,
+            reservation_id,
+            lines,
+            ttl_seconds,
+            self._user_stream(owner),
+            caps,
         )
         # Marks an error as seen even when the caller stopped waiting (no "never retrieved" warning).
         request.done.add_done_callback(_seen)

@@ -21,6 +21,7 @@ from storage.db import Row
 from storage.errors import Conflict, StoreError, StoreUnavailable
 from storage.models import IdempotentResult, ReservationLineRequest, ReservationOutcome
 from storage.pg_reserve import ReservationBatcher
+from storage.reservation_caps import ReservationCaps
 from storage.sql import SqlStore, now_us
 from storage.streams import user_stream
 
@@ -170,9 +171,10 @@ class PostgresStore(SqlStore):
         request_hash: str,
         lines: Sequence[ReservationLineRequest],
         ttl_seconds: int,
+        caps: ReservationCaps | None = None,
     ) -> IdempotentResult:
         result = await self._batcher.reserve(
-            owner, idempotency_key, request_hash, lines, ttl_seconds, str(uuid.uuid4())
+            owner, idempotency_key, request_hash, lines, ttl_seconds, str(uuid.uuid4()), caps
         )
         if result.status is ReservationOutcome.RESERVED and not result.replayed:
             # The batch's function wrote outbox entries inside the database (not through _write).

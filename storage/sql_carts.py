@@ -37,6 +37,7 @@ from storage.carts import (
 from storage.db import Database, Row, Tx
 from storage.errors import InsufficientStock, NotFound
 from storage.models import ReservationLineRequest
+from storage.reservation_caps import CAP_CODE, ReservationCaps
 from storage.sql_core import claim_idempotency_key, store_idempotent_outcome
 from storage.streams import user_stream
 
@@ -70,6 +71,7 @@ class _Core(Protocol):
         ts: int,
         *,
         region: str | None = None,
+        caps: ReservationCaps | None = None,
     ) -> tuple[Any, dict[str, Any]]: ...
 
 
@@ -332,10 +334,11 @@ class CartSql:
         idempotency_key: str,
         request_hash: str,
         ttl_seconds: int,
+        caps: ReservationCaps | None = None,
     ) -> CheckoutResult:
-        """Close the cart (the hub's replica checks it out) and reserve its lines, all or nothing, in one
-        transaction; the outcome is stored under (owner, idempotency key) as a reservation's is. A cart
-        that cannot be reserved stays open."""
+        """Close the cart (the hub's replica checks it out) and reserve its lines, all or nothing and
+        within ``caps``, in one transaction; the outcome is stored under (owner, idempotency key) as a
+        reservation's is. A cart that cannot be reserved stays open."""
 
         async def work(tx: Tx) -> CheckoutResult:
             ts = _now_us()
@@ -344,7 +347,7 @@ class CartSql:
             if prior is not None:
                 stored = json.loads(prior[1])
                 return CheckoutResult(CheckoutOutcome(stored["outcome"]), stored["body"], True, document)
-            outcome, body, document = await CartSql._checkout(self, tx, document, ttl_seconds, ts)
+            outcome, body, document = await CartSql._checkout(self, tx, document, ttl_seconds, ts, caps)
             # (status 1: a checkout's outcome, its body says which; a reservation's are 201/404/409)
             stored = json.dumps({"outcome": outcome.value, "body": body}, separators=(",", ":"))
             await store_idempotent_outcome(tx, owner, idempotency_key, 1, stored)
@@ -353,7 +356,7 @@ class CartSql:
         return await self._write(work)
 
     async def _checkout(
-        self: _Core, tx: Tx, document: CartDocument, ttl_seconds: int, ts: int
+        self: _Core, tx: Tx, document: CartDocument, ttl_seconds: int, ts: int, caps: ReservationCaps | None
     ) -> tuple[CheckoutOutcome, dict[str, Any], CartDocument]:
         if document.closed_at is not None:
             return (
@@ -380,10 +383,12 @@ class CartSql:
             )
         lines = [ReservationLineRequest(product_of[sku], quantity) for sku, quantity in sorted(value.items())]
         _status, body = await self._reserve_lines(
-            tx, document.owner, lines, ttl_seconds, ts, region=document.region
+            tx, document.owner, lines, ttl_seconds, ts, region=document.region, caps=caps
         )
         if body.get("code") == InsufficientStock.code:
             return CheckoutOutcome.INSUFFICIENT_STOCK, body, document
+        if body.get("code") == CAP_CODE:
+            return CheckoutOutcome.CAP_EXCEEDED, body, document
         if "code" in body:
             return CheckoutOutcome.PRODUCT_NOT_FOUND, body, document
         delta = document.cart.close(HUB_REPLICA)

@@ -1,5 +1,6 @@
-"""Reservations in SQL: all-or-none lines under one idempotency key, their expiry, commit and
-release; each change tells its owner on ``user:{sub}``."""
+"""Reservations in SQL: all-or-none lines under one idempotency key, within the owner's caps
+(:mod:`storage.reservation_caps`), their expiry, commit and release; each change tells its owner on
+``user:{sub}``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from storage.models import (
     ReservationStatus,
     reservation_to_dict,
 )
+from storage.reservation_caps import ReservationCaps, check_caps
 from storage.sql_core import claim_idempotency_key, now_us, store_idempotent_outcome
 from storage.sql_stock import StockSql
 
@@ -36,13 +38,14 @@ class ReservationSql(StockSql):
         request_hash: str,
         lines: Sequence[ReservationLineRequest],
         ttl_seconds: int,
+        caps: ReservationCaps | None = None,
     ) -> IdempotentResult:
         async def work(tx: Tx) -> IdempotentResult:
             ts = now_us()
             prior = await claim_idempotency_key(tx, owner, idempotency_key, request_hash, ts)
             if prior is not None:
                 return IdempotentResult(ReservationOutcome(prior[0]), json.loads(prior[1]), replayed=True)
-            status, body = await self._reserve_lines(tx, owner, lines, ttl_seconds, ts)
+            status, body = await self._reserve_lines(tx, owner, lines, ttl_seconds, ts, caps=caps)
             encoded = json.dumps(body, separators=(",", ":"))
             await store_idempotent_outcome(tx, owner, idempotency_key, status, encoded)
             return IdempotentResult(status, body, replayed=False)
@@ -58,9 +61,14 @@ class ReservationSql(StockSql):
         ts: int,
         *,
         region: str | None = None,
+        caps: ReservationCaps | None = None,
     ) -> tuple[ReservationOutcome, dict[str, Any]]:
-        """Reserve ``lines`` all or none in ``tx``; tell the owner on the user stream of ``region``
-        (default: this node's; a cart's checkout names the cart's, so it keeps one order)."""
+        """Reserve ``lines`` all or none in ``tx``, within ``caps``; tell the owner on the user stream
+        of ``region`` (default: this node's; a cart's checkout names the cart's, so it keeps one order)."""
+        if caps is not None and caps.active:
+            refusal = await check_caps(tx, self.db.dialect, owner, lines, caps, ts)
+            if refusal is not None:
+                return ReservationOutcome.CAP_EXCEEDED, refusal
         reservation_id = str(uuid.uuid4())
         chosen: dict[int, ReservationLine] = {}
         try:

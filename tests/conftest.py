@@ -270,6 +270,9 @@ GENEROUS_LIMITS: dict[str, Any] = {
     },
     "max_connections_per_user": 1_000_000,
     "max_connections_per_ip": 1_000_000,
+    # The reservation caps too: checked on every reservation, never reached (test_reservation_caps sets real ones).
+    "max_reserve_per_line": 1_000_000,
+    "max_active_reserved_per_user": 1_000_000_000,
 }
 
 

@@ -38,7 +38,13 @@ from hub.carts import (
 from hub.errors import BadRequest, ConflictError, NotFoundError, Unprocessable
 from hub.keys import METRICS, SETTINGS, STORE
 from hub.responses import json_response, not_modified, version_etag
-from hub.routes.reservations import USER_ROLES, idempotency_key, request_hash, with_iso_times
+from hub.routes.reservations import (
+    USER_ROLES,
+    idempotency_key,
+    request_hash,
+    reservation_caps,
+    with_iso_times,
+)
 from hub.validation import Field, choice, integer, path_uuid, read_json, string, validate
 from storage.carts import CartPush, CheckoutOutcome, PushStatus
 
@@ -144,7 +150,12 @@ async def checkout_cart(request: web.Request) -> web.StreamResponse:
     key = idempotency_key(request)
     settings = request.app[SETTINGS]
     result = await request.app[STORE].checkout_cart(
-        cart_id, who.sub, key, request_hash({"checkout": cart_id}), settings.reservation_ttl_seconds
+        cart_id,
+        who.sub,
+        key,
+        request_hash({"checkout": cart_id}),
+        settings.reservation_ttl_seconds,
+        reservation_caps(settings, who),
     )
     headers = {"Idempotent-Replayed": "true" if result.replayed else "false"}
     body = dict(result.body)
@@ -166,6 +177,8 @@ async def checkout_cart(request: web.Request) -> web.StreamResponse:
     }
     if result.outcome is CheckoutOutcome.EMPTY_CART:
         raise Unprocessable(detail, code="empty_cart", headers=headers)
+    if result.outcome is CheckoutOutcome.CAP_EXCEEDED:
+        raise Unprocessable(detail, code=CheckoutOutcome.CAP_EXCEEDED.value, headers=headers, **extra)
     if result.outcome is CheckoutOutcome.PRODUCT_NOT_FOUND:
         raise ConflictError(detail, code="product_not_found", headers=headers, **extra)
     raise ConflictError(detail, code="insufficient_stock", headers=headers, **extra)

@@ -3,6 +3,10 @@
 ``POST /api/v1/reservations`` requires an ``Idempotency-Key`` header. The store records the outcome
 (success or failure) under (caller, key) in the same transaction as the stock change, so a retry
 gets the first outcome back verbatim with ``Idempotent-Replayed: true`` and never reserves twice.
+
+A caller without an exempt role reserves within the reservation caps (``--max-reserve-per-line``,
+``--max-active-reserved-per-user``; :mod:`storage.reservation_caps`): past one, 422
+``reservation_cap_exceeded``, an outcome stored and replayed like the others.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.auth import require
-from hub.errors import BadRequest, ConflictError, NotFoundError
+from hub.auth import Principal, require
+from hub.errors import BadRequest, ConflictError, NotFoundError, Unprocessable
 from hub.keys import METRICS, SETTINGS, STORE
 from hub.responses import iso, json_response
 from hub.routes.inventory import REGION_PATTERN, SLUG
+from hub.settings import Settings
 from hub.validation import (
     Field,
     integer,
@@ -31,6 +36,7 @@ from hub.validation import (
     validate,
 )
 from storage.models import Reservation, ReservationLineRequest, ReservationOutcome, reservation_to_dict
+from storage.reservation_caps import ReservationCaps
 
 routes = web.RouteTableDef()
 
@@ -71,6 +77,14 @@ def _render(reservation: Reservation) -> dict[str, Any]:
     return with_iso_times(reservation_to_dict(reservation))
 
 
+def reservation_caps(settings: Settings, who: Principal) -> ReservationCaps | None:
+    """The caps ``who`` reserves within: none for an exempt role, or when both are off."""
+    if not who.roles.isdisjoint(settings.reservation_cap_exempt_roles):
+        return None
+    caps = ReservationCaps(settings.max_reserve_per_line, settings.max_active_reserved_per_user)
+    return caps if caps.active else None
+
+
 def idempotency_key(request: web.Request) -> str:
     """The request's Idempotency-Key header: required, 1-255 visible ASCII characters."""
     key = request.headers.get("Idempotency-Key")
@@ -108,7 +122,12 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
     lines = [ReservationLineRequest(**line) for line in data["lines"]]
     metrics = request.app[METRICS]
     result = await request.app[STORE].reserve(
-        who.sub, key, request_hash(data), lines, data.get("ttl_seconds", settings.reservation_ttl_seconds)
+        who.sub,
+        key,
+        request_hash(data),
+        lines,
+        data.get("ttl_seconds", settings.reservation_ttl_seconds),
+        reservation_caps(settings, who),
     )
     headers = {"Idempotent-Replayed": "true" if result.replayed else "false"}
     if result.replayed:
@@ -123,7 +142,11 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
     if not result.replayed:
         metrics.reservations.labels(code).inc()
     extra = {k: v for k, v in result.body.items() if k not in ("code", "detail")}
-    error_cls = NotFoundError if result.status is ReservationOutcome.PRODUCT_NOT_FOUND else ConflictError
+    error_cls: type[NotFoundError | ConflictError | Unprocessable] = ConflictError
+    if result.status is ReservationOutcome.PRODUCT_NOT_FOUND:
+        error_cls = NotFoundError
+    elif result.status is ReservationOutcome.CAP_EXCEEDED:
+        error_cls = Unprocessable
     raise error_cls(str(result.body.get("detail", "")), code=code, headers=headers, **extra)
 
 
