@@ -13,20 +13,45 @@ from aiohttp import web
 
 from hub.access_log import RedactingAccessLogger
 from hub.api_keys import api_keys_context
+from hub.audit import audit_middleware, stamp_request_id
 from hub.auth import auth_middleware
 from hub.authz import authz_middleware
 from hub.browsers import cors_middleware, security_headers
 from hub.errors import error_middleware
-from hub.keys import BROKER, CONNECTION_CAPS, CONNECTIONS, ENGINE, METRICS, RELAY, SETTINGS, STORE, WRITES
+from hub.keys import (
+    BROKER,
+    CONNECTION_CAPS,
+    CONNECTIONS,
+    ENGINE,
+    METRICS,
+    PII_KEYS,
+    RELAY,
+    SETTINGS,
+    STORE,
+    WRITES,
+)
 from hub.media import media_context
 from hub.metrics import Metrics, metrics_middleware
 from hub.oidc import verifier_context
+from hub.pii import keyring_for
 from hub.proxies import forwarded_middleware, parse_networks
 from hub.ratelimit.connections import ConnectionCaps
 from hub.ratelimit.http import rate_limit_context, rate_limit_middleware
 from hub.realtime import Connections
 from hub.responses import compression_middleware
-from hub.routes import api_keys, carts, catalog, inventory, media, ops, reservations, reviews, tickets
+from hub.routes import (
+    api_keys,
+    audit,
+    carts,
+    catalog,
+    inventory,
+    me,
+    media,
+    ops,
+    reservations,
+    reviews,
+    tickets,
+)
 from hub.settings import Settings
 from hub.transports import poll, sse, websocket
 from hub.transports.writes import WriteBatcher
@@ -160,6 +185,8 @@ def create_app(settings: Settings) -> web.Application:
             ),
             metrics_middleware,
             compression_middleware,
+            # outside errors: it sees every answer's final status; inside it, auth has named the caller
+            audit_middleware,
             error_middleware,
             cors_middleware,
             auth_middleware,
@@ -178,9 +205,11 @@ def create_app(settings: Settings) -> web.Application:
         },
     )
     app.on_response_prepare.append(security_headers)
+    app.on_response_prepare.append(stamp_request_id)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[CONNECTIONS] = Connections()
+    app[PII_KEYS] = keyring_for(settings.pii_keys)
     metrics = app[METRICS]
     limits_on = settings.rate_limits_enabled
     app[CONNECTION_CAPS] = ConnectionCaps(
@@ -203,6 +232,8 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(reviews.routes)
     app.add_routes(tickets.routes)
     app.add_routes(api_keys.routes)
+    app.add_routes(me.routes)
+    app.add_routes(audit.routes)
     app.add_routes(websocket.routes)
     app.add_routes(sse.routes)
     app.add_routes(poll.routes)

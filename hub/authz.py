@@ -71,6 +71,7 @@ CUSTOMER = Rule(frozenset({"customer"}))
 ADMIN = Rule(frozenset({"admin"}))
 MODERATION = Rule(frozenset({"moderator", "admin"}))
 ANY_USER = Rule(frozenset({"customer", "moderator", "admin", "service"}))
+PERSON = Rule(frozenset({"customer", "moderator", "admin"}))  # a person's token: services have no profile
 
 TABLE: dict[str, Rule] = {
     # operations and documents
@@ -128,6 +129,14 @@ TABLE: dict[str, Rule] = {
     "get_api_key": ADMIN,
     "revoke_api_key": ADMIN,
     "rotate_api_key": ADMIN,
+    # personal data: a person's own profile, export and erasure; any user's for admins; the audit log
+    "get_me": PERSON,
+    "put_me": PERSON,
+    "export_me": PERSON,
+    "erase_me": PERSON,
+    "export_user": ADMIN,
+    "erase_user": ADMIN,
+    "list_audit": ADMIN,
 }
 
 

@@ -21,8 +21,9 @@ from typing import Any
 from aiohttp import web
 
 from hub.auth import ROLES, issue_token
+from hub.pii import Keyring, dev_pii_keys
 from hub.ratelimit.limiter import parse_optional_policy
-from hub.settings import DEFAULT_DATABASE_URL, Settings, dev_jwt_secret
+from hub.settings import DEFAULT_DATA_DIR, DEFAULT_DATABASE_URL, Settings, dev_jwt_secret
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,12 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
         help="do not relay the outbox on this node (env SYNCHUB_RELAY=off)",
     )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="env SYNCHUB_LOG_LEVEL")
+    serve.add_argument(
+        "--pii-keys",
+        default=_env("PII_KEYS"),
+        help="keys of the personal data encrypted at rest, 'kid:base64key,…' (AES, 16-32 bytes): the first"
+        " encrypts, the others still decrypt (env SYNCHUB_PII_KEYS); default: a key file in var/pii-keys",
+    )
     _add_media(serve)
     _add_limits(serve)
     _add_caps_and_tls(serve)
@@ -432,6 +439,15 @@ def _secret(args: argparse.Namespace) -> str:
     return secret
 
 
+def _pii_keys(args: argparse.Namespace) -> str:
+    spec: str = args.pii_keys or dev_pii_keys(DEFAULT_DATA_DIR)
+    try:
+        Keyring.parse(spec)
+    except ValueError as exc:
+        raise SystemExit(f"synchub: --pii-keys: {exc}") from None
+    return spec
+
+
 def _origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
 
@@ -451,6 +467,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         cors_origins=_origins(args.cors_origins),
         tokens_in_urls=args.tokens_in_urls,
         jwt_secret=_secret(args),
+        pii_keys=_pii_keys(args),
         hs256_tokens=_hs256_tokens(args),
         metrics_public=not args.private_metrics,
         trusted_proxies=_networks(args.trusted_proxies),
@@ -527,6 +544,7 @@ _FORWARDED = {
     "region": "REGION",
     "max_body_bytes": "MAX_BODY_BYTES",
     "log_level": "LOG_LEVEL",
+    "pii_keys": "PII_KEYS",
     **{name: name.upper() for name in _MEDIA_SETTINGS},
     **{name: name.upper() for name in _IDENTITY_SETTINGS},
     **{name: name.upper() for name in _LIMIT_FLAGS},
@@ -579,6 +597,7 @@ def _supervise(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise SystemExit(f"synchub: cannot listen on {args.host}:{args.port}: {exc}") from None
     secret = _secret(args)
+    _pii_keys(args)  # checked, and the default key file made, once: before the workers read it
     # Each worker is a node of its own (its /healthz, its logs): <node-id>-w<k>, kept across restarts.
     base = args.node_id or Settings().node_id
     slots = [

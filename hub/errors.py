@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from hub.keys import SETTINGS
+from hub.pii import PiiError
 from storage import errors as store_errors
 from sync.broker import BrokerError
 
@@ -187,6 +188,11 @@ async def error_middleware(
         error = exc
     except store_errors.StoreError as exc:
         error = from_store_error(exc)
+    except PiiError as exc:
+        # Personal data the hub's keys cannot open (hub/pii.py): a configuration fault, named, never
+        # the data.
+        log.error("personal data unreadable on %s %s: %s", request.method, request.path, exc.message)
+        error = ApiError(exc.message, code=exc.code)
     except BrokerError as exc:
         log.warning("broker unavailable: %s", exc)
         error = ServiceUnavailable(

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from hub.media_store import MediaStore
     from hub.metrics import Metrics
     from hub.oidc import TokenVerifier
+    from hub.pii import Keyring
     from hub.ratelimit.connections import ConnectionCaps
     from hub.ratelimit.http import RateLimits
     from hub.realtime import Connections
@@ -35,8 +36,11 @@ RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")  # only while ra
 CONNECTION_CAPS: web.AppKey[ConnectionCaps] = web.AppKey("connection_caps")
 API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
+PII_KEYS: web.AppKey[Keyring] = web.AppKey("pii_keys")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")  # set by hub.audit.request_id
+AUDITED: web.RequestKey[bool] = web.RequestKey("audited")  # the request's audit entry is written
 # The scope by which hub/authz.py admitted an API key to this request's route (absent otherwise).
 GRANTED_SCOPE: web.RequestKey[str] = web.RequestKey("granted_scope")
 CLIENT_ADDRESS: web.RequestKey[str] = web.RequestKey("client_address")  # behind a trusted proxy only

@@ -7,6 +7,7 @@ from functools import cache
 from typing import Any
 
 from hub.openapi_api_keys import api_key_paths, api_key_schemas, with_api_key_scopes
+from hub.openapi_privacy import privacy_paths, privacy_schemas
 from hub.openapi_reviews import review_paths, review_schemas
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
@@ -605,6 +606,7 @@ def _document() -> dict[str, Any]:
             },
             **_media_paths(),
             **review_paths(_op, _json, _problems, _path, _query, _AUTH_PROBLEMS),
+            **privacy_paths(_op, _json, _problems, _path, _query, _AUTH_PROBLEMS),
             **api_key_paths(_op, _json, _problems, _query, _AUTH_PROBLEMS),
         },
         "components": {
@@ -856,6 +858,7 @@ def _document() -> dict[str, Any]:
                 },
                 "Media": _MEDIA,
                 **review_schemas(_CONTEXT, _DELTA, _ACK),
+                **privacy_schemas(),
                 **api_key_schemas(),
             },
         },

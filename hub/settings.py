@@ -35,6 +35,9 @@ class Settings:
     # A WebSocket whose token expired without an in-band refresh is closed with 4102 after this.
     token_refresh_grace_seconds: float = 25.0
     metrics_public: bool = True  # False: /metrics needs an admin or service token
+    # Keys of the personal data encrypted at rest (hub/pii.py): "kid:base64key,…", the first current.
+    # Empty: a key for this process only (synchub serve passes its own: --pii-keys or var/pii-keys).
+    pii_keys: str = ""
     # Reverse proxies whose X-Forwarded-For is believed (hub/proxies.py): addresses or networks.
     trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 256 * 1024

@@ -54,6 +54,7 @@ from storage.models import (
     StockLevel,
     Warehouse,
 )
+from storage.privacy import AuditEntry, AuditPage, AuditQuery, Erasure, UserData, UserProfile
 from storage.reservation_caps import ReservationCaps
 from storage.reviews import (
     RatingAggregate,
@@ -285,6 +286,29 @@ class Store(Protocol):
 
     async def touch_api_key(self, key_id: str, now_us: int, interval_us: int) -> bool:
         """last_used_at = now_us unless it is within interval_us of it already."""
+        ...
+
+    # -- users' personal data and the audit log (storage.privacy states the guarantees) ---------
+    async def get_profile(self, sub: str) -> UserProfile | None: ...
+    async def put_profile(self, profile: UserProfile, expected_version: int | None = None) -> UserProfile:
+        """Write the whole profile; with ``expected_version`` (0: new) VersionMismatch if it differs."""
+        ...
+
+    async def user_data(self, sub: str) -> UserData:
+        """Everything held about ``sub``, read in one transaction (the export)."""
+        ...
+
+    async def erase_user(self, sub: str, pseudonym: str, entry: AuditEntry) -> Erasure:
+        """Delete or pseudonymise what is left of ``sub`` once its reviews are erased, and append
+        ``entry``, in one transaction; erasing again changes nothing more."""
+        ...
+
+    async def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        """Append an entry to the append-only audit log; the entry as stored (seq, time)."""
+        ...
+
+    async def list_audit(self, query: AuditQuery) -> AuditPage:
+        """Newest first, keyset-paginated by seq, every filter given matched."""
         ...
 
     # -- outbox --------------------------------------------------------------------------------

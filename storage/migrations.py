@@ -29,6 +29,99 @@ DIALECT_TOKENS: dict[str, dict[str, str]] = {
     },
 }
 
+# Migration 8. The audit log is append-only on both databases: a trigger refuses every DELETE, and every
+# UPDATE but an erasure's, which may only replace a subject (actor_sub, target_id) by a pseudonym
+# ('erased:…') and never change a pseudonym again (storage/privacy.py). TRUNCATE is no row operation:
+# it stays with the database's owner (the tests empty the table with it).
+_AUDIT_FROZEN = ("seq", "at", "actor_roles", "action", "target_kind", "request_id", "detail")
+_PG_AUDIT_TRIGGER = f"""
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'audit_log is append-only: entries are never deleted'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF {" OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in _AUDIT_FROZEN)}
+       OR (NEW.actor_sub IS DISTINCT FROM OLD.actor_sub
+           AND (OLD.actor_sub LIKE 'erased:%' OR NEW.actor_sub NOT LIKE 'erased:%'))
+       OR (NEW.target_id IS DISTINCT FROM OLD.target_id
+           AND (OLD.target_id LIKE 'erased:%' OR NEW.target_id NOT LIKE 'erased:%')) THEN
+        RAISE EXCEPTION 'audit_log is append-only: only an erasure pseudonymises a subject'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        RETURN NEW;
+    END IF;
+    RETURN OLD;
+END
+$$
+"""
+_SQLITE_AUDIT_CHANGE = " OR ".join(
+    [
+        *(f"NEW.{c} IS NOT OLD.{c}" for c in _AUDIT_FROZEN),
+        "(NEW.actor_sub IS NOT OLD.actor_sub"
+        " AND (OLD.actor_sub LIKE 'erased:%' OR NEW.actor_sub NOT LIKE 'erased:%'))",
+        "(NEW.target_id IS NOT OLD.target_id"
+        " AND (OLD.target_id LIKE 'erased:%' OR NEW.target_id NOT LIKE 'erased:%'))",
+    ]
+)
+MIGRATION_8: list[Statement] = [
+    """
+    CREATE TABLE audit_log (
+        seq {seq_pk},
+        at BIGINT NOT NULL,
+        actor_sub TEXT NOT NULL,
+        actor_roles TEXT NOT NULL DEFAULT '[]',
+        action TEXT NOT NULL,
+        target_kind TEXT NOT NULL DEFAULT '',
+        target_id TEXT NOT NULL DEFAULT '',
+        request_id TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT '{{}}'
+    )
+    """,
+    "CREATE INDEX audit_log_by_actor ON audit_log (actor_sub, seq)",
+    "CREATE INDEX audit_log_by_target ON audit_log (target_kind, target_id, seq)",
+    "CREATE INDEX audit_log_by_action ON audit_log (action, seq)",
+    "CREATE INDEX audit_log_by_time ON audit_log (at)",
+    ("postgres", _PG_AUDIT_TRIGGER),
+    (
+        "postgres",
+        "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log"
+        " FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()",
+    ),
+    (
+        "sqlite",
+        "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log"
+        " BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: entries are never deleted'); END",
+    ),
+    (
+        "sqlite",
+        f"CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log WHEN {_SQLITE_AUDIT_CHANGE}"
+        " BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: only an erasure pseudonymises a subject');"
+        " END",
+    ),
+    # email, phone: the hub's AES-GCM ciphertexts ("pii1:{key id}:…", hub/pii.py); key_id: the key the
+    # row was last written under, so that the rows under a retired key can be found.
+    """
+    CREATE TABLE user_profiles (
+        sub TEXT PRIMARY KEY,
+        display_name TEXT,
+        email_ciphertext TEXT,
+        phone_ciphertext TEXT,
+        key_id TEXT,
+        version BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )
+    """,
+    "CREATE INDEX user_profiles_by_key ON user_profiles (key_id)",
+    # A user's rows, found without a scan by the export and the erasure.
+    "CREATE INDEX reservations_by_owner ON reservations (owner)",
+    "CREATE INDEX review_votes_by_voter ON review_votes (voter)",
+    "CREATE INDEX review_reports_by_reporter ON review_reports (reporter)",
+    "CREATE INDEX replicas_by_owner ON replicas (owner)",
+]
+
 MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
     (
         1,
@@ -313,6 +406,12 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             """,
             "CREATE INDEX api_keys_by_created ON api_keys (created_at, id)",
         ],
+    ),
+    (
+        8,
+        "audit log (append-only), user profiles (email and phone encrypted by the hub); owner indexes"
+        " for a user's export and erasure",
+        MIGRATION_8,
     ),
     (
         9,

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from storage.db import Database
 from storage.sql_api_keys import ApiKeySql
+from storage.sql_audit import AuditSql
 from storage.sql_carts import CartSql, DecodedCarts
 from storage.sql_catalog import CatalogSql
 from storage.sql_core import now_us
+from storage.sql_privacy import PrivacySql
 from storage.sql_reservations import ReservationSql
 from storage.sql_reviews import ReviewSql
 from storage.sql_tickets import TicketSql
 
 
-class SqlStore(CatalogSql, ReservationSql, CartSql, ReviewSql, TicketSql, ApiKeySql):
+class SqlStore(CatalogSql, ReservationSql, CartSql, ReviewSql, TicketSql, ApiKeySql, PrivacySql, AuditSql):
     """The Store (storage.base) on a SQL database: catalog, stock, reservations, carts, reviews and the
     outbox, each in its own module, over one writing-transaction core (storage.sql_core)."""
 

@@ -73,7 +73,11 @@ INVENTORY = ChannelKind(
     "inventory", Access.PUBLIC, frozenset({"stock"}), key_field="product_id", sse_event="inventory"
 )
 CART = ChannelKind(
-    "cart", Access.CART_OWNER, frozenset({"cart.delta", "cart.closed"}), key_field="cart_id", sse_event="cart"
+    "cart",
+    Access.CART_OWNER,
+    frozenset({"cart.delta", "cart.closed", "cart.deleted"}),
+    key_field="cart_id",
+    sse_event="cart",
 )
 USER = ChannelKind(
     "user",

@@ -62,6 +62,7 @@ JWT_SECRET = "test-secret-" + secrets.token_hex(16)
 TABLES = (
     "outbox, idempotency_keys, reservation_lines, reservations, stock, warehouses, products,"
     " cart_mutations, carts, replicas, user_events, api_keys"
+    ", audit_log, user_profiles"
 )
 
 

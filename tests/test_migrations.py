@@ -35,6 +35,8 @@ EXPECTED_TABLES = {
     "review_reports",
     "realtime_tickets",
     "api_keys",
+    "audit_log",
+    "user_profiles",
 }
 
 

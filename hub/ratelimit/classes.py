@@ -73,6 +73,10 @@ ROUTE_CLASSES: dict[str, RouteClass] = {
     **dict.fromkeys(("create_review", "edit_review"), RouteClass.REVIEW_POST),
     # Devices' deltas and plain edits of carts and reviews.
     **dict.fromkeys(("sync_cart", "edit_cart", "sync_review"), RouteClass.SYNC_PUSH),
+    # A person's data and the audit log: an export is one read, however large; a profile's write and an
+    # erasure (rare, and idempotent) are writes.
+    **dict.fromkeys(("get_me", "export_me", "export_user", "list_audit"), RouteClass.READ),
+    **dict.fromkeys(("put_me", "erase_me", "erase_user"), RouteClass.WRITE),
 }
 
 # Operations: probes and scrapers must always get an answer.

@@ -1,0 +1,234 @@
+"""The OpenAPI paths and schemas of personal data (the profile, exports, erasure) and of the audit log
+(``hub/openapi.py`` joins them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Op = Any  # hub.openapi's operation builders, passed in (this module is imported by that one)
+
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_TIME = {"type": "string", "format": "date-time"}
+_PII_PROBLEMS = (
+    "pii_key_unknown (the data was encrypted under a key this hub was not given), pii_undecryptable"
+    " (it does not decrypt under its key: other key bytes, or data changed or moved)"
+)
+_ERASURE_PROBLEMS = "erasure_incomplete: a step failed; erasing again resumes (every step is idempotent)"
+
+
+def privacy_paths(
+    op: Op, json: Op, problems: Op, path: Op, query: Op, auth_problems: dict[str, str]
+) -> dict[str, Any]:
+    sub = path("sub")
+    export = (
+        "Everything the hub holds about the user, as JSON: profile (decrypted), carts, reviews (every"
+        " status), helpful votes, reports, reservations, device replica ids, and the audit entries"
+        " the user is the actor or the target of"
+    )
+    erasure = (
+        "Erase the user: reviews erased through the review CRDT's absorbing erasure (aggregates and"
+        " events move; no offline device can bring them back), carts deleted (cart.deleted on their"
+        " channels), reservations, votes, reports and audit entries pseudonymised, the profile deleted,"
+        " and the erasure audited. Idempotent: erasing again erases what was written since, else nothing"
+    )
+    return {
+        "/api/v1/me": {
+            "get": op(
+                "The caller's profile, email and phone decrypted (none yet: every field null, version 0)."
+                " ETag: its version",
+                {
+                    "200": json("Profile"),
+                    **problems(**auth_problems, _403="forbidden: a person's token", _500=_PII_PROBLEMS),
+                },
+                auth=True,
+            ),
+            "put": op(
+                "Replace the caller's profile (a field absent or null: none). Email and phone are encrypted"
+                " at rest under the hub's current key. If-Match: the version read",
+                {
+                    "200": json("Profile"),
+                    **problems(
+                        **auth_problems,
+                        _400="malformed_json, validation_failed (display_name 1-100 characters, no control"
+                        " characters; email an address of ≤ 254 characters; phone E.164, e.g."
+                        " +33612345678; no unknown field), invalid_precondition",
+                        _403="forbidden: a person's token",
+                        _412="precondition_failed: the profile changed since it was read",
+                        _415="unsupported_media_type",
+                    ),
+                },
+                auth=True,
+                body="ProfileUpdate",
+            ),
+            "delete": op(
+                "Erase the caller. " + erasure,
+                {
+                    "200": json("Erasure"),
+                    **problems(**auth_problems, _403="forbidden: a person's token", _500=_ERASURE_PROBLEMS),
+                },
+                auth=True,
+            ),
+        },
+        "/api/v1/me/export": {
+            "get": op(
+                export + " (the caller)",
+                {
+                    "200": json("UserExport"),
+                    **problems(**auth_problems, _403="forbidden: a person's token", _500=_PII_PROBLEMS),
+                },
+                auth=True,
+            ),
+        },
+        "/api/v1/users/{sub}/export": {
+            "get": op(
+                export + " (admins; the audit log records who read it)",
+                {
+                    "200": json("UserExport"),
+                    **problems(
+                        **auth_problems,
+                        _400="invalid_parameter: sub",
+                        _403="forbidden: needs the admin role",
+                        _500=_PII_PROBLEMS,
+                    ),
+                },
+                auth=True,
+                params=[sub],
+            ),
+        },
+        "/api/v1/users/{sub}": {
+            "delete": op(
+                "Erase a user (admins). " + erasure,
+                {
+                    "200": json("Erasure"),
+                    **problems(
+                        **auth_problems,
+                        _400="invalid_parameter: sub",
+                        _403="forbidden: needs the admin role",
+                        _500=_ERASURE_PROBLEMS,
+                    ),
+                },
+                auth=True,
+                params=[sub],
+            ),
+        },
+        "/api/v1/audit": {
+            "get": op(
+                "The audit log (admins), newest first: every admin, moderator, service and API-key write"
+                " that succeeded, admins' reads of a user's export, and every erasure",
+                {
+                    "200": json("AuditPage"),
+                    **problems(
+                        **auth_problems,
+                        _400="invalid_parameter (an unknown parameter too), invalid_cursor",
+                        _403="forbidden: needs the admin role",
+                    ),
+                },
+                auth=True,
+                params=[
+                    query("actor", {"type": "string", "maxLength": 256}, "the actor's subject"),
+                    query("action", {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"}, "a route's name"),
+                    query("target", {"type": "string", "maxLength": 256}, "the target's id"),
+                    query("target_kind", {"type": "string"}, "user, product, review, reservation, ..."),
+                    query("since", _TIME, "at or after this time (RFC 3339)"),
+                    query("until", _TIME, "before this time (RFC 3339)"),
+                    query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size (50)"),
+                ],
+            ),
+        },
+    }
+
+
+def _items(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": schema}
+
+
+def privacy_schemas() -> dict[str, Any]:
+    ref = {"$ref": "#/components/schemas/AuditEntry"}
+    return {
+        "Profile": {
+            "type": "object",
+            "properties": {
+                "sub": {"type": "string"},
+                "display_name": _NULLABLE_TEXT,
+                "email": _NULLABLE_TEXT,
+                "phone": _NULLABLE_TEXT,
+                "version": {"type": "integer", "description": "0: no profile yet"},
+                "created_at": {"type": ["string", "null"], "format": "date-time"},
+                "updated_at": {"type": ["string", "null"], "format": "date-time"},
+            },
+        },
+        "ProfileUpdate": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "display_name": {"type": ["string", "null"], "minLength": 1, "maxLength": 100},
+                "email": {"type": ["string", "null"], "minLength": 3, "maxLength": 254, "format": "email"},
+                "phone": {"type": ["string", "null"], "pattern": "^\\+[1-9][0-9]{6,14}$"},
+            },
+        },
+        "UserExport": {
+            "type": "object",
+            "properties": {
+                "sub": {"type": "string"},
+                "exported_at": _TIME,
+                "profile": {"oneOf": [{"$ref": "#/components/schemas/Profile"}, {"type": "null"}]},
+                "carts": _items({"$ref": "#/components/schemas/Cart"}),
+                "reviews": _items({"$ref": "#/components/schemas/Review"}),
+                "helpful_votes": _items({"type": "object"}),
+                "reports": _items({"type": "object"}),
+                "reservations": _items({"$ref": "#/components/schemas/Reservation"}),
+                "devices": _items({"type": "object", "description": "replica_id, created_at"}),
+                "audit": _items(ref),
+            },
+        },
+        "Erasure": {
+            "type": "object",
+            "description": "what the erasure changed (all 0 when erased before and nothing new was written)",
+            "properties": {
+                "pseudonym": {"type": "string", "description": "erased:… — the user in what is kept"},
+                "reviews_erased": {"type": "integer"},
+                "carts_deleted": {"type": "integer"},
+                "reservations_pseudonymised": {"type": "integer"},
+                "reviews_pseudonymised": {"type": "integer"},
+                "reviews_left": {"type": "integer", "description": "written during the erasure: erase again"},
+                "votes_pseudonymised": {"type": "integer"},
+                "reports_pseudonymised": {"type": "integer"},
+                "audit_entries_pseudonymised": {"type": "integer"},
+                "profile_deleted": {"type": "integer"},
+                "audit_seq": {"type": "integer", "description": "the erasure's own audit entry"},
+            },
+        },
+        "AuditEntry": {
+            "type": "object",
+            "properties": {
+                "seq": {"type": "integer"},
+                "at": _TIME,
+                "actor": {
+                    "type": "object",
+                    "properties": {
+                        "sub": {"type": "string"},
+                        "roles": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "action": {"type": "string", "description": "the route's name (create_product, erase_user…)"},
+                "target": {
+                    "type": ["object", "null"],
+                    "properties": {"kind": {"type": "string"}, "id": {"type": "string"}},
+                },
+                "request_id": {"type": ["string", "null"], "description": "the request's X-Request-Id"},
+                "detail": {
+                    "type": "object",
+                    "description": "method, status, api_key_id; an erasure's counts",
+                },
+            },
+        },
+        "AuditPage": {
+            "type": "object",
+            "properties": {
+                "items": _items(ref),
+                "next_cursor": {"type": ["string", "null"]},
+                "next": {"type": "string"},
+            },
+        },
+    }
