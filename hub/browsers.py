@@ -31,7 +31,9 @@ from hub.tls import HSTS
 
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-Match, If-None-Match, Last-Event-ID"
-EXPOSED_HEADERS = "ETag, Location, Retry-After, Idempotent-Replayed, Link, RateLimit, RateLimit-Policy"
+EXPOSED_HEADERS = (
+    "ETag, Location, Retry-After, Idempotent-Replayed, Link, RateLimit, RateLimit-Policy, X-Request-Id"
+)
 PREFLIGHT_MAX_AGE = "600"
 
 

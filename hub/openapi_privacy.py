@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hub.routes.me import DISPLAY_NAME_PATTERN, EMAIL_PATTERN, PHONE_PATTERN
+
 Op = Any  # hub.openapi's operation builders, passed in (this module is imported by that one)
 
 _NULLABLE_TEXT = {"type": ["string", "null"]}
@@ -139,6 +141,11 @@ def privacy_paths(
     }
 
 
+def _nullable(min_length: int, max_length: int, pattern: str) -> dict[str, Any]:
+    text = {"type": "string", "minLength": min_length, "maxLength": max_length, "pattern": f"^(?:{pattern})$"}
+    return {"anyOf": [text, {"type": "null"}]}
+
+
 def _items(schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "array", "items": schema}
 
@@ -162,9 +169,9 @@ def privacy_schemas() -> dict[str, Any]:
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "display_name": {"type": ["string", "null"], "minLength": 1, "maxLength": 100},
-                "email": {"type": ["string", "null"], "minLength": 3, "maxLength": 254, "format": "email"},
-                "phone": {"type": ["string", "null"], "pattern": "^\\+[1-9][0-9]{6,14}$"},
+                "display_name": _nullable(1, 100, DISPLAY_NAME_PATTERN),
+                "email": _nullable(3, 254, EMAIL_PATTERN),
+                "phone": _nullable(8, 16, PHONE_PATTERN),
             },
         },
         "UserExport": {

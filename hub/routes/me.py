@@ -30,16 +30,16 @@ routes = web.RouteTableDef()
 
 PEOPLE = ("admin", "customer", "moderator")  # the roles of a person's token: services have no profile
 
-# A name to show: no control characters, not only spaces.
-_DISPLAY_NAME = string(1, 100, r"(?=.*\S)[^\x00-\x1f\x7f-\x9f]+")
-# An address as a person types it (RFC 5321's lengths; no spaces, one @, a dotted domain of LDH labels).
-_EMAIL = string(
-    3,
-    254,
-    r"[^\s@\x00-\x1f\x7f]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?",
-)
-_PHONE = string(8, 16, r"\+[1-9][0-9]{6,14}")  # E.164: +, country code and number, digits only
+# The profile's rules (also the OpenAPI document's: hub/openapi_privacy.py). A name to show: no control
+# characters, not only spaces. An address as a person types it (RFC 5321's lengths; no spaces, one @, a
+# dotted domain of LDH labels). A phone in E.164: +, country code and number, digits only.
+DISPLAY_NAME_PATTERN = r"(?=.*\S)[^\x00-\x1f\x7f-\x9f]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_PATTERN = rf"[^\s@\x00-\x1f\x7f]{{1,64}}@(?:{_LABEL}\.)+{_LABEL}"
+PHONE_PATTERN = r"\+[1-9][0-9]{6,14}"
+_DISPLAY_NAME = string(1, 100, DISPLAY_NAME_PATTERN)
+_EMAIL = string(3, 254, EMAIL_PATTERN)
+_PHONE = string(8, 16, PHONE_PATTERN)
 _SUB = string(1, 256, r"[^\x00-\x1f\x7f]+")
 
 
@@ -47,10 +47,13 @@ def _nullable(check: Validator) -> Validator:
     def nullable(value: Any) -> Any:
         return None if value is None else check(value)
 
+    described = getattr(check, "schema", None)  # (a validator that carries its JSON Schema)
+    if described is not None:
+        nullable.schema = {"anyOf": [described, {"type": "null"}]}  # type: ignore[attr-defined]
     return nullable
 
 
-_PROFILE_FIELDS = {
+PROFILE_FIELDS = {
     "display_name": Field(_nullable(_DISPLAY_NAME)),
     "email": Field(_nullable(_EMAIL)),
     "phone": Field(_nullable(_PHONE)),
@@ -79,7 +82,7 @@ async def get_me(request: web.Request) -> web.StreamResponse:
 @routes.put("/api/v1/me", name="put_me")
 async def put_me(request: web.Request) -> web.StreamResponse:
     who = require(request, *PEOPLE)
-    fields = validate(await read_json(request), _PROFILE_FIELDS)
+    fields = validate(await read_json(request), PROFILE_FIELDS)
     keyring = request.app[PII_KEYS]
     stored = await request.app[STORE].put_profile(
         seal_profile(keyring, who.sub, fields), expected_version(request)
