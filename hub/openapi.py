@@ -3,6 +3,7 @@ route of the app must be described here, and nothing here may be missing from th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
@@ -53,8 +54,36 @@ def _problems(**by_status: str) -> dict[str, Any]:
     }
 
 
+# Path parameters the routes read as UUIDs (hub.validation.path_uuid: invalid_id otherwise) and the
+# warehouse id's slug (hub.routes.inventory.SLUG).
+_UUID_PARAMETERS = frozenset({"product_id", "reservation_id", "cart_id", "media_id", "review_id"})
+_SLUG_PARAMETER = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 64,
+    "pattern": "^[a-z0-9][a-z0-9\\-]{0,63}$",
+}
+
+
+_REGION = {"type": "string", "minLength": 1, "maxLength": 32, "pattern": "^[a-z0-9][a-z0-9\\-]{0,31}$"}
+# visible ASCII, as hub.routes.reservations.IDEMPOTENCY_KEY reads it
+_IDEMPOTENCY_KEY = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]{1,255}$"}
+
+
+def comma_list(names: Iterable[str]) -> dict[str, Any]:
+    """A query parameter that is a comma-separated list of some of ``names``."""
+    one = "|".join(sorted(names))
+    return {"type": "string", "pattern": f"^({one})(,({one}))*$"}
+
+
 def _path(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    if name in _UUID_PARAMETERS:
+        schema: dict[str, Any] = {"type": "string", "format": "uuid"}
+    elif name == "warehouse_id":
+        schema = _SLUG_PARAMETER
+    else:
+        schema = {"type": "string"}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -259,10 +288,43 @@ def _with_rate_limits(doc: dict[str, Any]) -> dict[str, Any]:
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    return _with_rate_limits(with_api_key_scopes(_document()))
+    return _with_rate_limits(with_api_key_scopes(_with_request_bodies(_document())))
+
+
+def request_bodies() -> dict[str, dict[str, Any]]:
+    """The request bodies' schemas, made from the very fields the routes validate with
+    (hub/validation.py: one source, so the document and the server cannot disagree)."""
+    # (imported here: the routes import this module's document through hub.routes.ops)
+    from hub.routes import api_keys, carts, catalog, inventory, me, reservations, reviews
+    from hub.settings import Settings
+    from hub.validation import body_schema
+
+    return {
+        "NewProduct": body_schema(catalog.PRODUCT_FIELDS),
+        "ProductPatch": body_schema(catalog.PRODUCT_FIELDS, partial=True),
+        "Warehouse": body_schema(inventory.WAREHOUSE_FIELDS),
+        "SetStock": body_schema(inventory.SET_STOCK_FIELDS),
+        "AdjustStock": body_schema(inventory.ADJUST_FIELDS),
+        "NewReservation": body_schema(reservations.request_fields(Settings().reservation_max_ttl_seconds)),
+        "CartEdit": body_schema(carts.OP_FIELDS),
+        "NewReview": body_schema(reviews.CREATE_FIELDS),
+        "ReviewEdit": body_schema(reviews.EDIT_FIELDS, partial=True),
+        "ReviewReport": body_schema(reviews.REPORT_FIELDS),
+        "ModerationDecision": body_schema(reviews.DECISION_FIELDS),
+        "NewApiKey": body_schema(api_keys.CREATE_FIELDS),
+        "ProfileUpdate": body_schema(me.PROFILE_FIELDS),
+    }
+
+
+def _with_request_bodies(document: dict[str, Any]) -> dict[str, Any]:
+    document["components"]["schemas"].update(request_bodies())
+    return document
 
 
 def _document() -> dict[str, Any]:
+    from hub.routes import catalog  # (late: see request_bodies)
+    from hub.validation import schema_of
+
     product_id = _path("product_id")
     warehouse_id = _path("warehouse_id")
     reservation_id = _path("reservation_id")
@@ -304,17 +366,19 @@ def _document() -> dict[str, Any]:
                             },
                             "order (rating: the average of published reviews)",
                         ),
-                        _query("category", {"type": "string"}, "exact category"),
+                        _query("category", schema_of(catalog.CATEGORY), "exact category"),
                         _query("status", {"enum": ["active", "preorder", "discontinued"]}, "product status"),
-                        _query("price_min", {"type": "string"}, "inclusive lower bound"),
-                        _query("price_max", {"type": "string"}, "inclusive upper bound"),
+                        _query("price_min", schema_of(catalog.PRICE), "inclusive lower bound"),
+                        _query("price_max", schema_of(catalog.PRICE), "inclusive upper bound"),
                         _query(
                             "min_rating",
-                            {"type": "string"},
+                            schema_of(catalog.MIN_RATING),
                             "reviewed products whose published reviews average at least this (1-5)",
                         ),
-                        _query("in_stock_region", {"type": "string"}, "only products available there"),
-                        _query("fields", {"type": "string"}, "comma-separated sparse fieldset"),
+                        _query("in_stock_region", _REGION, "only products available there"),
+                        _query(
+                            "fields", comma_list(catalog.VISIBLE_FIELDS), "comma-separated sparse fieldset"
+                        ),
                     ],
                 ),
                 "post": _op(
@@ -372,7 +436,7 @@ def _document() -> dict[str, Any]:
                     "Snapshot of a region's stock and the stream position it is at least as new as",
                     {"200": {"description": "position and stock rows"}},
                     params=[
-                        _query("region", {"type": "string"}, "this node's region (default)"),
+                        _query("region", _REGION, "this node's region (default)"),
                         _query("product_id", {"type": "string", "format": "uuid"}, "one product only"),
                     ],
                 ),
@@ -447,7 +511,7 @@ def _document() -> dict[str, Any]:
                 "get": _op(
                     "List warehouses",
                     {"200": {"description": "warehouses"}},
-                    params=[_query("region", {"type": "string"}, "only this region")],
+                    params=[_query("region", _REGION, "only this region")],
                 ),
                 "post": _op(
                     "Create a warehouse (admin)",
@@ -476,7 +540,7 @@ def _document() -> dict[str, Any]:
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": True,
-                            "schema": {"type": "string", "maxLength": 255},
+                            "schema": _IDEMPOTENCY_KEY,
                         }
                     ],
                 ),
@@ -599,7 +663,7 @@ def _document() -> dict[str, Any]:
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": True,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                            "schema": _IDEMPOTENCY_KEY,
                         },
                     ],
                 ),
@@ -632,17 +696,6 @@ def _document() -> dict[str, Any]:
                         "errors": {"type": "array", "items": {"type": "object"}},
                     },
                 },
-                "NewProduct": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["sku", "name", "price"],
-                    "properties": _PRODUCT_PROPS,
-                },
-                "ProductPatch": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": _PRODUCT_PROPS,
-                },
                 "Product": {
                     "type": "object",
                     "properties": {
@@ -665,16 +718,6 @@ def _document() -> dict[str, Any]:
                         "next_cursor": {"type": ["string", "null"]},
                     },
                 },
-                "Warehouse": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["id", "region", "name"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "region": {"type": "string"},
-                        "name": {"type": "string"},
-                    },
-                },
                 "StockLevel": _STOCK_LEVEL,
                 "Inventory": {
                     "type": "object",
@@ -684,42 +727,6 @@ def _document() -> dict[str, Any]:
                         "warehouses": {"type": "array", "items": _STOCK_LEVEL},
                         "regions": {"type": "array", "items": {"type": "object"}},
                         "total": {"type": "object"},
-                    },
-                },
-                "SetStock": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["on_hand"],
-                    "properties": {"on_hand": {"type": "integer", "minimum": 0}},
-                },
-                "AdjustStock": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["delta"],
-                    "properties": {"delta": {"type": "integer"}, "reason": {"type": "string"}},
-                },
-                "NewReservation": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["lines"],
-                    "properties": {
-                        "ttl_seconds": {"type": "integer", "minimum": 1},
-                        "lines": {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": 100,
-                            "items": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "required": ["product_id", "quantity"],
-                                "properties": {
-                                    "product_id": {"type": "string", "format": "uuid"},
-                                    "quantity": {"type": "integer", "minimum": 1, "maximum": 10000},
-                                    "warehouse_id": {"type": "string"},
-                                    "region": {"type": "string"},
-                                },
-                            },
-                        },
                     },
                 },
                 "Reservation": {
@@ -822,27 +829,6 @@ def _document() -> dict[str, Any]:
                         },
                         "context": _CONTEXT,
                         "version": {"type": "integer"},
-                    },
-                },
-                "CartEdit": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["device_id", "mutation_id", "op", "sku"],
-                    "properties": {
-                        "device_id": {
-                            "type": "string",
-                            "pattern": "^[A-Za-z0-9._-]{1,64}$",
-                            "description": "the replica the hub writes for; bound to its first user",
-                        },
-                        "mutation_id": _MUTATION_ID,
-                        "op": {"enum": ["add", "set", "remove"]},
-                        "sku": {"type": "string", "minLength": 1, "maxLength": 200},
-                        "quantity": {
-                            "type": "integer",
-                            "minimum": 0,
-                            "maximum": 999,
-                            "description": "add: 1-999 (default 1); set: 0-999, required; remove: none",
-                        },
                     },
                 },
                 "CartEditReply": {

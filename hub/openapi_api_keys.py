@@ -151,16 +151,6 @@ def api_key_schemas() -> dict[str, Any]:
         },
     }
     return {
-        "NewApiKey": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["name", "scopes"],
-            "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 100},
-                "scopes": {**scopes, "minItems": 1},
-                "expires_in": {"type": "integer", "minimum": 1, "description": "seconds; none: no expiry"},
-            },
-        },
         "ApiKeyRotation": {
             "type": "object",
             "additionalProperties": False,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hub.routes.me import DISPLAY_NAME_PATTERN, EMAIL_PATTERN, PHONE_PATTERN
+from hub.routes import audit
+from hub.routes.me import SUB
+from hub.validation import schema_of
 
 Op = Any  # hub.openapi's operation builders, passed in (this module is imported by that one)
 
@@ -21,7 +23,7 @@ _ERASURE_PROBLEMS = "erasure_incomplete: a step failed; erasing again resumes (e
 def privacy_paths(
     op: Op, json: Op, problems: Op, path: Op, query: Op, auth_problems: dict[str, str]
 ) -> dict[str, Any]:
-    sub = path("sub")
+    sub = {**path("sub"), "schema": schema_of(SUB)}  # (the route's own rule: hub.routes.me.SUB)
     export = (
         "Everything the hub holds about the user, as JSON: profile (decrypted), carts, reviews (every"
         " status), helpful votes, reports, reservations, device replica ids, and the audit entries"
@@ -127,10 +129,10 @@ def privacy_paths(
                 },
                 auth=True,
                 params=[
-                    query("actor", {"type": "string", "maxLength": 256}, "the actor's subject"),
-                    query("action", {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"}, "a route's name"),
-                    query("target", {"type": "string", "maxLength": 256}, "the target's id"),
-                    query("target_kind", {"type": "string"}, "user, product, review, reservation, ..."),
+                    query("actor", schema_of(audit.SUB), "the actor's subject"),
+                    query("action", schema_of(audit.ACTION), "a route's name"),
+                    query("target", schema_of(audit.SUB), "the target's id"),
+                    query("target_kind", schema_of(audit.KIND), "user, product, review, reservation, ..."),
                     query("since", _TIME, "at or after this time (RFC 3339)"),
                     query("until", _TIME, "before this time (RFC 3339)"),
                     query("cursor", {"type": "string"}, "next_cursor of the previous page"),
@@ -139,11 +141,6 @@ def privacy_paths(
             ),
         },
     }
-
-
-def _nullable(min_length: int, max_length: int, pattern: str) -> dict[str, Any]:
-    text = {"type": "string", "minLength": min_length, "maxLength": max_length, "pattern": f"^(?:{pattern})$"}
-    return {"anyOf": [text, {"type": "null"}]}
 
 
 def _items(schema: dict[str, Any]) -> dict[str, Any]:
@@ -163,15 +160,6 @@ def privacy_schemas() -> dict[str, Any]:
                 "version": {"type": "integer", "description": "0: no profile yet"},
                 "created_at": {"type": ["string", "null"], "format": "date-time"},
                 "updated_at": {"type": ["string", "null"], "format": "date-time"},
-            },
-        },
-        "ProfileUpdate": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "display_name": _nullable(1, 100, DISPLAY_NAME_PATTERN),
-                "email": _nullable(3, 254, EMAIL_PATTERN),
-                "phone": _nullable(8, 16, PHONE_PATTERN),
             },
         },
         "UserExport": {

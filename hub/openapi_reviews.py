@@ -6,6 +6,9 @@ from typing import Any
 
 Op = Any  # hub.openapi's operation builders, passed in (this module is imported by that one)
 
+_STATUS_NAMES = "pending|published|flagged|rejected|deleted|erased"  # storage.reviews.ReviewStatus
+_STATUSES = {"type": "string", "pattern": f"^({_STATUS_NAMES})(,({_STATUS_NAMES}))*$"}
+
 _RATING = {"type": "integer", "minimum": 1, "maximum": 5}
 _TEXT = {"type": "string", "maxLength": 5000, "description": "plain text, never HTML; no lone surrogates"}
 _MEDIA_IDS = {"type": "array", "maxItems": 10, "items": {"type": "string", "format": "uuid"}}
@@ -33,9 +36,9 @@ def review_paths(
         query("min_rating", _RATING, "at least this many stars"),
         query("max_rating", _RATING, "at most this many stars"),
         query("with_media", {"enum": ["true", "false"]}, "with or without media"),
-        query("author", {"type": "string"}, "one author's"),
+        query("author", {"type": "string", "minLength": 1, "maxLength": 200}, "one author's"),
         query("q", {"type": "string", "maxLength": 200}, "full-text search: every word in the text"),
-        query("status", {"type": "string"}, "moderators: a comma-separated list of statuses"),
+        query("status", _STATUSES, "moderators: a comma-separated list of statuses"),
         query("cursor", {"type": "string"}, "next_cursor of the previous page"),
         query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "page size (default 20)"),
     ]
@@ -226,9 +229,9 @@ def review_paths(
                 },
                 auth=True,
                 params=[
-                    query("status", {"type": "string"}, "comma-separated statuses (default pending,flagged)"),
+                    query("status", _STATUSES, "comma-separated statuses (default pending,flagged)"),
                     query("product_id", {"type": "string", "format": "uuid"}, "one product's"),
-                    query("author", {"type": "string"}, "one author's"),
+                    query("author", {"type": "string", "minLength": 1, "maxLength": 200}, "one author's"),
                     query("cursor", {"type": "string"}, "next_cursor of the previous page"),
                     query(
                         "limit", {"type": "integer", "minimum": 1, "maximum": 100}, "page size (default 50)"
@@ -271,17 +274,6 @@ def review_schemas(context: dict[str, Any], delta: dict[str, Any], ack: dict[str
                 "conflicts": {"type": "object", "description": "author and moderators: concurrent losers"},
                 "context": context,
             },
-        },
-        "NewReview": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["rating"],
-            "properties": {"rating": _RATING, "text": _TEXT, "media": _MEDIA_IDS},
-        },
-        "ReviewEdit": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"rating": _RATING, "text": _TEXT, "media": _MEDIA_IDS},
         },
         "ReviewSync": {
             "type": "object",
@@ -338,26 +330,8 @@ def review_schemas(context: dict[str, Any], delta: dict[str, Any], ack: dict[str
                 "counted": {"type": "boolean"},
             },
         },
-        "ReviewReport": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["reason"],
-            "properties": {
-                "reason": {"enum": ["spam", "abuse", "off_topic", "fake", "personal_data", "other"]}
-            },
-        },
         "ReportReceipt": {
             "type": "object",
             "properties": {"review_id": {"type": "string"}, "reported": {"type": "boolean"}},
-        },
-        "ModerationDecision": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["action"],
-            "properties": {
-                "action": {"enum": ["publish", "reject", "flag"]},
-                "reason": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
-                "version": {"type": "integer", "description": "the version the moderator read"},
-            },
         },
     }

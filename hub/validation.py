@@ -3,12 +3,21 @@
 A body is rejected whole (nothing is changed) when it is not JSON, not an object, has a field we do
 not know, lacks a required one, or has a value of the wrong type or range. JSON numbers are read as
 exact decimals, so a price is never rounded through a float. Booleans are not integers here.
+
+**One source for the rules and their description.** Every validator made here carries the JSON
+Schema of what it accepts (:func:`schema_of`), and :func:`body_schema` turns a route's fields into
+the request body's schema in the OpenAPI document (hub/openapi.py): the document cannot say a body is
+valid that the route refuses, or the reverse, without the code saying so. ``tests/test_schemathesis.py``
+checks both directions against a running hub. What JSON Schema cannot say (a lone surrogate in a
+string, an integer past 64 bits inside free JSON) is refused with its own code and written in the
+field's description.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -22,7 +31,36 @@ from hub.errors import BadRequest, RequestTimeout, UnsupportedMedia
 from hub.keys import SETTINGS
 
 Validator = Callable[[Any], Any]
+Schema = dict[str, Any]
 MAX_JSON_DEPTH = 16
+
+
+def described(check: Validator, schema: Schema) -> Validator:
+    """``check``, carrying the JSON Schema of the values it accepts."""
+    check.schema = schema  # type: ignore[attr-defined]
+    return check
+
+
+def schema_of(check: Validator) -> Schema:
+    """The JSON Schema of what ``check`` accepts ({} — anything — for a validator that says nothing)."""
+    schema: Schema = getattr(check, "schema", {})
+    return dict(schema)
+
+
+def body_schema(fields: Mapping[str, Field], *, partial: bool = False) -> Schema:
+    """The schema of a body :func:`validate` accepts with ``fields`` (``partial``: a patch, every field
+    optional). Unknown fields are refused, so none are allowed here."""
+    schema: Schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {name: schema_of(spec.check) for name, spec in fields.items()},
+    }
+    required = [name for name, spec in fields.items() if spec.required]
+    if required and not partial:
+        schema["required"] = required
+    if partial:
+        schema["minProperties"] = 1  # a patch that changes nothing is refused
+    return schema
 
 
 class FieldError(Exception):
@@ -134,7 +172,16 @@ def string(min_len: int = 0, max_len: int = 1000, pattern: str | None = None) ->
             raise FieldError("invalid_format", f"must match {pattern}")
         return value
 
-    return check
+    # (the hub matches the whole string: anchored here; NUL is refused in every string)
+    return described(
+        check,
+        {
+            "type": "string",
+            "minLength": min_len,
+            "maxLength": max_len,
+            "pattern": f"^(?:{pattern})$" if pattern else "^[^\\u0000]*$",
+        },
+    )
 
 
 def integer(minimum: int, maximum: int, *, nonzero: bool = False) -> Validator:
@@ -153,7 +200,10 @@ def integer(minimum: int, maximum: int, *, nonzero: bool = False) -> Validator:
             raise FieldError("out_of_range", "must not be zero")
         return number
 
-    return check
+    schema: Schema = {"type": "integer", "minimum": minimum, "maximum": maximum}
+    if nonzero:
+        schema["not"] = {"const": 0}
+    return described(check, schema)
 
 
 def decimal(minimum: Decimal, maximum: Decimal, places: int) -> Validator:
@@ -176,7 +226,35 @@ def decimal(minimum: Decimal, maximum: Decimal, places: int) -> Validator:
             raise FieldError("out_of_range", f"must be between {minimum} and {maximum}")
         return value
 
-    return check
+    # Described by what a client should send: a string (an integer also does), whose pattern admits
+    # exactly the values within the range when they are few, else a subset of them (digits enough).
+    return described(
+        check,
+        {
+            "anyOf": [
+                {"type": "string", "pattern": _decimal_pattern(minimum, maximum, places)},
+                {"type": "integer", "minimum": math.ceil(minimum), "maximum": math.floor(maximum)},
+            ],
+            "description": f"an exact decimal from {minimum} to {maximum}, at most {places} places",
+        },
+    )
+
+
+def _decimal_pattern(minimum: Decimal, maximum: Decimal, places: int) -> str:
+    fraction = f"(\\.[0-9]{{1,{places}}})?" if places else ""
+    zeros = f"(\\.0{{1,{places}}})?" if places else ""
+    low, high = math.ceil(minimum), math.floor(maximum)
+    if minimum < 0 or low != minimum or high != maximum:
+        raise ValueError("decimal(): integral, non-negative bounds only")  # (all this hub has)
+    if high - low <= 20:
+        below = "|".join(str(n) for n in range(low, high))
+        return f"^(({below}){fraction}|{high}{zeros})$" if below else f"^{high}{zeros}$"
+    digits = len(str(high)) - 1  # every number of fewer digits than the maximum is below it
+    return (
+        f"^([0-9]{{1,{digits}}}{fraction}|{high}{zeros})$"
+        if low == 0
+        else f"^[1-9][0-9]{{0,{digits - 1}}}{fraction}$"
+    )
 
 
 def choice(*values: str) -> Validator:
@@ -185,7 +263,7 @@ def choice(*values: str) -> Validator:
             raise FieldError("invalid_choice", f"one of {', '.join(values)}")
         return str(value)
 
-    return check
+    return described(check, {"enum": list(values)})
 
 
 INT64 = (-(2**63), 2**63 - 1)
@@ -242,10 +320,18 @@ def json_object(max_keys: int = 100) -> Validator:
         plain: dict[str, Any] = to_plain(value)
         return plain
 
-    return check
+    return described(
+        check,
+        {
+            "type": "object",
+            "maxProperties": max_keys,
+            "description": "free JSON: integers within 64 bits, finite numbers, valid Unicode"
+            " (number_out_of_range, invalid_text otherwise)",
+        },
+    )
 
 
-def uuid_string(value: Any) -> str:
+def _uuid_string(value: Any) -> str:
     if not isinstance(value, str):
         raise FieldError("wrong_type", "expected a UUID string")
     try:
@@ -254,12 +340,17 @@ def uuid_string(value: Any) -> str:
         raise FieldError("invalid_format", "expected a UUID") from exc
 
 
-def list_of(item: Callable[[Any], Any], min_items: int, max_items: int) -> Validator:
+uuid_string = described(_uuid_string, {"type": "string", "format": "uuid"})
+
+
+def list_of(item: Callable[[Any], Any], min_items: int, max_items: int, *, unique: bool = False) -> Validator:
     def check(value: Any) -> list[Any]:
         if not isinstance(value, list):
             raise FieldError("wrong_type", "expected an array")
         if not min_items <= len(value) <= max_items:
             raise FieldError("out_of_range", f"between {min_items} and {max_items} items")
+        if unique and len({json.dumps(v, sort_keys=True, default=str) for v in value}) != len(value):
+            raise FieldError("duplicate_item", "each item once")
         out = []
         for index, element in enumerate(value):
             try:
@@ -272,14 +363,28 @@ def list_of(item: Callable[[Any], Any], min_items: int, max_items: int) -> Valid
                 raise FieldError(first["code"], f"item {index}: {exc.detail}") from exc
         return out
 
-    return check
+    schema: Schema = {"type": "array", "items": schema_of(item), "minItems": min_items, "maxItems": max_items}
+    if unique:
+        schema["uniqueItems"] = True
+    return described(check, schema)
 
 
-def object_of(fields: Mapping[str, Field]) -> Validator:
+def object_of(fields: Mapping[str, Field], *, exclusive: tuple[tuple[str, ...], ...] = ()) -> Validator:
+    """An object with ``fields``; of each group in ``exclusive``, at most one may be given."""
+
     def check(value: Any) -> dict[str, Any]:
-        return validate(value, fields)
+        clean = validate(value, fields)
+        for group in exclusive:
+            if sum(name in clean for name in group) > 1:
+                raise FieldError("conflicting_fields", f"{' and '.join(group)} are exclusive")
+        return clean
 
-    return check
+    schema = body_schema(fields)
+    if exclusive:
+        schema["allOf"] = [
+            {"not": {"required": [a, b]}} for group in exclusive for a in group for b in group if a < b
+        ]
+    return described(check, schema)
 
 
 # -- path and query parameters ---------------------------------------------------------------------

@@ -325,7 +325,9 @@ async def test_a_compressed_product_has_a_weak_etag_that_still_works_for_conditi
     assert headers["Content-Encoding"] == "gzip"
     assert headers["ETag"] == 'W/"1-0"'
     assert body["description"] == "d" * 3000
-    status, _, _ = await hub.call("GET", path, headers={"If-None-Match": 'W/"1-0"', "Accept-Encoding": "gzip"})
+    status, _, _ = await hub.call(
+        "GET", path, headers={"If-None-Match": 'W/"1-0"', "Accept-Encoding": "gzip"}
+    )
     assert status == 304
     status, body, _ = await hub.call(
         "PATCH", path, token=hub.admin, json={"name": "renamed"}, headers={"If-Match": 'W/"1"'}

@@ -7,6 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from hub.openapi import openapi_document
+
 DOC = "/api/v1/openapi.json"
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 
@@ -111,3 +113,21 @@ async def test_every_operation_documents_responses_and_writes_declare_security(h
                 assert op.get("security"), f"{method} {path} needs a token but says not"
                 for requirement in op["security"]:
                     assert set(requirement) <= set(schemes)
+
+
+def test_the_document_is_as_strict_as_the_server_where_the_probe_found_it_loose():
+    """Found when the hub was probed (issue 15): ids not declared as UUIDs, lengths and patterns
+    missing, ``delta: 0`` allowed. Bodies now come from the routes' own fields (hub/validation.py);
+    tests/test_schemathesis.py checks the whole document against a running hub both ways."""
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    adjust = schemas["AdjustStock"]["properties"]["delta"]
+    assert adjust["not"] == {"const": 0} and adjust["minimum"] < 0 < adjust["maximum"]
+    product = document["paths"]["/api/v1/products/{product_id}"]["get"]["parameters"]
+    assert {"type": "string", "format": "uuid"} in [p["schema"] for p in product if p["name"] == "product_id"]
+    sku = schemas["NewProduct"]["properties"]["sku"]
+    assert (sku["minLength"], sku["maxLength"]) == (1, 64) and sku["pattern"].startswith("^")
+    assert schemas["NewProduct"]["additionalProperties"] is False
+    assert schemas["ProductPatch"]["minProperties"] == 1
+    line = schemas["NewReservation"]["properties"]["lines"]["items"]
+    assert {"not": {"required": ["region", "warehouse_id"]}} in line["allOf"]

@@ -73,3 +73,30 @@ def test_no_request_made_from_the_schema_gets_a_server_error(case, hub_thread, w
         content_type = response.headers.get("content-type", [""])[0]
         assert content_type.startswith("application/problem+json"), response.text[:300]
         assert isinstance(response.json().get("code"), str)
+
+
+# Refusals of requests the schema calls valid that are about state, not form: a cursor this server
+# did not issue (cursors are opaque strings), an Idempotency-Key reused with another body, a region
+# another node serves.
+STATEFUL_REFUSALS = frozenset({"invalid_cursor", "idempotency_key_reused", "channel_not_served"})
+
+
+@schema.parametrize()
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_the_document_and_the_server_agree_on_what_is_valid(case, hub_thread):
+    """Both directions, as admin (so that no refusal is about the caller): a request the document
+    calls valid is not refused as malformed, and a body or path the document calls invalid is not
+    accepted. (Unknown query parameters are ignored by the server, as HTTP caches and proxies add
+    their own: the negative query cases are left out.)"""
+    headers = {"Authorization": f"Bearer {CREDENTIALS['admin']}"}
+    response = case.call(base_url=hub_thread.hub.base, headers=headers, timeout=10)
+    modes = {location.value: info.mode for location, info in case.meta.components.items()}
+    request = f"{case.method} {case.formatted_path} {case.query} {str(case.body)[:300]}"
+    if all(mode.is_positive for mode in modes.values()) and response.status_code in (400, 413, 415, 422):
+        code = response.json().get("code")
+        assert code in STATEFUL_REFUSALS, (
+            f"valid per the document, refused by the hub: {request} -> {response.text[:400]}"
+        )
+    negative = [where for where, mode in modes.items() if not mode.is_positive and where in ("body", "path")]
+    if negative:
+        assert response.status_code >= 400, f"invalid per the document ({negative}), accepted: {request}"

@@ -29,9 +29,9 @@ routes = web.RouteTableDef()
 
 MAX_PAGE = 200
 _PARAMETERS = frozenset({"actor", "action", "target", "target_kind", "since", "until", "cursor", "limit"})
-_SUB = string(1, 256, r"[^\x00-\x1f\x7f]+")
-_ACTION = string(1, 64, r"[a-z][a-z0-9_]*")
-_KIND = string(1, 32, r"[a-z][a-z0-9_]*")
+SUB = string(1, 256, r"[^\x00-\x1f\x7f]+")
+ACTION = string(1, 64, r"[a-z][a-z0-9_]*")
+KIND = string(1, 32, r"[a-z][a-z0-9_]*")
 
 
 def _time(request: web.Request, name: str) -> int | None:
@@ -66,10 +66,10 @@ async def list_audit(request: web.Request) -> web.StreamResponse:
     if before is not None and not (isinstance(before, int) and 0 < before < 2**63):
         raise BadRequest("the cursor does not belong to this listing; start again", code="invalid_cursor")
     query = AuditQuery(
-        actor=query_text(request, "actor", _SUB),
-        action=query_text(request, "action", _ACTION),
-        target_kind=query_text(request, "target_kind", _KIND),
-        target_id=query_text(request, "target", _SUB),
+        actor=query_text(request, "actor", SUB),
+        action=query_text(request, "action", ACTION),
+        target_kind=query_text(request, "target_kind", KIND),
+        target_id=query_text(request, "target", SUB),
         since_us=_time(request, "since"),
         until_us=_time(request, "until"),
         before_seq=before,

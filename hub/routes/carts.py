@@ -51,7 +51,7 @@ from storage.carts import CartPush, CheckoutOutcome, PushStatus
 routes = web.RouteTableDef()
 
 _SYNC_FIELDS = {"context": Field(lambda v: v), "pushes": Field(lambda v: v)}
-_OP_FIELDS = {
+OP_FIELDS = {
     "device_id": Field(string(1, 64, r"[A-Za-z0-9._\-]+"), required=True),
     "mutation_id": Field(string(1, 128), required=True),
     "op": Field(choice("add", "set", "remove"), required=True),
@@ -116,7 +116,7 @@ async def sync_cart(request: web.Request) -> web.StreamResponse:
 async def edit_cart(request: web.Request) -> web.StreamResponse:
     who = require(request, "customer")
     cart_id = path_uuid(request, "cart_id")
-    data = validate(await read_json(request), _OP_FIELDS)
+    data = validate(await read_json(request), OP_FIELDS)
     try:
         mutation_id = read_mutation_id(data["mutation_id"])
     except CartInputError as exc:

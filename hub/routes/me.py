@@ -40,7 +40,7 @@ PHONE_PATTERN = r"\+[1-9][0-9]{6,14}"
 _DISPLAY_NAME = string(1, 100, DISPLAY_NAME_PATTERN)
 _EMAIL = string(3, 254, EMAIL_PATTERN)
 _PHONE = string(8, 16, PHONE_PATTERN)
-_SUB = string(1, 256, r"[^\x00-\x1f\x7f]+")
+SUB = string(1, 256, r"[^\x00-\x1f\x7f]+")
 
 
 def _nullable(check: Validator) -> Validator:
@@ -62,7 +62,7 @@ PROFILE_FIELDS = {
 
 def _subject(request: web.Request) -> str:
     try:
-        sub: str = _SUB(request.match_info["sub"])
+        sub: str = SUB(request.match_info["sub"])
     except FieldError as exc:
         raise BadRequest(f"sub: {exc.message}", code="invalid_parameter", parameter="sub") from exc
     return sub

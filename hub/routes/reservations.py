@@ -54,9 +54,12 @@ LINE_FIELDS = {
 }
 
 
-def _request_fields(max_ttl: int) -> dict[str, Field]:
+def request_fields(max_ttl: int) -> dict[str, Field]:
     return {
-        "lines": Field(list_of(object_of(LINE_FIELDS), 1, MAX_LINES), required=True),
+        "lines": Field(
+            list_of(object_of(LINE_FIELDS, exclusive=(("warehouse_id", "region"),)), 1, MAX_LINES),
+            required=True,
+        ),
         "ttl_seconds": Field(integer(1, max_ttl)),
     }
 
@@ -105,20 +108,7 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
     key = idempotency_key(request)
     settings = request.app[SETTINGS]
     raw = await read_json(request)
-    data = validate(raw, _request_fields(settings.reservation_max_ttl_seconds))
-    for index, line in enumerate(data["lines"]):
-        if "warehouse_id" in line and "region" in line:
-            raise BadRequest(
-                "a line names a warehouse or a region, not both",
-                code="validation_failed",
-                errors=[
-                    {
-                        "field": f"lines[{index}]",
-                        "code": "conflicting_fields",
-                        "message": "warehouse_id and region are exclusive",
-                    }
-                ],
-            )
+    data = validate(raw, request_fields(settings.reservation_max_ttl_seconds))
     lines = [ReservationLineRequest(**line) for line in data["lines"]]
     metrics = request.app[METRICS]
     result = await request.app[STORE].reserve(

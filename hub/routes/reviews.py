@@ -53,7 +53,6 @@ from hub.reviews import (
 )
 from hub.validation import (
     Field,
-    FieldError,
     choice,
     integer,
     list_of,
@@ -84,26 +83,21 @@ REPORT_REASONS = ("spam", "abuse", "off_topic", "fake", "personal_data", "other"
 REJECT_REASONS = string(1, 64, r"[a-z][a-z0-9_]*")
 
 
-def _text(value: Any) -> str:
-    text: str = string(0, RULES.max_text)(value)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate: not text any store or client can hold
-        raise FieldError("invalid_text", "the text holds a lone surrogate (not valid Unicode)") from exc
-    return text
+# (string() refuses lone surrogates too: invalid_text, not text any store or client can hold)
+_text = string(0, RULES.max_text)
 
 
 _MEDIA = list_of(uuid_string, 0, RULES.max_media)
 _RATING = integer(1, 5)
-_CREATE_FIELDS = {
+CREATE_FIELDS = {
     "rating": Field(_RATING, required=True),
     "text": Field(_text),
     "media": Field(_MEDIA),
 }
-_EDIT_FIELDS = {"rating": Field(_RATING), "text": Field(_text), "media": Field(_MEDIA)}
+EDIT_FIELDS = {"rating": Field(_RATING), "text": Field(_text), "media": Field(_MEDIA)}
 _SYNC_FIELDS = {"context": Field(lambda v: v), "pushes": Field(lambda v: v)}
-_REPORT_FIELDS = {"reason": Field(choice(*REPORT_REASONS), required=True)}
-_DECISION_FIELDS = {
+REPORT_FIELDS = {"reason": Field(choice(*REPORT_REASONS), required=True)}
+DECISION_FIELDS = {
     "action": Field(choice("publish", "reject", "flag"), required=True),
     "reason": Field(REJECT_REASONS),
     "version": Field(integer(0, 2**53 - 1)),
@@ -203,7 +197,7 @@ def _mutation_id(request: web.Request) -> str:
 async def create_review(request: web.Request) -> web.StreamResponse:
     who = require(request, "customer")
     product_id = path_uuid(request, "product_id")
-    data = validate(await read_json(request), _CREATE_FIELDS)
+    data = validate(await read_json(request), CREATE_FIELDS)
     media: list[str] = data.get("media", [])
     await _check_media(request, who.sub, media)
     review_id = str(uuid.uuid4())
@@ -247,7 +241,7 @@ async def edit_review(request: web.Request) -> web.StreamResponse:
     document = await _readable(request)
     if document.author != who.sub:
         raise Forbidden("only the author edits a review", code="not_author")
-    data = validate(await read_json(request), _EDIT_FIELDS)
+    data = validate(await read_json(request), EDIT_FIELDS)
     if not data:
         raise BadRequest("send rating, text or media", code="validation_failed")
     wanted: list[str] | None = data.get("media")
@@ -350,7 +344,7 @@ async def vote_helpful(request: web.Request) -> web.StreamResponse:
 async def report_review(request: web.Request) -> web.StreamResponse:
     who = require(request, "customer")
     review_id = path_uuid(request, "review_id")
-    data = validate(await read_json(request), _REPORT_FIELDS)
+    data = validate(await read_json(request), REPORT_FIELDS)
     _document, counted = await request.app[STORE].report_review(review_id, who.sub, data["reason"], RULES)
     return json_response({"review_id": review_id, "reported": counted}, status=202)
 
@@ -359,7 +353,7 @@ async def report_review(request: web.Request) -> web.StreamResponse:
 async def moderate_review(request: web.Request) -> web.StreamResponse:
     require(request, *sorted({"moderator", "admin"}))
     review_id = path_uuid(request, "review_id")
-    data = validate(await read_json(request), _DECISION_FIELDS)
+    data = validate(await read_json(request), DECISION_FIELDS)
     status = _DECISIONS[data["action"]]
     reasons = (data["reason"],) if "reason" in data else ()
     if status is ReviewStatus.REJECTED and not reasons:
