@@ -32,7 +32,7 @@ import orjson
 from storage.db import Tx
 from storage.errors import IdempotencyMismatch
 from storage.models import IdempotentResult, ReservationLineRequest, ReservationOutcome
-from storage.reservation_caps import CAP_LOCK_CLASS, PG_CHECK_CAPS, ReservationCaps
+from storage.reservation_caps import CAP_LOCK_CLASS, PG_PAST_USER_CAP, ReservationCaps, reservation_refusal
 
 # One line: {"product_id", "quantity", "index", "warehouse_id"?, "region"?}. Returns
 # {"warehouse_id": w} once reserved (and its outbox delta written, built as
@@ -238,9 +238,14 @@ $fn$
 MIGRATION_3 = [_RESERVE_BATCH_TOLD]
 
 # Migration 9: migration 2's batch, and the reservation caps of the requests that carry them
-# ("caps": {"reservation", "user"}, storage.reservation_caps): first the lock of each owner whose held
-# units are capped, in one order and before any stock row (as the generic path takes it), then, per
-# request whose key is new, the caps' check before its reservation (a refusal is its outcome).
+# (storage.reservation_caps): "refusal", the hub's answer to a request past the per-reservation cap,
+# stored as its outcome; "caps": {"user": n}, the units of a product its owner may hold. First the lock of
+# each owner whose held units are capped, in one order and before any stock row (as the generic path
+# takes it); then, still before the stock rows, what those owners hold of the batch's products, read
+# once into ``held``: owner by owner along the owners' index (a LATERAL fenced by OFFSET 0, so that no
+# planner walks a hot product's lines instead: storage.reservation_caps.check_caps). Under the stock
+# rows' locks each capped request is checked against ``held`` (synchub_past_user_cap), and a
+# reservation made for an owner with more requests in the batch adds its units to it.
 _RESERVE_BATCH_CAPPED = f"""
 CREATE OR REPLACE FUNCTION synchub_reserve_batch(requests JSONB, ts BIGINT) RETURNS JSONB
 LANGUAGE plpgsql AS $fn$
@@ -249,12 +254,36 @@ DECLARE
     prior RECORD;
     outcome JSONB;
     results JSONB[] := '{{}}';  -- appended in place; concatenating JSONB would copy it every time
+    capped_owners TEXT[];
+    repeated_owners TEXT[];  -- capped owners with more than one request in the batch
+    held JSONB := '{{}}';  -- owner || chr(31) || product_id → units held (owners of capped requests)
+    cap BIGINT;
+    line JSONB;
+    held_key TEXT;
 BEGIN
-    PERFORM pg_advisory_xact_lock({CAP_LOCK_CLASS}, owners.k) FROM (
-        SELECT DISTINCT hashtext(r.request->>'owner') AS k
-        FROM jsonb_array_elements(requests) AS r(request)
-        WHERE COALESCE((r.request->'caps'->>'user')::BIGINT, 0) > 0
-        ORDER BY k) AS owners;
+    SELECT array_agg(DISTINCT r.request->>'owner') INTO capped_owners
+    FROM jsonb_array_elements(requests) AS r(request)
+    WHERE COALESCE((r.request->'caps'->>'user')::BIGINT, 0) > 0;
+    IF capped_owners IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock({CAP_LOCK_CLASS}, owners.k) FROM (
+            SELECT DISTINCT hashtext(o) AS k FROM unnest(capped_owners) AS o ORDER BY k) AS owners;
+        SELECT COALESCE(jsonb_object_agg(h.k, h.units), '{{}}') INTO held FROM (
+            SELECT o.owner || chr(31) || x.product_id AS k, SUM(x.quantity) AS units
+            FROM unnest(capped_owners) AS o(owner),
+                 LATERAL (SELECT rl.product_id, rl.quantity FROM reservations r
+                          JOIN reservation_lines rl ON rl.reservation_id = r.id
+                          WHERE r.owner = o.owner AND r.status = 'pending' AND r.expires_at > ts
+                          OFFSET 0) AS x
+            WHERE x.product_id IN (
+                SELECT l.line->>'product_id'
+                FROM jsonb_array_elements(requests) AS r(request),
+                     jsonb_array_elements(r.request->'lines') AS l(line))
+            GROUP BY 1) AS h;
+        SELECT array_agg(o.owner) INTO repeated_owners FROM (
+            SELECT r.request->>'owner' AS owner FROM jsonb_array_elements(requests) AS r(request)
+            WHERE r.request->>'owner' = ANY (capped_owners)
+            GROUP BY 1 HAVING COUNT(*) > 1) AS o;
+    END IF;
     -- Every stock row the batch may touch, locked up front in one global order: concurrent batches
     -- then queue behind each other instead of deadlocking.
     PERFORM 1 FROM stock
@@ -276,12 +305,22 @@ BEGIN
                     'status', prior.status, 'body', prior.body::JSONB, 'replayed', true);
             END IF;
         ELSE
-            outcome := NULL;
-            IF request ? 'caps' THEN
-                outcome := synchub_check_caps(request, ts);
+            outcome := request->'refusal';
+            cap := COALESCE((request->'caps'->>'user')::BIGINT, 0);
+            IF outcome IS NULL AND cap > 0 THEN
+                outcome := synchub_past_user_cap(request, held, cap);
             END IF;
             IF outcome IS NULL THEN
                 outcome := synchub_reserve_one(request, ts);
+                -- Any reservation of a capped owner counts, an exempt token's of the same subject too.
+                IF repeated_owners IS NOT NULL AND (outcome->>'status')::INTEGER = 201
+                   AND request->>'owner' = ANY (repeated_owners) THEN
+                    FOR line IN SELECT value FROM jsonb_array_elements(request->'lines') LOOP
+                        held_key := (request->>'owner') || chr(31) || (line->>'product_id');
+                        held := held || jsonb_build_object(held_key,
+                            COALESCE((held->>held_key)::BIGINT, 0) + (line->>'quantity')::BIGINT);
+                    END LOOP;
+                END IF;
             END IF;
             INSERT INTO idempotency_keys (owner, key, request_hash, status, body, created_at)
             VALUES (request->>'owner', request->>'key', request->>'hash',
@@ -303,7 +342,7 @@ END
 $fn$
 """
 
-MIGRATION_9 = [PG_CHECK_CAPS, _RESERVE_BATCH_CAPPED]
+MIGRATION_9 = [PG_PAST_USER_CAP, _RESERVE_BATCH_CAPPED]
 
 
 @dataclass(slots=True)
@@ -341,6 +380,9 @@ class _Request:
         }
         if self.caps is not None and self.caps.active:
             encoded["caps"] = self.caps.encode()
+            refusal = reservation_refusal(self.lines, self.caps)
+            if refusal is not None:
+                encoded["refusal"] = {"status": ReservationOutcome.CAP_EXCEEDED.value, "body": refusal}
         return encoded
 
 

@@ -16,8 +16,11 @@ transaction at a time. SQLite has one writer (and its group commit runs the writ
 the other); PostgreSQL's transactions take the owner's advisory lock
 (``pg_advisory_xact_lock(CAP_LOCK_CLASS, hashtext(owner))``) before they sum what the owner holds —
 the generic path below and the batch function of migration 9 (:mod:`storage.pg_reserve`) alike,
-always before any stock row, so the lock joins no cycle. Both paths answer the same refusal, word for
-word (``tests/test_reservation_caps.py`` compares them).
+always before any stock row, so the lock joins no cycle. The batch reads what its capped owners hold
+once, before it locks the stock rows, and counts each reservation it makes on top (the check under
+the hot row's lock is then arithmetic); the per-reservation cap needs no reading at all, so the hub
+hands the batch its refusal ready-made (:func:`reservation_refusal`). Both paths answer the same
+refusal, word for word (``tests/test_reservation_caps.py`` compares them).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class ReservationCaps:
         return self.per_reservation > 0 or self.per_user > 0
 
     def encode(self) -> dict[str, int]:
-        """As the batch function reads them (``request->'caps'``)."""
+        """As the batch function reads them (``request->'caps'``; "user" is the one it checks)."""
         return {"reservation": self.per_reservation, "user": self.per_user}
 
 
@@ -73,19 +76,27 @@ def _refusal(scope: str, detail: str, cap: int, product_id: str, line: int, requ
     }
 
 
+def reservation_refusal(
+    lines: Sequence[ReservationLineRequest], caps: ReservationCaps
+) -> dict[str, Any] | None:
+    """The refusal's body if ``lines`` take more of a product than one reservation may, else None."""
+    if caps.per_reservation > 0:
+        for product_id, units, index in _wanted(lines):
+            if units > caps.per_reservation:
+                detail = f"a reservation may take at most {caps.per_reservation} units of a product"
+                return _refusal("reservation", detail, caps.per_reservation, product_id, index, units)
+    return None
+
+
 async def check_caps(
     tx: Tx, dialect: str, owner: str, lines: Sequence[ReservationLineRequest], caps: ReservationCaps, ts: int
 ) -> dict[str, Any] | None:
     """The refusal's body if ``lines`` would pass a cap of ``owner``'s, else None (then, on PostgreSQL,
     this transaction holds the owner's lock until it ends)."""
+    refusal = reservation_refusal(lines, caps)
+    if refusal is not None or caps.per_user <= 0:
+        return refusal
     wanted = _wanted(lines)
-    if caps.per_reservation > 0:
-        for product_id, units, index in wanted:
-            if units > caps.per_reservation:
-                detail = f"a reservation may take at most {caps.per_reservation} units of a product"
-                return _refusal("reservation", detail, caps.per_reservation, product_id, index, units)
-    if caps.per_user <= 0:
-        return None
     if dialect == "postgres":
         await tx.execute(f"SELECT pg_advisory_xact_lock({CAP_LOCK_CLASS}, hashtext($1))", owner)
     # Everything the owner holds, by product: the owner's pending reservations (their index), then
@@ -109,59 +120,44 @@ async def check_caps(
     return None
 
 
-# Migration 9, PostgreSQL: the same check in the batch function (storage.pg_reserve). Returns the
-# refusal {"status": 422, "body"} or NULL. VOLATILE (the default): each query sees what committed
-# before it, so the sum taken under the owner's lock counts every earlier reservation.
-PG_CHECK_CAPS = f"""
-CREATE FUNCTION synchub_check_caps(request JSONB, ts BIGINT) RETURNS JSONB
+# Migration 9, PostgreSQL: the per-user check of one request in the batch function (storage.pg_reserve),
+# against ``held``: {"{owner}\x1f{product_id}": units}, what the batch's capped owners held when it
+# began (read under their locks) plus what it reserved for them since. Returns the refusal
+# {"status": 422, "body"} or NULL, as check_caps above words it. Reads no table.
+PG_PAST_USER_CAP = f"""
+CREATE FUNCTION synchub_past_user_cap(request JSONB, held JSONB, cap BIGINT) RETURNS JSONB
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    per_reservation BIGINT := COALESCE((request->'caps'->>'reservation')::BIGINT, 0);
-    per_user BIGINT := COALESCE((request->'caps'->>'user')::BIGINT, 0);
+    prefix TEXT := (request->>'owner') || chr(31);
     wanted RECORD;
+    already BIGINT;
 BEGIN
-    IF per_reservation > 0 THEN
+    IF jsonb_array_length(request->'lines') = 1 THEN
+        SELECT l->>'product_id' AS pid, (l->>'quantity')::BIGINT AS qty, (l->>'index')::INTEGER AS idx
+        INTO wanted FROM (SELECT request->'lines'->0 AS l) AS one;
+        already := COALESCE((held->>(prefix || wanted.pid))::BIGINT, 0);
+        IF already + wanted.qty <= cap THEN
+            RETURN NULL;
+        END IF;
+    ELSE
         FOR wanted IN
             SELECT l->>'product_id' AS pid, SUM((l->>'quantity')::BIGINT)::BIGINT AS qty,
                    MIN((l->>'index')::INTEGER) AS idx
             FROM jsonb_array_elements(request->'lines') AS l
             GROUP BY l->>'product_id' ORDER BY idx
         LOOP
-            IF wanted.qty > per_reservation THEN
-                RETURN jsonb_build_object('status', 422, 'body', jsonb_build_object(
-                    'code', '{CAP_CODE}',
-                    'detail', 'a reservation may take at most ' || per_reservation || ' units of a product',
-                    'scope', 'reservation', 'cap', per_reservation, 'product_id', wanted.pid,
-                    'line', wanted.idx, 'requested', wanted.qty));
-            END IF;
+            already := COALESCE((held->>(prefix || wanted.pid))::BIGINT, 0);
+            EXIT WHEN already + wanted.qty > cap;
         END LOOP;
+        IF already + wanted.qty <= cap THEN
+            RETURN NULL;
+        END IF;
     END IF;
-    IF per_user > 0 THEN
-        -- (the batch took the owner's lock, before any stock row)
-        FOR wanted IN
-            -- (the product in FILTER, not WHERE: the owner's index, never the product's, as in Python)
-            SELECT w.pid, w.qty, w.idx, COALESCE((
-                SELECT SUM(rl.quantity) FILTER (WHERE rl.product_id = w.pid) FROM reservations r
-                JOIN reservation_lines rl ON rl.reservation_id = r.id
-                WHERE r.owner = request->>'owner' AND r.status = 'pending' AND r.expires_at > ts
-                ), 0)::BIGINT AS held
-            FROM (
-                SELECT l->>'product_id' AS pid, SUM((l->>'quantity')::BIGINT)::BIGINT AS qty,
-                       MIN((l->>'index')::INTEGER) AS idx
-                FROM jsonb_array_elements(request->'lines') AS l
-                GROUP BY l->>'product_id') AS w
-            ORDER BY w.idx
-        LOOP
-            IF wanted.held + wanted.qty > per_user THEN
-                RETURN jsonb_build_object('status', 422, 'body', jsonb_build_object(
-                    'code', '{CAP_CODE}',
-                    'detail', 'one customer may hold at most ' || per_user || ' units of a product at once',
-                    'scope', 'user', 'cap', per_user, 'product_id', wanted.pid,
-                    'line', wanted.idx, 'requested', wanted.qty, 'held', wanted.held));
-            END IF;
-        END LOOP;
-    END IF;
-    RETURN NULL;
+    RETURN jsonb_build_object('status', 422, 'body', jsonb_build_object(
+        'code', '{CAP_CODE}',
+        'detail', 'one customer may hold at most ' || cap || ' units of a product at once',
+        'scope', 'user', 'cap', cap, 'product_id', wanted.pid,
+        'line', wanted.idx, 'requested', wanted.qty, 'held', already));
 END
 $fn$
 """

@@ -328,6 +328,29 @@ async def test_concurrent_batches_and_generic_transactions_keep_one_cap(pg_store
     assert sum(level.reserved for level in await pg_store.get_inventory(p)) == PER_USER
 
 
+async def test_in_a_batch_only_the_reservations_made_count(pg_store):
+    scarce, plenty = await pg_product(pg_store, "SCARCE", on_hand=3), await pg_product(pg_store, "PLENTY")
+
+    async def attempt(key: str, product_id: str, quantity: int) -> ReservationOutcome:
+        line = [ReservationLineRequest(product_id, quantity)]
+        return (await pg_store.reserve("buyer", key, key, line, 60, ReservationCaps(per_user=8))).status
+
+    # Started together, they share a batch: the 6 refused for want of stock hold nothing (3 more fit),
+    # the 5 reserved count (3 more fit, not 4).
+    before = pg_store._batcher.transactions
+    outcomes = await asyncio.gather(
+        attempt("a", scarce, 6), attempt("b", scarce, 3), attempt("c", plenty, 5), attempt("d", plenty, 3)
+    )
+    assert pg_store._batcher.transactions == before + 1
+    assert outcomes == [
+        ReservationOutcome.INSUFFICIENT_STOCK,
+        ReservationOutcome.RESERVED,
+        ReservationOutcome.RESERVED,
+        ReservationOutcome.RESERVED,
+    ]
+    assert await attempt("e", plenty, 1) is ReservationOutcome.CAP_EXCEEDED
+
+
 # -- flags ----------------------------------------------------------------------------------------------
 
 
