@@ -48,8 +48,10 @@ from hub.routes import (
     me,
     media,
     ops,
+    parts_requests,
     reservations,
     reviews,
+    schools,
     tickets,
 )
 from hub.settings import Settings
@@ -234,6 +236,8 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(api_keys.routes)
     app.add_routes(me.routes)
     app.add_routes(audit.routes)
+    app.add_routes(schools.routes)
+    app.add_routes(parts_requests.routes)
     app.add_routes(websocket.routes)
     app.add_routes(sse.routes)
     app.add_routes(poll.routes)

@@ -34,7 +34,8 @@ SCOPES: dict[str, str] = {
     "inventory:write": "set and adjust stock",
     "reservations:read": "read the key's own reservations",
     "reservations:write": "make, read, commit and release the key's own reservations",
-    "parts-requests:write": "parts requests (no route yet)",
+    "parts-requests:write": "the schools the key is bound to: their assets and parts requests (make, read,"
+    " cancel, confirm delivery), their parts-requests: channel",
     "webhooks:manage": "webhook subscriptions (no route yet)",
 }
 
@@ -72,6 +73,7 @@ ADMIN = Rule(frozenset({"admin"}))
 MODERATION = Rule(frozenset({"moderator", "admin"}))
 ANY_USER = Rule(frozenset({"customer", "moderator", "admin", "service"}))
 PERSON = Rule(frozenset({"customer", "moderator", "admin"}))  # a person's token: services have no profile
+SUPPLIER = Rule(frozenset({"admin", "service"}))  # the parts supplier's own people and systems
 
 TABLE: dict[str, Rule] = {
     # operations and documents
@@ -137,6 +139,20 @@ TABLE: dict[str, Rule] = {
     "export_user": ADMIN,
     "erase_user": ADMIN,
     "list_audit": ADMIN,
+    # schools' parts requests (hub/schools.py): the supplier's admin and service tokens reach every school,
+    # a school platform's API key the schools it is bound to; admins make schools and bind their keys
+    "create_school": ADMIN,
+    "update_school": ADMIN,
+    "list_schools": SUPPLIER.or_key("parts-requests:write"),
+    "get_school": SUPPLIER.or_key("parts-requests:write"),
+    "create_asset": SUPPLIER.or_key("parts-requests:write"),
+    "list_assets": SUPPLIER.or_key("parts-requests:write"),
+    "get_asset": SUPPLIER.or_key("parts-requests:write"),
+    "update_asset": SUPPLIER.or_key("parts-requests:write"),
+    "create_parts_request": SUPPLIER.or_key("parts-requests:write"),
+    "list_parts_requests": SUPPLIER.or_key("parts-requests:write"),
+    "get_parts_request": SUPPLIER.or_key("parts-requests:write"),
+    "transition_parts_request": SUPPLIER.or_key("parts-requests:write"),
 }
 
 

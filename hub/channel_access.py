@@ -6,9 +6,15 @@ a :class:`~sync.channels.Channel`, for every transport, at subscribe and at ever
     user:{sub}     the user ``sub``; service and admin tokens may read any
     cart:{id}      the cart's owner; service and admin tokens may read any. A cart that does not exist,
                    or that is another user's, is ``cart_not_found`` alike (existence is not revealed)
+    parts-requests:{school_id}
+                   an API key bound to the school (hub/schools.py) holding ``parts-requests:write``;
+                   service and admin tokens may read any. A school that does not exist, or that the
+                   caller may not act for, is ``school_not_found`` alike; a school of another region
+                   than the node's is ``channel_not_served``
 
 Refusals are :class:`~sync.channels.ChannelError` with a stable code (``unauthenticated``,
-``channel_forbidden``, ``cart_not_found``, ``invalid_channel``, ``channel_not_served``); each transport
+``channel_forbidden``, ``cart_not_found``, ``school_not_found``, ``invalid_channel``,
+``channel_not_served``); each transport
 turns them into its own error (a WebSocket error reply, a problem+json response).
 """
 
@@ -18,8 +24,10 @@ from aiohttp import web
 
 from hub.auth import Principal
 from hub.keys import ENGINE, STORE
+from hub.schools import may_act_for
 from sync.channels import (
     CART,
+    PARTS_REQUESTS,
     REGIONAL,
     REVIEWS,
     Channel,
@@ -27,6 +35,7 @@ from sync.channels import (
     cart_channel,
     inventory_channel,
     parse_channel_name,
+    parts_requests_channel,
     reviews_channel,
     user_channel,
 )
@@ -76,6 +85,14 @@ async def resolve_channel(app: web.Application, principal: Principal | None, nam
             raise ChannelError("cart_not_found", "no such cart")
         # A cart's events are on its own region's stream: a node of another region says so.
         channel = cart_channel(home.region, parsed.key, home.sub)
+        engine.check_channel(channel)
+        return channel
+    if parsed.kind is PARTS_REQUESTS:
+        school = await app[STORE].get_school(parsed.key)
+        if school is None or not may_act_for(principal, school):
+            raise ChannelError("school_not_found", "no such school")
+        # A school's events are on its own region's stream: a node of another region says so.
+        channel = parts_requests_channel(school.region, school.id)
         engine.check_channel(channel)
         return channel
     if parsed.key != principal.sub and not may_read_any(principal):

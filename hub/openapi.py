@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any
 
 from hub.openapi_api_keys import api_key_paths, api_key_schemas, with_api_key_scopes
+from hub.openapi_parts import parts_paths, parts_request_bodies, parts_schemas
 from hub.openapi_privacy import privacy_paths, privacy_schemas
 from hub.openapi_reviews import review_paths, review_schemas
 
@@ -313,6 +314,7 @@ def request_bodies() -> dict[str, dict[str, Any]]:
         "ModerationDecision": body_schema(reviews.DECISION_FIELDS),
         "NewApiKey": body_schema(api_keys.CREATE_FIELDS),
         "ProfileUpdate": body_schema(me.PROFILE_FIELDS),
+        **parts_request_bodies(),
     }
 
 
@@ -322,6 +324,7 @@ def _with_request_bodies(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def _document() -> dict[str, Any]:
+    from hub.fitment import ATTRIBUTE_VALUE
     from hub.routes import catalog  # (late: see request_bodies)
     from hub.validation import schema_of
 
@@ -376,6 +379,16 @@ def _document() -> dict[str, Any]:
                             "reviewed products whose published reviews average at least this (1-5)",
                         ),
                         _query("in_stock_region", _REGION, "only products available there"),
+                        *(
+                            _query(
+                                f"attr.fitment.{name}",
+                                schema_of(ATTRIBUTE_VALUE),
+                                f"attributes: products whose attributes.fitment.{name} is this value, or an"
+                                " array holding it; any attr.<path> (1-4 names joined by dots) filters alike,"
+                                " at most 8 of them (docs/api.md, 'Attribute filters')",
+                            )
+                            for name in ("make", "model", "year")
+                        ),
                         _query(
                             "fields", comma_list(catalog.VISIBLE_FIELDS), "comma-separated sparse fieldset"
                         ),
@@ -672,6 +685,7 @@ def _document() -> dict[str, Any]:
             **review_paths(_op, _json, _problems, _path, _query, _AUTH_PROBLEMS),
             **privacy_paths(_op, _json, _problems, _path, _query, _AUTH_PROBLEMS),
             **api_key_paths(_op, _json, _problems, _query, _AUTH_PROBLEMS),
+            **parts_paths(_op, _json, _problems, _query, _AUTH_PROBLEMS),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -846,6 +860,7 @@ def _document() -> dict[str, Any]:
                 **review_schemas(_CONTEXT, _DELTA, _ACK),
                 **privacy_schemas(),
                 **api_key_schemas(),
+                **parts_schemas(),
             },
         },
     }

@@ -21,6 +21,19 @@ KEY_OPERATIONS: dict[tuple[str, str], str] = {
     ("/api/v1/reservations/{reservation_id}", "get"): "get_reservation",
     ("/api/v1/reservations/{reservation_id}/commit", "post"): "commit_reservation",
     ("/api/v1/reservations/{reservation_id}/release", "post"): "release_reservation",
+    ("/api/v1/schools", "get"): "list_schools",
+    ("/api/v1/schools/{school_id}", "get"): "get_school",
+    ("/api/v1/schools/{school_id}/assets", "post"): "create_asset",
+    ("/api/v1/schools/{school_id}/assets", "get"): "list_assets",
+    ("/api/v1/schools/{school_id}/assets/{asset_id}", "get"): "get_asset",
+    ("/api/v1/schools/{school_id}/assets/{asset_id}", "patch"): "update_asset",
+    ("/api/v1/schools/{school_id}/parts-requests", "post"): "create_parts_request",
+    ("/api/v1/schools/{school_id}/parts-requests", "get"): "list_parts_requests",
+    ("/api/v1/schools/{school_id}/parts-requests/{request_id}", "get"): "get_parts_request",
+    (
+        "/api/v1/schools/{school_id}/parts-requests/{request_id}/transitions",
+        "post",
+    ): "transition_parts_request",
 }
 
 _KEY_ID = {"type": "string", "pattern": "^[0-9A-Za-z]{16}$"}

@@ -24,7 +24,7 @@ from hub.errors import Unauthenticated
 from hub.keys import SETTINGS
 from hub.tickets import redeem
 from sync.broker import Position
-from sync.channels import CART, INVENTORY, REVIEWS, Channel
+from sync.channels import CART, INVENTORY, PARTS_REQUESTS, REVIEWS, Channel
 from sync.cursor import format_position
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,16 @@ def snapshot_url(region: str, product_id: str | None = None) -> str:
 
 def channel_snapshot_url(channel: Channel) -> str | None:
     """Where a client that must resync ``channel`` reads the current state: the region's stock, the
-    cart (then ``sync`` again); a user channel's events are notifications with no snapshot."""
+    cart (then ``sync`` again), the school's parts requests; a user channel's events are notifications
+    with no snapshot."""
     if channel.kind is INVENTORY:
         return snapshot_url(channel.region)
     if channel.kind is CART:
         return f"/api/v1/carts/{channel.key}"
     if channel.kind is REVIEWS and channel.key is not None:
         return f"/api/v1/products/{channel.key}/reviews"
+    if channel.kind is PARTS_REQUESTS:
+        return f"/api/v1/schools/{channel.key}/parts-requests"
     return None
 
 

@@ -54,6 +54,7 @@ from storage.models import (
     StockLevel,
     Warehouse,
 )
+from storage.parts import PartsStore
 from storage.privacy import AuditEntry, AuditPage, AuditQuery, Erasure, UserData, UserProfile
 from storage.reservation_caps import ReservationCaps
 from storage.reviews import (
@@ -83,7 +84,9 @@ class OutboxListener(Protocol):
         ...
 
 
-class Store(Protocol):
+class Store(PartsStore, Protocol):
+    """(Schools' parts requests' operations, and their guarantees: storage.parts.PartsStore.)"""
+
     backend: str  # "sqlite" or "postgres"
 
     async def open(self) -> None: ...

@@ -17,6 +17,7 @@ Every migration version is recorded on every backend, so versions stay aligned.
 from __future__ import annotations
 
 from storage import pg_reserve
+from storage.parts_schema import MIGRATION_11
 
 Statement = str | tuple[str, str]
 
@@ -420,6 +421,12 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             "CREATE INDEX reservations_pending_by_owner ON reservations (owner) WHERE status = 'pending'",
             *(("postgres", sql) for sql in pg_reserve.MIGRATION_9),
         ],
+    ),
+    (
+        11,
+        "schools, their assets, parts requests, their lines and backorder queue (storage/parts.py);"
+        " PostgreSQL: a GIN index on products' attributes as jsonb",
+        MIGRATION_11,
     ),
 ]
 

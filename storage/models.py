@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from storage.attributes import AttributeFilter
 from storage.reviews import RatingAggregate
 
 PRICE_SCALE = 10_000  # prices are stored as integers of 1/10,000 of the currency unit: exact on every backend
@@ -212,6 +213,7 @@ class ProductQuery:
     price_max: Decimal | None = None
     in_stock_region: str | None = None
     min_rating: Decimal | None = None  # products whose published reviews average at least this
+    attributes: tuple[AttributeFilter, ...] = ()  # attr.{path}={value}, all matched (storage.attributes)
     sort: str = "newest"
     after: tuple[Any, str] | None = None  # keyset cursor: (sort value, id) of the last row seen
 

@@ -12,15 +12,27 @@ from storage.sql_audit import AuditSql
 from storage.sql_carts import CartSql, DecodedCarts
 from storage.sql_catalog import CatalogSql
 from storage.sql_core import now_us
+from storage.sql_parts import PartsSql
 from storage.sql_privacy import PrivacySql
 from storage.sql_reservations import ReservationSql
 from storage.sql_reviews import ReviewSql
 from storage.sql_tickets import TicketSql
 
 
-class SqlStore(CatalogSql, ReservationSql, CartSql, ReviewSql, TicketSql, ApiKeySql, PrivacySql, AuditSql):
-    """The Store (storage.base) on a SQL database: catalog, stock, reservations, carts, reviews and the
-    outbox, each in its own module, over one writing-transaction core (storage.sql_core)."""
+class SqlStore(
+    CatalogSql,
+    PartsSql,  # (a ReservationSql: before it)
+    ReservationSql,
+    CartSql,
+    ReviewSql,
+    TicketSql,
+    ApiKeySql,
+    PrivacySql,
+    AuditSql,
+):
+    """The Store (storage.base) on a SQL database: catalog, stock, reservations, carts, reviews, schools'
+    parts requests and the outbox, each in its own module, over one writing-transaction core
+    (storage.sql_core)."""
 
     def __init__(self, db: Database, *, hand_over_outbox: bool = False, region: str = "default") -> None:
         super().__init__(db, hand_over_outbox=hand_over_outbox, region=region)

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from storage.attributes import attribute_conditions
 from storage.db import Row, Tx
 from storage.errors import Conflict, NotFound, VersionMismatch
 from storage.models import (
@@ -177,10 +178,36 @@ class CatalogSql(StockSql):
                     code="product_has_reservations",
                     pending_reservation=pending["id"],
                 )
+            waiting = await tx.fetchrow(
+                "SELECT request_id FROM parts_backorders WHERE product_id = $1 LIMIT 1", product_id
+            )
+            if waiting is not None:
+                raise Conflict(
+                    "parts requests wait for the product (backordered)",
+                    code="product_has_backorders",
+                    parts_request=waiting["request_id"],
+                )
 
         await self._write(work)
 
     async def list_products(self, query: ProductQuery) -> ProductPage:
+        sql, args = self.product_listing(query)
+        column = SORTS[query.sort][0]
+
+        async def work(tx: Tx) -> list[Row]:
+            return await tx.fetch(sql, *args)
+
+        rows = await self.db.run(work, readonly=True, single_statement=True)
+        items = [_product(r) for r in rows[: query.limit]]
+        next_after = None
+        if len(rows) > query.limit:
+            last = rows[query.limit - 1]
+            next_after = (last[column], last["id"])
+        return ProductPage(items=items, next_after=next_after)
+
+    def product_listing(self, query: ProductQuery) -> tuple[str, list[Any]]:
+        """The statement and arguments of a page of ``query`` (apart, so that its plan can be shown:
+        tests/test_parts_requests.py, bench/parts.py)."""
         column, descending = SORTS[query.sort]
         clauses: list[str] = []
         args: list[Any] = []
@@ -202,6 +229,8 @@ class CatalogSql(StockSql):
             # the bound is kept)
             score = int(query.min_rating * 10_000)
             clauses.append(f"rating_count > 0 AND rating_score >= {arg(score)}")
+        # attr.*: the products' free JSON attributes (storage/attributes.py; PostgreSQL's GIN index)
+        clauses.extend(attribute_conditions(self.db.dialect, query.attributes, arg))
         if query.in_stock_region is not None:
             clauses.append(
                 "EXISTS (SELECT 1 FROM stock s JOIN warehouses w ON w.id = s.warehouse_id"
@@ -224,14 +253,4 @@ class CatalogSql(StockSql):
             f"SELECT {_PRODUCT_COLUMNS} FROM products {where}"
             f" ORDER BY {column} {direction}, id {direction} LIMIT {arg(query.limit + 1)}"
         )
-
-        async def work(tx: Tx) -> list[Row]:
-            return await tx.fetch(sql, *args)
-
-        rows = await self.db.run(work, readonly=True, single_statement=True)
-        items = [_product(r) for r in rows[: query.limit]]
-        next_after = None
-        if len(rows) > query.limit:
-            last = rows[query.limit - 1]
-            next_after = (last[column], last["id"])
-        return ProductPage(items=items, next_after=next_after)
+        return sql, args

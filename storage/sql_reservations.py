@@ -197,9 +197,11 @@ class ReservationSql(StockSql):
         )
 
     async def _finish(
-        self, tx: Tx, reservation_id: str, target: ReservationStatus, ts: int
+        self, tx: Tx, reservation_id: str, target: ReservationStatus, ts: int, *, tell_owner: bool = True
     ) -> tuple[Reservation, bool]:
-        """Move a pending reservation to ``target`` and settle its stock, exactly once.
+        """Move a pending reservation to ``target`` and settle its stock, exactly once; ``tell_owner``:
+        with a ``reservation.*`` event on the owner's user stream (a parts request's reservation tells
+        its school through the request's own events instead).
 
         Returns the reservation and whether this call made the transition (False for a repeat).
         """
@@ -225,6 +227,7 @@ class ReservationSql(StockSql):
                 f"the reservation is {current}, it cannot become {target.value}", current_status=current
             )
         settle_on_hand = 1 if target == ReservationStatus.COMMITTED else 0
+        freed = []
         for line in sorted(reservation.lines, key=lambda ln: (ln.product_id, ln.warehouse_id)):
             changed = await tx.execute(
                 "UPDATE stock SET reserved = reserved - $3, on_hand = on_hand - $3 * $4,"
@@ -237,15 +240,20 @@ class ReservationSql(StockSql):
                 ts,
             )
             if changed == 1:
-                await self._emit(tx, line.product_id, line.warehouse_id, ts)
+                freed.append(await self._emit(tx, line.product_id, line.warehouse_id, ts))
             # changed == 0 only if the product was deleted meanwhile, which delete_product
             # refuses while reservations are pending.
-        await self.user_event(
-            tx,
-            reservation.owner,
-            {"type": f"reservation.{target.value}", "reservation": reservation_to_dict(reservation)},
-            ts,
-        )
+        if not settle_on_hand:
+            # Released units go to the parts requests waiting for them first (after every stock row of
+            # the reservation is locked: storage.sql_parts takes its queue locks after the stock rows).
+            await self._stock_available(tx, freed, ts)
+        if tell_owner:
+            await self.user_event(
+                tx,
+                reservation.owner,
+                {"type": f"reservation.{target.value}", "reservation": reservation_to_dict(reservation)},
+                ts,
+            )
         return reservation, True
 
     async def commit_reservation(self, reservation_id: str) -> Reservation:

@@ -3,6 +3,7 @@ database, and appends the row's new state to the outbox in the same transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from storage.db import Row, Tx
@@ -112,6 +113,15 @@ class StockSql(OutboxSql):
         )
         return level
 
+    async def _stock_available(
+        self, tx: Tx, freed: Sequence[StockLevel], ts: int
+    ) -> dict[tuple[str, str], StockLevel]:
+        """Units became available at the stock rows ``freed`` (set or adjusted upwards, a reservation
+        released or expired), which ``tx`` has locked: a hook for the parts requests' backorder queues,
+        which take them in the same transaction (storage.sql_parts). Returns the rows it changed again,
+        as they are now (nothing here)."""
+        return {}
+
     async def _touch_stock(self, tx: Tx, product_id: str, warehouse_id: str | None, ts: int) -> None:
         rows = await tx.fetch(
             "UPDATE stock SET version = version + 1, updated_at = $2 WHERE product_id = $1"
@@ -144,7 +154,9 @@ class StockSql(OutboxSql):
                     product_id=product_id,
                     warehouse_id=warehouse_id,
                 )
-            return await self._emit(tx, product_id, warehouse_id, ts)
+            level = await self._emit(tx, product_id, warehouse_id, ts)
+            taken = await self._stock_available(tx, [level], ts)
+            return taken.get((product_id, warehouse_id), level)
 
         return await self._write(work)
 
@@ -180,7 +192,11 @@ class StockSql(OutboxSql):
                     product_id=product_id,
                     warehouse_id=warehouse_id,
                 )
-            return await self._emit(tx, product_id, warehouse_id, ts)
+            level = await self._emit(tx, product_id, warehouse_id, ts)
+            if delta <= 0:
+                return level
+            taken = await self._stock_available(tx, [level], ts)
+            return taken.get((product_id, warehouse_id), level)
 
         return await self._write(work)
 

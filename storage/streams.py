@@ -7,6 +7,7 @@ outbox with the entry, so the relay publishes it without knowing what it carries
     user.{region}.{n}      the private events (carts, reservations, reviews' status) of the users
                            hashed to shard n
     reviews.{region}       published reviews' changes and products' rating aggregates
+    parts.{region}.{n}     the parts requests' status changes of the schools hashed to shard n
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import zlib
 # The same on every node of a region and never changed while streams hold events: a user's events
 # would move to another stream, and their positions with them.
 USER_STREAM_SHARDS = 8
+# Schools are fewer than users: four shards a region (the same rule: never changed while streams hold events).
+PARTS_STREAM_SHARDS = 4
 
 
 def inventory_stream(region: str) -> str:
@@ -33,3 +36,13 @@ def user_stream(region: str, sub: str) -> str:
 
 def user_streams(region: str) -> list[str]:
     return [f"user.{region}.{n}" for n in range(USER_STREAM_SHARDS)]
+
+
+def parts_stream(region: str, school_id: str) -> str:
+    """The stream of ``school_id``'s parts requests' events in ``region`` (the school's): one order per
+    school."""
+    return f"parts.{region}.{zlib.crc32(school_id.encode()) % PARTS_STREAM_SHARDS}"
+
+
+def parts_streams(region: str) -> list[str]:
+    return [f"parts.{region}.{n}" for n in range(PARTS_STREAM_SHARDS)]

@@ -6,6 +6,7 @@
     user:{sub}                         one user's reservations', carts' and reviews' status (that user)
     reviews:{region}                   published reviews and rating aggregates of the region (public)
     reviews:{region}:{product_id}      the same for one product                    (public)
+    parts-requests:{school_id}         a school's parts requests' status changes   (the school's API keys)
 
 Each kind (:data:`KINDS`) declares who may follow it, the event types it carries and how an event
 names its key. Access is *checked by the hub* (``hub/channel_access.py``) at subscribe and at every
@@ -24,6 +25,9 @@ of that stream:
   number of shards (:data:`USER_STREAM_SHARDS`, the same on every node) keeps the broker's stream count
   small — not one Redis stream per user — and the engine indexes feeds by key, so an event costs only
   its own subscribers.
+* ``parts.{region}.{n}`` carries the parts requests' events of the schools whose id hashes to shard ``n``
+  (:data:`~storage.streams.PARTS_STREAM_SHARDS` of them), ``region`` the school's: one school's requests
+  reach its followers in one order. A node serves the parts channels of its own region's schools.
 
 A node started with ``--region eu`` serves the channels of region ``eu`` only. A cart lives in the region
 where it was made (the store writes all its events to that region's user stream, and the hub resolves
@@ -38,12 +42,21 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.streams import USER_STREAM_SHARDS, inventory_stream, reviews_stream, user_stream, user_streams
+from storage.streams import (
+    USER_STREAM_SHARDS,
+    inventory_stream,
+    parts_stream,
+    parts_streams,
+    reviews_stream,
+    user_stream,
+    user_streams,
+)
 
 _REGION = re.compile(r"[a-z0-9][a-z0-9\-]{0,31}")
 # A user's name (a token's ``sub``) as it may appear in a channel name: no ':' or ',' (channel and
 # list separators), no control characters.
 _SUB = re.compile(r"[A-Za-z0-9._@+\-|=]{1,100}")
+_SCHOOL = re.compile(r"[a-z0-9][a-z0-9\-]{0,63}")  # a school's id (hub/routes/schools.py)
 MAX_CHANNEL_LENGTH = 128
 
 
@@ -58,6 +71,7 @@ class Access(enum.Enum):
     PUBLIC = "public"  # anyone, with or without a token
     CART_OWNER = "cart_owner"  # the cart's owner (and service/admin tokens, read only)
     SELF = "self"  # the user named by the channel (and service/admin tokens, read only)
+    SCHOOL = "school"  # the school's API keys (and service/admin tokens, read only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +116,30 @@ REVIEWS = ChannelKind(
     key_field="product_id",
     sse_event="reviews",
 )
-KINDS: dict[str, ChannelKind] = {kind.name: kind for kind in (INVENTORY, CART, USER, REVIEWS)}
+# (storage.parts.EVENT_TYPES names the same; tests/test_parts_requests.py checks that they agree)
+PARTS_REQUESTS = ChannelKind(
+    "parts-requests",
+    Access.SCHOOL,
+    frozenset(
+        {
+            "parts_request.created",
+            "parts_request.reserved",
+            "parts_request.backordered",
+            "parts_request.line_filled",
+            "parts_request.picked",
+            "parts_request.shipped",
+            "parts_request.delivered",
+            "parts_request.cancelled",
+        }
+    ),
+    key_field="school_id",
+    sse_event="parts-requests",
+)
+KINDS: dict[str, ChannelKind] = {kind.name: kind for kind in (INVENTORY, CART, USER, REVIEWS, PARTS_REQUESTS)}
 # Every typed event names the one kind of channel it is published to.
-KIND_OF_TYPE: dict[str, ChannelKind] = {t: kind for kind in (CART, USER, REVIEWS) for t in kind.event_types}
+KIND_OF_TYPE: dict[str, ChannelKind] = {
+    t: kind for kind in (CART, USER, REVIEWS, PARTS_REQUESTS) for t in kind.event_types
+}
 # Kinds whose channels name a region and, optionally, a product: inventory:{region}[:{product}].
 REGIONAL = (INVENTORY, REVIEWS)
 
@@ -178,10 +213,16 @@ def user_channel(region: str, sub: str) -> Channel:
     return Channel(USER, region, sub, user_stream(region, sub))
 
 
+def parts_requests_channel(region: str, school_id: str) -> Channel:
+    """``parts-requests:{school_id}``, on the stream of the school's region."""
+    return Channel(PARTS_REQUESTS, region, school_id, parts_stream(region, school_id))
+
+
 __all__ = [
     "CART",
     "INVENTORY",
     "KINDS",
+    "PARTS_REQUESTS",
     "REGIONAL",
     "REVIEWS",
     "USER",
@@ -198,6 +239,9 @@ __all__ = [
     "inventory_stream",
     "parse_channel",
     "parse_channel_name",
+    "parts_requests_channel",
+    "parts_stream",
+    "parts_streams",
     "reviews_channel",
     "reviews_stream",
     "route_key",
@@ -216,7 +260,7 @@ def parse_channel_name(name: str) -> ChannelName:
         raise ChannelError(
             "invalid_channel",
             "a channel is inventory:{region}[:{product_id}], reviews:{region}[:{product_id}],"
-            " cart:{cart_id} or user:{sub}",
+            " cart:{cart_id}, user:{sub} or parts-requests:{school_id}",
         )
     if kind in REGIONAL:
         parts = rest.split(":")
@@ -230,6 +274,10 @@ def parse_channel_name(name: str) -> ChannelName:
         return ChannelName(kind, _uuid(parts[1], "product") if len(parts) == 2 else None, parts[0])
     if kind is CART:
         return ChannelName(CART, _uuid(rest, "cart"), None)
+    if kind is PARTS_REQUESTS:
+        if not _SCHOOL.fullmatch(rest):
+            raise ChannelError("invalid_channel", "a parts requests channel is parts-requests:{school_id}")
+        return ChannelName(PARTS_REQUESTS, rest, None)
     if not _SUB.fullmatch(rest):
         raise ChannelError("invalid_channel", "a user channel is user:{sub}, the token's subject")
     return ChannelName(USER, rest, None)

@@ -24,6 +24,7 @@ from sync.channels import (
     Channel,
     ChannelError,
     inventory_stream,
+    parts_streams,
     reviews_stream,
     user_streams,
 )
@@ -231,7 +232,12 @@ class SyncEngine:
 
     @property
     def streams(self) -> list[str]:
-        return [inventory_stream(self.region), reviews_stream(self.region), *user_streams(self.region)]
+        return [
+            inventory_stream(self.region),
+            reviews_stream(self.region),
+            *user_streams(self.region),
+            *parts_streams(self.region),
+        ]
 
     async def start(self) -> None:
         for stream in self.streams:

@@ -11,6 +11,7 @@ from sync.channels import (
     CART,
     INVENTORY,
     KINDS,
+    PARTS_REQUESTS,
     REVIEWS,
     USER,
     Access,
@@ -18,6 +19,7 @@ from sync.channels import (
     cart_channel,
     event_route,
     parse_channel_name,
+    parts_requests_channel,
     user_channel,
 )
 from sync.events import Event
@@ -26,7 +28,14 @@ CART_ID = "7d4a3c1e-2b5f-4e6a-9c8d-0e1f2a3b4c5d"
 
 
 def test_every_kind_names_its_access_and_its_event_types() -> None:
-    assert KINDS == {"inventory": INVENTORY, "cart": CART, "user": USER, "reviews": REVIEWS}
+    assert KINDS == {
+        "inventory": INVENTORY,
+        "cart": CART,
+        "user": USER,
+        "reviews": REVIEWS,
+        "parts-requests": PARTS_REQUESTS,
+    }
+    assert PARTS_REQUESTS.access is Access.SCHOOL and PARTS_REQUESTS.key_field == "school_id"
     assert INVENTORY.access is Access.PUBLIC and REVIEWS.access is Access.PUBLIC
     assert "review.status" in USER.event_types and "review.published" in REVIEWS.event_types
     assert not REVIEWS.event_types & USER.event_types
@@ -44,6 +53,7 @@ def test_every_kind_names_its_access_and_its_event_types() -> None:
         (f"cart:{CART_ID.upper()}", CART, CART_ID, None),
         ("user:alice", USER, "alice", None),
         ("user:svc.partner-7@shop", USER, "svc.partner-7@shop", None),
+        ("parts-requests:lincoln-high-2", PARTS_REQUESTS, "lincoln-high-2", None),
     ],
 )
 def test_channel_names_parse_to_their_kind_and_key(
@@ -67,6 +77,10 @@ def test_channel_names_parse_to_their_kind_and_key(
         "user:a,b",
         "cart:" + CART_ID + ":x",
         "orders:1",
+        "parts-requests:",
+        "parts-requests:Lincoln",
+        "parts-requests:a:b",
+        "parts-requests:-a",
         "x" * 129,
     ],
 )
@@ -111,3 +125,13 @@ def test_a_review_event_routes_to_its_products_reviews_channel() -> None:
     )
     assert (kind, event_type, key) == (REVIEWS, "rating.changed", CART_ID)
     assert streams.reviews_stream("eu") == "reviews.eu"
+
+
+def test_a_schools_parts_events_go_to_one_of_its_regions_few_parts_streams() -> None:
+    channel = parts_requests_channel("eu", "lincoln-high")
+    assert channel.name == "parts-requests:lincoln-high"
+    assert channel.stream == streams.parts_stream("eu", "lincoln-high")
+    used = {streams.parts_stream("eu", f"school-{n}") for n in range(200)}
+    assert used == set(streams.parts_streams("eu")) and len(used) == streams.PARTS_STREAM_SHARDS
+    data = {"type": "parts_request.reserved", "school_id": "lincoln-high", "request_id": CART_ID}
+    assert event_route(channel.stream, data) == (PARTS_REQUESTS, "parts_request.reserved", "lincoln-high")

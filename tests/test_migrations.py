@@ -37,6 +37,12 @@ EXPECTED_TABLES = {
     "api_keys",
     "audit_log",
     "user_profiles",
+    "schools",
+    "school_api_keys",
+    "school_assets",
+    "parts_requests",
+    "parts_request_lines",
+    "parts_backorders",
 }
 
 
@@ -240,7 +246,8 @@ async def test_sqlite_and_postgres_have_the_same_secondary_indexes(tmp_path, fre
             await store.close()
     on_sqlite = await sqlite_indexes(sqlite_path)
     on_postgres = await postgres_indexes(fresh_postgres_url)
-    # PostgreSQL's search index (SQLite's is a table); the unique index is listed by SQLite only here.
-    assert on_postgres - on_sqlite == {"reviews_search"}
+    # PostgreSQL's search index (SQLite's is a table) and its index of products' attributes as jsonb
+    # (SQLite has none); the unique index is listed by SQLite only here.
+    assert on_postgres - on_sqlite == {"reviews_search", "products_attributes"}
     assert on_sqlite - on_postgres == {"reviews_one_per_author"}
     assert "reservations_pending_by_expiry" in on_sqlite

@@ -77,6 +77,21 @@ ROUTE_CLASSES: dict[str, RouteClass] = {
     # erasure (rare, and idempotent) are writes.
     **dict.fromkeys(("get_me", "export_me", "export_user", "list_audit"), RouteClass.READ),
     **dict.fromkeys(("put_me", "erase_me", "erase_user"), RouteClass.WRITE),
+    # Schools and their assets: reads and admins' or platforms' writes; a parts request and its transitions
+    # hold and release stock as reservations do.
+    **dict.fromkeys(
+        (
+            "list_schools",
+            "get_school",
+            "list_assets",
+            "get_asset",
+            "list_parts_requests",
+            "get_parts_request",
+        ),
+        RouteClass.READ,
+    ),
+    **dict.fromkeys(("create_school", "update_school", "create_asset", "update_asset"), RouteClass.WRITE),
+    **dict.fromkeys(("create_parts_request", "transition_parts_request"), RouteClass.RESERVATION),
 }
 
 # Operations: probes and scrapers must always get an answer.

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from hub.auth import require
 from hub.errors import BadRequest, NotFoundError
+from hub.fitment import query_filters
 from hub.keys import STORE
 from hub.responses import (
     content_etag,
@@ -169,6 +170,7 @@ async def list_products(request: web.Request) -> web.StreamResponse:
         price_max=query_decimal(request, "price_max", PRICE),
         min_rating=query_decimal(request, "min_rating", MIN_RATING),
         in_stock_region=region,
+        attributes=query_filters(request),
         sort=sort,
         after=decode_cursor(cursor, sort) if cursor else None,
     )

@@ -64,7 +64,7 @@ def channel_problem(exc: ChannelError) -> ApiError:
         return Unauthenticated(exc.message, code=exc.code)
     if exc.code == "channel_forbidden":
         return Forbidden(exc.message, code=exc.code)
-    if exc.code == "cart_not_found":
+    if exc.code in ("cart_not_found", "school_not_found"):
         return NotFoundError(exc.message, code=exc.code)
     return BadRequest(exc.message, code=exc.code)
 
