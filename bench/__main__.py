@@ -1,5 +1,6 @@
 """``python -m bench <name>`` (or ``synchub bench <name>``): run one benchmark (``suite``,
-``reservations``, ``fanout``, ``fanpath``, ``crdt``, ``sync``, ``reviews``, ``ratelimit``, ``auth``)."""
+``reservations``, ``fanout``, ``fanpath``, ``crdt``, ``sync``, ``reviews``, ``ratelimit``, ``auth``,
+``parts``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ NAMES = {
     "reviews": "bench.reviews",
     "ratelimit": "bench.ratelimit",
     "auth": "bench.auth",
+    "parts": "bench.parts",
 }
 
 
