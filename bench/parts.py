@@ -41,6 +41,7 @@ from typing import Any
 import aiohttp
 
 from bench._hub import admin_headers, cpu_seconds, hub_process, throwaway_postgres_and_redis
+from bench.reviews_cpu import PostgresCpu, cpu_spent, waits_share
 from bench.reviews_posts import percentile
 
 MAKES = [  # (make, share of the catalog in ‰)
@@ -212,6 +213,8 @@ class Throughput:
     errors: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    db_cpu_seconds: float = 0.0
+    db_waits: dict[str, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
 
@@ -225,6 +228,7 @@ async def post_requests(
     seconds: float,
     pid: int,
     label: str,
+    database_url: str,
 ) -> Throughput:
     result = Throughput(label)
     stop = time.perf_counter() + seconds
@@ -253,11 +257,18 @@ async def post_requests(
             else:
                 result.errors += 1
 
-    cpu = cpu_seconds(pid)
-    started = time.perf_counter()
-    await asyncio.gather(*(client(n) for n in range(clients)))
-    result.seconds = time.perf_counter() - started
-    result.cpu_seconds = cpu_seconds(pid) - cpu
+    async with PostgresCpu(database_url) as database:
+        cpu, db_cpu = cpu_seconds(pid), await database.sample()
+        watcher = asyncio.create_task(database.watch())
+        started = time.perf_counter()
+        await asyncio.gather(*(client(n) for n in range(clients)))
+        result.seconds = time.perf_counter() - started
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        result.cpu_seconds = cpu_seconds(pid) - cpu
+        result.db_cpu_seconds = cpu_spent(db_cpu, await database.sample())
+        result.db_waits = waits_share(database.waits)
     return result
 
 
@@ -359,7 +370,15 @@ async def run(args: argparse.Namespace) -> int:
 
         phases = [
             await post_requests(
-                session, base, schools, plenty, args.clients, args.seconds, pid, "stocked (reserved at once)"
+                session,
+                base,
+                schools,
+                plenty,
+                args.clients,
+                args.seconds,
+                pid,
+                "stocked (reserved at once)",
+                url,
             ),
             await post_requests(
                 session,
@@ -370,18 +389,22 @@ async def run(args: argparse.Namespace) -> int:
                 args.seconds,
                 pid,
                 f"scarce: {args.scarce_skus} SKUs, no stock (backordered)",
+                url,
             ),
         ]
         print(f"\n## parts requests, {args.clients} clients, {args.schools} schools, one hub process\n")
-        print("| phase | requests | req/s | p50 ms | p99 ms | hub CPU ms/request | errors | statuses |")
-        print("|---|---:|---:|---:|---:|---:|---:|---|")
+        print(
+            "| phase | requests | req/s | p50 ms | p99 ms | hub CPU ms/request | PostgreSQL CPU ms/request"
+            " | errors | statuses | PostgreSQL backends' waits |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
         for p in phases:
             lat = p.latencies_ms
             print(
                 f"| {p.label} | {p.answered:,} | {p.answered / p.seconds:,.0f} | {percentile(lat, 0.5):.1f} |"
                 f" {percentile(lat, 0.99):.1f} | {1000 * p.cpu_seconds / max(1, p.answered):.2f} |"
-                f" {p.errors} |"
-                f" {p.statuses} |"
+                f" {1000 * p.db_cpu_seconds / max(1, p.answered):.2f} | {p.errors} | {p.statuses} |"
+                f" {p.db_waits} |"
             )
         # Stock arrives for each scarce product: one adjustment fills its whole queue, in order.
         import asyncpg

@@ -23,6 +23,7 @@ queue keys hashing alike).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -122,8 +123,17 @@ class PartsSql(ReservationSql, SchoolSql):
     async def _parts_lock_keys(self, tx: Tx, keys: Iterable[int]) -> None:
         if self.db.dialect != "postgres":
             return
-        for key in sorted(set(keys)):
-            await tx.fetchrow("SELECT pg_advisory_xact_lock($1, $2) AS locked", QUEUE_LOCK_CLASS, key)
+        ordered = sorted(set(keys))
+        if len(ordered) == 1:
+            await tx.fetchrow("SELECT pg_advisory_xact_lock($1, $2) AS locked", QUEUE_LOCK_CLASS, ordered[0])
+            return
+        # One statement, the keys taken in order (as storage.pg_reserve takes its owners' locks).
+        await tx.fetch(
+            "SELECT pg_advisory_xact_lock($1, k) AS locked"
+            " FROM (SELECT unnest($2::int[]) AS k ORDER BY 1) AS keys",
+            QUEUE_LOCK_CLASS,
+            ordered,
+        )
 
     # -- reading -----------------------------------------------------------------------------------
     async def _parts_load_many(self, tx: Tx, rows: Sequence[Row]) -> list[PartsRequest]:
@@ -203,36 +213,60 @@ class PartsSql(ReservationSql, SchoolSql):
         Conflict(product_discontinued) for a line's discontinued SKU."""
 
         async def work(tx: Tx) -> PartsOutcome:
-            prior = await tx.fetchrow(
-                "SELECT id, request_hash, answer FROM parts_requests"
-                " WHERE school_id = $1 AND idempotency_key = $2",
+            found = await tx.fetchrow(
+                "SELECT s.region, p.id, p.request_hash, p.answer,"
+                " EXISTS (SELECT 1 FROM school_assets a WHERE a.id = $3 AND a.school_id = s.id) AS asset"
+                " FROM schools s LEFT JOIN parts_requests p ON p.school_id = s.id AND p.idempotency_key = $2"
+                " WHERE s.id = $1",
                 school_id,
                 idempotency_key,
+                new.asset_id,
             )
-            if prior is not None:
-                if prior["request_hash"] != request_hash:
-                    raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
-                return PartsOutcome(prior["id"], json.loads(prior["answer"]), replayed=True)
-            school = await tx.fetchrow("SELECT region FROM schools WHERE id = $1", school_id)
-            if school is None:
+            if found is None:
                 raise NotFound("no such school", resource="school", school_id=school_id)
-            region = school["region"]
-            asset = await tx.fetchrow(
-                "SELECT 1 AS ok FROM school_assets WHERE id = $1 AND school_id = $2", new.asset_id, school_id
-            )
-            if asset is None:
+            if found["id"] is not None:
+                if found["request_hash"] != request_hash:
+                    raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
+                return PartsOutcome(found["id"], json.loads(found["answer"]), replayed=True)
+            if not found["asset"]:
                 raise NotFound("the school has no such asset", resource="asset", asset_id=new.asset_id)
+            region = found["region"]
             products = [
                 await self._parts_resolve(tx, index, line, region) for index, line in enumerate(new.lines)
             ]
             await self._parts_lock(tx, [p["id"] for p in products], region)
             ts = now_us()  # after the locks: one product's requests are timed in their queue's order
-            request_id = str(uuid.uuid4())
+            request = PartsRequest(
+                id=str(uuid.uuid4()),
+                school_id=school_id,
+                asset_id=new.asset_id,
+                region=region,
+                needed_by=new.needed_by,
+                status=PartsStatus.REQUESTED,
+                policy=new.policy,
+                lines=tuple(
+                    PartsLine(
+                        index,
+                        product["sku"],
+                        line.query.to_dict() if line.query else None,
+                        product["id"],
+                        line.quantity,
+                        0,
+                        0,
+                    )
+                    for index, (line, product) in enumerate(zip(new.lines, products, strict=True))
+                ),
+                reservation_id=None,
+                created_by=created_by,
+                created_at=ts,
+                updated_at=ts,
+                version=1,
+            )
             await tx.execute(
                 "INSERT INTO parts_requests (id, school_id, asset_id, region, needed_by, status, policy,"
                 " idempotency_key, request_hash, created_by, created_at, updated_at, version)"
                 " VALUES ($1, $2, $3, $4, $5, 'requested', $6, $7, $8, $9, $10, $10, 1)",
-                request_id,
+                request.id,
                 school_id,
                 new.asset_id,
                 region,
@@ -243,77 +277,82 @@ class PartsSql(ReservationSql, SchoolSql):
                 created_by,
                 ts,
             )
-            for index, (line, product) in enumerate(zip(new.lines, products, strict=True)):
-                await tx.execute(
-                    "INSERT INTO parts_request_lines (request_id, line_no, sku, query, product_id, quantity)"
-                    " VALUES ($1, $2, $3, $4, $5, $6)",
-                    request_id,
-                    index,
-                    product["sku"],
-                    json.dumps(line.query.to_dict(), separators=(",", ":")) if line.query else None,
-                    product["id"],
-                    line.quantity,
-                )
-            await self._parts_tell(tx, request_id, "created", ts)
-            ids = sorted({p["id"] for p in products})
+            await self._parts_announce(tx, request, "created", ts)
             queued = {
                 r["product_id"]
                 for r in await tx.fetch(
                     "SELECT DISTINCT product_id FROM parts_backorders"
                     f" WHERE region = $1 AND product_id {in_list(self.db.dialect, '$2')}",
                     region,
-                    list_arg(self.db.dialect, ids),
+                    list_arg(self.db.dialect, sorted({p["id"] for p in products})),
                 )
             }
             reservation_id: str | None = None
-            waiting = False
-            for index, (line, product) in enumerate(zip(new.lines, products, strict=True)):
-                product_id = product["id"]
+            lines = []
+            for line in request.lines:
                 # A product others wait for: this line queues behind them, whatever is on the shelf.
                 takes = (
                     []
-                    if product_id in queued
-                    else await self._parts_take(tx, index, product_id, line.quantity, new.policy, region, ts)
+                    if line.product_id in queued
+                    else await self._parts_take(
+                        tx, line.line_no, line.product_id, line.quantity, new.policy, region, ts
+                    )
                 )
                 got = sum(q for _, q in takes)
                 if takes:
                     reservation_id = await self._parts_hold(
-                        tx, school_id, reservation_id, product_id, takes, ts
+                        tx, school_id, reservation_id, line.product_id, takes, ts
                     )
                 if got < line.quantity:
-                    waiting = True
-                    queued.add(product_id)
+                    queued.add(line.product_id)
                     await tx.execute(
                         "INSERT INTO parts_backorders (product_id, region, request_id, line_no, queued_at)"
                         " VALUES ($1, $2, $3, $4, $5)",
-                        product_id,
+                        line.product_id,
                         region,
-                        request_id,
-                        index,
+                        request.id,
+                        line.line_no,
                         ts,
                     )
+                lines.append(dataclasses.replace(line, reserved=got, backordered=line.quantity - got))
                 await tx.execute(
-                    "UPDATE parts_request_lines SET reserved = $3, backordered = $4"
-                    " WHERE request_id = $1 AND line_no = $2",
-                    request_id,
-                    index,
+                    "INSERT INTO parts_request_lines"
+                    " (request_id, line_no, sku, query, product_id, quantity, reserved, backordered)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    request.id,
+                    line.line_no,
+                    line.sku,
+                    json.dumps(line.query, separators=(",", ":")) if line.query else None,
+                    line.product_id,
+                    line.quantity,
                     got,
                     line.quantity - got,
                 )
-            status = PartsStatus.BACKORDERED if waiting else PartsStatus.RESERVED
-            await self._parts_bump(tx, request_id, ts, status, reservation_id)
-            request = await self._parts_tell(tx, request_id, status.value, ts)
+            waiting = any(line.backordered for line in lines)
+            request = dataclasses.replace(
+                request,
+                status=PartsStatus.BACKORDERED if waiting else PartsStatus.RESERVED,
+                lines=tuple(lines),
+                reservation_id=reservation_id,
+                version=2,
+            )
             answer = parts_request_to_dict(request)
             await tx.execute(
-                "UPDATE parts_requests SET answer = $2 WHERE id = $1",
-                request_id,
+                "UPDATE parts_requests SET status = $2, reservation_id = $3, answer = $4, version = 2"
+                " WHERE id = $1",
+                request.id,
+                request.status.value,
+                reservation_id,
                 json.dumps(answer, separators=(",", ":")),
             )
-            return PartsOutcome(request_id, answer, replayed=False)
+            await self._parts_announce(tx, request, request.status.value, ts)
+            return PartsOutcome(request.id, answer, replayed=False)
 
         try:
             return await self._write(work)
-        except Conflict:
+        except Conflict as exc:
+            if "code" in exc.details:
+                raise  # a refusal of the request's (product_discontinued), not of its key
             # The same key, made concurrently and committed first: this attempt rolled back, and the
             # next one finds the request and replays it (or names the mismatch).
             return await self._write(work)
@@ -567,6 +606,10 @@ class PartsSql(ReservationSql, SchoolSql):
         """Append ``parts_request.{event}`` for the request as it now is (its row is this transaction's)."""
         request = await self._parts_load(tx, request_id)
         assert request is not None
+        await self._parts_announce(tx, request, event, ts, **extra)
+        return request
+
+    async def _parts_announce(self, tx: Tx, request: PartsRequest, event: str, ts: int, **extra: Any) -> None:
         await self.append_event(
             tx,
             parts_stream(request.region, request.school_id),
@@ -575,7 +618,6 @@ class PartsSql(ReservationSql, SchoolSql):
             parts_event(event, request, ts, **extra),
             ts,
         )
-        return request
 
     async def transition_parts_request(
         self,
