@@ -13,12 +13,16 @@ class :data:`~storage.parts.QUEUE_LOCK_CLASS`, taken in key order), then request
 * a stock change that makes units available (``set_stock``, ``adjust_stock``, a reservation released or
   expired; :meth:`_stock_available`, called by storage.sql_stock and storage.sql_reservations) holds its
   row already; it looks for a queue and, if there is one (or the row was just inserted, which no new
-  request could have locked), takes the queue's lock and fills its head from that row only;
+  request could have locked), takes the queue's lock, then the rows of the requests its fills will
+  serve, in id order (fills of two products serving the same requests would otherwise cross), and fills
+  the queue's head from that row only;
 * cancelling or shipping a request locks its products' stock rows and queues before the request's row.
 
-A fill never waits for a lock while holding a request row it did not take in that order, so the
-deadlocks left are those PostgreSQL already detects and the store retries (two multi-product requests'
-queue keys hashing alike).
+So nobody waits for a queue's lock while holding a request row, and fills take the request rows they
+serve in one order (a cancellation holds its own request's row first, but every other transaction that
+could want that row needs one of its queues' locks, which the cancellation took before); the
+deadlocks left are those PostgreSQL already detects and the store retries (queue keys of different
+products hashing alike, say).
 """
 
 from __future__ import annotations
@@ -515,6 +519,21 @@ class PartsSql(ReservationSql, SchoolSql):
         if not waiting:
             return {}
         await self._parts_lock_keys(tx, [queue_lock_key(p, r) for p, r, _ in waiting])
+        if self.db.dialect == "postgres":
+            # The rows of every request the fills below will serve, locked now in one order: two fills
+            # of different products that serve the same requests would otherwise take them in their
+            # queues' orders, which may cross.
+            served: set[str] = set()
+            for product_id, region, levels in waiting:
+                served |= await self._parts_served(
+                    tx, product_id, region, {level.warehouse_id for level in levels}
+                )
+            if served:
+                await tx.fetch(
+                    f"SELECT id FROM parts_requests WHERE id {in_list(self.db.dialect, '$1')}"
+                    " ORDER BY id FOR UPDATE",
+                    list_arg(self.db.dialect, sorted(served)),
+                )
         changed: dict[tuple[str, str], StockLevel] = {}
         for product_id, region, levels in waiting:
             for warehouse_id in sorted({level.warehouse_id for level in levels}):
@@ -527,6 +546,48 @@ class PartsSql(ReservationSql, SchoolSql):
                     assert row is not None
                     changed[(product_id, warehouse_id)] = _stock(row)
         return changed
+
+    async def _parts_served(self, tx: Tx, product_id: str, region: str, warehouses: set[str]) -> set[str]:
+        """The requests :meth:`_parts_fill` will give units to from ``warehouses`` (a few more, at most,
+        if the product cannot be reserved at all): what is available there taken by the queue's heads as
+        the fills take it, without taking it."""
+        rows = await tx.fetch(
+            "SELECT warehouse_id, on_hand - reserved AS available FROM stock"
+            f" WHERE product_id = $1 AND warehouse_id {in_list(self.db.dialect, '$2')}",
+            product_id,
+            list_arg(self.db.dialect, sorted(warehouses)),
+        )
+        available = {r["warehouse_id"]: max(0, int(r["available"])) for r in rows}
+        total = sum(available.values())
+        if total == 0:
+            return set()
+        heads = [
+            [r["request_id"], int(r["backordered"]), r["policy"]]
+            for r in await tx.fetch(
+                "SELECT b.request_id, l.backordered, r.policy FROM parts_backorders b"
+                " JOIN parts_requests r ON r.id = b.request_id"
+                " JOIN parts_request_lines l ON l.request_id = b.request_id AND l.line_no = b.line_no"
+                " WHERE b.product_id = $1 AND b.region = $2 ORDER BY b.seq LIMIT $3",
+                product_id,
+                region,
+                total,  # (each line served takes a unit at least)
+            )
+        ]
+        served: set[str] = set()
+        for warehouse_id in sorted(available):
+            units = available[warehouse_id]
+            while heads and units > 0:
+                request_id, need, policy = heads[0]
+                taken = min(units, need)
+                if policy == Policy.ALL_OR_NONE.value and taken < need:
+                    break
+                served.add(request_id)
+                units -= taken
+                if taken < need:
+                    heads[0][1] = need - taken
+                    break
+                heads.pop(0)
+        return served
 
     async def _parts_fill(self, tx: Tx, product_id: str, region: str, warehouse_id: str, ts: int) -> bool:
         """Serve the queue of ``product_id`` in ``region`` from ``warehouse_id``, head first, until the

@@ -196,6 +196,33 @@ async def test_policies_all_or_none_takes_a_line_from_one_warehouse_partial_take
         assert await stock_of(hub, filters["id"]) == {"lyo-1": (2, 2), "par-1": (3, 3)}
 
 
+async def test_a_request_of_several_products_is_reserved_once_the_last_of_them_arrives(database_url):
+    async with parts_hub(database_url) as hub:
+        school = await make_school(hub, "harding")
+        made = {sku: (await hub.product(sku))["id"] for sku in ("HOSE-1", "CLAMP-1", "FUSE-1")}
+        await hub.stock(made["HOSE-1"], "par-1", 5)
+        lines = [
+            {"sku": "HOSE-1", "quantity": 2},
+            {"sku": "CLAMP-1", "quantity": 4},
+            {"sku": "FUSE-1", "quantity": 1},
+            {"sku": "HOSE-1", "quantity": 1},
+        ]
+        status, made_request, _ = await submit(hub, school, lines, policy="partial")
+        assert status == 201 and made_request["status"] == "backordered"
+        assert line_state(made_request) == [(2, 0), (0, 4), (0, 1), (1, 0)]
+        await hub.stock(made["CLAMP-1"], "lyo-1", 3)
+        assert line_state(await read(hub, school, made_request["id"])) == [(2, 0), (3, 1), (0, 1), (1, 0)]
+        await hub.stock(made["FUSE-1"], "par-1", 1)
+        await hub.stock(made["CLAMP-1"], "par-1", 1)
+        done = await read(hub, school, made_request["id"])
+        assert done["status"] == "reserved" and line_state(done) == [(2, 0), (4, 0), (1, 0), (1, 0)]
+        assert (await move(hub, school, made_request["id"], "picked"))[0] == 200
+        assert (await move(hub, school, made_request["id"], "shipped"))[0] == 200
+        assert await stock_of(hub, made["HOSE-1"]) == {"par-1": (2, 0)}
+        assert await stock_of(hub, made["CLAMP-1"]) == {"lyo-1": (0, 0), "par-1": (0, 0)}
+        assert await stock_of(hub, made["FUSE-1"]) == {"par-1": (0, 0)}
+
+
 async def test_a_retry_with_the_same_key_answers_the_first_answer_and_makes_one_request(database_url):
     async with parts_hub(database_url) as hub:
         school = await make_school(hub, "kennedy")
@@ -826,3 +853,50 @@ async def test_needed_by_and_the_body_are_checked(database_url):
         assert (status, body["code"]) == (404, "asset_not_found")
         status, body, _ = await submit(hub, school, [{"sku": "X-1", "quantity": 1}], policy="some")
         assert (status, body["code"]) == (400, "validation_failed")
+
+
+async def test_requests_of_two_scarce_products_racing_stock_of_both_never_oversell_either(pg):
+    """Requests naming two products in either order, stock arriving for both and cancellations, all at
+    once: every call answers (a deadlock, if any, is retried inside), and each product's units held are
+    exactly what the requests hold, never more than on hand."""
+    async with parts_hub(pg) as hub:
+        schools = [await make_school(hub, f"union-{n}") for n in range(3)]
+        ids = {sku: (await hub.product(sku))["id"] for sku in ("AXLE-1", "GEAR-1")}
+        await hub.stock(ids["AXLE-1"], "par-1", 3)
+        await hub.stock(ids["GEAR-1"], "par-1", 3)
+
+        def lines(n: int) -> list[dict[str, Any]]:
+            pair = [{"sku": "AXLE-1", "quantity": 1 + n % 2}, {"sku": "GEAR-1", "quantity": 1 + (n + 1) % 2}]
+            return pair if n % 2 else pair[::-1]
+
+        first = await asyncio.gather(
+            *(submit(hub, schools[n % 3], lines(n), policy="partial") for n in range(8))
+        )
+        work = [
+            *(
+                submit(hub, schools[n % 3], lines(n), policy=("partial", "all_or_none")[n % 2])
+                for n in range(16)
+            ),
+            *(
+                hub.call(
+                    "POST",
+                    f"/api/v1/products/{ids[sku]}/inventory/par-1/adjustments",
+                    token=hub.admin,
+                    json={"delta": 1},
+                )
+                for sku in ("AXLE-1", "GEAR-1")
+                for _ in range(6)
+            ),
+            *(
+                move(hub, schools[n % 3], body["id"], "cancelled")
+                for n, (_, body, _) in enumerate(first)
+                if n % 3 == 0
+            ),
+        ]
+        results = await asyncio.gather(*work)
+        assert all(status in (200, 201) for status, _, _ in results), [r for r in results if r[0] >= 300]
+        requests = await _all_requests(hub, schools)
+        for sku, product_id in ids.items():
+            on_hand, reserved = (await stock_of(hub, product_id))["par-1"]
+            held = sum(line.reserved for r in requests for line in r.lines if line.product_id == product_id)
+            assert held == reserved <= on_hand, (sku, held, reserved, on_hand)
