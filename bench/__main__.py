@@ -1,6 +1,6 @@
 """``python -m bench <name>`` (or ``synchub bench <name>``): run one benchmark (``suite``,
 ``reservations``, ``fanout``, ``fanpath``, ``crdt``, ``sync``, ``reviews``, ``ratelimit``, ``auth``,
-``parts``)."""
+``parts``, ``webhooks``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ NAMES = {
     "ratelimit": "bench.ratelimit",
     "auth": "bench.auth",
     "parts": "bench.parts",
+    "webhooks": "bench.webhooks",
 }
 
 

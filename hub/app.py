@@ -53,10 +53,12 @@ from hub.routes import (
     reviews,
     schools,
     tickets,
+    webhooks,
 )
 from hub.settings import Settings
 from hub.transports import poll, sse, websocket
 from hub.transports.writes import WriteBatcher
+from hub.webhooks.worker import webhooks_context
 from storage.factory import open_store
 from sync.broker import Broker
 from sync.broker_memory import MemoryBroker
@@ -236,6 +238,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(api_keys.routes)
     app.add_routes(me.routes)
     app.add_routes(audit.routes)
+    app.add_routes(webhooks.routes)
     app.add_routes(schools.routes)
     app.add_routes(parts_requests.routes)
     app.add_routes(websocket.routes)
@@ -246,6 +249,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(media_context)
     app.cleanup_ctx.append(api_keys_context)  # after the store's: it reads keys from it
+    app.cleanup_ctx.append(webhooks_context)  # after the store's, the broker's and the relay's
     if limits_on:
         app.cleanup_ctx.append(rate_limit_context)
     app.on_shutdown.append(go_away)

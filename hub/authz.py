@@ -36,7 +36,8 @@ SCOPES: dict[str, str] = {
     "reservations:write": "make, read, commit and release the key's own reservations",
     "parts-requests:write": "the schools the key is bound to: their assets and parts requests (make, read,"
     " cancel, confirm delivery), their parts-requests: channel",
-    "webhooks:manage": "webhook subscriptions (no route yet)",
+    "webhooks:manage": "the key's own webhook endpoints: make, read, change, delete, test and replay them,"
+    " read their delivery log and dead letters",
 }
 
 
@@ -139,6 +140,16 @@ TABLE: dict[str, Rule] = {
     "export_user": ADMIN,
     "erase_user": ADMIN,
     "list_audit": ADMIN,
+    # webhooks: an API key manages its own endpoints, an admin every one (hub/routes/webhooks.py)
+    "create_webhook": ADMIN.or_key("webhooks:manage"),
+    "list_webhooks": ADMIN.or_key("webhooks:manage"),
+    "get_webhook": ADMIN.or_key("webhooks:manage"),
+    "update_webhook": ADMIN.or_key("webhooks:manage"),
+    "delete_webhook": ADMIN.or_key("webhooks:manage"),
+    "test_webhook": ADMIN.or_key("webhooks:manage"),
+    "replay_webhook": ADMIN.or_key("webhooks:manage"),
+    "list_webhook_deliveries": ADMIN.or_key("webhooks:manage"),
+    "list_webhook_dead_letters": ADMIN.or_key("webhooks:manage"),
     # schools' parts requests (hub/schools.py): the supplier's admin and service tokens reach every school,
     # a school platform's API key the schools it is bound to; admins make schools and bind their keys
     "create_school": ADMIN,

@@ -116,6 +116,7 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
     _add_media(serve)
     _add_limits(serve)
     _add_caps_and_tls(serve)
+    _add_webhooks(serve)
     _add_identity(serve)
     serve.add_argument(
         "--workers",
@@ -373,6 +374,67 @@ def _add_caps_and_tls(serve: argparse.ArgumentParser) -> None:
     )
 
 
+# The webhook flags (hub/webhooks/): each is the Settings field of its name, SYNCHUB_<NAME> sets it.
+_WEBHOOK_SETTINGS = ("webhook_allow_hosts", "webhook_timeout_seconds", "webhook_lease_seconds")
+
+
+def _allow_hosts(text: str) -> str:
+    from hub.webhooks.targets import AllowList
+
+    try:
+        AllowList.parse(text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {value!r}") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600 seconds, not {value}")
+    return seconds
+
+
+def _add_webhooks(serve: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    serve.add_argument(
+        "--webhook-allow-hosts",
+        type=_allow_hosts,
+        default=_env("WEBHOOK_ALLOW_HOSTS", ""),
+        help="comma-separated host names, addresses and networks webhooks may be sent to although they are"
+        " loopback, private, link-local or otherwise not public (the SSRF checks); none by default"
+        " (env SYNCHUB_WEBHOOK_ALLOW_HOSTS)",
+    )
+    for flag, dest, what in (
+        ("--webhook-timeout-seconds", "webhook_timeout_seconds", "a webhook attempt's total timeout"),
+        (
+            "--webhook-lease-seconds",
+            "webhook_lease_seconds",
+            "how long a node's lease of a webhook endpoint lasts (renewed every quarter of it): another node"
+            " takes over a dead node's endpoints within it; more than 4/3 of the timeout",
+        ),
+    ):
+        serve.add_argument(
+            flag,
+            type=_seconds,
+            default=_seconds(_env(dest.upper(), str(getattr(defaults, dest))) or ""),
+            help=f"{what} (default %(default)s; env SYNCHUB_{dest.upper()})",
+        )
+
+
+def _webhook_settings(args: argparse.Namespace) -> dict[str, Any]:
+    if args.webhook_lease_seconds * 0.75 <= args.webhook_timeout_seconds:
+        raise SystemExit("synchub: --webhook-lease-seconds must exceed 4/3 of --webhook-timeout-seconds")
+    return {
+        "webhook_allow_hosts": tuple(h.strip() for h in args.webhook_allow_hosts.split(",") if h.strip()),
+        "webhook_timeout_seconds": args.webhook_timeout_seconds,
+        "webhook_lease_seconds": args.webhook_lease_seconds,
+    }
+
+
 def _tls(settings: Settings) -> ssl.SSLContext | None:
     """The node's TLS context; a one-line exit when its files cannot serve (hub/tls.py)."""
     from hub.tls import TlsConfigError, context_for
@@ -477,6 +539,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         **{name: getattr(args, name) for name in _IDENTITY_SETTINGS},
         **_limit_settings(args),
         **{name: getattr(args, name) for name in (*_CAP_SETTINGS, *_TLS_SETTINGS)},
+        **_webhook_settings(args),
         **kwargs,
     )
 
@@ -549,6 +612,7 @@ _FORWARDED = {
     **{name: name.upper() for name in _IDENTITY_SETTINGS},
     **{name: name.upper() for name in _LIMIT_FLAGS},
     **{name: name.upper() for name in (*_CAP_SETTINGS, *_TLS_SETTINGS)},
+    **{name: name.upper() for name in _WEBHOOK_SETTINGS},
 }
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hub.realtime import Connections
     from hub.settings import Settings
     from hub.transports.writes import WriteBatcher
+    from hub.webhooks.worker import WebhookWorker
     from storage.base import Store
     from sync.broker import Broker
     from sync.engine import SyncEngine
@@ -37,6 +38,7 @@ CONNECTION_CAPS: web.AppKey[ConnectionCaps] = web.AppKey("connection_caps")
 API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 PII_KEYS: web.AppKey[Keyring] = web.AppKey("pii_keys")
+WEBHOOKS: web.AppKey[WebhookWorker | None] = web.AppKey("webhooks")  # None: no deliveries on this node
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")  # set by hub.audit.request_id

@@ -118,6 +118,29 @@ class Metrics:
             ["transport"],
             registry=self.registry,
         )
+        # webhooks (hub/webhooks/)
+        self.webhook_attempts = Counter(
+            "synchub_webhook_attempts_total",
+            "Webhook delivery attempts by outcome (delivered, retry, dead)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_attempt_seconds = Histogram(
+            "synchub_webhook_attempt_seconds",
+            "Webhook delivery attempts' latency, from the request to the response's head (or the failure)",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.webhook_gaps = Counter(
+            "synchub_webhook_gaps_total",
+            "Stream positions of webhook endpoints the broker no longer held (events between not delivered)",
+            registry=self.registry,
+        )
+        self.webhook_endpoints_leased = Gauge(
+            "synchub_webhook_endpoints_leased",
+            "Webhook endpoints this node delivers (holds the lease of)",
+            registry=self.registry,
+        )
 
     def observe_backlog(self, count: int, lag_seconds: float) -> None:
         self.outbox_backlog.set(count)

@@ -11,6 +11,7 @@ from hub.openapi_api_keys import api_key_paths, api_key_schemas, with_api_key_sc
 from hub.openapi_parts import parts_paths, parts_request_bodies, parts_schemas
 from hub.openapi_privacy import privacy_paths, privacy_schemas
 from hub.openapi_reviews import review_paths, review_schemas
+from hub.openapi_webhooks import webhook_paths, webhook_request_bodies, webhook_schemas
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 PROBLEM_CONTENT = {
@@ -314,6 +315,7 @@ def request_bodies() -> dict[str, dict[str, Any]]:
         "ModerationDecision": body_schema(reviews.DECISION_FIELDS),
         "NewApiKey": body_schema(api_keys.CREATE_FIELDS),
         "ProfileUpdate": body_schema(me.PROFILE_FIELDS),
+        **webhook_request_bodies(),
         **parts_request_bodies(),
     }
 
@@ -685,6 +687,7 @@ def _document() -> dict[str, Any]:
             **review_paths(_op, _json, _problems, _path, _query, _AUTH_PROBLEMS),
             **privacy_paths(_op, _json, _problems, _path, _query, _AUTH_PROBLEMS),
             **api_key_paths(_op, _json, _problems, _query, _AUTH_PROBLEMS),
+            **webhook_paths(_op, _json, _problems, _query, _AUTH_PROBLEMS),
             **parts_paths(_op, _json, _problems, _query, _AUTH_PROBLEMS),
         },
         "components": {
@@ -860,6 +863,7 @@ def _document() -> dict[str, Any]:
                 **review_schemas(_CONTEXT, _DELTA, _ACK),
                 **privacy_schemas(),
                 **api_key_schemas(),
+                **webhook_schemas(),
                 **parts_schemas(),
             },
         },

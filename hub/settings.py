@@ -123,6 +123,27 @@ class Settings:
     # HTTPS and WSS (hub/tls.py): a PEM certificate chain and its private key, both or neither.
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Webhooks (hub/webhooks/; docs/api.md, "Webhooks"; docs/security.md): targets allowed despite the
+    # SSRF checks (host names, addresses, networks); an attempt's total timeout; how long a node's lease
+    # of an endpoint lasts (renewed every quarter of it; more than 4/3 of the timeout); retries (full
+    # jitter, base × 2^n up to max, for a window, at most max_attempts, then a dead letter); an endpoint
+    # is disabled after failing every attempt for disable_after, or after that many dead letters since its
+    # last success (0: never); attempts at once per endpoint (one per key); delivered and dead messages
+    # and the log are kept this long (replays reach that far back). webhook_delivery off: this node
+    # serves the API but delivers nothing.
+    webhook_delivery: bool = True
+    webhook_allow_hosts: tuple[str, ...] = ()
+    webhook_timeout_seconds: float = 10.0
+    webhook_lease_seconds: float = 20.0
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_max_seconds: float = 6 * 3600.0
+    webhook_retry_window_seconds: float = 24 * 3600.0
+    webhook_max_attempts: int = 20
+    webhook_disable_after_seconds: float = 24 * 3600.0
+    webhook_disable_after_dead_letters: int = 50
+    webhook_max_in_flight: int = 16
+    webhook_poll_seconds: float = 1.0
+    webhook_log_retention_seconds: float = 7 * 24 * 3600.0
 
     @property
     def uses_postgres(self) -> bool:

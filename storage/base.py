@@ -68,6 +68,7 @@ from storage.reviews import (
     ReviewStatus,
     Screener,
 )
+from storage.webhooks import WebhookStore
 
 
 class OutboxListener(Protocol):
@@ -84,8 +85,9 @@ class OutboxListener(Protocol):
         ...
 
 
-class Store(PartsStore, Protocol):
-    """(Schools' parts requests' operations, and their guarantees: storage.parts.PartsStore.)"""
+class Store(WebhookStore, PartsStore, Protocol):
+    """(Webhooks' operations, and their guarantees: storage.webhooks.WebhookStore; schools' parts
+    requests': storage.parts.PartsStore.)"""
 
     backend: str  # "sqlite" or "postgres"
 

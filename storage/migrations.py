@@ -16,7 +16,7 @@ Every migration version is recorded on every backend, so versions stay aligned.
 
 from __future__ import annotations
 
-from storage import pg_reserve
+from storage import pg_reserve, webhooks_schema
 from storage.parts_schema import MIGRATION_11
 
 Statement = str | tuple[str, str]
@@ -421,6 +421,12 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             "CREATE INDEX reservations_pending_by_owner ON reservations (owner) WHERE status = 'pending'",
             *(("postgres", sql) for sql in pg_reserve.MIGRATION_9),
         ],
+    ),
+    (
+        10,
+        "webhooks (storage/webhooks.py): endpoints, their stream positions and leases, their queue with its"
+        " dead letters, the delivery log",
+        webhooks_schema.MIGRATION_10,
     ),
     (
         11,

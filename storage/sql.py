@@ -17,6 +17,7 @@ from storage.sql_privacy import PrivacySql
 from storage.sql_reservations import ReservationSql
 from storage.sql_reviews import ReviewSql
 from storage.sql_tickets import TicketSql
+from storage.sql_webhooks import WebhookSql
 
 
 class SqlStore(
@@ -29,6 +30,7 @@ class SqlStore(
     ApiKeySql,
     PrivacySql,
     AuditSql,
+    WebhookSql,
 ):
     """The Store (storage.base) on a SQL database: catalog, stock, reservations, carts, reviews, schools'
     parts requests and the outbox, each in its own module, over one writing-transaction core

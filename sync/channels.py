@@ -104,6 +104,7 @@ USER = ChannelKind(
             "reservation.committed",
             "reservation.released",
             "reservation.expired",
+            "webhook.disabled",
         }
     ),
     key_field="sub",

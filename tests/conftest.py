@@ -63,6 +63,7 @@ TABLES = (
     "outbox, idempotency_keys, reservation_lines, reservations, stock, warehouses, products,"
     " cart_mutations, carts, replicas, user_events, api_keys"
     ", audit_log, user_profiles"
+    ", webhook_endpoints, webhook_positions, webhook_leases, webhook_deliveries, webhook_attempts"
     ", schools, school_api_keys, school_assets, parts_requests, parts_request_lines, parts_backorders"
 )
 

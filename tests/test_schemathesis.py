@@ -77,8 +77,17 @@ def test_no_request_made_from_the_schema_gets_a_server_error(case, hub_thread, w
 
 # Refusals of requests the schema calls valid that are about state, not form: a cursor this server
 # did not issue (cursors are opaque strings), an Idempotency-Key reused with another body, a region
-# another node serves.
-STATEFUL_REFUSALS = frozenset({"invalid_cursor", "idempotency_key_reused", "channel_not_served"})
+# another node serves, a webhook target whose host does not resolve or resolves to an address webhooks are
+# not sent to (the DNS's state, not the URL's form).
+STATEFUL_REFUSALS = frozenset(
+    {
+        "invalid_cursor",
+        "idempotency_key_reused",
+        "channel_not_served",
+        "webhook_target_unresolvable",
+        "webhook_target_forbidden",
+    }
+)
 
 
 @schema.parametrize()

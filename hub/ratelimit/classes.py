@@ -77,6 +77,16 @@ ROUTE_CLASSES: dict[str, RouteClass] = {
     # erasure (rare, and idempotent) are writes.
     **dict.fromkeys(("get_me", "export_me", "export_user", "list_audit"), RouteClass.READ),
     **dict.fromkeys(("put_me", "erase_me", "erase_user"), RouteClass.WRITE),
+    # Webhooks: reading endpoints and their logs; changing them, and a ping or a replay (each sends
+    # requests to the partner's server, a replay possibly many) are writes.
+    **dict.fromkeys(
+        ("list_webhooks", "get_webhook", "list_webhook_deliveries", "list_webhook_dead_letters"),
+        RouteClass.READ,
+    ),
+    **dict.fromkeys(
+        ("create_webhook", "update_webhook", "delete_webhook", "test_webhook", "replay_webhook"),
+        RouteClass.WRITE,
+    ),
     # Schools and their assets: reads and admins' or platforms' writes; a parts request and its transitions
     # hold and release stock as reservations do.
     **dict.fromkeys(
