@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import random
 import time
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -21,11 +23,14 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from hub.keys import STORE
+from hub.keys import WEBHOOKS as WORKER
+from hub.pii import new_key_spec
 from hub.webhooks.delivery import RetryPolicy
 from hub.webhooks.signing import new_secret, secret_key, signature
 from hub.webhooks.targets import AllowList, TargetRefused, refusal_reason, resolve_checked
 from storage.db import Tx
-from tests.conftest import Hub, hub_settings, running_hub
+from storage.webhooks import WebhookEndpoint
+from tests.conftest import Hub, hub_settings, redis_url, running_hub
 from tests.realtime_helpers import eventually, poll
 from tests.webhook_helpers import WEBHOOKS, create_webhook, deliveries, receiver
 
@@ -606,3 +611,83 @@ def test_retries_back_off_exponentially_with_full_jitter_within_the_window_then_
     assert (now - start) / 1e6 <= 24 * 3600  # never scheduled past the window
     assert policy.next_attempt(20, start, start, rng) is None  # the 20th failed attempt is the last
     assert policy.next_attempt(1, start, start + 24 * 3600 * 10**6, rng) is None  # the window is over
+
+
+# -- one node at a time ------------------------------------------------------------------------------
+
+
+async def test_leases_go_to_one_holder_at_a_time_and_free_up_when_they_expire(store):
+    now = time.time_ns() // 1000
+    made = []
+    for n in range(4):
+        endpoint = WebhookEndpoint(
+            str(uuid.uuid4()),
+            "root",
+            True,
+            f"https://93.184.215.{n}/",
+            "",
+            (),
+            "c",
+            True,
+            None,
+            None,
+            None,
+            0,
+            1,
+            now,
+            now,
+        )
+        made.append((await store.create_webhook(endpoint, {})).id)
+    until = now + 10_000_000
+    first, second = await asyncio.gather(
+        store.claim_webhook_leases("node-a:1", "eu", made, now, until),
+        store.claim_webhook_leases("node-b:1", "eu", made, now, until),
+    )
+    assert first | second == set(made) and not first & second
+    holder = "node-a:1" if first else "node-b:1"
+    assert await store.claim_webhook_leases(holder, "eu", made, now, until) == set(made)  # renewed
+    assert await store.claim_webhook_leases("node-c:1", "eu", made, now + 1, until) == set()
+    assert await store.claim_webhook_leases("node-c:1", "us", made, now, until) == set(made)  # per region
+    assert set((await store.webhook_leases("eu", now)).values()) == {holder}
+    # expired: anyone may take them; given back: at once
+    assert await store.claim_webhook_leases("node-c:1", "eu", made[:2], until + 1, until + 10) == set(
+        made[:2]
+    )
+    await store.release_webhook_leases(holder, "eu", made[2:])
+    assert await store.claim_webhook_leases("node-c:1", "eu", made[2:], now + 2, until) == set(made[2:])
+
+
+async def test_two_nodes_deliver_each_event_once_and_the_survivor_takes_over(pg, redis_prefix):
+    """Two hubs on one PostgreSQL and Redis: one holds the endpoint's lease, so no event goes out twice;
+    the holder stopped gives its lease back, and the other delivers the rest."""
+    shared = {"redis_url": redis_url(), "redis_prefix": redis_prefix, "pii_keys": new_key_spec("shared")}
+    stacks = [contextlib.AsyncExitStack(), contextlib.AsyncExitStack()]
+    async with receiver() as target:
+        try:
+            hubs = [await stack.enter_async_context(webhook_hub(pg, **shared)) for stack in stacks]
+            (product,) = await catalog(hubs[0], "TWO-1")
+            made = await create_webhook(hubs[0], hubs[0].admin, target.url, [{"type": "stock.changed"}])
+            target.secret = made["secret"]
+
+            async def held() -> bool:
+                return sum(bool(hub.app[WORKER].leased) for hub in hubs) == 1
+
+            await eventually(held, within=5, what="one node holding the lease")
+            holder = next(n for n, hub in enumerate(hubs) if hub.app[WORKER].leased)
+            for n in range(1, 21):
+                await hubs[n % 2].stock(product, "par-1", n)  # written through both nodes
+            await target.wait_until(lambda: len(target.received) >= 20)
+            await asyncio.sleep(0.5)
+            assert [r.body["data"]["version"] for r in target.received] == list(range(1, 21))
+            await stacks[holder].aclose()  # the holder stops: it gives its lease back
+            survivor = hubs[1 - holder]
+            for n in range(21, 31):
+                await survivor.stock(product, "par-1", n)
+            await target.wait_until(lambda: len(target.received) >= 30, within=20)
+            await asyncio.sleep(0.5)
+            assert survivor.app[WORKER].leased == [made["id"]]
+        finally:
+            for stack in stacks:
+                await stack.aclose()
+    assert [r.body["data"]["version"] for r in target.received] == list(range(1, 31))
+    assert len({r.webhook_id for r in target.received}) == 30 and all(r.verified for r in target.received)
