@@ -1,6 +1,6 @@
 """``python -m bench <name>`` (or ``synchub bench <name>``): run one benchmark (``suite``,
 ``reservations``, ``fanout``, ``fanpath``, ``crdt``, ``sync``, ``reviews``, ``ratelimit``, ``auth``,
-``parts``, ``webhooks``)."""
+``parts``, ``webhooks``, ``events``)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ NAMES = {
     "auth": "bench.auth",
     "parts": "bench.parts",
     "webhooks": "bench.webhooks",
+    "events": "bench.events",
 }
 
 

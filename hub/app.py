@@ -33,6 +33,7 @@ from hub.keys import (
 from hub.media import media_context
 from hub.metrics import Metrics, metrics_middleware
 from hub.oidc import verifier_context
+from hub.personalization import personalization_context
 from hub.pii import keyring_for
 from hub.proxies import forwarded_middleware, parse_networks
 from hub.ratelimit.connections import ConnectionCaps
@@ -49,6 +50,7 @@ from hub.routes import (
     media,
     ops,
     parts_requests,
+    personalization,
     reservations,
     reviews,
     schools,
@@ -238,6 +240,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(api_keys.routes)
     app.add_routes(me.routes)
     app.add_routes(audit.routes)
+    app.add_routes(personalization.routes)
     app.add_routes(webhooks.routes)
     app.add_routes(schools.routes)
     app.add_routes(parts_requests.routes)
@@ -249,6 +252,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(media_context)
     app.cleanup_ctx.append(api_keys_context)  # after the store's: it reads keys from it
+    app.cleanup_ctx.append(personalization_context)  # after the store's and the engine's
     app.cleanup_ctx.append(webhooks_context)  # after the store's, the broker's and the relay's
     if limits_on:
         app.cleanup_ctx.append(rate_limit_context)

@@ -164,6 +164,11 @@ TABLE: dict[str, Rule] = {
     "list_parts_requests": SUPPLIER.or_key("parts-requests:write"),
     "get_parts_request": SUPPLIER.or_key("parts-requests:write"),
     "transition_parts_request": SUPPLIER.or_key("parts-requests:write"),
+    # personalization: a shopper's own behaviour events, consent and recommendations
+    "post_events": CUSTOMER,
+    "get_consent": CUSTOMER,
+    "put_consent": CUSTOMER,
+    "get_recommendations": CUSTOMER,
 }
 
 

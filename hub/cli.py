@@ -113,6 +113,14 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
         help="keys of the personal data encrypted at rest, 'kid:base64key,…' (AES, 16-32 bytes): the first"
         " encrypts, the others still decrypt (env SYNCHUB_PII_KEYS); default: a key file in var/pii-keys",
     )
+    serve.add_argument(
+        "--event-retention-days",
+        type=_retention_days,
+        default=_retention_days(_env("EVENT_RETENTION_DAYS", str(Settings().event_retention_days)) or ""),
+        help="behaviour events (POST /api/v1/events) are deleted this many days after they happened, and a"
+        " user's preferred attributes once no event fed them for as long (default %(default)s; env"
+        " SYNCHUB_EVENT_RETENTION_DAYS)",
+    )
     _add_media(serve)
     _add_limits(serve)
     _add_caps_and_tls(serve)
@@ -514,6 +522,16 @@ def _origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
 
 
+def _retention_days(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, not {value!r}") from None
+    if not 1 <= days <= 3650:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 3650 days, not {days}")
+    return days
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     kwargs = {}
     if args.node_id:
@@ -535,6 +553,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         trusted_proxies=_networks(args.trusted_proxies),
         max_body_bytes=args.max_body_bytes,
         relay_enabled=not args.no_relay,
+        event_retention_days=args.event_retention_days,
         **{name: getattr(args, name) for name in _MEDIA_SETTINGS},
         **{name: getattr(args, name) for name in _IDENTITY_SETTINGS},
         **_limit_settings(args),
@@ -608,6 +627,7 @@ _FORWARDED = {
     "max_body_bytes": "MAX_BODY_BYTES",
     "log_level": "LOG_LEVEL",
     "pii_keys": "PII_KEYS",
+    "event_retention_days": "EVENT_RETENTION_DAYS",
     **{name: name.upper() for name in _MEDIA_SETTINGS},
     **{name: name.upper() for name in _IDENTITY_SETTINGS},
     **{name: name.upper() for name in _LIMIT_FLAGS},

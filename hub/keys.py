@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from hub.media_store import MediaStore
     from hub.metrics import Metrics
     from hub.oidc import TokenVerifier
+    from hub.personalization import Personalization
     from hub.pii import Keyring
     from hub.ratelimit.connections import ConnectionCaps
     from hub.ratelimit.http import RateLimits
@@ -38,6 +39,7 @@ CONNECTION_CAPS: web.AppKey[ConnectionCaps] = web.AppKey("connection_caps")
 API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 PII_KEYS: web.AppKey[Keyring] = web.AppKey("pii_keys")
+PERSONALIZATION: web.AppKey[Personalization] = web.AppKey("personalization")
 WEBHOOKS: web.AppKey[WebhookWorker | None] = web.AppKey("webhooks")  # None: no deliveries on this node
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous

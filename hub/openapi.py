@@ -9,6 +9,7 @@ from typing import Any
 
 from hub.openapi_api_keys import api_key_paths, api_key_schemas, with_api_key_scopes
 from hub.openapi_parts import parts_paths, parts_request_bodies, parts_schemas
+from hub.openapi_personalization import personalization_paths, personalization_schemas
 from hub.openapi_privacy import privacy_paths, privacy_schemas
 from hub.openapi_reviews import review_paths, review_schemas
 from hub.openapi_webhooks import webhook_paths, webhook_request_bodies, webhook_schemas
@@ -297,7 +298,8 @@ def request_bodies() -> dict[str, dict[str, Any]]:
     """The request bodies' schemas, made from the very fields the routes validate with
     (hub/validation.py: one source, so the document and the server cannot disagree)."""
     # (imported here: the routes import this module's document through hub.routes.ops)
-    from hub.routes import api_keys, carts, catalog, inventory, me, reservations, reviews
+    from hub.behaviour import BATCH_SCHEMA
+    from hub.routes import api_keys, carts, catalog, inventory, me, personalization, reservations, reviews
     from hub.settings import Settings
     from hub.validation import body_schema
 
@@ -315,6 +317,8 @@ def request_bodies() -> dict[str, dict[str, Any]]:
         "ModerationDecision": body_schema(reviews.DECISION_FIELDS),
         "NewApiKey": body_schema(api_keys.CREATE_FIELDS),
         "ProfileUpdate": body_schema(me.PROFILE_FIELDS),
+        "EventBatch": BATCH_SCHEMA,
+        "ConsentUpdate": body_schema(personalization.CONSENT_FIELDS),
         **webhook_request_bodies(),
         **parts_request_bodies(),
     }
@@ -686,6 +690,7 @@ def _document() -> dict[str, Any]:
             **_media_paths(),
             **review_paths(_op, _json, _problems, _path, _query, _AUTH_PROBLEMS),
             **privacy_paths(_op, _json, _problems, _path, _query, _AUTH_PROBLEMS),
+            **personalization_paths(_op, _json, _problems, _query, _AUTH_PROBLEMS),
             **api_key_paths(_op, _json, _problems, _query, _AUTH_PROBLEMS),
             **webhook_paths(_op, _json, _problems, _query, _AUTH_PROBLEMS),
             **parts_paths(_op, _json, _problems, _query, _AUTH_PROBLEMS),
@@ -862,6 +867,7 @@ def _document() -> dict[str, Any]:
                 "Media": _MEDIA,
                 **review_schemas(_CONTEXT, _DELTA, _ACK),
                 **privacy_schemas(),
+                **personalization_schemas(),
                 **api_key_schemas(),
                 **webhook_schemas(),
                 **parts_schemas(),

@@ -175,6 +175,17 @@ def privacy_schemas() -> dict[str, Any]:
                 "reservations": _items({"$ref": "#/components/schemas/Reservation"}),
                 "devices": _items({"type": "object", "description": "replica_id, created_at"}),
                 "audit": _items(ref),
+                "personalization": {
+                    "type": "object",
+                    "description": "consent (as GET /api/v1/me/consent), every behaviour event kept (type,"
+                    " product_id / query / attributes, region, ts, received_at, consent_granted_at,"
+                    " expires_at) and the preferred attributes (attribute, value, count, updated_at)",
+                    "properties": {
+                        "consent": {"$ref": "#/components/schemas/Consent"},
+                        "events": _items({"type": "object"}),
+                        "preferences": _items({"type": "object"}),
+                    },
+                },
             },
         },
         "Erasure": {
@@ -191,6 +202,10 @@ def privacy_schemas() -> dict[str, Any]:
                 "reports_pseudonymised": {"type": "integer"},
                 "audit_entries_pseudonymised": {"type": "integer"},
                 "profile_deleted": {"type": "integer"},
+                "behaviour_events_deleted": {
+                    "type": "integer",
+                    "description": "with the consent record, recent products and preferred attributes",
+                },
                 "audit_seq": {"type": "integer", "description": "the erasure's own audit entry"},
             },
         },

@@ -16,8 +16,9 @@ nobody without the secret can tell whose.
    even the user's (``review_not_found``);
 2. the store's ``erase_user``, one transaction: carts deleted (``cart.deleted`` on each cart's channel,
    ``cart.status`` on the user's), reservations, erased reviews' authors, votes, reports and audit
-   entries pseudonymised, the profile deleted, and the erasure's own audit entry (actor: the admin,
-   or the pseudonym when users erase themselves; target: the pseudonym).
+   entries pseudonymised, the profile deleted, personalization's events, consent and preferences
+   deleted, and the erasure's own audit entry (actor: the admin, or the pseudonym when users erase
+   themselves; target: the pseudonym).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from aiohttp import web
 
 from hub.audit import entry_for, mark_recorded, render_entry
 from hub.auth import Principal
+from hub.behaviour import render_behaviour
 from hub.carts import render_cart
 from hub.errors import ApiError
 from hub.keys import PII_KEYS, SETTINGS, STORE
@@ -116,6 +118,7 @@ async def export(app: web.Application, sub: str) -> dict[str, Any]:
         "reservations": [with_iso_times(reservation_to_dict(r)) for r in data.reservations],
         "devices": [{"replica_id": d.replica_id, "created_at": iso(d.created_at)} for d in data.devices],
         "audit": [render_entry(entry) for entry in data.audit],
+        "personalization": render_behaviour(sub, data.behaviour, app[SETTINGS].event_retention_days),
     }
 
 

@@ -60,6 +60,12 @@ class Settings:
     # How long a cart push's mutation id is remembered (a retry within it is answered "duplicate";
     # after it, merged again, which changes nothing).
     cart_mutation_retention_seconds: int = 7 * 24 * 3600
+    # Personalization (hub/personalization.py): behaviour events are kept this long after they happened;
+    # the sweep deleting the expired ones runs this often; a user hears of their recommendations at most
+    # once per interval.
+    event_retention_days: int = 90
+    event_purge_interval_seconds: float = 60.0
+    recommendations_interval_seconds: float = 1.0
     # real time
     stream_max_len: int = 100_000  # broker retention by length, per region stream
     stream_max_age_seconds: float | None = 24 * 3600  # and by age (Redis)

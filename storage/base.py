@@ -40,6 +40,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from storage.api_keys import ApiKey, NewSecret
+from storage.behaviour import (
+    Consent,
+    ConsentChange,
+    ConsentStatus,
+    Ingested,
+    NewEvent,
+    Notified,
+    Purged,
+    Signals,
+)
 from storage.carts import CartDocument, CartOwner, CartPush, CartRules, CheckoutResult, PushResult
 from storage.models import (
     IdempotentResult,
@@ -315,6 +325,43 @@ class Store(WebhookStore, PartsStore, Protocol):
     async def list_audit(self, query: AuditQuery) -> AuditPage:
         """Newest first, keyset-paginated by seq, every filter given matched."""
         ...
+
+    # -- personalization (storage.behaviour states the guarantees) ------------------------------
+    async def get_consent(self, sub: str) -> Consent | None: ...
+    async def set_consent(self, sub: str, status: ConsentStatus) -> ConsentChange:
+        """Grant or revoke; a revocation deletes the user's events and per-user aggregates with it."""
+        ...
+
+    async def ingest_events(self, sub: str, events: Sequence[NewEvent], retention_us: int) -> Ingested:
+        """Store the events and add their increments to the aggregates, all or nothing;
+        ConsentRequired (nothing stored) unless the user's consent is granted."""
+        ...
+
+    async def purge_behaviour(self, now_us: int, retention_us: int, limit: int = 10_000) -> Purged:
+        """Delete expired events and preferences older than the retention, ``limit`` of each at most."""
+        ...
+
+    async def recommendation_signals(
+        self,
+        sub: str,
+        default_region: str,
+        *,
+        neighbours: int = 10,
+        trending: int = 50,
+        preferences: int = 20,
+    ) -> Signals:
+        """The candidates of ``sub``'s recommendations with their decayed weights, their products and
+        stock in the user's region, and the user's preferences (storage.behaviour.Signals)."""
+        ...
+
+    async def notify_recommendations(
+        self, sub: str, etag: str, payload: dict[str, Any], min_interval_us: int
+    ) -> Notified:
+        """Append ``payload`` to the user's events unless ``etag`` was the last notified, or one was
+        notified (by any node) less than ``min_interval_us`` ago."""
+        ...
+
+    async def mark_listening(self, subs: Sequence[str], until_us: int) -> None: ...
 
     # -- outbox --------------------------------------------------------------------------------
     def watch_outbox(self, listener: OutboxListener) -> Callable[[], None]:

@@ -17,6 +17,7 @@ Every migration version is recorded on every backend, so versions stay aligned.
 from __future__ import annotations
 
 from storage import pg_reserve, webhooks_schema
+from storage.behaviour_schema import MIGRATION_12
 from storage.parts_schema import MIGRATION_11
 
 Statement = str | tuple[str, str]
@@ -433,6 +434,12 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         "schools, their assets, parts requests, their lines and backorder queue (storage/parts.py);"
         " PostgreSQL: a GIN index on products' attributes as jsonb",
         MIGRATION_11,
+    ),
+    (
+        12,
+        "behaviour events, consent to personalization, and the recommendations' aggregates (co-viewed and"
+        " co-carted products, users' preferred attributes, trending per region: storage/behaviour.py)",
+        MIGRATION_12,
     ),
 ]
 

@@ -34,6 +34,8 @@ device replica ids bound to it, and the audit entries it is the actor or the ``u
   erasure's row is deleted; the review's counts stay);
 * audit entries: the subject becomes the pseudonym as actor and as ``user`` target;
 * the profile is deleted;
+* personalization (storage/behaviour.py): the behaviour events, the consent record, the recent products
+  and the preferred attributes are deleted (the anonymous co-occurrence and trending counts stay);
 * ``record``, the erasure's own audit entry, is appended in the same transaction.
 
 Kept, and why: the subject's device replica ids (``replicas``: bound for good so that no other user
@@ -47,6 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage.behaviour import BehaviourData
 from storage.carts import CartDocument
 from storage.models import Reservation
 from storage.reviews import ReviewDocument
@@ -132,6 +135,7 @@ class UserData:
     reservations: list[Reservation]
     devices: list[DeviceReplica]
     audit: list[AuditEntry]
+    behaviour: BehaviourData | None = None  # consent, behaviour events and preferences (personalization)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +151,7 @@ class Erasure:
     audit_entries: int
     profile_deleted: bool
     entry: AuditEntry  # the erasure's own audit entry, as appended
+    behaviour_events: int = 0  # behaviour events deleted (with the consent record and preferences)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -158,4 +163,5 @@ class Erasure:
             "reports_pseudonymised": self.reports,
             "audit_entries_pseudonymised": self.audit_entries,
             "profile_deleted": int(self.profile_deleted),
+            "behaviour_events_deleted": self.behaviour_events,
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from storage.db import Database
 from storage.sql_api_keys import ApiKeySql
 from storage.sql_audit import AuditSql
+from storage.sql_behaviour import BehaviourSql
 from storage.sql_carts import CartSql, DecodedCarts
 from storage.sql_catalog import CatalogSql
 from storage.sql_core import now_us
@@ -31,6 +32,7 @@ class SqlStore(
     PrivacySql,
     AuditSql,
     WebhookSql,
+    BehaviourSql,
 ):
     """The Store (storage.base) on a SQL database: catalog, stock, reservations, carts, reviews, schools'
     parts requests and the outbox, each in its own module, over one writing-transaction core

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
+from storage.behaviour import BehaviourData
 from storage.db import Database, Row, Tx
 from storage.errors import VersionMismatch
 from storage.models import Reservation
@@ -55,6 +56,8 @@ class _Core(Protocol):
         self, tx: Tx, sub: str, payload: dict[str, Any], ts: int, *, region: str | None = None
     ) -> None: ...
     async def _load_reservation(self, tx: Tx, reservation_id: str) -> Reservation | None: ...
+    async def _behaviour_data(self, tx: Tx, sub: str) -> BehaviourData: ...
+    async def _erase_behaviour(self, tx: Tx, sub: str) -> int: ...
 
 
 def _profile(row: Row) -> UserProfile:
@@ -175,6 +178,7 @@ class PrivacySql:
                 reservations=reservations,
                 devices=[DeviceReplica(r["replica_id"], int(r["created_at"])) for r in devices],
                 audit=[audit_entry(r) for r in audit],
+                behaviour=await self._behaviour_data(tx, sub),
             )
 
         return await self.db.run(work, readonly=True)
@@ -236,6 +240,7 @@ class PrivacySql:
                 pseudonym,
             )
             deleted = await tx.execute("DELETE FROM user_profiles WHERE sub = $1", sub)
+            behaviour_events = await self._erase_behaviour(tx, sub)
             erasure = Erasure(
                 carts_deleted=len(carts),
                 reservations=reservations,
@@ -246,6 +251,7 @@ class PrivacySql:
                 audit_entries=audited,
                 profile_deleted=deleted == 1,
                 entry=entry,
+                behaviour_events=behaviour_events,
             )
             stored = await insert_audit(tx, replace(entry, detail={**entry.detail, **erasure.counts()}), ts)
             return replace(erasure, entry=stored)

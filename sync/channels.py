@@ -3,7 +3,8 @@
     inventory:{region}                 every stock change of the region            (public)
     inventory:{region}:{product_id}    stock changes of one product in the region  (public)
     cart:{cart_id}                     one cart's deltas and status                (its owner's devices)
-    user:{sub}                         one user's reservations', carts' and reviews' status (that user)
+    user:{sub}                         one user's reservations', carts' and reviews' status, and their
+                                       recommendations' changes (that user)
     reviews:{region}                   published reviews and rating aggregates of the region (public)
     reviews:{region}:{product_id}      the same for one product                    (public)
     parts-requests:{school_id}         a school's parts requests' status changes   (the school's API keys)
@@ -105,6 +106,7 @@ USER = ChannelKind(
             "reservation.released",
             "reservation.expired",
             "webhook.disabled",
+            "recommendations.changed",
         }
     ),
     key_field="sub",

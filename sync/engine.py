@@ -23,6 +23,7 @@ from sync.channels import (
     Access,
     Channel,
     ChannelError,
+    ChannelKind,
     inventory_stream,
     parts_streams,
     reviews_stream,
@@ -292,6 +293,16 @@ class SyncEngine:
     def top_seen(self, stream: str) -> Position | None:
         """The newest position this node has read from ``stream`` (None before the first)."""
         return self._last.get(stream)
+
+    def follows(self, stream: str, route: str) -> bool:
+        """Whether a client on this node follows ``route`` (``user:{sub}``, ``cart:{id}``…) of ``stream``."""
+        return bool(self._keyed.get(stream, {}).get(route))
+
+    def followed_keys(self, kind: ChannelKind) -> list[str]:
+        """The keys of ``kind`` some client on this node follows (the users of ``user:`` channels…)."""
+        prefix = f"{kind.name}:"
+        routes = (route for by_route in self._keyed.values() for route in by_route)
+        return [route[len(prefix) :] for route in routes if route.startswith(prefix)]
 
     def _attach(self, feed: Feed) -> None:
         if feed.keyed is None:

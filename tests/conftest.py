@@ -65,6 +65,7 @@ TABLES = (
     ", audit_log, user_profiles"
     ", webhook_endpoints, webhook_positions, webhook_leases, webhook_deliveries, webhook_attempts"
     ", schools, school_api_keys, school_assets, parts_requests, parts_request_lines, parts_backorders"
+    ", personalization_users, behaviour_events, co_viewed, co_carted, user_preferences, trending"
 )
 
 

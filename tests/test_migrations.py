@@ -48,6 +48,12 @@ EXPECTED_TABLES = {
     "parts_requests",
     "parts_request_lines",
     "parts_backorders",
+    "personalization_users",
+    "behaviour_events",
+    "co_viewed",
+    "co_carted",
+    "user_preferences",
+    "trending",
 }
 
 

@@ -315,6 +315,7 @@ async def test_erasure_removes_the_user_everywhere_and_an_offline_device_cannot_
                 "reports_pseudonymised": 1,
                 "audit_entries_pseudonymised": 1,
                 "profile_deleted": 1,
+                "behaviour_events_deleted": 0,
                 "audit_seq": erased["audit_seq"],
             }
             # Announced where the user and the product's readers follow them.

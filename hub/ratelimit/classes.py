@@ -77,6 +77,11 @@ ROUTE_CLASSES: dict[str, RouteClass] = {
     # erasure (rare, and idempotent) are writes.
     **dict.fromkeys(("get_me", "export_me", "export_user", "list_audit"), RouteClass.READ),
     **dict.fromkeys(("put_me", "erase_me", "erase_user"), RouteClass.WRITE),
+    # Personalization: a batch of behaviour events is a device's queue flushed, as a sync push is (one
+    # carries up to 100 events); recommendations and consent are read with a page, consent seldom set.
+    "post_events": RouteClass.SYNC_PUSH,
+    **dict.fromkeys(("get_recommendations", "get_consent"), RouteClass.READ),
+    "put_consent": RouteClass.WRITE,
     # Webhooks: reading endpoints and their logs; changing them, and a ping or a replay (each sends
     # requests to the partner's server, a replay possibly many) are writes.
     **dict.fromkeys(
