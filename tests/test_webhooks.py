@@ -189,6 +189,28 @@ async def test_a_keys_endpoint_hears_its_own_reservations_and_an_admins_hears_ev
         )
 
 
+async def test_a_patch_adds_event_types_from_then_on(database_url):
+    async with receiver() as target, webhook_hub(database_url) as hub:
+        (product,) = await catalog(hub, "LATE-1")
+        made = await create_webhook(hub, hub.admin, target.url, [{"type": "review.published"}])
+        target.secret = made["secret"]
+        await hub.stock(product, "par-1", 1)  # not subscribed yet
+        await asyncio.sleep(0.5)
+        status, body, _ = await hub.call(
+            "PATCH",
+            f"{WEBHOOKS}/{made['id']}",
+            token=hub.admin,
+            json={"events": [{"type": "review.published"}, {"type": "stock.changed"}]},
+        )
+        assert status == 200 and [e["type"] for e in body["events"]] == ["review.published", "stock.changed"]
+        await hub.stock(product, "par-1", 2)
+        await hub.stock(product, "par-1", 3)
+        await target.wait_until(lambda: len(target.received) >= 2)
+        await asyncio.sleep(0.5)
+        assert [r.body["data"]["on_hand"] for r in target.received] == [2, 3]
+        assert all(r.verified for r in target.received)
+
+
 # -- SSRF ------------------------------------------------------------------------------------------
 
 

@@ -376,7 +376,10 @@ class EndpointRunner:
     async def _take_in_stream(self, stream: str, positions: dict[str, StreamPosition]) -> int:
         worker, endpoint_id = self.worker, self.endpoint.id
         stored = positions.get(stream)
-        if stored is None:  # a stream its subscriptions did not need before: from now on
+        if stored is None:  # a stream its subscriptions did not need before: where a change of them put it
+            positions.update(await worker.store.webhook_positions(endpoint_id))
+            stored = positions.get(stream)
+        if stored is None:  # (or none: from now on)
             top = await worker.broker.top(stream)
             await self._move(stream, top, positions, [])
             return 0
