@@ -211,6 +211,74 @@ async def test_a_patch_adds_event_types_from_then_on(database_url):
         assert all(r.verified for r in target.received)
 
 
+async def _school(hub: Hub, school_id: str, key_id: str, key: str) -> str:
+    """A school bound to the key, and an asset of it; the asset's id."""
+    status, body, _ = await hub.call(
+        "POST",
+        "/api/v1/schools",
+        token=hub.admin,
+        json={"id": school_id, "name": school_id, "region": REGION, "api_keys": [key_id]},
+    )
+    assert status == 201, body
+    status, asset, _ = await hub.call(
+        "POST",
+        f"/api/v1/schools/{school_id}/assets",
+        token=key,
+        json={"asset_tag": "BUS-7", "kind": "vehicle", "make": "Ford", "model": "F-450", "year": 2019},
+    )
+    assert status == 201, asset
+    return str(asset["id"])
+
+
+async def test_a_school_platforms_endpoint_hears_its_own_schools_parts_requests(database_url):
+    async with receiver() as for_key, receiver() as for_admin, webhook_hub(database_url) as hub:
+        (product,) = await catalog(hub, "PAD-1")
+        await hub.stock(product, "par-1", 10)
+        key, subject = await api_key(hub, "parts-requests:write", "webhooks:manage")
+        other, other_subject = await api_key(hub, "parts-requests:write")
+        assets = {
+            "lincoln": await _school(hub, "lincoln", subject.removeprefix("apikey."), key),
+            "other": await _school(hub, "other", other_subject.removeprefix("apikey."), other),
+        }
+        bare, _ = await api_key(hub, "webhooks:manage")
+        status, body, _ = await hub.call(
+            "POST", WEBHOOKS, token=bare, json={"url": for_key.url, "events": [{"type": "parts_request.*"}]}
+        )
+        assert (status, body["code"], body["required_scopes"]) == (
+            403,
+            "insufficient_scope",
+            ["parts-requests:write"],
+        )
+        mine = await create_webhook(hub, key, for_key.url, [{"type": "parts_request.*"}])
+        everyone = await create_webhook(hub, hub.admin, for_admin.url, [{"type": "parts_request.reserved"}])
+        for_key.secret, for_admin.secret = mine["secret"], everyone["secret"]
+        made = {}
+        for school, bearer in (("lincoln", key), ("other", other)):
+            status, body, _ = await hub.call(
+                "POST",
+                f"/api/v1/schools/{school}/parts-requests",
+                token=bearer,
+                json={
+                    "asset_id": assets[school],
+                    "needed_by": "2031-09-01",
+                    "lines": [{"sku": "PAD-1", "quantity": 1}],
+                },
+                headers={"Idempotency-Key": f"req-{school}"},
+            )
+            assert status == 201, body
+            made[school] = body["id"]
+        await for_key.wait_until(lambda: len(for_key.received) >= 2)
+        await for_admin.wait_until(lambda: len(for_admin.received) >= 2)
+        await asyncio.sleep(0.5)
+        assert [(r.body["type"], r.body["data"]["request_id"]) for r in for_key.received] == [
+            ("parts_request.created", made["lincoln"]),
+            ("parts_request.reserved", made["lincoln"]),
+        ]
+        assert sorted(r.body["data"]["school_id"] for r in for_admin.received) == ["lincoln", "other"]
+        assert {r.body["type"] for r in for_admin.received} == {"parts_request.reserved"}
+        assert all(r.verified for r in for_key.received + for_admin.received)
+
+
 # -- SSRF ------------------------------------------------------------------------------------------
 
 

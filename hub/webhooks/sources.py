@@ -1,36 +1,28 @@
 """Which webhook event types exist, which broker streams carry them, and how one of their events is
 matched, ordered and sent: one :class:`EventSource` per kind of stream, in :data:`SOURCES`.
 
-    source        streams (per region)  event types                                  in order per
-    inventory     inventory.{region}    stock.changed                                product × warehouse
-    reservations  user.{region}.0 … .7  reservation.created, .committed, .released,  reservation
-                                        .expired
-    reviews       reviews.{region}      review.published, review.changed,            review; the product's
-                                        review.removed, rating.changed               rating
+    source          streams (per region)   event types                                 in order per
+    inventory       inventory.{region}     stock.changed                               product × warehouse
+    reservations    user.{region}.0 … .7   reservation.created, .committed,            reservation
+                                           .released, .expired
+    reviews         reviews.{region}       review.published, review.changed,           review; the
+                                           review.removed, rating.changed              product's rating
+    parts_requests  parts.{region}.0 … .3  parts_request.created, .reserved,           parts request
+                                           .backordered, .line_filled, .picked,
+                                           .shipped, .delivered, .cancelled
 
 An endpoint subscribes to types (``stock.changed``) or families (``reservation.*``: every type of that
 prefix), each with optional filters on the event's fields (``{"sku": ["A-1"], "warehouse_id":
 ["par-1"]}``: every filter given must match one of its values). Who may hear what is the source's
 ``visible``: public sources' events reach anyone; a reservation's reach the endpoint of the key (or user)
-that owns it, and every admin's endpoint; and an API key subscribes to them only with one of
-``key_scopes``.
+that owns it, a parts request's the endpoints of the keys bound to its school, and both reach every
+admin's endpoint; an API key subscribes to them only with one of ``key_scopes``.
 
-**A new kind of stream plugs in with one registration**, e.g. the parts requests' (``parts.{region}.{n}``,
-``storage/streams.py``)::
-
-    register(EventSource(
-        name="parts_requests",
-        types=frozenset({"parts_request.created", "parts_request.reserved", …}),
-        streams=parts_streams,
-        type_of=typed(…the types…),
-        order_key=lambda data: f"parts_request:{data['parts_request']['id']}",
-        filters={"school_id": Filter(field("school_id"), SCHOOL_ID)},
-        visible=…,                       # e.g. the school's keys and admins
-        key_scopes=frozenset({"parts-requests:write"}),
-    ))
-
-and the REST API, its validation and OpenAPI schema, the worker's stream reads and the docs' tables
-follow from it.
+**A new kind of stream plugs in with one registration** — ``register(EventSource(...))``: its types,
+a function from a region to its streams, how an event names its type and its order key, its filters,
+who may hear it (with, where that needs the store, a ``grants`` loader the worker calls for each
+endpoint) and the scopes a key needs — as the parts requests' (``parts.{region}.{n}``) does below. The
+REST API's validation and OpenAPI schema, the worker's stream reads and deliveries follow from it.
 """
 
 from __future__ import annotations
@@ -38,18 +30,21 @@ from __future__ import annotations
 import hashlib
 import time
 from base64 import b32encode
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from hub.responses import iso
 from hub.validation import Validator, string, uuid_string
-from storage.streams import inventory_stream, reviews_stream, user_streams
+from storage.streams import inventory_stream, parts_streams, reviews_stream, user_streams
 from storage.webhooks import QueuedMessage, Subscription
 from sync.broker import Publication
-from sync.channels import REVIEWS, USER
+from sync.channels import PARTS_REQUESTS, REVIEWS, USER
+
+if TYPE_CHECKING:
+    from storage.base import Store
 
 Data = dict[str, Any]
 PING = "webhook.ping"
@@ -57,10 +52,13 @@ PING = "webhook.ping"
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """An endpoint's owner as its events are judged: who, and whether an admin made it."""
+    """An endpoint's owner as its events are judged: who, whether an admin made it, and what the sources
+    with a ``grants`` loader found it may hear (source name → e.g. the ids of the schools a key is bound
+    to), read by the worker when it takes the endpoint and at every lease round."""
 
     sub: str
     is_admin: bool
+    grants: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +77,8 @@ class EventSource:
     filters: Mapping[str, Filter] = field(default_factory=dict)
     visible: Callable[[Owner, Data], bool] = lambda owner, data: True
     key_scopes: frozenset[str] = frozenset()  # an API key needs one to subscribe (empty: any key)
+    # What ``visible`` needs to know of an owner that only the store knows (Owner.grants[name]).
+    grants: Callable[[Store, Owner], Awaitable[frozenset[str]]] | None = None
 
 
 SOURCES: list[EventSource] = []
@@ -176,6 +176,52 @@ REVIEW_EVENTS = register(
         filters={"product_id": Filter(read("product_id"), uuid_string)},
     )
 )
+
+
+_PARTS_TYPES = PARTS_REQUESTS.event_types
+_SCHOOL_ID = string(1, 64, r"[a-z0-9][a-z0-9\-]{0,63}")
+_API_KEY = "apikey."
+
+
+async def _bound_schools(store: Store, owner: Owner) -> frozenset[str]:
+    """The schools an API key is bound to (hub/schools.py binds keys by family, the subject's id)."""
+    if not owner.sub.startswith(_API_KEY):
+        return frozenset()
+    family, after = owner.sub[len(_API_KEY) :], None
+    found: set[str] = set()
+    while True:
+        page = await store.list_schools(500, after, key_family=family)
+        found.update(school.id for school in page)
+        if len(page) < 500:
+            return frozenset(found)
+        after = page[-1].id
+
+
+PARTS_REQUEST_EVENTS = register(
+    EventSource(
+        name="parts_requests",
+        types=_PARTS_TYPES,
+        streams=parts_streams,
+        type_of=typed(_PARTS_TYPES),
+        order_key=lambda data: f"parts_request:{data.get('request_id')}",
+        filters={"school_id": Filter(read("school_id"), _SCHOOL_ID)},
+        # a school's requests: the keys bound to the school, and admins (as on parts-requests: channels)
+        visible=lambda owner, data: (
+            owner.is_admin or data.get("school_id") in owner.grants.get("parts_requests", frozenset())
+        ),
+        key_scopes=frozenset({"parts-requests:write"}),
+        grants=_bound_schools,
+    )
+)
+
+
+async def grants_of(store: Store, owner: Owner, subscriptions: Sequence[Subscription]) -> Owner:
+    """``owner`` with the grants of the sources its subscriptions name that load some."""
+    loaders = {
+        s.name: s.grants for sub in subscriptions for s in sources_of(sub.type) if s.grants is not None
+    }
+    grants = {name: await load(store, owner) for name, load in sorted(loaders.items())}
+    return Owner(owner.sub, owner.is_admin, grants)
 
 
 def all_types() -> list[str]:

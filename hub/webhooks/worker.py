@@ -46,7 +46,7 @@ from hub.keys import BROKER, METRICS, PII_KEYS, SETTINGS, STORE, WEBHOOKS
 from hub.pii import Keyring, PiiError
 from hub.webhooks.delivery import RetryPolicy, Sender
 from hub.webhooks.signing import secret_key
-from hub.webhooks.sources import Matcher, Owner
+from hub.webhooks.sources import Matcher, Owner, grants_of
 from hub.webhooks.targets import AllowList
 from storage.base import Store
 from storage.errors import StoreError
@@ -258,11 +258,12 @@ class WebhookWorker:
                     self._broken.add((endpoint_id, endpoint.version))
                     await self.store.release_webhook_leases(self.holder, config.region, [endpoint_id])
                     continue
+                await runner.refresh(endpoint)
                 self._runners[endpoint_id] = runner
                 runner.start()
-            elif runner.endpoint.version != endpoint.version:
+            else:
                 self._unwatch(runner)
-                runner.update(endpoint)
+                await runner.refresh(endpoint)  # a new version, or grants that changed
             self._watch(runner)
         if self.metrics is not None:
             self.metrics.webhook_endpoints_leased.set(len(self._runners))
@@ -298,7 +299,7 @@ class EndpointRunner:
         self.worker = worker
         self._key = secret_key(worker.keyring.decrypt(endpoint.id, SECRET_FIELD, endpoint.secret_ciphertext))
         self.endpoint = endpoint
-        self.matcher = self._matcher(endpoint)
+        self.matcher = self._matcher(endpoint, Owner(endpoint.owner, endpoint.owner_is_admin))
         self._incoming = asyncio.Event()
         self._due = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -306,8 +307,7 @@ class EndpointRunner:
         self._rng = random.Random()  # jitter, not secrets
         self._in_flight: dict[int, asyncio.Task[AttemptResult]] = {}
 
-    def _matcher(self, endpoint: WebhookEndpoint) -> Matcher:
-        owner = Owner(endpoint.owner, endpoint.owner_is_admin)
+    def _matcher(self, endpoint: WebhookEndpoint, owner: Owner) -> Matcher:
         return Matcher(endpoint.id, owner, endpoint.subscriptions, self.worker.config.region)
 
     def start(self) -> None:
@@ -317,10 +317,16 @@ class EndpointRunner:
             asyncio.create_task(self._forever(self._deliver), name=f"{name}-out"),
         ]
 
-    def update(self, endpoint: WebhookEndpoint) -> None:
-        self.endpoint = endpoint
-        self.matcher = self._matcher(endpoint)
-        self.wake()
+    async def refresh(self, endpoint: WebhookEndpoint) -> None:
+        """The endpoint as the lease round read it, and what its owner may hear now (a key bound to a
+        school since, or unbound): a new matcher if either changed."""
+        owner = await grants_of(
+            self.worker.store, Owner(endpoint.owner, endpoint.owner_is_admin), endpoint.subscriptions
+        )
+        if endpoint.version != self.endpoint.version or owner != self.matcher.owner:
+            self.endpoint = endpoint
+            self.matcher = self._matcher(endpoint, owner)
+            self.wake()
 
     def incoming(self) -> None:
         self._incoming.set()
