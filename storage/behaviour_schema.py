@@ -18,6 +18,81 @@ Written in :mod:`storage.migrations`' portable SQL. Sized for PostgreSQL at mill
 
 from __future__ import annotations
 
+# A user's recommendations' signals (storage/sql_behaviour.py calls it; storage/behaviour.Signals): the
+# user's row (its recent products parsed from their JSON), each recent product's top neighbours (read
+# along the (product_id, score DESC) indexes), the region's top trending products, summed per candidate
+# and decayed to now in the database (no pair leaves it: a row per candidate does), each candidate with
+# its product and its stock in the region (looked up by key: the LATERAL subqueries keep the planner from
+# hashing the whole catalog and stock for a hundred rows), and the user's top preferences; rows of kinds x
+# (a candidate), p (a preference), u (the user), r (the region). A function for its plan: PL/pgSQL keeps
+# the query's plan for the session, generic (the SET clause) — re-planned for each call's parameters, as
+# a prepared statement's custom plans were, the statement took 4.4 ms where the generic plan takes 2.7.
+_PG_SIGNALS_FUNCTION = """
+CREATE FUNCTION synchub_recommendation_signals(
+    p_sub text, p_region text, p_neighbours integer, p_trending integer, p_preferences integer,
+    p_pair_now double precision, p_trending_now double precision, p_preference_now double precision)
+RETURNS TABLE (kind text, id text, b text, attributes text, name text, category text, price_units bigint,
+               status text, low_stock_threshold integer, available bigint, viewed double precision,
+               carted double precision, trending double precision)
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan
+AS $function$
+#variable_conflict use_column
+BEGIN
+RETURN QUERY
+WITH u AS (SELECT consent, region, recent FROM personalization_users WHERE sub = p_sub),
+doc AS (SELECT recent::json AS j FROM u WHERE consent = 'granted' AND recent <> ''),
+seen AS (
+    SELECT DISTINCT e->>0 AS id
+    FROM doc, json_array_elements(doc.j->'v') AS e
+    UNION SELECT e->>0 FROM doc, json_array_elements(doc.j->'c') AS e
+    UNION SELECT e->>0 FROM doc, json_array_elements(doc.j->'w') AS e
+),
+reg AS (SELECT COALESCE((SELECT region FROM u), p_region) AS region),
+nb AS (
+    SELECT 'v' AS kind, n.other_id AS id, n.score - p_pair_now AS weight
+    FROM (SELECT e->>0 AS id FROM doc, json_array_elements(doc.j->'v') AS e) AS r
+    CROSS JOIN LATERAL (SELECT other_id, score FROM co_viewed WHERE product_id = r.id
+                        ORDER BY score DESC LIMIT p_neighbours) AS n
+    UNION ALL
+    SELECT 'c', n.other_id, n.score - p_pair_now
+    FROM (SELECT e->>0 AS id FROM doc, json_array_elements(doc.j->'c') AS e) AS r
+    CROSS JOIN LATERAL (SELECT other_id, score FROM co_carted WHERE product_id = r.id
+                        ORDER BY score DESC LIMIT p_neighbours) AS n
+    UNION ALL
+    (SELECT 't', product_id, score - p_trending_now FROM trending WHERE region = (SELECT region FROM reg)
+     ORDER BY score DESC LIMIT p_trending)
+),
+cand AS (
+    SELECT id,
+           SUM(EXP(GREATEST(weight, -700))) FILTER (WHERE kind = 'v') AS viewed,
+           SUM(EXP(GREATEST(weight, -700))) FILTER (WHERE kind = 'c') AS carted,
+           MAX(EXP(GREATEST(weight, -700))) FILTER (WHERE kind = 't') AS trending
+    FROM nb WHERE id NOT IN (SELECT id FROM seen) GROUP BY id
+),
+here AS (SELECT id FROM warehouses WHERE region = (SELECT region FROM reg))
+SELECT 'x' AS kind, p.id, p.sku AS b, p.attributes, p.name, p.category, p.price_units, p.status,
+       p.low_stock_threshold, COALESCE(st.available, 0)::bigint AS available,
+       cand.viewed, cand.carted, cand.trending
+FROM cand
+CROSS JOIN LATERAL (SELECT id, sku, attributes, name, category, price_units, status, low_stock_threshold
+                    FROM products WHERE id = cand.id LIMIT 1) AS p
+CROSS JOIN LATERAL (SELECT SUM(s.on_hand - s.reserved) AS available FROM stock s
+                    WHERE s.product_id = cand.id AND s.warehouse_id IN (SELECT id FROM here)) AS st
+UNION ALL
+(SELECT 'p', attribute, value, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+        EXP(GREATEST(score - p_preference_now, -700)), NULL, NULL
+ FROM user_preferences WHERE sub = p_sub AND EXISTS (SELECT 1 FROM doc)
+ ORDER BY score DESC LIMIT p_preferences)
+UNION ALL
+SELECT 'u', consent, (SELECT region FROM reg), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM u
+UNION ALL
+SELECT 'r', NULL, (SELECT region FROM reg), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL;
+END
+$function$
+"""
+
 _AGGREGATE_COLUMNS = """
         score DOUBLE PRECISION NOT NULL,
         count BIGINT NOT NULL,
@@ -85,6 +160,7 @@ MIGRATION_12: list[str | tuple[str, str]] = [
     )
     """,
     "CREATE INDEX trending_top ON trending (region, score DESC)",
+    ("postgres", _PG_SIGNALS_FUNCTION),
 ]
 
 TABLES = (

@@ -184,65 +184,11 @@ def _stored_event(row: Row) -> StoredEvent:
     )
 
 
-# PostgreSQL: a user's recommendations' signals in one statement, one round trip and no transaction:
-# the user's row (its recent products parsed from their JSON), each recent product's top neighbours
-# (read along the (product_id, score DESC) indexes), the region's top trending products, summed per
-# candidate and decayed to now in the database (no pair leaves it, a row per candidate does), each
-# candidate with its product and its stock in the region (looked up by key: the LATERAL subqueries keep
-# the planner from hashing the whole catalog and stock for a hundred rows), and the user's top
-# preferences. Rows of three kinds: x a candidate, p a preference, u the user.
-# $1 sub, $2 default region, $3 neighbours, $4 trending, $5 preferences; now, as each decay's exponent:
-# $6 pairs', $7 trending's, $8 preferences'
-_PG_SIGNALS = """
-WITH u AS (SELECT consent, region, recent FROM personalization_users WHERE sub = $1),
-doc AS (SELECT recent::json AS j FROM u WHERE consent = 'granted' AND recent <> ''),
-seen AS (
-    SELECT DISTINCT e->>0 AS id
-    FROM doc, json_array_elements(doc.j->'v') AS e
-    UNION SELECT e->>0 FROM doc, json_array_elements(doc.j->'c') AS e
-    UNION SELECT e->>0 FROM doc, json_array_elements(doc.j->'w') AS e
-),
-reg AS (SELECT COALESCE((SELECT region FROM u), $2) AS region),
-nb AS (
-    SELECT 'v' AS kind, n.other_id AS id, n.score - $6 AS weight
-    FROM (SELECT e->>0 AS id FROM doc, json_array_elements(doc.j->'v') AS e) AS r
-    CROSS JOIN LATERAL (SELECT other_id, score FROM co_viewed WHERE product_id = r.id
-                        ORDER BY score DESC LIMIT $3) AS n
-    UNION ALL
-    SELECT 'c', n.other_id, n.score - $6
-    FROM (SELECT e->>0 AS id FROM doc, json_array_elements(doc.j->'c') AS e) AS r
-    CROSS JOIN LATERAL (SELECT other_id, score FROM co_carted WHERE product_id = r.id
-                        ORDER BY score DESC LIMIT $3) AS n
-    UNION ALL
-    (SELECT 't', product_id, score - $7 FROM trending WHERE region = (SELECT region FROM reg)
-     ORDER BY score DESC LIMIT $4)
-),
-cand AS (
-    SELECT id,
-           SUM(EXP(GREATEST(weight, -700))) FILTER (WHERE kind = 'v') AS viewed,
-           SUM(EXP(GREATEST(weight, -700))) FILTER (WHERE kind = 'c') AS carted,
-           MAX(EXP(GREATEST(weight, -700))) FILTER (WHERE kind = 't') AS trending
-    FROM nb WHERE id NOT IN (SELECT id FROM seen) GROUP BY id
-),
-here AS (SELECT id FROM warehouses WHERE region = (SELECT region FROM reg))
-SELECT 'x' AS kind, p.id, p.sku AS b, p.attributes, p.name, p.category, p.price_units, p.status,
-       p.low_stock_threshold, COALESCE(st.available, 0)::bigint AS available,
-       cand.viewed, cand.carted, cand.trending
-FROM cand
-CROSS JOIN LATERAL (SELECT id, sku, attributes, name, category, price_units, status, low_stock_threshold
-                    FROM products WHERE id = cand.id LIMIT 1) AS p
-CROSS JOIN LATERAL (SELECT SUM(s.on_hand - s.reserved) AS available FROM stock s
-                    WHERE s.product_id = cand.id AND s.warehouse_id IN (SELECT id FROM here)) AS st
-UNION ALL
-(SELECT 'p', attribute, value, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-        EXP(GREATEST(score - $8, -700)), NULL, NULL
- FROM user_preferences WHERE sub = $1 AND EXISTS (SELECT 1 FROM doc) ORDER BY score DESC LIMIT $5)
-UNION ALL
-SELECT 'u', consent, (SELECT region FROM reg), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM u
-UNION ALL
-SELECT 'r', NULL, (SELECT region FROM reg), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-"""
+# PostgreSQL: a user's recommendations' signals in one call, one round trip and no transaction, of
+# migration 12's function (storage/behaviour_schema.py states what it reads). $1 sub, $2 default region,
+# $3 neighbours, $4 trending, $5 preferences; now, as each decay's exponent: $6 pairs', $7 trending's,
+# $8 preferences'.
+_PG_SIGNALS = "SELECT * FROM synchub_recommendation_signals($1, $2, $3, $4, $5, $6, $7, $8)"
 _SQLITE_CANDIDATES = (
     "SELECT p.id, p.sku, p.name, p.category, p.price_units, p.status, p.attributes, p.low_stock_threshold,"
     " COALESCE((SELECT SUM(s.on_hand - s.reserved) FROM stock s JOIN warehouses w ON w.id = s.warehouse_id"

@@ -46,6 +46,11 @@ def test_a_quick_run_ingests_without_errors_and_reads_lists() -> None:
         assert int(row.group(1).replace(",", "")) > 0 and row.group(2) == "0"
         assert f"- {backend}: " in printed and "events per hub CPU-second" in printed
     assert re.search(r"## Recommendations at 2\d,\d{3} stored events \(PostgreSQL\)", printed), printed
-    for case in ("| one at a time |", "| one at a time, attr.material=organic-cotton |", "| 8 connections |"):
+    for case in (
+        "| one at a time |",
+        "| one at a time, attr.material=organic-cotton |",
+        "| 8 connections |",
+        "| the store's read alone (in process) |",
+    ):
         assert case in printed
     assert "- read p99 one at a time:" in printed

@@ -65,9 +65,9 @@ async def put_consent(request: web.Request) -> web.StreamResponse:
     who = require(request, "customer")
     fields = validate(await read_json(request), CONSENT_FIELDS)
     change = await request.app[STORE].set_consent(who.sub, ConsentStatus(fields["status"]))
-    service = request.app[PERSONALIZATION]
-    if service.listens_here(who.sub):
-        service.touch(who.sub)  # (a revocation's list is the region's, no longer theirs)
+    # The list changes with consent (revoked: the region's trending products). Told wherever the user
+    # listens: the event is written only if the list differs from the last one told (hub/personalization.py).
+    request.app[PERSONALIZATION].touch(who.sub)
     return json_response(
         {
             **render_consent(who.sub, change.consent, request.app[SETTINGS].event_retention_days),
