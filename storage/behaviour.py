@@ -206,19 +206,9 @@ def tau(half_life_us: int) -> float:
     return half_life_us / math.log(2)
 
 
-def log_weight(weight: float, ts: int, half_life_us: int) -> float:
-    """The score of one increment of ``weight`` at ``ts`` (see the module's docstring)."""
-    return math.log(weight) + (ts - LANDMARK_US) / tau(half_life_us)
-
-
 def logaddexp(a: float, b: float) -> float:
     high, low = (a, b) if a >= b else (b, a)
     return high + math.log1p(math.exp(low - high))
-
-
-def decayed(score: float, now: int, half_life_us: int) -> float:
-    """The decayed weight a score stands for at ``now``."""
-    return math.exp(score - (now - LANDMARK_US) / tau(half_life_us))
 
 
 # -- a user's recent products ------------------------------------------------------------------------
