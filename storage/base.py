@@ -346,7 +346,7 @@ class Store(WebhookStore, PartsStore, Protocol):
         sub: str,
         default_region: str,
         *,
-        neighbours: int = 10,
+        neighbours: int = 5,
         trending: int = 50,
         preferences: int = 20,
     ) -> Signals:

@@ -317,7 +317,7 @@ class BehaviourSql:
         sub: str,
         default_region: str,
         *,
-        neighbours: int = 10,
+        neighbours: int = 5,
         trending: int = 50,
         preferences: int = 20,
     ) -> Signals:
