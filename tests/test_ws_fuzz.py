@@ -85,7 +85,10 @@ def _encode(kind: str, item: Any, binary: bool) -> tuple[str, Any]:
     if kind == "bytes":
         return ("send_bytes", item) if binary else ("send_str", item.decode("latin-1"))
     if binary:
-        return "send_bytes", msgpack.packb(item, use_bin_type=True)
+        try:
+            return "send_bytes", msgpack.packb(item, use_bin_type=True)
+        except OverflowError:  # an integer MessagePack cannot hold: no client can send it; send a byte
+            return "send_bytes", b"\xc1"  # that MessagePack never uses instead (malformed_frame)
     # json.dumps (not orjson): it writes lone surrogates and big integers as they are drawn
     return "send_str", json.dumps(item)
 
