@@ -8,8 +8,12 @@ the limits off, in process and on Redis.
             reach: latency one request at a time (µs, p50 and p99), then ``--connections`` keep-alive
             connections for ``--seconds``: requests/s and the hub's CPU µs per request
 
-Run: ``python -m bench ratelimit [--quick] [--redis-url redis://127.0.0.1:6379/0]``. Without a reachable
-Redis the Redis rows are skipped. Keys go under a fresh prefix, deleted afterwards.
+  interleaved  with ``--interleaved N``: hubs with limits off and on (in process) started side by side,
+            loaded in turn for N rounds of 2 s each (alternating which goes first): the medians of
+            req/s and of hub CPU µs per request — the fairest comparison on a shared machine
+
+Run: ``python -m bench ratelimit [--quick] [--interleaved 10] [--redis-url redis://127.0.0.1:6379/0]``.
+Without a reachable Redis the Redis rows are skipped. Keys go under a fresh prefix, deleted afterwards.
 """
 
 from __future__ import annotations
@@ -161,6 +165,32 @@ async def bench_requests(
     return rows
 
 
+async def bench_interleaved(rounds: int, connections: int) -> dict[str, list[tuple[float, float]]]:
+    from contextlib import AsyncExitStack
+
+    setups = {
+        "limits off": ("--rate-limits=off",),
+        "in process": ("--rate-limits=on", f"--rate-limit-read={HIGH}"),
+    }
+    secret = secrets.token_urlsafe(32)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in setups}
+    async with AsyncExitStack() as stack:
+        hubs: dict[str, tuple[str, int, int]] = {}
+        for name, flags in setups.items():
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="synchub-bench-rl-"))
+            base, pid = await stack.enter_async_context(
+                hub_process(str(Path(folder) / "hub.sqlite3"), secret, *flags)
+            )
+            address, number = base.removeprefix("http://").split(":")
+            hubs[name] = (address, int(number), pid)
+        for round_ in range(rounds):
+            order = list(setups) if round_ % 2 == 0 else list(setups)[::-1]
+            for name in order:
+                address, port, hub_pid = hubs[name]
+                results[name].append(await _throughput(address, port, hub_pid, connections, 2.0))
+    return results
+
+
 async def _redis_reachable(url: str) -> bool:
     from redis.asyncio import Redis
 
@@ -190,6 +220,16 @@ async def run(args: argparse.Namespace) -> None:
     quick = args.quick
     redis_url = args.redis_url if args.redis_url and await _redis_reachable(args.redis_url) else None
     prefix = f"synchub_bench_rl_{secrets.token_hex(4)}:"
+    if args.interleaved:
+        interleaved = await bench_interleaved(args.interleaved, args.connections)
+        print(f"\n## GET {PATH}, limits off and on, {args.interleaved} interleaved rounds of 2 s\n")
+        print("| limits | median req/s | median hub CPU µs/request |")
+        print("|---|---|---|")
+        for name, runs in interleaved.items():
+            rate = statistics.median(r for r, _ in runs)
+            cpu = statistics.median(c for _, c in runs)
+            print(f"| {name} | {rate:,.0f} | {cpu:.0f} |")
+        return
     try:
         checks = await bench_checks(20_000 if quick else 200_000, redis_url, prefix)
         print("\n## Limit checks (this process)\n")
@@ -221,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="'' to skip Redis")
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections for req/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long the req/s run lasts")
+    parser.add_argument(
+        "--interleaved", type=int, default=0, help="only the interleaved off/on comparison, this many rounds"
+    )
     args = parser.parse_args(argv)
     try:
         import uvloop
