@@ -29,8 +29,9 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from bench._hub import cpu_seconds, hub_process
+from bench._hub import hub_process
 from bench.http_client import HttpConnection, request_bytes
+from bench.ratelimit import _throughput
 from hub.auth import issue_token
 from hub.jwks import JwksKeySource
 from hub.oidc import TokenVerifier
@@ -106,31 +107,6 @@ async def _latencies(host: str, port: int, headers: Iterator[dict[str, str]], co
         conn.close()
 
 
-async def _throughput(
-    host: str, port: int, pid: int, headers: Iterator[dict[str, str]], connections: int, seconds: float
-) -> tuple[float, float]:
-    conns = [await HttpConnection.open(host, port) for _ in range(connections)]
-    done = 0
-    stop = time.monotonic() + seconds
-
-    async def lane(conn: HttpConnection) -> None:
-        nonlocal done
-        while time.monotonic() < stop:
-            response = await conn.send(request_bytes("GET", PATH, f"{host}:{port}", next(headers)))
-            if response.status != 200:
-                raise RuntimeError(f"{PATH} answered {response.status}")
-            done += 1
-
-    cpu = cpu_seconds(pid)
-    started = time.monotonic()
-    try:
-        await asyncio.gather(*(lane(conn) for conn in conns))
-    finally:
-        for conn in conns:
-            conn.close()
-    return done / (time.monotonic() - started), (cpu_seconds(pid) - cpu) / max(1, done) * 1e6
-
-
 async def bench_requests(
     provider: Provider, count: int, connections: int, seconds: float
 ) -> list[tuple[str, float, float, float, float, float]]:
@@ -177,7 +153,7 @@ async def bench_requests(
                 host, port = base.removeprefix("http://").split(":")
                 for name, headers in cases:
                     took = sorted(await _latencies(host, int(port), headers(), count))
-                    rate, cpu_us = await _throughput(host, int(port), pid, headers(), connections, seconds)
+                    rate, cpu_us = await _throughput(host, int(port), pid, connections, seconds, headers())
                     mean = statistics.fmean(took) * 1e6
                     p50 = took[len(took) // 2] * 1e6
                     p99 = took[min(len(took) - 1, int(len(took) * 0.99))] * 1e6

@@ -24,7 +24,7 @@ import secrets
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from bench._hub import cpu_seconds, hub_process
@@ -103,9 +103,16 @@ async def _latencies(host: str, port: int, count: int) -> list[float]:
 
 
 async def _throughput(
-    host: str, port: int, pid: int, connections: int, seconds: float
+    host: str,
+    port: int,
+    pid: int,
+    connections: int,
+    seconds: float,
+    headers: Iterator[dict[str, str]] | None = None,
 ) -> tuple[float, float]:
-    request = request_bytes("GET", PATH, f"{host}:{port}", {})
+    """``GET PATH`` on ``connections`` keep-alive connections for ``seconds``: requests/s and the hub's
+    CPU µs per request. ``headers``: each request's own (bench/auth.py sends credentials), else none."""
+    fixed = request_bytes("GET", PATH, f"{host}:{port}", {})
     conns = [await HttpConnection.open(host, port) for _ in range(connections)]
     done = 0
     stop = time.monotonic() + seconds
@@ -113,6 +120,9 @@ async def _throughput(
     async def lane(conn: HttpConnection) -> None:
         nonlocal done
         while time.monotonic() < stop:
+            request = (
+                fixed if headers is None else request_bytes("GET", PATH, f"{host}:{port}", next(headers))
+            )
             response = await conn.send(request)
             if response.status != 200:
                 raise RuntimeError(f"{PATH} answered {response.status}")
