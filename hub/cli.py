@@ -489,6 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
 
+    migrate_redis = commands.add_parser(
+        "migrate-redis",
+        help="rename the broker's Redis keys of versions before hash tags (layout 1 to 2) and exit",
+    )
+    migrate_redis.add_argument("--redis-url", default=_env("REDIS_URL"), required=not _env("REDIS_URL"))
+    migrate_redis.add_argument("--redis-prefix", default=_env("REDIS_PREFIX", "synchub:"))
+    migrate_redis.add_argument("--dry-run", action="store_true", help="say what would be renamed")
+
     # Listed here for --help; main() hands everything after "bench" to bench.__main__ unparsed.
     bench = commands.add_parser(
         "bench",
@@ -804,6 +812,30 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_redis(args: argparse.Namespace) -> int:
+    """``synchub migrate-redis``: sync.redis_keys.migrate, with a report; 1 if a stream was left alone."""
+    from sync.redis_connect import open_client
+    from sync.redis_keys import migrate
+
+    async def run() -> tuple[list[str], list[str]]:
+        client = open_client(args.redis_url)
+        try:
+            done = await migrate(client, args.redis_prefix, dry_run=args.dry_run)
+        finally:
+            await client.aclose()
+        return done.migrated, done.conflicts
+
+    migrated, conflicts = asyncio.run(run())
+    verb = "would rename" if args.dry_run else "renamed"
+    print(f"{verb} the keys of {len(migrated)} streams to the hash-tagged layout: {', '.join(migrated)}")
+    if conflicts:
+        print(
+            f"left alone {len(conflicts)} streams that already have hash-tagged keys (delete one side):"
+            f" {', '.join(conflicts)}"
+        )
+    return 1 if conflicts else 0
+
+
 def _bench(argv: list[str]) -> int:
     """``synchub bench …``: ``python -m bench …`` under the installed command."""
     try:
@@ -822,6 +854,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "migrate":
         return _migrate(args)
+    if args.command == "migrate-redis":
+        return _migrate_redis(args)
     if args.command == "token":
         print(issue_token(_secret(args), args.sub, args.role or ["customer"], args.ttl))
         return 0

@@ -1,11 +1,21 @@
 """The Redis broker: Redis Streams shared by every node of a region.
 
-Keys, per stream ``S`` (all under ``prefix``):
+Keys, per stream ``S`` (all under ``prefix``; :mod:`sync.redis_keys` names them, with ``{S}`` as a
+Redis Cluster hash tag so the three share a slot):
 
-* ``stream:S`` — a Redis stream; each entry holds ``o`` (offset), ``e`` (epoch) and ``d`` (the data).
+* ``{S}:stream`` — a Redis stream; each entry holds ``o`` (offset), ``e`` (epoch) and ``d`` (the data).
   Entry ids are Redis' time-based ids, so retention by age can trim by id.
-* ``meta:S`` — a hash: ``epoch``, ``offset`` (of the newest publication) and ``id`` (its entry id).
-* ``dedupe:S`` — a hash: the last version appended under each dedupe key.
+* ``{S}:meta`` — a hash: ``epoch``, ``offset`` (of the newest publication) and ``id`` (its entry id).
+* ``{S}:dedupe`` — a hash: the last version appended under each dedupe key.
+
+``start`` refuses keys of the layout before hash tags (:class:`~sync.redis_keys.LegacyLayout`, which
+names ``synchub migrate-redis``).
+
+One server or a Redis Cluster (``redis+cluster://`` URLs, :mod:`sync.redis_connect`): every command
+touches one stream's keys, hence one slot, so each runs on the node that holds the stream, and streams
+spread over the cluster's masters. On a cluster the scripts go as EVAL (a node promoted after a
+failover has no script cache to EVALSHA from), and the client follows MOVED/ASK and retries across a
+failover (see :mod:`sync.redis_connect`).
 
 ``publish`` is one Lua script (``lua/publish.lua``, loaded once, reloaded after a Redis restart):
 dedupe check, epoch, offset, XADD and trimming happen atomically. A Redis that lost the keys (flushed,
@@ -46,11 +56,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from importlib import resources
-from typing import cast
+from typing import Any, cast
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -65,6 +73,8 @@ from sync.broker import (
     PublishIncomplete,
     PublishItem,
 )
+from sync.redis_connect import Client, is_cluster_url, open_client
+from sync.redis_keys import StreamKeys, check_layout, check_prefix, stream_keys
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +124,22 @@ def _read_entries(reply: object) -> list[_Entry]:
     return streams[0][1] if streams else []
 
 
+async def _read_meta(
+    client: Client, meta: str, *, draw_epoch: bool
+) -> tuple[str | None, int, str | None, int, int]:
+    """The stream's (epoch, offset, newest entry id) and Redis' time (seconds, microseconds), read on the
+    node that holds the stream; with ``draw_epoch`` a stream without an epoch gets one first."""
+    reply = await client.eval(_lua("meta.lua"), 1, meta, secrets.token_hex(8) if draw_epoch else "")
+    epoch, offset, newest_id, seconds, microseconds = cast("list[bytes | None]", reply)
+    return (
+        _text(epoch) if epoch else None,
+        int(offset or 0),
+        _text(newest_id) if newest_id else None,
+        int(seconds or 0),
+        int(microseconds or 0),
+    )
+
+
 def _publication(stream: str, fields: dict[bytes, bytes]) -> Publication:
     return Publication(stream, Position(fields[b"e"].decode(), int(fields[b"o"])), fields[b"d"])
 
@@ -121,8 +147,8 @@ def _publication(stream: str, fields: dict[bytes, bytes]) -> Publication:
 class _Reader:
     """The subscribers of one stream on this node, and where the task reading it for them stands."""
 
-    def __init__(self, stream: str, key: str, meta: str) -> None:
-        self.stream, self.key, self.meta = stream, key, meta
+    def __init__(self, stream: str, keys: StreamKeys) -> None:
+        self.stream, self.key, self.meta = stream, keys.stream, keys.meta
         self.handlers: list[Handler] = []
         self.task: asyncio.Task[None] | None = None
         self.active = True  # until the last subscriber leaves or the broker stops
@@ -133,7 +159,7 @@ class _Reader:
         # While rereading a recreated stream: the old cursor, and the epoch of the new incarnation.
         self.rereading: tuple[tuple[int, int], str] | None = None
 
-    async def read(self, client: Redis, block_ms: int) -> None:
+    async def read(self, client: Client, block_ms: int) -> None:
         """Wait up to ``block_ms`` for entries after the cursor and deliver them."""
         if self.cursor is None:
             self.cursor = await self._starting_point(client)
@@ -147,23 +173,20 @@ class _Reader:
             if self._is_new(entry_id, publication.position):
                 self._deliver(publication)
 
-    async def _starting_point(self, client: Redis) -> str:
+    async def _starting_point(self, client: Client) -> str:
         """The moment of the first ``subscribe``, as an entry id on Redis' clock.
 
         Entry ids are Redis' time in milliseconds when they were appended, so reading from (Redis' time
         now − the time elapsed since ``subscribe``) delivers everything appended since — and perhaps a
         few from just before — however late this task first reaches Redis.
         """
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.time()
-            pipe.hget(self.meta, "epoch")
-            (seconds, microseconds), epoch = await pipe.execute()
+        epoch, _, _, seconds, microseconds = await _read_meta(client, self.meta, draw_epoch=False)
         elapsed_ms = math.ceil((time.monotonic() - self.subscribed_at) * 1000)
         now_ms = int(seconds) * 1000 + int(microseconds) // 1000
         self.epoch = _text(epoch) if epoch else None
         return f"{max(0, now_ms - elapsed_ms - 1)}-0"
 
-    async def _check_epoch(self, client: Redis) -> None:
+    async def _check_epoch(self, client: Client) -> None:
         # If the stream was recreated with ids not after the cursor (another server's clock, or within
         # the same millisecond), XREAD would wait for them for ever: notice it by the epoch instead, and
         # reread the stream from its start.
@@ -218,28 +241,28 @@ class RedisBroker:
         max_age_seconds: float | None = 3600,
         block_ms: int = 5000,
     ) -> None:
-        """``url`` is a redis-py URL. For publish, top and history, its query may set
-        ``socket_timeout`` and ``socket_connect_timeout`` (default 5 s each), ``max_connections``
-        (default 50) and ``timeout``, how long a call waits for a free connection (default 5 s). Each
-        subscribed stream has a reader connection of its own, which waits ``block_ms`` per blocking
-        read with a socket timeout of ``block_ms`` + 5 s, whatever the URL says."""
+        """``url`` is a redis-py URL, or ``redis+cluster://host:port`` for a Redis Cluster. For publish,
+        top and history, its query may set ``socket_timeout`` and ``socket_connect_timeout`` (default
+        5 s each), ``max_connections`` (default 50) and ``timeout``, how long a call waits for a free
+        connection (default 5 s; one server only). Each subscribed stream has a reader connection of
+        its own, which waits ``block_ms`` per blocking read with a socket timeout of ``block_ms`` + 5 s,
+        whatever the URL says."""
         if max_len < 1:
             raise ValueError("max_len must be at least 1")
         if max_age_seconds is not None and max_age_seconds <= 0:
             raise ValueError("max_age_seconds must be positive (or None)")
         if block_ms < 1:
             raise ValueError("block_ms must be at least 1")
+        check_prefix(prefix)
         self._url = url
         self._prefix = prefix
         self._max_len = max_len
         self._max_age_ms = 0 if max_age_seconds is None else max(1, round(max_age_seconds * 1000))
         self._block_ms = block_ms
-        # A bounded pool that makes a burst of calls (clients resuming after a failover) wait for a
-        # connection rather than fail; no retries (see the module docstring).
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=50, timeout=5, retry=Retry(NoBackoff(), 0)
-        )
-        self._client = Redis.from_pool(pool)
+        # One server: a bounded pool that makes a burst of calls (clients resuming after a failover)
+        # wait for a connection rather than fail, and no retries (see the module docstring).
+        self._cluster = is_cluster_url(url)
+        self._client: Client = open_client(url, max_connections=50, timeout=5)
         self._publish_script = self._client.register_script(_lua("publish.lua"))
         self._readers: dict[str, _Reader] = {}
         # Where a paged history read stopped: (stream, position of its last publication) -> entry id, so
@@ -253,24 +276,23 @@ class RedisBroker:
         """What every key of this broker starts with."""
         return self._prefix
 
-    # -- keys
-
-    def _stream_key(self, stream: str) -> str:
-        return f"{self._prefix}stream:{stream}"
-
-    def _meta_key(self, stream: str) -> str:
-        return f"{self._prefix}meta:{stream}"
-
-    def _dedupe_key(self, stream: str) -> str:
-        return f"{self._prefix}dedupe:{stream}"
+    def keys(self, stream: str) -> StreamKeys:
+        """The Redis keys of ``stream`` (one hash slot)."""
+        return stream_keys(self._prefix, stream)
 
     # -- lifecycle
 
     async def start(self) -> None:
-        """Check that Redis answers and load the publish script; BrokerUnavailable if it does not."""
+        """Check that Redis answers (and, on a cluster, learn its slots), load the publish script and
+        check the key layout; BrokerUnavailable if Redis does not answer, LegacyLayout if keys of the
+        layout before hash tags are left (see :mod:`sync.redis_keys`)."""
         self._check_open()
         with _translated_errors("start"):
-            await self._client.script_load(self._publish_script.script)
+            if isinstance(self._client, RedisCluster):
+                await self._client.initialize()
+            else:
+                await self._client.script_load(self._publish_script.script)
+            await check_layout(self._client, self._prefix)
 
     async def stop(self) -> None:
         self._stopped = True
@@ -296,12 +318,8 @@ class RedisBroker:
         self, stream: str, data: bytes, *, dedupe: tuple[str, int] | None = None
     ) -> Position | None:
         self._check_open()
-        key, version = dedupe if dedupe is not None else ("", 0)
         with _translated_errors("publish"):
-            reply = await self._publish_script(
-                keys=[self._stream_key(stream), self._meta_key(stream), self._dedupe_key(stream)],
-                args=[data, secrets.token_hex(8), self._max_len, self._max_age_ms, key, int(version)],
-            )
+            reply = await self._publish(self._client, stream, data, dedupe)
         if reply is None:
             return None
         epoch, offset = reply
@@ -317,19 +335,7 @@ class RedisBroker:
             with _translated_errors("publish"):
                 async with self._client.pipeline(transaction=False) as pipe:
                     for stream, data, dedupe in items:
-                        key, version = dedupe if dedupe is not None else ("", 0)
-                        await self._publish_script(
-                            keys=[self._stream_key(stream), self._meta_key(stream), self._dedupe_key(stream)],
-                            args=[
-                                data,
-                                secrets.token_hex(8),
-                                self._max_len,
-                                self._max_age_ms,
-                                key,
-                                int(version),
-                            ],
-                            client=pipe,
-                        )
+                        await self._publish(pipe, stream, data, dedupe)
                     replies = await pipe.execute()
         except BrokerError as exc:
             raise PublishIncomplete([], exc) from exc  # which of them ran is not known
@@ -348,7 +354,7 @@ class RedisBroker:
         count = min(wanted, limit)
         if count <= 0:
             return []
-        key = self._stream_key(stream)
+        key = self.keys(stream).stream
         after = self._next_page.pop((stream, since), None)
         with _translated_errors("history"):
             if after is not None:
@@ -380,7 +386,7 @@ class RedisBroker:
         self._check_open()
         reader = self._readers.get(stream)
         if reader is None:
-            reader = self._readers[stream] = _Reader(stream, self._stream_key(stream), self._meta_key(stream))
+            reader = self._readers[stream] = _Reader(stream, self.keys(stream))
             task = asyncio.get_running_loop().create_task(self._read(reader), name=f"redis-broker:{stream}")
             reader.task = task
             self._tasks.add(task)
@@ -400,25 +406,40 @@ class RedisBroker:
 
     # -- internals
 
+    async def _publish(self, client: Any, stream: str, data: bytes, dedupe: tuple[str, int] | None) -> Any:
+        """Run the publish script on ``client`` (or queue it on a pipeline): EVALSHA with a reload on one
+        server, EVAL on a cluster."""
+        key, version = dedupe if dedupe is not None else ("", 0)
+        keys = self.keys(stream)
+        args: list[bytes | str | int] = [
+            data,
+            secrets.token_hex(8),
+            self._max_len,
+            self._max_age_ms,
+            key,
+            int(version),
+        ]
+        if self._cluster:
+            return await client.eval(self._publish_script.script, 3, *keys, *args)
+        return await self._publish_script(keys=list(keys), args=args, client=client)
+
     async def _meta(self, stream: str, what: str) -> tuple[str, int, str]:
         """The stream's epoch (drawn now if it has none), offset and newest entry id ("+" if none)."""
         self._check_open()
-        meta = self._meta_key(stream)
         with _translated_errors(what):
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hsetnx(meta, "epoch", secrets.token_hex(8))
-                pipe.hmget(meta, ["epoch", "offset", "id"])
-                _, (epoch, offset, newest_id) = await pipe.execute()
-        return _text(epoch), int(offset or 0), _text(newest_id) if newest_id else "+"
+            epoch, offset, newest_id, _, _ = await _read_meta(
+                self._client, self.keys(stream).meta, draw_epoch=True
+            )
+        if epoch is None:  # pragma: no cover - the script drew one
+            raise BrokerError(f"stream {stream} has no epoch after drawing one")
+        return epoch, offset, newest_id or "+"
 
-    def _reader_client(self) -> Redis:
-        client = Redis.from_url(self._url, retry=Retry(NoBackoff(), 0))
+    def _reader_client(self) -> Client:
         # A healthy XREAD BLOCK takes up to block_ms: the socket timeout must not cut it off (a URL's
-        # socket_timeout, meant for publish, would win over a keyword argument, hence the override).
-        client.connection_pool.connection_kwargs["socket_timeout"] = (
-            self._block_ms / 1000 + _READ_TIMEOUT_MARGIN
+        # socket_timeout, meant for publish, would cut it short, hence the override).
+        return open_client(
+            self._url, max_connections=4, socket_timeout=self._block_ms / 1000 + _READ_TIMEOUT_MARGIN
         )
-        return client
 
     async def _read(self, reader: _Reader) -> None:
         """The reader task of one stream: survives Redis going away; ends when cancelled (or made

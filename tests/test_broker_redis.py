@@ -139,8 +139,8 @@ async def test_a_subscriber_notices_a_recreated_stream_whose_ids_went_back() -> 
         broker.subscribe("s", inbox)
         await broker.publish("s", b"old")
         await inbox.wait_for(1)
-        stream, meta = f"{broker.prefix}stream:s", f"{broker.prefix}meta:s"
-        await redis.delete(stream, meta, f"{broker.prefix}dedupe:s")
+        stream, meta, dedupe = broker.keys("s")
+        await redis.delete(stream, meta, dedupe)
         await redis.xadd(stream, {"o": 1, "e": "recreated", "d": b"new"}, id="1-1")
         await redis.hset(meta, mapping={"epoch": "recreated", "offset": 1, "id": "1-1"})
         publication = await received(inbox, b"new", seconds=5)
@@ -163,7 +163,7 @@ async def test_old_entries_are_trimmed_by_age() -> None:
         assert last is not None
         with pytest.raises(PositionExpired):
             await broker.history("s", first)
-        assert await redis.xlen(f"{broker.prefix}stream:s") < 301
+        assert await redis.xlen(broker.keys("s").stream) < 301
         previous = Position(last.epoch, last.offset - 1)
         assert [p.data for p in await broker.history("s", previous)] == [b"late"]
 

@@ -1,8 +1,8 @@
 -- Append one publication to a stream, atomically with its offset and its dedupe version.
 --
--- KEYS[1]  the stream            {prefix}stream:{name}
--- KEYS[2]  its meta hash         {prefix}meta:{name}    fields: epoch, offset, id (of the newest entry)
--- KEYS[3]  its dedupe hash       {prefix}dedupe:{name}  field per dedupe key: the last version appended
+-- KEYS[1]  the stream            {prefix}{name}:stream  (one hash tag: the three keys share a slot)
+-- KEYS[2]  its meta hash         {prefix}{name}:meta    fields: epoch, offset, id (of the newest entry)
+-- KEYS[3]  its dedupe hash       {prefix}{name}:dedupe  field per dedupe key: the last version appended
 -- ARGV[1]  the payload
 -- ARGV[2]  an epoch to start if the stream has none (a random token drawn by the client)
 -- ARGV[3]  max length (approximate trimming; the client enforces the exact bound by offset)
