@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from hub.access import access_middleware
 from hub.access_log import RedactingAccessLogger
 from hub.api_keys import api_keys_context
 from hub.audit import audit_middleware, stamp_request_id
 from hub.auth import auth_middleware
-from hub.authz import authz_middleware
 from hub.browsers import cors_middleware, security_headers
 from hub.errors import error_middleware
 from hub.keys import (
@@ -37,7 +37,7 @@ from hub.personalization import personalization_context
 from hub.pii import keyring_for
 from hub.proxies import forwarded_middleware, parse_networks
 from hub.ratelimit.connections import ConnectionCaps
-from hub.ratelimit.http import rate_limit_context, rate_limit_middleware
+from hub.ratelimit.http import rate_limit_context
 from hub.realtime import Connections
 from hub.responses import compression_middleware
 from hub.routes import (
@@ -196,9 +196,8 @@ def create_app(settings: Settings) -> web.Application:
             error_middleware,
             cors_middleware,
             auth_middleware,
-            # after auth (the caller is known), before authz (refused calls count too)
-            *([rate_limit_middleware] if settings.rate_limits_enabled else []),
-            authz_middleware,
+            # after auth (the caller is known): the rate limit, then the authorization table
+            access_middleware,
         ],
         handler_args={
             # Bodies are read as sent: an encoded one is refused (hub/validation.refuse_encoded_body)

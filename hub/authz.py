@@ -1,5 +1,5 @@
 """Who may call which route: one table, route name → the roles that may and the scopes that let an
-API key, enforced by one middleware before any handler runs.
+API key, enforced before any handler runs (:func:`authorize`, from hub/access.py's middleware).
 
     PUBLIC        anyone, with or without a token (a token that is sent must be valid: hub/auth.py),
                   API keys included
@@ -18,7 +18,6 @@ API key without one of the route's scopes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -180,13 +179,9 @@ def route_name(request: web.Request) -> str | None:
     return next((r.name for r in route.resource if r.method == "GET"), None)
 
 
-@web.middleware
-async def authz_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    name = route_name(request)
-    if name is None:  # aiohttp's own answers (404, 405): no handler of ours runs
-        return await handler(request)
+def authorize(request: web.Request, name: str) -> None:
+    """Raise unless the caller may reach the route ``name`` (hub/access.py calls it for every matched
+    route, after its rate limit)."""
     rule = TABLE.get(name)
     if rule is None:
         # A route added without a row: refused rather than open (tests/test_authz.py catches it first).
@@ -197,4 +192,3 @@ async def authz_middleware(
             request[GRANTED_SCOPE] = rule.admit_key(who)
         else:
             require(request, *sorted(rule.roles))
-    return await handler(request)

@@ -122,6 +122,29 @@ async def test_users_addresses_and_classes_count_apart(tmp_path: Path) -> None:
         assert headers["Retry-After"] == "60"
 
 
+async def test_calls_the_authorization_table_refuses_count_too_and_head_counts_as_a_read(
+    tmp_path: Path,
+) -> None:
+    """The limit is checked before the route's authorization: a customer hammering an admin route
+    spends its own writes (403s), then is answered 429 — the table is not a free way past the limit."""
+    customer = token("mallory")
+    async with limited_hub(tmp_path) as hub:
+        for sku in ("M-1", "M-2"):
+            status, body, _ = await hub.call(
+                "POST", PRODUCTS, token=customer, json={"sku": sku, "name": sku, "price": "1"}
+            )
+            assert status == 403 and body["code"] == "forbidden"
+        status, body, _ = await hub.call(
+            "POST", PRODUCTS, token=customer, json={"sku": "M-3", "name": "M-3", "price": "1"}
+        )
+        assert status == 429 and body["policy"] == "write"
+        # HEAD is answered by the GET route's handler, and counted as that route's read
+        for expected in ('"read";r=2;t=1', '"read";r=1;t=1', '"read";r=0;t=1'):
+            status, _, headers = await hub.call("HEAD", PRODUCTS)
+            assert status == 200 and headers["RateLimit"] == expected
+        assert (await hub.call("GET", PRODUCTS))[0] == 429
+
+
 async def test_service_tokens_and_operations_routes_are_not_limited(tmp_path: Path) -> None:
     service = token("checkout", "service")
     async with limited_hub(tmp_path) as hub:

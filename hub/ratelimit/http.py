@@ -1,4 +1,6 @@
-"""Rate limits on HTTP requests: one middleware, innermost (after auth, so the caller is known).
+"""Rate limits on HTTP requests: what a limited route's check counts, and how it answers. The check
+runs in hub/access.py's middleware, innermost (after auth, so the caller is known), just before the
+route's authorization (a refused call counts too).
 
 **Who is counted.** A request with an API key counts against that key (``api_key`` scope: its family,
 so a rotated key and its successor share one count), one with a bearer token against its user (the
@@ -32,9 +34,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import web
+from multidict import CIMultiDict, istr
 
 from hub.errors import problem_response
 from hub.keys import METRICS, PRINCIPAL, RATE_LIMITS, SETTINGS
@@ -47,6 +51,8 @@ from hub.settings import Settings
 log = logging.getLogger(__name__)
 
 DRAFT = "draft-ietf-httpapi-ratelimit-headers-11"
+_POLICY_FIELD = istr("RateLimit-Policy")
+_REMAINING_FIELD = istr("RateLimit")
 _LOG_EVERY = 10.0  # seconds between two warnings of a failing limiter
 
 
@@ -78,6 +84,42 @@ def _period(seconds: float) -> str:
     return "second" if seconds == 1 else f"{seconds:g} seconds"
 
 
+@dataclass(frozen=True, slots=True)
+class LimitedRoute:
+    """A limited route's class and policy, and the strings of its answers' fields, made once."""
+
+    route_class: RouteClass
+    policy: RatePolicy
+    key_prefix: str  # "read:" — a key is "<class>:<scope>:<id>"
+    policy_field: str  # RateLimit-Policy: "read";q=100;w=1
+    remaining_prefix: str  # RateLimit: "read";r=  (then the count and ;t=)
+
+    @classmethod
+    def of(cls, route_class: RouteClass, policy: RatePolicy) -> LimitedRoute:
+        name = route_class.value
+        return cls(
+            route_class,
+            policy,
+            f"{name}:",
+            f'"{name}";q={policy.burst};w={policy.window_seconds}',
+            f'"{name}";r=',
+        )
+
+    def fields(self, decision: Decision) -> dict[str, str]:
+        """The RateLimit and RateLimit-Policy fields of an answer."""
+        return {
+            "RateLimit-Policy": self.policy_field,
+            "RateLimit": f"{self.remaining_prefix}{decision.remaining};t={math.ceil(decision.next_after)}",
+        }
+
+    def stamp(self, headers: CIMultiDict[str], decision: Decision) -> None:
+        """:meth:`fields`, set on an allowed request's answer (the hot path: no dict made)."""
+        headers[_POLICY_FIELD] = self.policy_field
+        headers[_REMAINING_FIELD] = (
+            f"{self.remaining_prefix}{decision.remaining};t={math.ceil(decision.next_after)}"
+        )
+
+
 class RateLimits:
     """The node's limiter, the policy of each route class, and who is exempt."""
 
@@ -87,11 +129,13 @@ class RateLimits:
         self.fail_open = settings.rate_limit_fail_open
         self.exempt_roles = frozenset(settings.rate_limit_exempt_roles)
         self._metrics = metrics
-        self._policy_fields = {
-            route_class: f'"{route_class}";q={policy.burst};w={policy.window_seconds}'
-            for route_class, policy in self.policies.items()
+        # Route name -> all its check needs, made once: the request path then does no enum
+        # formatting or hashing (a StrEnum's are Python code), one dict lookup in all.
+        self.by_route: dict[str, LimitedRoute] = {
+            name: LimitedRoute.of(route_class, self.policies[route_class])
+            for name, route_class in ROUTE_CLASSES.items()
+            if route_class in self.policies
         }
-        self._remaining_prefix = {route_class: f'"{route_class}";r=' for route_class in self.policies}
         # The in-process limiter never waits: checked without a coroutine on the request path (a
         # limited read cost 20 µs more CPU than an unlimited one; this is part of getting that down).
         self.memory = limiter if isinstance(limiter, MemoryRateLimiter) else None
@@ -108,20 +152,9 @@ class RateLimits:
             return "user", who.sub
         return "ip", request.remote or "unknown"
 
-    def fields(self, route_class: RouteClass, decision: Decision) -> dict[str, str]:
-        """The RateLimit and RateLimit-Policy fields of an answer (and Retry-After for a refusal)."""
-        t = math.ceil(decision.next_after)
-        fields = {
-            "RateLimit-Policy": self._policy_fields[route_class],
-            "RateLimit": f"{self._remaining_prefix[route_class]}{decision.remaining};t={t}",
-        }
-        if not decision.allowed:
-            fields["Retry-After"] = str(t)
-        return fields
-
-    def refusal(self, route_class: RouteClass, scope: str, decision: Decision) -> web.Response:
+    def refusal(self, route: LimitedRoute, scope: str, decision: Decision) -> web.Response:
+        route_class, policy = route.route_class, route.policy
         self._metrics.rate_limited.labels(route_class, scope).inc()
-        policy = self.policies[route_class]
         retry_ms = math.ceil(decision.retry_after * 1000)
         # Answered here rather than raised, so that it passes through the CORS middleware (its
         # headers let a page read the 429 and its Retry-After).
@@ -131,7 +164,7 @@ class RateLimits:
             "Too many requests",
             f"too many {route_class} requests: {policy.burst} at once, then {policy.rate} per"
             f" {_period(policy.period)}; retry in {retry_ms / 1000:.3f} s",
-            headers=self.fields(route_class, decision),
+            headers={**route.fields(decision), "Retry-After": str(math.ceil(decision.next_after))},
             extra={"policy": str(route_class), "retry_after_ms": retry_ms},
         )
 
@@ -152,37 +185,6 @@ class RateLimits:
             "the rate limiter cannot be reached; retry shortly",
             headers={"Retry-After": "1"},
         )
-
-
-@web.middleware
-async def rate_limit_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    route_class = ROUTE_CLASSES.get(request.match_info.route.name or "")
-    if route_class is None:
-        return await handler(request)
-    limits = request.app[RATE_LIMITS]
-    policy = limits.policies.get(route_class)
-    client = limits.client(request) if policy is not None else None
-    if policy is None or client is None:
-        return await handler(request)
-    scope, ident = client
-    key = f"{route_class}:{scope}:{ident}"
-    memory = limits.memory
-    if memory is not None:
-        decision = memory.check_now(key, policy)
-    else:
-        try:
-            decision = await limits.limiter.check(key, policy)
-        except RateLimiterUnavailable as exc:
-            refused = limits.unavailable(exc)
-            return refused if refused is not None else await handler(request)
-    if not decision.allowed:
-        return limits.refusal(route_class, scope, decision)
-    response = await handler(request)
-    if not response.prepared:
-        response.headers.update(limits.fields(route_class, decision))
-    return response
 
 
 async def rate_limit_context(app: web.Application) -> AsyncIterator[None]:
