@@ -67,7 +67,12 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
     _add_common(serve)
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="env SYNCHUB_HOST")
     serve.add_argument("--port", type=int, default=int(_env("PORT", "8080") or 8080), help="env SYNCHUB_PORT")
-    serve.add_argument("--redis-url", default=_env("REDIS_URL"), help="env SYNCHUB_REDIS_URL")
+    serve.add_argument(
+        "--redis-url",
+        default=_env("REDIS_URL"),
+        help="redis://host:port/db, or redis+cluster://host:port (any node) for a Redis Cluster"
+        " (env SYNCHUB_REDIS_URL)",
+    )
     serve.add_argument(
         "--redis-prefix",
         default=_env("REDIS_PREFIX", "synchub:"),

@@ -58,7 +58,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, cast
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -122,6 +122,20 @@ def _read_entries(reply: object) -> list[_Entry]:
     """The entries of a one-stream XREAD reply: ``[[key, entries]]``, or empty after a timeout."""
     streams = cast("list[tuple[bytes, list[_Entry]]]", reply or [])
     return streams[0][1] if streams else []
+
+
+async def _close(client: Client) -> None:
+    """Close ``client`` even if cancelled meanwhile (stop() cancels again until its readers end): a
+    cluster client's close awaits every node's, and one cut short leaves sockets open."""
+    closing = asyncio.ensure_future(client.aclose())
+    cancelled = False
+    while not closing.done():
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def _read_meta(
@@ -319,7 +333,7 @@ class RedisBroker:
     ) -> Position | None:
         self._check_open()
         with _translated_errors("publish"):
-            reply = await self._publish(self._client, stream, data, dedupe)
+            reply = await self._publish(stream, data, dedupe)
         if reply is None:
             return None
         epoch, offset = reply
@@ -335,7 +349,11 @@ class RedisBroker:
             with _translated_errors("publish"):
                 async with self._client.pipeline(transaction=False) as pipe:
                     for stream, data, dedupe in items:
-                        await self._publish(pipe, stream, data, dedupe)
+                        args = self._publish_args(stream, data, dedupe)
+                        if isinstance(pipe, ClusterPipeline):
+                            pipe.eval(_lua("publish.lua"), 3, *args)  # queued, not awaited
+                        else:
+                            await self._publish_script(keys=args[:3], args=args[3:], client=pipe)
                     replies = await pipe.execute()
         except BrokerError as exc:
             raise PublishIncomplete([], exc) from exc  # which of them ran is not known
@@ -406,12 +424,11 @@ class RedisBroker:
 
     # -- internals
 
-    async def _publish(self, client: Any, stream: str, data: bytes, dedupe: tuple[str, int] | None) -> Any:
-        """Run the publish script on ``client`` (or queue it on a pipeline): EVALSHA with a reload on one
-        server, EVAL on a cluster."""
+    def _publish_args(self, stream: str, data: bytes, dedupe: tuple[str, int] | None) -> list[Any]:
+        """The publish script's keys and arguments."""
         key, version = dedupe if dedupe is not None else ("", 0)
-        keys = self.keys(stream)
-        args: list[bytes | str | int] = [
+        return [
+            *self.keys(stream),
             data,
             secrets.token_hex(8),
             self._max_len,
@@ -419,9 +436,13 @@ class RedisBroker:
             key,
             int(version),
         ]
-        if self._cluster:
-            return await client.eval(self._publish_script.script, 3, *keys, *args)
-        return await self._publish_script(keys=list(keys), args=args, client=client)
+
+    async def _publish(self, stream: str, data: bytes, dedupe: tuple[str, int] | None) -> Any:
+        """Run the publish script: EVALSHA with a reload on one server, EVAL on a cluster."""
+        args = self._publish_args(stream, data, dedupe)
+        if isinstance(self._client, RedisCluster):
+            return await self._client.eval(_lua("publish.lua"), 3, *args)
+        return await self._publish_script(keys=args[:3], args=args[3:])
 
     async def _meta(self, stream: str, what: str) -> tuple[str, int, str]:
         """The stream's epoch (drawn now if it has none), offset and newest entry id ("+" if none)."""
@@ -466,4 +487,4 @@ class RedisBroker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
         finally:
-            await client.aclose()
+            await _close(client)

@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -121,6 +121,30 @@ async def delete_redis_keys(url: str, prefix: str) -> None:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+def require_services() -> bool:
+    """CI (scripts/test sets SYNCHUB_TEST_REQUIRE_SERVICES=1): a service that cannot start is a failure."""
+    return os.environ.get("SYNCHUB_TEST_REQUIRE_SERVICES") == "1"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A Redis Cluster of 3 masters and 3 replicas on loopback (tests/redis_cluster.LocalCluster), started
+    by the first test that asks and stopped at the end of the session. Tests that break it mend it."""
+    from tests.redis_cluster import ClusterUnavailable, local_cluster
+
+    started = local_cluster()
+    try:
+        cluster = started.__enter__()
+    except (ClusterUnavailable, OSError) as exc:
+        if require_services():
+            pytest.fail(f"the local Redis Cluster did not start: {exc}")
+        pytest.skip(f"the local Redis Cluster did not start: {exc}")
+    try:
+        yield cluster
+    finally:
+        started.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """One conformance suite for every Broker implementation (sync/broker.py states the guarantees).
 
-Every test runs on the in-memory broker and on the Redis broker (the real server in
-SYNCHUB_TEST_REDIS_URL, its keys under a prefix of its own that is deleted afterwards). Delivery to
+Every test runs on the in-memory broker, on the Redis broker (the real server in
+SYNCHUB_TEST_REDIS_URL, its keys under a prefix of its own that is deleted afterwards) and on the Redis
+broker over a local Redis Cluster of 3 masters and 3 replicas (the ``redis_cluster`` fixture starts it). Delivery to
 subscribers is synchronous in memory and goes through a reader task with Redis, so tests wait for it
 (and wait a little before asserting that something was not delivered).
 """
@@ -19,25 +20,32 @@ from sync.broker import Broker, BrokerUnavailable, Position, PositionExpired, Pu
 from sync.broker_memory import MemoryBroker
 from sync.broker_redis import RedisBroker
 from tests.conftest import delete_redis_keys, fresh_redis_prefix, redis_url
+from tests.redis_cluster import LocalCluster
 
 RETENTION = 5  # max_len of every broker in this suite
 
 
 @asynccontextmanager
 async def redis_broker(
-    *, max_len: int = 10_000, max_age_seconds: float | None = 3600, block_ms: int = 5000
+    *,
+    max_len: int = 10_000,
+    max_age_seconds: float | None = 3600,
+    block_ms: int = 5000,
+    url: str | None = None,
 ) -> AsyncIterator[RedisBroker]:
-    """A started RedisBroker under a fresh prefix; stopped, and its keys deleted, afterwards."""
+    """A started RedisBroker under a fresh prefix; stopped, and its keys deleted, afterwards (on a
+    cluster, ``url``, the keys go with the cluster at the end of the session)."""
     prefix = fresh_redis_prefix()
     broker = RedisBroker(
-        redis_url(), prefix=prefix, max_len=max_len, max_age_seconds=max_age_seconds, block_ms=block_ms
+        url or redis_url(), prefix=prefix, max_len=max_len, max_age_seconds=max_age_seconds, block_ms=block_ms
     )
     try:
         await broker.start()
         yield broker
     finally:
         await broker.stop()
-        await delete_redis_keys(redis_url(), prefix)
+        if url is None:
+            await delete_redis_keys(redis_url(), prefix)
 
 
 @asynccontextmanager
@@ -52,15 +60,27 @@ def _redis() -> AbstractAsyncContextManager[Broker]:
     return redis_broker(max_len=RETENTION)
 
 
-FACTORIES: dict[str, Callable[[], AbstractAsyncContextManager[Broker]]] = {
-    "memory": memory_broker,
-    "redis": _redis,
+def _redis_cluster(request: pytest.FixtureRequest) -> AbstractAsyncContextManager[Broker]:
+    cluster: LocalCluster = request.getfixturevalue("redis_cluster")  # started for these tests only
+    return redis_broker(max_len=RETENTION, url=cluster.url)
+
+
+FACTORIES: dict[str, Callable[[pytest.FixtureRequest], AbstractAsyncContextManager[Broker]]] = {
+    "memory": lambda _: memory_broker(),
+    "redis": lambda _: _redis(),
+    "redis-cluster": _redis_cluster,
 }
 
 
-@pytest.fixture(params=[pytest.param("memory"), pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        pytest.param("memory"),
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
+    ]
+)
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    async with FACTORIES[request.param]() as b:
+    async with FACTORIES[request.param](request) as b:
         yield b
 
 

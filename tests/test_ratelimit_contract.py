@@ -19,13 +19,15 @@ SLOW = RatePolicy(1, 60.0, 20)  # 20 at once, then one a minute: nothing refills
 TIMING = 0.05  # seconds: how close retry_after must be to when a request really passes again
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def limiter(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[RateLimiter]:
-    made: RateLimiter = (
-        MemoryRateLimiter()
-        if request.param == "memory"
-        else RedisRateLimiter(redis_url(), prefix=redis_prefix)
-    )
+    made: RateLimiter
+    if request.param == "memory":
+        made = MemoryRateLimiter()
+    elif request.param == "redis":
+        made = RedisRateLimiter(redis_url(), prefix=redis_prefix)
+    else:  # the local cluster of 3 masters (tests/redis_cluster.py), thrown away at the session's end
+        made = RedisRateLimiter(request.getfixturevalue("redis_cluster").url, prefix=redis_prefix)
     yield made
     await made.close()
 

@@ -26,11 +26,13 @@ from importlib import resources
 from typing import cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from hub.ratelimit.limiter import Decision, RateLimiterUnavailable, RatePolicy, decision_of
+from sync.redis_connect import is_cluster_url, node_url
 
 # (the Redis key, the policy's interval and burst, the caller waiting for the script's reply)
 _Check = tuple[str, int, int, "asyncio.Future[list[int]]"]
@@ -64,15 +66,25 @@ class RedisRateLimiter:
     ) -> None:
         self._prefix = prefix
         self._retry_interval = retry_interval
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,  # waiting for a free connection
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._client = Redis.from_pool(pool)
+        self._client: Redis | RedisCluster
+        if is_cluster_url(url):  # one retry: a failover's MOVED, or a refreshed slot map
+            self._client = RedisCluster.from_url(
+                node_url(url),
+                max_connections=max_connections,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1),
+            )
+        else:
+            pool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=timeout,  # waiting for a free connection
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._client = Redis.from_pool(pool)
         self._script = self._client.register_script(_lua("gcra.lua"))
         self._down_until = 0.0
         self._waiting: list[_Check] = []  # checks of this loop turn, not yet sent
