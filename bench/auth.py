@@ -197,3 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         asyncio.run(run(args))
     return 0
+
+
+if __name__ == "__main__":  # python -m bench.auth is python -m bench auth
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

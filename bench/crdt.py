@@ -280,3 +280,9 @@ def main(argv: list[str]) -> int:
                         f"({'met' if size_ratio <= 1.5 else 'not met'})"
                     )
     return 0
+
+
+if __name__ == "__main__":  # python -m bench.crdt is python -m bench crdt
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -580,3 +580,9 @@ def main(argv: Sequence[str]) -> int:
         return uvloop.run(run(args))
     except ImportError:  # pragma: no cover
         return asyncio.run(run(args))
+
+
+if __name__ == "__main__":  # python -m bench.events is python -m bench events
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -213,3 +213,9 @@ def main(argv: list[str]) -> int:
         f" elapsed {r['elapsed_s']:.1f} s"
     )
     return 0 if r["delivered_fraction"] == 1.0 else 1
+
+
+if __name__ == "__main__":  # python -m bench.fanout is python -m bench fanout
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

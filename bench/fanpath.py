@@ -114,3 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|---|---|")
     print(f"| {args.connections:,} | {dispatch:.2f} | {flush:.2f} | {dispatch + flush:.2f} |")
     return 0
+
+
+if __name__ == "__main__":  # python -m bench.fanpath is python -m bench fanpath
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

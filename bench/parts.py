@@ -449,3 +449,9 @@ def main(argv: Sequence[str]) -> int:
     except ImportError:
         return asyncio.run(run(args))
     return uvloop.run(run(args))
+
+
+if __name__ == "__main__":  # python -m bench.parts is python -m bench parts
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

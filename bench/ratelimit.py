@@ -282,3 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         asyncio.run(run(args))
     return 0
+
+
+if __name__ == "__main__":  # python -m bench.ratelimit is python -m bench ratelimit
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -248,3 +248,9 @@ def main(argv: list[str]) -> int:
         return uvloop.run(main_async(args))
     except ImportError:
         return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":  # python -m bench.reservations is python -m bench reservations
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -326,3 +326,9 @@ def main(argv: Sequence[str]) -> int:
     for failure in found:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if found else 0
+
+
+if __name__ == "__main__":  # python -m bench.reviews is python -m bench reviews
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -677,3 +677,9 @@ def main(argv: list[str]) -> int:
     for failure in found:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if found else 0
+
+
+if __name__ == "__main__":  # python -m bench.suite is python -m bench suite
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

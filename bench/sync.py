@@ -687,3 +687,9 @@ def _run(coro: Any) -> Any:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+if __name__ == "__main__":  # python -m bench.sync is python -m bench sync
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

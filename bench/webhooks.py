@@ -248,3 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         asyncio.run(run(args))
     return 0
+
+
+if __name__ == "__main__":  # python -m bench.webhooks is python -m bench webhooks
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

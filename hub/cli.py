@@ -23,7 +23,7 @@ from aiohttp import web
 from hub.auth import ROLES, issue_token
 from hub.pii import Keyring, dev_pii_keys
 from hub.ratelimit.limiter import parse_optional_policy
-from hub.settings import DEFAULT_DATA_DIR, DEFAULT_DATABASE_URL, Settings, dev_jwt_secret
+from hub.settings import DEFAULT_DATA_DIR, DEFAULT_DATABASE_URL, Settings, dev_jwt_secret, dev_jwt_secret_path
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,40 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"SYNCHUB_{name}", default)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (as argparse.ArgumentDefaultsHelpFormatter does), except
+    where the help already says it, or there is none: no "(default: None)", and a secret taken from the
+    environment is never printed (its help names its default in words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default in (None, False, argparse.SUPPRESS, "")
+            or "secret" in action.dest
+            or action.dest.endswith("key")
+            or not action.option_strings
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _add_database_url(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
         default=_env("DATABASE_URL", DEFAULT_DATABASE_URL),
-        help="SQLite file path or postgresql://… (env SYNCHUB_DATABASE_URL)",
+        help="SQLite file path (relative to the working directory) or postgresql://…"
+        " (env SYNCHUB_DATABASE_URL)",
     )
+
+
+def _add_jwt_secret(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jwt-secret",
         default=_env("JWT_SECRET"),
-        help="HS256 secret for bearer tokens (env SYNCHUB_JWT_SECRET); "
-        "default: a per-checkout secret in var/jwt-secret",
+        help="HS256 secret that signs and checks bearer tokens, at least 32 bytes (env SYNCHUB_JWT_SECRET);"
+        f" default: a secret made on first use in {dev_jwt_secret_path()} ($XDG_STATE_HOME/synchub, else"
+        " ~/.local/state/synchub: one per user, shared by synchub token and synchub serve wherever they run)",
     )
 
 
@@ -64,7 +87,8 @@ def _workers(value: str) -> int:
 
 
 def _add_serve(serve: argparse.ArgumentParser) -> None:
-    _add_common(serve)
+    _add_database_url(serve)
+    _add_jwt_secret(serve)
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="env SYNCHUB_HOST")
     serve.add_argument("--port", type=int, default=int(_env("PORT", "8080") or 8080), help="env SYNCHUB_PORT")
     serve.add_argument(
@@ -476,14 +500,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synchub", description="Real-time sync hub")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run a hub node")
+    serve = commands.add_parser("serve", help="run a hub node", formatter_class=_HelpFormatter)
     _add_serve(serve)
 
-    migrate = commands.add_parser("migrate", help="apply schema migrations and exit")
-    _add_common(migrate)
+    migrate = commands.add_parser(
+        "migrate", help="apply schema migrations and exit", formatter_class=_HelpFormatter
+    )
+    _add_database_url(migrate)
 
-    token = commands.add_parser("token", help="print a signed bearer token for trying the API")
-    token.add_argument("--jwt-secret", default=_env("JWT_SECRET"))
+    token = commands.add_parser(
+        "token",
+        help="print a signed bearer token for trying the API",
+        description="Print an HS256 bearer token signed with the hub's secret (the same --jwt-secret, or"
+        " the same default secret file, as the synchub serve it is meant for).",
+        formatter_class=_HelpFormatter,
+    )
+    _add_jwt_secret(token)
     token.add_argument("--sub", required=True, help="subject (user or service id)")
     token.add_argument(
         "--role",
@@ -492,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a role; repeat for several (default: customer)",
     )
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires")
 
     migrate_redis = commands.add_parser(
         "migrate-redis",
@@ -516,10 +548,30 @@ MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the ha
 
 
 def _secret(args: argparse.Namespace) -> str:
-    secret: str = args.jwt_secret or dev_jwt_secret()
+    secret: str
+    if args.jwt_secret:
+        secret = args.jwt_secret
+    else:
+        secret, made = dev_jwt_secret()
+        if made:
+            print(
+                f"synchub: made a new JWT secret in {dev_jwt_secret_path()} (synchub token and synchub serve"
+                " share it; in production pass --jwt-secret)",
+                file=sys.stderr,
+                flush=True,
+            )
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise SystemExit(f"synchub: --jwt-secret must be at least {MIN_SECRET_BYTES} bytes long")
     return secret
+
+
+def _secret_source(args: argparse.Namespace) -> str:
+    """Where the node's HS256 secret comes from, for its start-up banner."""
+    if not _hs256_tokens(args):
+        return "HS256 tokens off"
+    if args.jwt_secret:
+        return "JWT secret from --jwt-secret"
+    return f"JWT secret in {dev_jwt_secret_path()}"
 
 
 def _pii_keys(args: argparse.Namespace) -> str:
@@ -599,25 +651,63 @@ def _serve(args: argparse.Namespace) -> int:
     loop = _new_loop()
     settings = _settings(args)
     ssl_context = _tls(settings)
+    _check_port(settings)
     app = create_app(settings)
     app.on_startup.append(_freeze_startup_objects)
     scheme = "https" if ssl_context else "http"
-    print(
-        f"synchub {settings.node_id} serving region {settings.region!r} on {scheme}://{settings.host}:{settings.port}"
-        f" (store: {settings.database_url.split('@')[-1]})",
-        flush=True,
-    )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        loop=loop,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        backlog=LISTEN_BACKLOG,
-        ssl_context=ssl_context,
-    )
+
+    def listening(_message: str) -> None:  # called by run_app once the socket listens, not before
+        print(
+            f"synchub {settings.node_id} serving region {settings.region!r} on"
+            f" {scheme}://{settings.host}:{settings.port} (store: {settings.database_url.split('@')[-1]};"
+            f" {_secret_source(args)})",
+            flush=True,
+        )
+
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=listening,
+            loop=loop,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            backlog=LISTEN_BACKLOG,
+            ssl_context=ssl_context,
+        )
+    except Exception as exc:
+        return _startup_failed(exc, settings, args.log_level)
     return 0
+
+
+def _check_port(settings: Settings) -> None:
+    """A port already taken is said before the store is opened or migrated (run_app would find out
+    only after its start-up, and :func:`_startup_failed` still catches a port taken meanwhile)."""
+    from hub.startup import bind_error
+    from hub.workers import check_port_free
+
+    if settings.port == 0:
+        return
+    try:
+        check_port_free(settings.host, settings.port)
+    except OSError as exc:
+        message = bind_error(exc, settings)
+        if message is not None:
+            raise SystemExit(f"synchub: {message}") from None
+
+
+def _startup_failed(exc: Exception, settings: Settings, log_level: str) -> int:
+    """A known start-up failure is one line on stderr and exit status 1 (with its traceback at debug
+    level); anything else is raised as it is."""
+    from hub.startup import explain
+
+    message = explain(exc, settings)
+    if message is None:
+        raise exc
+    if log_level.upper() == "DEBUG":
+        log.error("start-up failed", exc_info=exc)
+    print(f"synchub: {message}", file=sys.stderr, flush=True)
+    return 1
 
 
 # -- serve --workers N
@@ -757,17 +847,17 @@ def _serve_worker(args: argparse.Namespace) -> int:
 
     reporting: set[asyncio.Task[None]] = set()
 
-    def listening(_message: str) -> None:
+    def listening(_message: str) -> None:  # once the socket listens
+        print(
+            f"synchub {settings.node_id} (worker {args.worker_index}, pid {os.getpid()}) serving region "
+            f"{settings.region!r} on {'https' if ssl_context else 'http'}://{settings.host}:{settings.port}",
+            flush=True,
+        )
         if args.ready_fd is not None:
             task = loop.create_task(_report_ready(app, args.ready_fd, args.worker_index))
             reporting.add(task)
             task.add_done_callback(reporting.discard)
 
-    print(
-        f"synchub {settings.node_id} (worker {args.worker_index}, pid {os.getpid()}) serving region "
-        f"{settings.region!r} on {'https' if ssl_context else 'http'}://{settings.host}:{settings.port}",
-        flush=True,
-    )
     web.run_app(
         app,
         host=settings.host,

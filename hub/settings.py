@@ -160,17 +160,41 @@ class Settings:
         return self.tls_cert is not None
 
 
-def dev_jwt_secret(data_dir: Path = DEFAULT_DATA_DIR) -> str:
-    """A per-checkout secret so that ``synchub token`` and ``synchub serve`` agree out of the box.
+def state_dir() -> Path:
+    """Where ``synchub`` keeps the newcomer's JWT secret: ``$XDG_STATE_HOME/synchub``, else
+    ``~/.local/state/synchub``. Per user, not per working directory, so that ``synchub token`` run
+    anywhere signs tokens the hub (started anywhere by the same user) accepts."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "synchub"
+
+
+def dev_jwt_secret_path() -> Path:
+    return state_dir() / "jwt-secret"
+
+
+def dev_jwt_secret(path: Path | None = None) -> tuple[str, bool]:
+    """The secret ``synchub token`` and ``synchub serve`` share out of the box, and whether it was made
+    now: read from ``path`` (default :func:`dev_jwt_secret_path`), made there (0600) on first use.
 
     Production sets --jwt-secret / SYNCHUB_JWT_SECRET; this file is only the newcomer's default.
     """
-    path = data_dir / "jwt-secret"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    path = path or dev_jwt_secret_path()
+    try:
+        return path.read_text().strip(), False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Written whole under another name, then linked into place: a process racing this one reads either
+    # nothing (and links its own, which fails) or the complete secret, never a half-written file.
     secret = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
-    return secret
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        return path.read_text().strip(), False
+    finally:
+        draft.unlink()
+    return secret, True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -45,9 +46,11 @@ def test_token_prints_a_signed_token_with_the_roles_asked_for(tmp_path) -> None:
 
 
 def test_token_and_serve_share_a_generated_secret_by_default(tmp_path) -> None:
-    first = run("token", "--sub", "a", cwd=str(tmp_path))
-    second = run("token", "--sub", "b", cwd=str(tmp_path))
-    secret = (tmp_path / "var" / "jwt-secret").read_text().strip()
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    env.pop("SYNCHUB_JWT_SECRET", None)
+    first = run("token", "--sub", "a", cwd=str(tmp_path), env=env)
+    second = run("token", "--sub", "b", cwd=str(tmp_path), env=env)
+    secret = (tmp_path / "state" / "synchub" / "jwt-secret").read_text().strip()
     assert len(secret) >= 32
     for result in (first, second):
         assert jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])["roles"] == ["customer"]
