@@ -291,17 +291,24 @@ class Client:
             task.cancel()
         for sub in list(self._subs.values()):
             sub.deliver(Ended(sub.channel, None))
+        self._subs.clear()
+        self._connected.set()  # wake waiters: they see the client closed
         if self._state is not State.STOPPED:
             self._set_state(State.STOPPED)
         if self._own_session and self._session is not None:
             await self._session.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closing or self.error is not None
+
     async def wait_connected(self, timeout: float | None = None) -> None:
-        if self.error is not None:
-            raise self.error
+        """Until the client is connected; :class:`ClientStopped` if it stopped or was closed."""
+        if self.closed:
+            raise self.error or ClientStopped("closed")
         await asyncio.wait_for(self._connected.wait(), timeout)
-        if self.error is not None:
-            raise self.error
+        if self.closed:
+            raise self.error or ClientStopped("closed")
 
     def on_connect(self, hook: ConnectHook) -> None:
         """Run ``hook`` after every (re)connection, once the subscriptions were asked for again."""
@@ -315,7 +322,8 @@ class Client:
         """Follow ``channel`` from ``since`` (None: from now). ``on_resync`` reads the snapshot when the
         position cannot be resumed and returns the position to continue from; without it the
         :class:`Resync` is yielded to the app and the subscription continues from the hub's position."""
-        if channel in self._subs:
+        existing = self._subs.get(channel)
+        if existing is not None and existing.ended is None:
             raise ValueError(f"already subscribed to {channel}")
         sub = Subscription(channel, since, on_resync)
         self._subs[channel] = sub
@@ -740,12 +748,17 @@ class Client:
             headers = {**self._auth_headers(), "Accept": "text/event-stream"}
             if sub.position:
                 headers["Last-Event-ID"] = sub.position
-            async with self._session.get(
+            opening = self._session.get(
                 url + "/api/v1/sse",
                 params={"channels": sub.channel},
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
-            ) as response:
+            )
+            try:  # a proxy that buffers the stream may hold back even its headers
+                response = await asyncio.wait_for(opening, self.sse_ready_timeout)
+            except TimeoutError:
+                raise _Blocked(Transport.SSE, "no response headers: the stream is buffered") from None
+            async with response:
                 if response.status != 200:
                     return await self._refused(response, sub, Transport.SSE)
                 if not response.content_type.startswith("text/event-stream"):

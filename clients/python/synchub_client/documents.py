@@ -172,8 +172,8 @@ class Document(Generic[T]):
                 self.synced = False
                 await asyncio.sleep(0.2 + self.client.backoff.rng.uniform(0, 0.5))
                 self._wake.set()
-            except SyncHubError as exc:
-                if self.client.error is not None:
+            except Exception as exc:
+                if self.client.closed:
                     return
                 log.warning("synchub %s %s: %r", self.kind, self.doc_id, exc)
                 await asyncio.sleep(1.0)

@@ -1,0 +1,225 @@
+"""The Python client SDK (clients/python) against real hubs: two `synchub serve` nodes on PostgreSQL and
+Redis, real sockets, a node killed with SIGKILL, an app process killed with SIGKILL, and a proxy that
+refuses WebSocket upgrades (and one that buffers SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from synchub_client import Client, Documents, Event, Inventory, OfflineStore, Transport
+
+from crdt.cart import Cart
+from tests.client_helpers import Cluster, catalog, running_proxy, set_stock, wait_for
+from tests.conftest import delete_redis_keys, fresh_redis_prefix, redis_url, reset_postgres, token
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+ALICE = token("alice-py", "customer")
+
+
+@pytest.fixture(scope="module")
+async def cluster(postgres_url: str) -> AsyncIterator[Cluster]:
+    await reset_postgres(postgres_url)
+    prefix = fresh_redis_prefix()
+    running = Cluster(postgres_url, prefix)
+    try:
+        await running.ensure()
+        yield running
+    finally:
+        await running.stop()
+        await delete_redis_keys(redis_url(), prefix)
+
+
+def assert_no_gap_no_duplicate(events: list[Event]) -> dict[tuple[str, str], list[int]]:
+    positions = [e.position for e in events]
+    assert len(positions) == len(set(positions)), "an event was delivered twice"
+    versions: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for event in events:
+        versions[(event.data["product_id"], event.data["warehouse_id"])].append(event.data["version"])
+    for key, seen in versions.items():
+        assert seen == list(range(seen[0], seen[0] + len(seen))), (key, seen)
+    return dict(versions)
+
+
+async def test_the_client_follows_inventory_through_a_node_kill_with_no_gap_and_no_duplicate(
+    cluster: Cluster,
+) -> None:
+    a, b = await cluster.ensure()
+    warehouse, products = await catalog(b, 3)
+    async with Client([a.base, b.base], encoding="msgpack") as client, aiohttp.ClientSession() as admin:
+        stock = Inventory(client, "eu")
+        await stock.start()
+        assert client.transport is Transport.WEBSOCKET and client.url == a.base
+        raw: list[Event] = []
+        assert stock._sub is not None
+        stock._sub.listeners.append(lambda item: raw.append(item) if isinstance(item, Event) else None)
+        final: dict[tuple[str, str], int] = {}
+        for i in range(60):
+            product = products[i % 3]["id"]
+            final[(product, warehouse)] = await set_stock(admin, b, product, warehouse, 100 + i)
+            if i == 20:
+                await wait_for(lambda: len(raw) >= 10, what="events before the kill")
+                await a.kill()
+        await wait_for(
+            lambda: all(
+                (lvl := stock.get(p, w)) is not None and lvl.version == v for (p, w), v in final.items()
+            ),
+            what="the last version of every row",
+        )
+        assert client.reconnects >= 1 and client.url == b.base
+        versions = assert_no_gap_no_duplicate([e for e in raw if e.data.get("warehouse_id") == warehouse])
+        assert {k: v[-1] for k, v in versions.items()} == final
+        assert all(v[0] == 1 for v in versions.values())  # every change, from the first
+        assert stock.get(products[2]["id"], warehouse).on_hand == 159  # type: ignore[union-attr]
+
+
+async def test_two_offline_devices_edit_one_cart_and_converge_through_different_nodes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    a, b = await cluster.ensure()
+    _, products = await catalog(a, 3)
+    tea, jam, oat = (p["sku"] for p in products)
+    cart_id = str(uuid.uuid4())
+    phone_client = Client([a.base], token=ALICE)
+    laptop_client = Client([b.base], token=ALICE, encoding="json")
+    phone = Documents(phone_client, str(tmp_path / "phone.sqlite3")).cart(cart_id)
+    laptop = Documents(laptop_client, str(tmp_path / "laptop.sqlite3")).cart(cart_id)
+    # Offline, both devices edit: their edits are queued in their SQLite files.
+    phone.add(tea, 2)
+    phone.set(jam, 3)
+    laptop.add(tea, 1)
+    laptop.set(oat, 5)
+    laptop.add("NOT-IN-CATALOG", 1)  # the hub refuses it: unknown_sku
+    laptop.remove(oat)
+    assert (phone.pending, laptop.pending) == (2, 4)
+    try:
+        await phone_client.start()
+        await phone.wait_synced(30)
+        await laptop_client.start()
+        await laptop.wait_synced(30)
+        await wait_for(lambda: phone.state == laptop.state, what="the two replicas to converge")
+        assert phone.value == laptop.value == {tea: 3, jam: 3}
+        assert [(r.code, r.op["sku"]) for r in laptop.refused] == [("unknown_sku", "NOT-IN-CATALOG")]
+        assert "NOT-IN-CATALOG" not in laptop.state.entry_skus()
+        # The hub holds the same cart: a third device that syncs from nothing gets it.
+        async with Client([b.base], token=ALICE) as third_client:
+            third = Documents(third_client, str(tmp_path / "third.sqlite3")).cart(cart_id)
+            await third.wait_synced(30)
+            assert third.value == phone.value
+        # Online now, an edit on one device reaches the other through the hub.
+        phone.set(tea, 7)
+        await wait_for(lambda: laptop.value.get(tea) == 7, what="the phone's edit on the laptop")
+    finally:
+        await phone_client.close()
+        await laptop_client.close()
+
+
+async def test_an_app_killed_with_queued_edits_delivers_them_after_restart_exactly_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    a, b = await cluster.ensure()
+    _, products = await catalog(a, 5)
+    sku = products[0]["sku"].rsplit("-", 1)[0]
+    cart_id = str(uuid.uuid4())
+    db = str(tmp_path / "app.sqlite3")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'clients' / 'python'}"}
+
+    async def app(*args: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.client_app", *args, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE
+        )
+
+    offline_url = f"http://127.0.0.1:{__import__('tests.cluster_helpers').cluster_helpers.free_port()}"
+    editing = await app("edit", db, cart_id, offline_url, ALICE, "30", sku)
+    assert editing.stdout is not None
+    line = await asyncio.wait_for(editing.stdout.readline(), 60)
+    assert line.strip() == b"queued 30"
+    editing.send_signal(signal.SIGKILL)
+    await editing.wait()
+    queued = OfflineStore(db)
+    expected_ids = [p.mutation_id for p in queued.pending("cart", cart_id)]
+    queued.close()
+    assert len(expected_ids) == 30
+
+    async with Client([a.base], token=ALICE) as watcher:
+        opened = await watcher_sync(watcher, cart_id)  # makes the cart, so that its channel exists
+        assert opened["type"] == "synced"
+        events: list[dict[str, Any]] = []
+        sub = watcher.subscribe(f"cart:{cart_id}")
+        sub.listeners.append(lambda item: events.append(item.data) if isinstance(item, Event) else None)
+        await sub.ready.wait()
+        # First restart: killed again as soon as the hub has published one of its edits.
+        first = await app("deliver", db, b.base, ALICE)
+        await wait_for(lambda: len(events) >= 1, what="a first delivered edit")
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        # Second restart: delivers what is left.
+        second = await app("deliver", db, a.base, ALICE)
+        assert second.stdout is not None
+        out = (await asyncio.wait_for(second.stdout.read(), 90)).decode()
+        assert await second.wait() == 0 and "delivered 0" in out, out
+        await wait_for(lambda: len({e.get("mutation_id") for e in events}) >= 30, what="every edit's event")
+        await asyncio.sleep(0.5)  # a duplicate would have its event published by now
+    delivered = [e["mutation_id"] for e in events if e["type"] == "cart.delta"]
+    assert sorted(delivered) == sorted(expected_ids)  # each once: no loss, no duplicate
+    state = Cart.new()
+    for i in range(30):
+        state.apply(state.add("x", f"{sku}-{i % 5}", 1 + i % 3))
+    async with Client([b.base], token=ALICE) as reader:
+        hub = Documents(reader, str(tmp_path / "reader.sqlite3")).cart(cart_id)
+        await hub.wait_synced(30)
+        assert hub.value == state.value()
+
+
+async def watcher_sync(client: Client, cart_id: str) -> dict[str, Any]:
+    await client.wait_connected(30)
+    return await client.request({"type": "sync", "cart": cart_id, "context": None})
+
+
+@pytest.mark.parametrize("buffer_sse", [False, True], ids=["upgrade-refused", "sse-buffered-too"])
+async def test_a_proxy_that_refuses_websockets_makes_the_client_fall_back_and_receive_everything(
+    cluster: Cluster, tmp_path: Path, buffer_sse: bool
+) -> None:
+    a, b = await cluster.ensure()
+    warehouse, products = await catalog(b, 2)
+    tea = products[0]["sku"]
+    cart_id = str(uuid.uuid4())
+    async with (
+        running_proxy(b.base, buffer_sse=buffer_sse) as proxy,
+        Client([proxy.url], token=ALICE, sse_ready_timeout=1.5, poll_timeout=5) as client,
+        aiohttp.ClientSession() as admin,
+    ):
+        stock = Inventory(client, "eu")
+        await stock.start()
+        expected = Transport.POLL if buffer_sse else Transport.SSE
+        assert client.transport is expected
+        assert proxy.upgrades_refused >= 1
+        cart = Documents(client, str(tmp_path / "device.sqlite3")).cart(cart_id)
+        cart.add(tea, 2)
+        final: dict[tuple[str, str], int] = {}
+        for i in range(30):
+            product = products[i % 2]["id"]
+            final[(product, warehouse)] = await set_stock(admin, a, product, warehouse, 10 + i)
+        await wait_for(
+            lambda: all(
+                (lvl := stock.get(p, w)) is not None and lvl.version == v for (p, w), v in final.items()
+            ),
+            what="every stock change through the proxy",
+        )
+        await cart.wait_synced(30)  # written over REST (POST …/sync)
+        assert cart.value == {tea: 2} and cart.pending == 0
+        if buffer_sse:
+            assert proxy.poll_requests >= 1
+        else:
+            assert proxy.sse_requests >= 1
+    assert stock.duplicates >= 0
