@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import sys
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from synchub_client import Client, Documents, Event, Inventory, OfflineStore, Transport
+from synchub_client import Backoff, Client, Documents, Event, Inventory, OfflineStore, Transport
 
 from crdt.cart import Cart
 from tests.client_helpers import Cluster, catalog, running_proxy, set_stock, wait_for
@@ -38,6 +39,13 @@ async def cluster(postgres_url: str) -> AsyncIterator[Cluster]:
     finally:
         await running.stop()
         await delete_redis_keys(redis_url(), prefix)
+
+
+class Longest(random.Random):
+    """Full jitter at its worst: every delay is the ceiling."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
 
 
 def assert_no_gap_no_duplicate(events: list[Event]) -> dict[tuple[str, str], list[int]]:
@@ -223,3 +231,53 @@ async def test_a_proxy_that_refuses_websockets_makes_the_client_fall_back_and_re
         else:
             assert proxy.sse_requests >= 1
     assert stock.duplicates >= 0
+
+
+async def test_a_node_going_away_sends_the_client_at_once_to_the_other_node_with_nothing_lost(
+    cluster: Cluster,
+) -> None:
+    a, b = await cluster.ensure()
+    warehouse, products = await catalog(b, 1)
+    product = products[0]["id"]
+    never = Backoff(base=3600.0, cap=3600.0, rng=Longest())  # a backoff would stall the test
+    async with Client([a.base, b.base], backoff=never) as client, aiohttp.ClientSession() as admin:
+        stock = Inventory(client, "eu")
+        await stock.start()
+        raw: list[Event] = []
+        assert stock._sub is not None
+        stock._sub.listeners.append(lambda item: raw.append(item) if isinstance(item, Event) else None)
+        for i in range(5):
+            await set_stock(admin, b, product, warehouse, i)
+        await wait_for(lambda: len([e for e in raw if e.data.get("warehouse_id") == warehouse]) == 5)
+        await a.stop()  # graceful: WebSockets closed with 1001
+        last = 0
+        for i in range(5, 10):
+            last = await set_stock(admin, b, product, warehouse, i)
+        await wait_for(lambda: (lvl := stock.get(product, warehouse)) is not None and lvl.version == last)
+        assert client.url == b.base and client.reconnects == 1
+        versions = assert_no_gap_no_duplicate([e for e in raw if e.data.get("warehouse_id") == warehouse])
+        assert versions == {(product, warehouse): list(range(1, 11))}
+
+
+async def test_an_expiring_token_is_refreshed_in_band_through_the_app_callback(cluster: Cluster) -> None:
+    a, _ = await cluster.ensure()
+    warehouse, products = await catalog(a, 1)
+    product = products[0]["id"]
+    refreshed: list[str] = []
+
+    async def refresh() -> str:
+        refreshed.append(token("carol-py", "customer", ttl=3600))
+        return refreshed[-1]
+
+    short = token("carol-py", "customer", ttl=2)
+    async with (
+        Client([a.base], token=short, refresh_token=refresh) as client,
+        aiohttp.ClientSession() as admin,
+    ):
+        stock = Inventory(client, "eu", product)
+        await stock.start()
+        await wait_for(lambda: len(refreshed) == 1, timeout=30, what="the refresh callback")
+        await asyncio.sleep(1.0)  # past the old token's expiry: the connection was kept
+        version = await set_stock(admin, a, product, warehouse, 42)
+        await wait_for(lambda: (lvl := stock.get(product, warehouse)) is not None and lvl.version == version)
+        assert client.reconnects == 0 and client.token == refreshed[0]
