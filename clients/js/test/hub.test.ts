@@ -1,0 +1,94 @@
+/**
+ * The SDK against a real hub (started by tests/test_client_js.py, which passes its URL and tokens in
+ * SYNCHUB_* variables): inventory over WebSocket through a disconnect, the SSE and long-poll fallbacks.
+ */
+
+import { deepStrictEqual, ok, strictEqual } from "node:assert";
+import { test } from "node:test";
+
+import { InventoryFeed, type StockChange, SyncHubClient } from "../src/index.js";
+import { CuttableProxy, env, NodeWebSocket, NoUpgradeProxy, setStock, until } from "./helpers.js";
+
+const skip = !env.url && "needs a hub (tests/test_client_js.py starts one)";
+
+function follow(client: SyncHubClient): { feed: InventoryFeed; changes: StockChange[]; versions: () => number[] } {
+  const changes: StockChange[] = [];
+  const feed = new InventoryFeed(client, { region: env.region, onChange: (c) => changes.push(c) });
+  const versions = () =>
+    changes.filter((c) => c.source === "event" && c.level.product_id === env.product && c.level.warehouse_id === env.warehouse).map((c) => c.level.version);
+  return { feed, changes, versions };
+}
+
+function consecutive(versions: number[]): void {
+  for (let i = 1; i < versions.length; i++) strictEqual(versions[i], versions[i - 1]! + 1, `versions ${JSON.stringify(versions)}: no gap, no duplicate`);
+}
+
+for (const format of ["json", "msgpack"] as const) {
+  test(`inventory over a ${format} WebSocket: snapshot, live, and every change made while the connection was cut`, { skip }, async () => {
+    const proxy = new CuttableProxy(new URL(env.url));
+    await proxy.start();
+    const client = new SyncHubClient({ url: proxy.url, WebSocket: NodeWebSocket, format, backoff: { baseMs: 50, maxMs: 300 } });
+    const { feed, versions } = follow(client);
+    await feed.start();
+    client.connect();
+    await until(() => client.transport === "websocket", "the WebSocket");
+    const start = feed.level(env.product, env.warehouse)!.version;
+    for (const n of [10, 11, 12]) await setStock(n);
+    await until(() => versions().length >= 3, "three live changes");
+    await proxy.cut();
+    await until(() => client.transport === null, "the client to notice the cut");
+    for (const n of [13, 14, 15, 16]) await setStock(n);
+    await proxy.restore();
+    await until(() => feed.level(env.product, env.warehouse)!.version === start + 7, "the changes made while cut");
+    for (const n of [17]) await setStock(n);
+    await until(() => versions().length >= 8, "a live change after the resume");
+    await client.close();
+    await proxy.cut();
+    deepStrictEqual(versions(), [1, 2, 3, 4, 5, 6, 7, 8].map((i) => start + i));
+    consecutive(versions());
+    strictEqual(client.state, "stopped");
+    strictEqual(feed.level(env.product, env.warehouse)!.on_hand, 17);
+  });
+}
+
+test("a proxy that refuses WebSocket upgrades: the client falls back to SSE and still receives everything", { skip }, async () => {
+  const proxy = new NoUpgradeProxy(new URL(env.url));
+  await proxy.start();
+  const client = new SyncHubClient({ url: proxy.url, WebSocket: NodeWebSocket, backoff: { baseMs: 20, maxMs: 100 } });
+  const opened: string[] = [];
+  client.on("open", (t) => opened.push(t));
+  const { feed, versions } = follow(client);
+  await feed.start();
+  client.connect();
+  await until(() => client.transport === "sse", "the SSE fallback");
+  ok(proxy.upgradesRefused >= 2, `upgrades refused: ${proxy.upgradesRefused}`);
+  const start = feed.level(env.product, env.warehouse)!.version;
+  for (const n of [20, 21, 22]) await setStock(n);
+  await until(() => feed.level(env.product, env.warehouse)!.version === start + 3, "the changes over SSE");
+  client.restart(); // a dropped stream resumes from its Last-Event-ID
+  await until(() => client.transport === "sse", "SSE again");
+  await setStock(23);
+  await until(() => feed.level(env.product, env.warehouse)!.version === start + 4, "the change after the resume");
+  await client.close();
+  await proxy.stop();
+  deepStrictEqual(opened.filter((t) => t !== "sse"), []);
+  consecutive(versions());
+  deepStrictEqual(versions().slice(-4), [1, 2, 3, 4].map((i) => start + i));
+});
+
+test("long-poll, the last fallback: events in order from the cursor, through a restart", { skip }, async () => {
+  const client = new SyncHubClient({ url: env.url, transports: ["poll"], pollTimeoutS: 2, backoff: { baseMs: 20, maxMs: 100 } });
+  const { feed, versions } = follow(client);
+  await feed.start();
+  client.connect();
+  await until(() => client.transport === "poll", "the first poll");
+  const start = feed.level(env.product, env.warehouse)!.version;
+  for (const n of [30, 31]) await setStock(n);
+  await until(() => feed.level(env.product, env.warehouse)!.version === start + 2, "the changes over long-poll");
+  client.restart();
+  await setStock(32);
+  await until(() => feed.level(env.product, env.warehouse)!.version === start + 3, "the change after the restart");
+  await client.close();
+  consecutive(versions());
+  strictEqual(versions().at(-1), start + 3);
+});
