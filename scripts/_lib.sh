@@ -6,11 +6,15 @@
 # It only defines functions and a few variables; it changes no shell option of the
 # script that sources it. Every function that fails prints why and exits the script.
 #
-#   bootstrap_venv   .venv with `pip install -e '.[test,dev]'`, redone only when
-#                    setup.cfg, pyproject.toml, setup.py or a compiled module changed
-#                    (SYNCHUB_FORCE_INSTALL=1 forces it; see setup.py for the compiled modules)
+#   bootstrap_venv [EXTRAS]
+#                    .venv with `pip install -e '.[EXTRAS]'` (EXTRAS: comma-separated, e.g.
+#                    test,dev; none: the runtime dependencies only, what serving needs), redone
+#                    only when setup.cfg, pyproject.toml, setup.py or a compiled module changed,
+#                    or an extra asked for was not installed yet (SYNCHUB_FORCE_INSTALL=1 forces
+#                    it; see setup.py for the compiled modules)
 #   ensure_postgres  PostgreSQL accepting connections at 127.0.0.1:5432
 #   ensure_redis     Redis answering PONG at 127.0.0.1:6379
+#   ensure_chromium  Debian's chromium at /usr/bin/chromium (the browser tests drive it headless)
 #
 # Running services are never restarted or reconfigured. Missing ones are started, and
 # installed from Debian's packages when absent (apt-get update runs at most once per
@@ -95,8 +99,18 @@ _pip() {
 	return "$rc"
 }
 
+# _extras_cover HAVE WANT: whether every extra of the comma-separated WANT is in HAVE.
+_extras_cover() {
+	local extra
+	local -a wanted
+	IFS=, read -r -a wanted <<<"$2"
+	for extra in "${wanted[@]}"; do
+		[[ ,$1, == *",$extra,"* ]] || return 1
+	done
+}
+
 _bootstrap_venv_locked() {
-	local py=${SYNCHUB_PYTHON:-python3} want have=
+	local py=${SYNCHUB_PYTHON:-python3} extras=${1:-} want have= have_extras= target=.
 
 	if [[ -e $SYNCHUB_VENV ]] && ! _python_ok "$SYNCHUB_VENV/bin/python"; then
 		_log "-- .venv has no working Python >= 3.11: recreating it"
@@ -114,26 +128,30 @@ _bootstrap_venv_locked() {
 		fi
 	fi
 
+	# The stamp: the hash of what the install depended on, and the extras it installed. A venv with
+	# more extras than asked for serves as it is (scripts/serve after scripts/test installs nothing).
 	want=$(_deps_hash)
 	if [[ -f $_SYNCHUB_DEPS_STAMP ]]; then
-		have=$(<"$_SYNCHUB_DEPS_STAMP")
+		read -r have have_extras <"$_SYNCHUB_DEPS_STAMP" || true
 	fi
-	if [[ $want == "$have" && ${SYNCHUB_FORCE_INSTALL:-0} != 1 ]]; then
+	if [[ $want == "$have" && ${SYNCHUB_FORCE_INSTALL:-0} != 1 ]] && _extras_cover "$have_extras" "$extras"; then
 		return 0
 	fi
-	_log "-- pip install -e '.[test,dev]'"
+	[[ -z $extras ]] || target=".[$extras]"
+	_log "-- pip install -e '$target'"
 	rm -f -- "$_SYNCHUB_DEPS_STAMP"
-	(cd "$SYNCHUB_ROOT" && _pip install -q --disable-pip-version-check -e '.[test,dev]') ||
-		_die "pip install -e '.[test,dev]' failed"
-	printf '%s\n' "$want" >"$_SYNCHUB_DEPS_STAMP"
+	(cd "$SYNCHUB_ROOT" && _pip install -q --disable-pip-version-check -e "$target") ||
+		_die "pip install -e '$target' failed"
+	printf '%s %s\n' "$want" "$extras" >"$_SYNCHUB_DEPS_STAMP"
 }
 
-# Creates .venv if needed and installs the project into it when its metadata changed.
+# Creates .venv if needed and installs the project into it, with the extras $1 (comma-separated;
+# none: the runtime dependencies only) when its metadata changed or an extra is missing.
 # Two scripts bootstrapping at once take turns (flock), so neither sees a half-made venv.
 bootstrap_venv() {
 	local lock_fd lock_file
 	if ! command -v flock >/dev/null 2>&1; then
-		_bootstrap_venv_locked
+		_bootstrap_venv_locked "${1:-}"
 		return
 	fi
 	lock_file="${TMPDIR:-/tmp}/synchub-venv-$(printf '%s' "$SYNCHUB_ROOT" | sha256sum | cut -c1-16).lock"
@@ -142,7 +160,7 @@ bootstrap_venv() {
 		_log "-- waiting for another run to finish setting up .venv"
 		flock "$lock_fd"
 	fi
-	_bootstrap_venv_locked
+	_bootstrap_venv_locked "${1:-}"
 	# Close the lock so that a program exec'd later does not hold it.
 	exec {lock_fd}>&-
 }
@@ -292,4 +310,17 @@ ensure_redis() {
 		_die "Redis does not answer PONG at 127.0.0.1:6379 after 30 s"
 	fi
 	_log "-- Redis is up at 127.0.0.1:6379"
+}
+
+# ------------------------------------------------------------------------ Chromium
+
+# The browser tests (tests/test_pages.py) drive Debian's chromium headless through playwright-core:
+# installed here when missing, never skipped.
+ensure_chromium() {
+	if [[ -x /usr/bin/chromium ]]; then
+		return 0
+	fi
+	_apt_install chromium
+	[[ -x /usr/bin/chromium ]] || _die "apt-get install chromium left no /usr/bin/chromium"
+	_log "-- $(/usr/bin/chromium --version 2>/dev/null) installed"
 }
