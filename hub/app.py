@@ -45,6 +45,7 @@ from hub.routes import (
     audit,
     carts,
     catalog,
+    home,
     inventory,
     me,
     media,
@@ -229,6 +230,7 @@ def create_app(settings: Settings) -> web.Application:
         metrics.delivery_latency.labels("websocket"),
     )
     app.add_routes(ops.routes)
+    app.add_routes(home.routes)
     app.add_routes(catalog.routes)
     app.add_routes(inventory.routes)
     app.add_routes(reservations.routes)

@@ -81,6 +81,15 @@ TABLE: dict[str, Rule] = {
     "readyz": PUBLIC,
     "metrics": PUBLIC,
     "openapi": PUBLIC,
+    # the hub's own pages (hub/routes/home.py): the live stock page, the API reader, their files
+    "home": PUBLIC,
+    "api_docs": PUBLIC,
+    "home_js": PUBLIC,
+    "api_docs_js": PUBLIC,
+    "page_css": PUBLIC,
+    "favicon": PUBLIC,
+    "favicon_ico": PUBLIC,
+    "protocol_doc": PUBLIC,
     # catalog and stock: read by anyone, written by admins
     "list_products": PUBLIC,
     "get_product": PUBLIC,

@@ -329,6 +329,40 @@ def _with_request_bodies(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _page_paths() -> dict[str, Any]:
+    """The hub's own pages and their files (hub/routes/home.py): served with an ETag, 304 when unchanged."""
+    from hub.routes.home import ASSETS
+
+    what = {
+        "home": "Home page: the live stock of the node's region (over SSE), links to the API reader and the"
+        " protocol",
+        "api_docs": "A reader of this document",
+        "home_js": "The home page's script",
+        "api_docs_js": "The API reader's script",
+        "page_css": "The pages' style sheet",
+        "favicon": "The pages' icon",
+        "favicon_ico": "The pages' icon (SVG), where browsers look for one",
+    }
+
+    def text(content_type: str) -> dict[str, Any]:
+        return {
+            "200": {"description": "the file", "content": {content_type: {"schema": {"type": "string"}}}},
+            "304": {"description": "not modified (If-None-Match names its ETag)"},
+        }
+
+    paths = {asset.path: {"get": _op(what[asset.name], text(asset.content_type))} for asset in ASSETS}
+    paths["/docs/protocol.md"] = {
+        "get": _op(
+            "docs/protocol.md, the real-time protocol (Markdown)",
+            {
+                **text("text/markdown"),
+                **_problems(_404="document_not_found: a hub installed without its docs/ (not a checkout)"),
+            },
+        )
+    }
+    return paths
+
+
 def _document() -> dict[str, Any]:
     from hub.fitment import ATTRIBUTE_VALUE
     from hub.routes import catalog  # (late: see request_bodies)
@@ -352,6 +386,7 @@ def _document() -> dict[str, Any]:
             "/readyz": {"get": _op("Readiness: the store answers", {"200": {"description": "ready"}})},
             "/metrics": {"get": _op("Prometheus metrics", {"200": {"description": "text exposition"}})},
             "/api/v1/openapi.json": {"get": _op("This document", {"200": {"description": "OpenAPI 3.1"}})},
+            **_page_paths(),
             "/api/v1/products": {
                 "get": _op(
                     "List products (keyset pagination)",
