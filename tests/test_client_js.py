@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -31,8 +32,9 @@ async def js_hub(tmp_path):
     async with running_hub(hub_settings(str(tmp_path / "hub.sqlite3"), region=REGION)) as hub:
         await hub.warehouse("par-1", REGION)
         tea = await hub.product("TEA-1")
-        await hub.product("LIP-001")
+        lip = await hub.product("LIP-001")
         await hub.stock(tea["id"], "par-1", 5)
+        await hub.stock(lip["id"], "par-1", 8)
         hub.tea_id = tea["id"]  # type: ignore[attr-defined]
         yield hub
 
@@ -171,3 +173,56 @@ async def test_a_typescript_device_resends_after_a_lost_ack_and_the_hub_applies_
     status, body, _ = await hub.call("GET", f"/api/v1/carts/{cart_id}", token=hub.alice)
     assert status == 200, body
     assert body["version"] == 3 and body["value"] == result["value"] == {"TEA-1": 2, "LIP-001": 4}
+
+
+CHROMIUM = Path(os.environ.get("SYNCHUB_TEST_CHROMIUM", "/usr/bin/chromium"))
+ROOT = Path(__file__).resolve().parent.parent
+# What Chromium logs by itself while the page is cut off the hub: expected, not the page's errors.
+NETWORK_NOISE = ("Failed to load resource", "net::ERR_", "WebSocket connection to")
+
+
+def ensure_chromium() -> None:
+    if not CHROMIUM.exists():
+        run = subprocess.run(
+            ["bash", "-c", "source scripts/_lib.sh && ensure_chromium"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert run.returncode == 0, f"could not install chromium:\n{run.stdout}\n{run.stderr}"
+    assert CHROMIUM.exists(), f"no browser at {CHROMIUM}"
+
+
+async def test_the_example_page_in_chromium_edits_its_cart_offline_and_converges(js_hub):
+    """examples/web in headless Chromium: live stock, a cart edited offline (and the tab reloaded while
+    offline: the replica and its queue come back from IndexedDB), then online again: the hub's cart is
+    the page's."""
+    ensure_chromium()
+    hub = js_hub
+    cart_id = str(uuid.uuid4())
+    proc = await asyncio.create_subprocess_exec(
+        node(),
+        str(js_build() / "test" / "browser.js"),
+        cart_id,
+        cwd=JS,
+        env=sdk_env(hub, SYNCHUB_TEST_CHROMIUM=str(CHROMIUM)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0, err.decode("utf-8", "replace")
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert report["offline"]["transport"] is None and report["offline"]["pending"] == 3
+    assert report["offline"]["value"] == {"TEA-1": 5, "LIP-001": 2}
+    assert report["reloaded"]["pending"] == 3 and report["reloaded"]["value"] == {"TEA-1": 5, "LIP-001": 2}
+    final = report["final"]
+    assert final["transport"] == "websocket" and final["pending"] == 0
+    assert final["value"] == {"TEA-1": 5, "LIP-001": 2} and report["cartRows"] == 2
+    assert final["stock"][f"{hub.tea_id}/par-1"] == 42  # type: ignore[attr-defined]
+    page_errors = [e for e in report["errors"] if not any(noise in e for noise in NETWORK_NOISE)]
+    assert page_errors == []
+    status, body, _ = await hub.call("GET", f"/api/v1/carts/{cart_id}", token=hub.alice)
+    assert status == 200, body
+    assert body["value"] == final["value"]
+    assert body["version"] == 4  # one add online, three edits made offline: each applied once

@@ -54,7 +54,15 @@ export class InventoryFeed {
 
   /** Read the snapshot, then follow the channel from its position. */
   async start(): Promise<void> {
-    const position = await this.readSnapshot();
+    let position: string | null = null;
+    try {
+      position = await this.readSnapshot();
+    } catch {
+      // Offline: follow from the connection on, and read the snapshot once the hub answers.
+      const off = this.client.on("open", () => {
+        this.readSnapshot().then(off, () => undefined);
+      });
+    }
     this.subscription = this.client.subscribe(this.channel, {
       since: position,
       onEvent: (event) => this.onEvent(event),
