@@ -106,6 +106,7 @@ TABLE: dict[str, Rule] = {
     # reservations: any user; only the owner (or admin/service) reads and settles one
     "create_reservation": ANY_USER.or_key("reservations:write"),
     "get_reservation": ANY_USER.or_key("reservations:read", "reservations:write"),
+    "list_reservations": ANY_USER.or_key("reservations:read", "reservations:write"),
     "commit_reservation": ANY_USER.or_key("reservations:write"),
     "release_reservation": ANY_USER.or_key("reservations:write"),
     # carts: the owner's devices write; the owner, service and admin read

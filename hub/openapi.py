@@ -598,6 +598,32 @@ def _document() -> dict[str, Any]:
                         }
                     ],
                 ),
+                "get": _op(
+                    "The caller's reservations, newest first (an admin or service token: another user's,"
+                    " with sub)",
+                    {
+                        "200": _json("ReservationPage"),
+                        **_problems(
+                            _400="invalid_parameter, invalid_cursor",
+                            _403="forbidden: sub names another user and the token is not admin or service;"
+                            " insufficient_scope: an API key without reservations:read or reservations:write",
+                        ),
+                    },
+                    auth=True,
+                    params=[
+                        _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": 200},
+                            "page size (default 50)",
+                        ),
+                        _query(
+                            "sub",
+                            {"type": "string", "minLength": 1, "maxLength": 256},
+                            "whose reservations (default: the caller's; another's needs admin or service)",
+                        ),
+                    ],
+                ),
             },
             "/api/v1/reservations/{reservation_id}": {
                 "get": _op(
@@ -772,6 +798,13 @@ def _document() -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Product"}},
+                        "next_cursor": {"type": ["string", "null"]},
+                    },
+                },
+                "ReservationPage": {
+                    "type": "object",
+                    "properties": {
+                        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Reservation"}},
                         "next_cursor": {"type": ["string", "null"]},
                     },
                 },

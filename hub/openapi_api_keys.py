@@ -18,6 +18,7 @@ KEY_OPERATIONS: dict[tuple[str, str], str] = {
     ("/api/v1/products/{product_id}/inventory/{warehouse_id}", "put"): "set_stock",
     ("/api/v1/products/{product_id}/inventory/{warehouse_id}/adjustments", "post"): "adjust_stock",
     ("/api/v1/reservations", "post"): "create_reservation",
+    ("/api/v1/reservations", "get"): "list_reservations",
     ("/api/v1/reservations/{reservation_id}", "get"): "get_reservation",
     ("/api/v1/reservations/{reservation_id}/commit", "post"): "commit_reservation",
     ("/api/v1/reservations/{reservation_id}/release", "post"): "release_reservation",

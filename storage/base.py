@@ -172,6 +172,13 @@ class Store(WebhookStore, PartsStore, Protocol):
         ...
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None: ...
+    async def list_reservations(
+        self, owner: str | None, limit: int, after: tuple[int, str] | None = None
+    ) -> list[Reservation]:
+        """``owner``'s reservations (None: everyone's), newest first, keyset-paginated by
+        (created_at, id) after ``after``, each with its lines."""
+        ...
+
     async def commit_reservation(self, reservation_id: str) -> Reservation:
         """pending → committed: the reserved units leave on_hand. Committing twice is a no-op."""
         ...

@@ -23,6 +23,7 @@ from storage.models import (
 )
 from storage.reservation_caps import ReservationCaps, check_caps
 from storage.sql_core import claim_idempotency_key, now_us, store_idempotent_outcome
+from storage.sql_schools import in_list, list_arg
 from storage.sql_stock import StockSql
 
 # A line with no warehouse named tries the warehouses with the most available stock, at most this many.
@@ -171,6 +172,57 @@ class ReservationSql(StockSql):
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
         async def work(tx: Tx) -> Reservation | None:
             return await self._load_reservation(tx, reservation_id)
+
+        return await self.db.run(work, readonly=True)
+
+    async def list_reservations(
+        self, owner: str | None, limit: int, after: tuple[int, str] | None = None
+    ) -> list[Reservation]:
+        """``owner``'s reservations (None: everyone's), newest first, keyset-paginated by
+        (created_at, id) after ``after``; their lines read in one more statement, in one snapshot."""
+        conditions: list[str] = []
+        args: list[Any] = []
+        if owner is not None:
+            args.append(owner)
+            conditions.append(f"owner = ${len(args)}")
+        if after is not None:
+            args.extend(after)
+            conditions.append(
+                f"(created_at < ${len(args) - 1} OR (created_at = ${len(args) - 1} AND id < ${len(args)}))"
+            )
+        args.append(limit)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = (
+            "SELECT id, owner, status, created_at, expires_at, updated_at FROM reservations"
+            f"{where} ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
+        )
+        dialect = self.db.dialect
+
+        async def work(tx: Tx) -> list[Reservation]:
+            rows = await tx.fetch(sql, *args)
+            if not rows:
+                return []
+            lines: dict[str, list[ReservationLine]] = {row["id"]: [] for row in rows}
+            for line in await tx.fetch(
+                "SELECT reservation_id, product_id, warehouse_id, quantity FROM reservation_lines"
+                f" WHERE reservation_id {in_list(dialect, '$1')} ORDER BY reservation_id, line_no",
+                list_arg(dialect, list(lines)),
+            ):
+                lines[line["reservation_id"]].append(
+                    ReservationLine(line["product_id"], line["warehouse_id"], line["quantity"])
+                )
+            return [
+                Reservation(
+                    id=row["id"],
+                    owner=row["owner"],
+                    status=ReservationStatus(row["status"]),
+                    lines=tuple(lines[row["id"]]),
+                    created_at=row["created_at"],
+                    expires_at=row["expires_at"],
+                    updated_at=row["updated_at"],
+                )
+                for row in rows
+            ]
 
         return await self.db.run(work, readonly=True)
 

@@ -28,6 +28,7 @@ ROUTE_CLASSES: dict[str, RouteClass] = {
             "get_inventory",
             "inventory_snapshot",
             "get_reservation",
+            "list_reservations",
             "get_cart",
             "get_review",
             "list_reviews",

@@ -19,10 +19,11 @@ from typing import Any
 from aiohttp import web
 
 from hub.auth import Principal, require
-from hub.errors import BadRequest, ConflictError, NotFoundError, Unprocessable
+from hub.errors import BadRequest, ConflictError, Forbidden, NotFoundError, Unprocessable
 from hub.keys import METRICS, SETTINGS, STORE
 from hub.responses import iso, json_response
 from hub.routes.inventory import REGION_PATTERN, SLUG
+from hub.routes.schools import decode_cursor, encode_cursor
 from hub.settings import Settings
 from hub.validation import (
     Field,
@@ -30,6 +31,8 @@ from hub.validation import (
     list_of,
     object_of,
     path_uuid,
+    query_int,
+    query_text,
     read_json,
     string,
     uuid_string,
@@ -45,6 +48,8 @@ PRIVILEGED = frozenset({"admin", "service"})
 MAX_QUANTITY = 10_000
 MAX_LINES = 100
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# a token's subject, as hub.routes.me reads it (not imported: hub.privacy, which me imports, imports this)
+SUB = string(1, 256, r"[^\x00-\x1f\x7f]+")
 
 LINE_FIELDS = {
     "product_id": Field(uuid_string, required=True),
@@ -149,6 +154,25 @@ async def _owned(request: web.Request) -> Reservation:
     if reservation is None or (reservation.owner != who.sub and not who.roles & PRIVILEGED):
         raise NotFoundError("no such reservation", code="reservation_not_found")
     return reservation
+
+
+@routes.get("/api/v1/reservations", name="list_reservations")
+async def list_reservations(request: web.Request) -> web.StreamResponse:
+    """The caller's reservations, newest first (``cursor``, ``limit``); an admin or service token may
+    name another user's with ``sub``."""
+    who = require(request, *USER_ROLES)
+    owner = query_text(request, "sub", SUB) or who.sub
+    if owner != who.sub and not who.roles & PRIVILEGED:
+        raise Forbidden("only admin and service tokens list another user's reservations", code="forbidden")
+    limit = query_int(request, "limit", 50, 1, 200)
+    cursor = request.query.get("cursor")
+    after = decode_cursor(cursor, (int, str)) if cursor else None
+    found = await request.app[STORE].list_reservations(
+        owner, limit + 1, (after[0], after[1]) if after else None
+    )
+    page = found[:limit]
+    next_cursor = encode_cursor([page[-1].created_at, page[-1].id]) if len(found) > limit else None
+    return json_response({"items": [_render(r) for r in page], "next_cursor": next_cursor})
 
 
 @routes.get("/api/v1/reservations/{reservation_id}", name="get_reservation")
