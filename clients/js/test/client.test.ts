@@ -1,0 +1,191 @@
+/** The client's connection rules with a fake hub: resume positions, close codes, backoff, documents. */
+
+import { deepStrictEqual, ok, strictEqual } from "node:assert";
+import { test } from "node:test";
+
+import {
+  AsyncStorageAdapter,
+  CartDocument,
+  type HubEvent,
+  fullJitter,
+  isAfter,
+  MemoryStorage,
+  SyncHubClient,
+  type WebSocketConstructor,
+  toDict,
+  Cart,
+} from "../src/index.js";
+import { FakeWebSocket, type FetchCall, fakeFetch, until } from "./fakes.js";
+
+function client(options: Partial<ConstructorParameters<typeof SyncHubClient>[0]> = {}, calls: FetchCall[] = []): SyncHubClient {
+  FakeWebSocket.reset();
+  return new SyncHubClient({
+    url: "http://hub.test",
+    WebSocket: FakeWebSocket as unknown as WebSocketConstructor,
+    fetch: fakeFetch(calls),
+    backoff: { baseMs: 1, maxMs: 5 },
+    heartbeatMs: 60_000,
+    ...options,
+  });
+}
+
+function memoryAsyncStorage() {
+  const items = new Map<string, string>();
+  return {
+    getItem: async (key: string) => items.get(key) ?? null,
+    setItem: async (key: string, value: string) => void items.set(key, value),
+    removeItem: async (key: string) => void items.delete(key),
+  };
+}
+
+const event = (position: string, n: number): Record<string, unknown> & HubEvent => ({ type: "event", channel: "inventory:eu", position, data: { n } });
+
+test("full jitter stays within [0, min(max, base·2^n))", () => {
+  for (let attempt = 0; attempt < 12; attempt++) {
+    strictEqual(fullJitter(attempt, { baseMs: 100, maxMs: 3000 }, () => 0), 0);
+    strictEqual(fullJitter(attempt, { baseMs: 100, maxMs: 3000 }, () => 0.999999), Math.min(3000, 100 * 2 ** attempt) - 1);
+  }
+});
+
+test("positions compare by offset within an epoch; another epoch is always new", () => {
+  ok(isAfter("e1:5", "e1:4"));
+  ok(!isAfter("e1:4", "e1:4"));
+  ok(!isAfter("e1:3", "e1:4"));
+  ok(isAfter("e2:1", "e1:9"));
+});
+
+test("a subscription resumes from its last event after a drop, and the replayed overlap is dropped", async () => {
+  const c = client();
+  const seen: number[] = [];
+  c.subscribe("inventory:eu", { onEvent: (e) => seen.push(e.data.n as number) });
+  c.connect();
+  await until(() => FakeWebSocket.instances.length === 1, "a WebSocket");
+  const first = FakeWebSocket.last();
+  first.accept();
+  deepStrictEqual(first.frames("subscribe"), [{ type: "subscribe", channel: "inventory:eu" }]);
+  first.push({ type: "subscribed", channel: "inventory:eu", position: "e:4" });
+  first.push(event("e:5", 5));
+  first.drop(1006);
+  await until(() => FakeWebSocket.instances.length === 2, "a second WebSocket");
+  const second = FakeWebSocket.last();
+  second.accept();
+  deepStrictEqual(second.frames("subscribe"), [{ type: "subscribe", channel: "inventory:eu", since: "e:5" }]);
+  second.push(event("e:5", 5)); // at-least-once overlap
+  second.push(event("e:6", 6));
+  deepStrictEqual(seen, [5, 6]);
+  strictEqual(c.position("inventory:eu"), "e:6");
+  await c.close();
+});
+
+test("1001 (going away) reconnects at once; other codes wait their backoff", async () => {
+  const c = client({ backoff: { baseMs: 60_000, maxMs: 60_000 }, random: () => 0.99 });
+  c.connect();
+  await until(() => FakeWebSocket.instances.length === 1, "a WebSocket");
+  FakeWebSocket.last().accept();
+  FakeWebSocket.last().drop(1001);
+  await until(() => FakeWebSocket.instances.length === 2, "an immediate reconnect after 1001");
+  FakeWebSocket.last().accept();
+  FakeWebSocket.last().drop(1011);
+  await new Promise((r) => setTimeout(r, 200));
+  strictEqual(FakeWebSocket.instances.length, 2, "1011 backs off (up to a minute here)");
+  await c.close();
+  strictEqual(c.state, "stopped");
+});
+
+test("4102 (token expired) asks the app for a fresh token and reconnects with it", async () => {
+  const calls: FetchCall[] = [];
+  let fresh = 0;
+  const c = client({ token: "old", refreshToken: () => `new-${++fresh}` }, calls);
+  c.connect();
+  await until(() => FakeWebSocket.instances.length === 1, "a WebSocket");
+  ok(FakeWebSocket.last().url.includes("?ticket="), "a token goes as a ticket, never in the URL");
+  FakeWebSocket.last().accept();
+  FakeWebSocket.last().drop(4102);
+  await until(() => FakeWebSocket.instances.length === 2, "a reconnect");
+  const tickets = calls.filter((call) => call.url.endsWith("/realtime/tickets")).map((call) => call.authorization);
+  deepStrictEqual(tickets, ["Bearer old", "Bearer new-1"]);
+  await c.close();
+});
+
+test("4000-4099 stop the client and report the code", async () => {
+  const c = client();
+  const errors: string[] = [];
+  c.on("error", (e) => errors.push((e as { code?: string }).code ?? e.message));
+  c.connect();
+  await until(() => FakeWebSocket.instances.length === 1, "a WebSocket");
+  FakeWebSocket.last().accept();
+  FakeWebSocket.last().drop(4001, "unauthorized");
+  await until(() => c.state === "stopped", "the client to stop");
+  deepStrictEqual(errors, ["close_4001"]);
+  await new Promise((r) => setTimeout(r, 50));
+  strictEqual(FakeWebSocket.instances.length, 1);
+  await c.close();
+});
+
+test("a resync at subscribe hands the channel to the app, then subscribes again from its position", async () => {
+  const c = client();
+  const resyncs: string[] = [];
+  c.subscribe("inventory:eu", { since: "old:3", onEvent: () => undefined, onResync: (r) => void resyncs.push(r.reason) });
+  c.connect();
+  await until(() => FakeWebSocket.instances.length === 1, "a WebSocket");
+  const ws = FakeWebSocket.last();
+  ws.accept();
+  ws.push({ type: "resync", channel: "inventory:eu", reason: "position_expired", position: "new:9", snapshot: "/api/v1/inventory?region=eu" });
+  await until(() => ws.frames("subscribe").length === 2, "a second subscribe");
+  deepStrictEqual(ws.frames("subscribe")[1], { type: "subscribe", channel: "inventory:eu", since: "new:9" });
+  deepStrictEqual(resyncs, ["position_expired"]);
+  await c.close();
+});
+
+test("a cart edit is persisted before it is shipped, pushed on connect, and leaves the queue on its ack", async () => {
+  const storage = new MemoryStorage();
+  const c = client({ token: "t" });
+  const doc = await CartDocument.open(c, "5a0f9abd-0000-4000-8000-000000000001", storage);
+  await doc.add("TEA-1", 2);
+  const saved = JSON.parse((await storage.get("cart:5a0f9abd-0000-4000-8000-000000000001"))!);
+  strictEqual(saved.queue.length, 1, "queued in storage while offline");
+  c.connect();
+  await until(() => FakeWebSocket.instances.length === 1, "a WebSocket");
+  const ws = FakeWebSocket.last();
+  ws.accept();
+  await until(() => ws.frames("sync").length === 1, "a sync");
+  const sync = ws.frames("sync")[0]!;
+  deepStrictEqual(sync.context, { vv: { [doc.replica]: 1 }, cloud: [] });
+  ws.push({ type: "synced", id: sync.id, cart: sync.cart, version: 0, status: "open", delta: null, context: { vv: {}, cloud: [] } });
+  await until(() => ws.frames("push").length === 1, "a push");
+  const push = ws.frames("push")[0]!;
+  strictEqual(push.mutation_id, `${doc.replica}-1`);
+  deepStrictEqual(push.delta, toDict(Cart.new().add(doc.replica, "TEA-1", 2)));
+  ws.push({ type: "ack", id: push.id, cart: push.cart, mutation_id: push.mutation_id, status: "applied", version: 1 });
+  await until(() => doc.pending === 0, "the ack");
+  strictEqual(JSON.parse((await storage.get("cart:5a0f9abd-0000-4000-8000-000000000001"))!).queue.length, 0);
+  strictEqual(doc.version, 1);
+  await c.close();
+});
+
+test("a refused push is reported, and the replica rebuilt under a new id with the other edits made again", async () => {
+  const c = client({ token: "t" });
+  const doc = await CartDocument.open(c, "5a0f9abd-0000-4000-8000-000000000002", new AsyncStorageAdapter(memoryAsyncStorage()));
+  await doc.add("NOPE", 1);
+  await doc.add("TEA-1", 3);
+  const oldReplica = doc.replica;
+  c.connect();
+  await until(() => FakeWebSocket.instances.length === 1, "a WebSocket");
+  const ws = FakeWebSocket.last();
+  ws.accept();
+  await until(() => ws.frames("sync").length === 1, "a sync");
+  const sync = ws.frames("sync")[0]!;
+  ws.push({ type: "synced", id: sync.id, cart: sync.cart, version: 0, status: "open", delta: null, context: { vv: {}, cloud: [] } });
+  await until(() => ws.frames("push").length === 1, "a push");
+  const push = ws.frames("push")[0]!;
+  ws.push({ type: "error", id: push.id, code: "unknown_sku", message: "not in the catalog: NOPE", cart: push.cart, mutation_id: push.mutation_id });
+  await until(() => ws.frames("sync").length === 2, "the rebuild's sync");
+  const rebuild = ws.frames("sync")[1]!;
+  strictEqual(rebuild.context, null);
+  ws.push({ type: "synced", id: rebuild.id, cart: rebuild.cart, version: 0, status: "open", delta: null, context: { vv: {}, cloud: [] } });
+  await until(() => doc.refused.length === 1 && doc.replica !== oldReplica, "the rebuild");
+  deepStrictEqual(doc.refused.map((r) => [r.code, r.call]), [["unknown_sku", ["add", "NOPE", 1]]]);
+  deepStrictEqual(doc.value(), { "TEA-1": 3 });
+  deepStrictEqual(doc.queue.map((q) => [q.mutationId, q.call]), [[`${doc.replica}-1`, ["add", "TEA-1", 3]]]);
+  await c.close();
+});
