@@ -232,3 +232,25 @@ async def test_the_example_page_in_chromium_edits_its_cart_offline_and_converges
     assert status == 200, body
     assert body["value"] == final["value"]
     assert body["version"] == 4  # one add online, three edits made offline: each applied once
+
+
+@pytest.mark.parametrize("transport", ["websocket", "poll"])
+async def test_a_review_written_offline_on_a_typescript_device_is_published_on_reconnect(
+    js_hub, tmp_path, transport
+):
+    """A ReviewDocument made offline (create, rating, text, a second rating) reaches the hub when the
+    device connects: over the WebSocket's push, or through POST …/sync when it long-polls."""
+    hub = js_hub
+    review_id = str(uuid.uuid4())
+    proc = await scenario(
+        "review", tmp_path / "device.json", review_id, sdk_env(hub, SYNCHUB_TRANSPORTS=transport)
+    )
+    result = await read_line(proc)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    assert result["transport"] == transport
+    assert result["queued"] == 4 and result["pending"] == 0 and result["refused"] == []
+    assert result["value"]["rating"] == 5 and result["value"]["text"] == "Great tea"
+    status, body, _ = await hub.call("GET", f"/api/v1/reviews/{review_id}", token=hub.alice)
+    assert status == 200, body
+    assert (body["rating"], body["text"], body["author"]) == (5, "Great tea", "alice")
+    assert body["status"] == "published", body
