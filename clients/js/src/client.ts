@@ -53,6 +53,9 @@ export type WebSocketConstructor = new (url: string, protocols?: string | string
 export interface ClientOptions {
   /** The hub's base URL, e.g. "https://hub.example" (WebSocket URLs are derived from it). */
   url: string;
+  /** More nodes of the same region: after a connection drops (a node going away or dying), the next
+   * one is tried. The app's REST calls and documents follow the node in use. */
+  urls?: string[];
   /** A bearer token, or a function that returns the current one (called at every connection). */
   token?: string | (() => string | Promise<string>) | null;
   /** Called on close code 4102 (token expired): return a fresh token. */
@@ -110,7 +113,7 @@ interface RunResult {
 const DOC_CHANNEL = /^(cart|user):/;
 
 export class SyncHubClient {
-  readonly options: Required<Omit<ClientOptions, "token" | "refreshToken" | "WebSocket">> & ClientOptions;
+  readonly options: Required<Omit<ClientOptions, "token" | "refreshToken" | "WebSocket" | "urls">> & ClientOptions;
   private readonly subs = new Map<string, Subscription>();
   private stateValue: ConnectionState = "idle";
   private transportIndex = 0;
@@ -126,6 +129,9 @@ export class SyncHubClient {
   private tokenValue: string | null = null;
   /** The transport now open (null when none). */
   transport: Transport | null = null;
+  private readonly nodes: string[];
+  private node = 0;
+  private restarting = false;
 
   constructor(options: ClientOptions) {
     this.options = {
@@ -140,6 +146,12 @@ export class SyncHubClient {
       ...options,
       url: options.url.replace(/\/+$/, ""),
     };
+    this.nodes = [this.options.url, ...(options.urls ?? []).map((u) => u.replace(/\/+$/, ""))].filter((u, i, all) => all.indexOf(u) === i);
+  }
+
+  /** The base URL of the node in use. */
+  get baseUrl(): string {
+    return this.nodes[this.node]!;
   }
 
   get state(): ConnectionState {
@@ -190,7 +202,7 @@ export class SyncHubClient {
     const token = await this.token();
     if (token) headers.Authorization = `Bearer ${token}`;
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await this.options.fetch(this.options.url + path, {
+    const response = await this.options.fetch(this.baseUrl + path, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -280,6 +292,7 @@ export class SyncHubClient {
 
   /** Drop the current connection and reconnect at once (tests, and an app that knows the network changed). */
   restart(): void {
+    this.restarting = true;
     this.stopCurrent();
   }
 
@@ -323,6 +336,10 @@ export class SyncHubClient {
         }
       }
       const code = result.code ?? 0;
+      if (this.nodes.length > 1 && !this.restarting && (code === 1001 || code === 1006 || code === 1011 || !result.opened)) {
+        this.node = (this.node + 1) % this.nodes.length; // this node is going away or gone: the next one
+      }
+      this.restarting = false;
       if (code >= 4000 && code <= 4099) {
         this.setState("stopped");
         this.emit("error", new HubError(`close_${code}`, `the hub closed the connection: ${code} ${result.reason ?? ""}`));
@@ -356,7 +373,7 @@ export class SyncHubClient {
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), 5000);
     try {
-      await this.options.fetch(`${this.options.url}/readyz`, { signal: abort.signal });
+      await this.options.fetch(`${this.baseUrl}/readyz`, { signal: abort.signal });
       return true;
     } catch {
       return false;
@@ -374,7 +391,7 @@ export class SyncHubClient {
   // -- WebSocket ----------------------------------------------------------------------------------
 
   private wsUrl(query: string): string {
-    const base = this.options.url.replace(/^http/, "ws");
+    const base = this.baseUrl.replace(/^http/, "ws");
     return `${base}/api/v1/ws${query}`;
   }
 
@@ -538,7 +555,7 @@ export class SyncHubClient {
       const since = earliest(channels.map((c) => this.subs.get(c)?.position ?? null));
       let query = `?channels=${encodeURIComponent(channels.join(","))}`;
       if (since) query += `&last_event_id=${encodeURIComponent(since)}`;
-      const response = await this.options.fetch(`${this.options.url}/api/v1/sse${query}`, {
+      const response = await this.options.fetch(`${this.baseUrl}/api/v1/sse${query}`, {
         headers: { Accept: "text/event-stream", ...(await this.headers()) },
         signal: abort.signal,
       });
@@ -608,7 +625,7 @@ export class SyncHubClient {
       for (;;) {
         let query = `?channels=${encodeURIComponent(channels.join(","))}&timeout=${this.options.pollTimeoutS}`;
         if (cursor) query += `&cursor=${encodeURIComponent(cursor)}`;
-        const response = await this.options.fetch(`${this.options.url}/api/v1/poll${query}`, {
+        const response = await this.options.fetch(`${this.baseUrl}/api/v1/poll${query}`, {
           headers: { Accept: "application/json", ...(await this.headers()) },
           signal: abort.signal,
         });
