@@ -1,6 +1,6 @@
 """``python -m bench <name>`` (or ``synchub bench <name>``): run one benchmark (``suite``,
 ``reservations``, ``fanout``, ``fanpath``, ``crdt``, ``sync``, ``reviews``, ``ratelimit``, ``auth``,
-``parts``, ``webhooks``, ``events``)."""
+``parts``, ``webhooks``, ``events``, ``client``)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ NAMES = {
     "parts": "bench.parts",
     "webhooks": "bench.webhooks",
     "events": "bench.events",
+    "client": "bench.client",
 }
 
 

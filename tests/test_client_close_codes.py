@@ -38,6 +38,7 @@ class ScriptedHub:
     the next code of ``closes`` (none left: stays open). Records the subscribes and the tokens."""
 
     closes: list[int]
+    events: bool = True  # one event after each subscribed
     port: int = field(default_factory=free_port)
     subscribes: list[dict[str, Any]] = field(default_factory=list)
     tokens: list[str | None] = field(default_factory=list)
@@ -68,6 +69,9 @@ class ScriptedHub:
                     "position": position,
                 }
             )
+            if not self.events:
+                await ws.close(code=self.closes.pop(0) if self.closes else 1000)
+                continue
             self.offset += 1
             await ws.send_json(
                 {
@@ -83,8 +87,8 @@ class ScriptedHub:
 
 
 @contextlib.asynccontextmanager
-async def scripted(*closes: int) -> AsyncIterator[ScriptedHub]:
-    hub = ScriptedHub(list(closes))
+async def scripted(*closes: int, events: bool = True) -> AsyncIterator[ScriptedHub]:
+    hub = ScriptedHub(list(closes), events)
     app = web.Application()
     app.router.add_get("/api/v1/ws", hub.handle)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
@@ -210,3 +214,22 @@ def test_full_jitter_delays_stay_under_the_exponential_ceiling(
         assert 0.0 <= backoff.next_delay() <= min(cap, base * 2**n)
     backoff.reset()
     assert backoff.next_delay() <= base
+
+
+async def test_a_client_dropped_as_slow_twice_without_moving_on_resyncs_instead_of_looping() -> None:
+    """A backlog longer than the hub's send buffer (2,000 messages) drops a resuming client with 4101
+    before it receives anything, every time: after two such drops it catches up from the snapshot."""
+    seen: list[Resync] = []
+
+    async def from_snapshot(resync: Resync) -> str:
+        seen.append(resync)
+        return "ep:snapshot"
+
+    async with (
+        scripted(4101, 4101, events=False) as hub,
+        Client(hub.url, encoding="json", backoff=quick()) as client,
+    ):
+        client.subscribe("inventory:eu", since="ep:old", on_resync=from_snapshot)
+        await until(lambda: len(hub.subscribes) >= 3)
+        assert [m.get("since") for m in hub.subscribes[:3]] == ["ep:old", "ep:old", "ep:snapshot"]
+        assert [r.reason for r in seen] == ["resync_required"]

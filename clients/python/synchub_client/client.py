@@ -100,6 +100,7 @@ class _Outcome:
     code: int | str | None = None
     reason: str = ""
     min_delay: float = 0.0
+    slow: bool = False  # dropped as a slow consumer (4101, SSE slow_consumer)
 
 
 RETRY = _Outcome("retry")
@@ -117,6 +118,8 @@ def outcome_for_close(code: int | None, reason: str = "") -> _Outcome:
         return _Outcome("resync", code)
     if code == 4104:
         return _Outcome("retry", code, min_delay=2.0)
+    if code == 4101:
+        return _Outcome("retry", code, slow=True)
     return _Outcome("retry", code)
 
 
@@ -287,6 +290,7 @@ class Client:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._runner
+        self._disconnected()
         for task in list(self._tasks):
             task.cancel()
         for sub in list(self._subs.values()):
@@ -452,9 +456,11 @@ class Client:
             log.info("synchub client: %s blocked, falling back to %s", blocked.value, self._mode.value)
 
     async def _run(self) -> None:
+        stuck = 0  # slow-consumer drops in a row with no subscription moving on
         while not self._closing:
             mode = self._pick_mode()
             url = self.url
+            before = {channel: sub.position for channel, sub in self._subs.items()}
             self._set_state(State.CONNECTING)
             try:
                 if mode is Transport.WEBSOCKET:
@@ -481,6 +487,14 @@ class Client:
                 if not await self._refresh():
                     return
                 continue
+            if outcome.slow:
+                moved = any(sub.position != before.get(channel) for channel, sub in self._subs.items())
+                stuck = 0 if moved else stuck + 1
+                if stuck >= 2:
+                    # A backlog too long to replay within the hub's send buffer drops the client each
+                    # time, before it gets anywhere: catch up from the snapshots instead.
+                    stuck = 0
+                    outcome = _Outcome("resync", outcome.code)
             if outcome.kind == "resync":
                 for sub in self._subs.values():
                     sub._needs_resync = True
@@ -710,9 +724,11 @@ class Client:
         def finished(task: asyncio.Task[_Outcome | None]) -> None:
             if self._stream_tasks.get(sub.channel) is task:
                 del self._stream_tasks[sub.channel]
-            if task.cancelled() or done is None or done.done():
+            if task.cancelled():
                 return
-            exc = task.exception()
+            exc = task.exception()  # retrieved even when nobody waits for it any more
+            if done is None or done.done():
+                return
             if exc is not None:
                 done.set_exception(exc)
                 return
@@ -809,7 +825,7 @@ class Client:
                     return _Outcome("now", code)
                 if code == "token_expired":
                     return _Outcome("refresh", code)
-                return RETRY
+                return _Outcome("retry", code, slow=code == "slow_consumer")
             elif isinstance(body, dict) and body.get("type") == "event":
                 sub.position = str(body["position"])
                 sub.deliver(Event(sub.channel, sub.position, body.get("data") or {}))
