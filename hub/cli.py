@@ -16,6 +16,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -541,6 +542,14 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark and its options")
+
+    # Also handed on unparsed: the client SDK's watch (clients/python), imported only when asked for.
+    watch = commands.add_parser(
+        "watch",
+        help="follow a channel and print its events as JSON lines (the Python client SDK's watch)",
+        add_help=False,
+    )
+    watch.add_argument("args", nargs=argparse.REMAINDER, help="CHANNEL [--url URL] [--token T] [--since P]")
     return parser
 
 
@@ -940,10 +949,26 @@ def _bench(argv: list[str]) -> int:
     return bench_main(argv, prog="synchub bench")
 
 
+def _watch(argv: list[str]) -> int:
+    """``synchub watch CHANNEL …``: ``synchub-client watch`` of the client SDK, imported here only, so the
+    hub does not depend on it: installed (``pip install ./clients/python``) or from this checkout."""
+    try:
+        from synchub_client.cli import main as client_main
+    except ImportError:
+        checkout = Path(__file__).resolve().parent.parent / "clients" / "python"
+        if not (checkout / "synchub_client").is_dir():
+            raise SystemExit("synchub: watch needs the client SDK: pip install ./clients/python") from None
+        sys.path.insert(0, str(checkout))
+        from synchub_client.cli import main as client_main
+    return client_main(["watch", *argv])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
+    if argv[:1] == ["watch"]:
+        return _watch(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)

@@ -281,3 +281,40 @@ async def test_an_expiring_token_is_refreshed_in_band_through_the_app_callback(c
         version = await set_stock(admin, a, product, warehouse, 42)
         await wait_for(lambda: (lvl := stock.get(product, warehouse)) is not None and lvl.version == version)
         assert client.reconnects == 0 and client.token == refreshed[0]
+
+
+async def test_synchub_watch_prints_a_channel_from_a_position_and_the_cart_demo_syncs_a_script(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    a, b = await cluster.ensure()
+    warehouse, products = await catalog(a, 1)
+    product = products[0]["id"]
+    async with aiohttp.ClientSession() as admin:
+        async with admin.get(f"{a.base}/api/v1/inventory?region=eu&product_id={product}") as response:
+            since = (await response.json())["position"]
+        for i in range(3):
+            await set_stock(admin, a, product, warehouse, i)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    watch = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub.cli", "watch", f"inventory:eu:{product}", "--url", b.base,
+        "--since", since, "--count", "3", "--transport", "sse",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(watch.communicate(), 60)
+    lines = [__import__("json").loads(line) for line in out.decode().splitlines()]
+    assert watch.returncode == 0
+    assert [line["data"]["version"] for line in lines] == [1, 2, 3]
+    assert [line["data"]["on_hand"] for line in lines] == [0, 1, 2]
+
+    sku = products[0]["sku"]
+    cart_id = str(uuid.uuid4())
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "clients" / "python" / "examples" / "cart_demo.py"),
+        "--url", a.base, "--token", ALICE, "--cart", cart_id, "--db", str(tmp_path / "demo.sqlite3"),
+        "--script", f"add {sku} 2; set {sku} 5; add {sku}",
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT / "clients" / "python")},
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    shown, _ = await asyncio.wait_for(demo.communicate(), 60)
+    assert demo.returncode == 0, shown
+    assert "0 queued" in shown.decode() and f"{sku:<20}    6" in shown.decode(), shown.decode()
