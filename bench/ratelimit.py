@@ -12,7 +12,7 @@ the limits off, in process and on Redis.
             loaded in turn for N rounds of 2 s each (alternating which goes first): the medians of
             req/s and of hub CPU µs per request — the fairest comparison on a shared machine
 
-Run: ``python -m bench ratelimit [--quick] [--interleaved 10] [--redis-url redis://127.0.0.1:6379/0]``.
+Run: ``python -m bench ratelimit [--quick] [--interleaved 10 [--control]] [--redis-url redis://127.0.0.1:6379/0]``.
 Without a reachable Redis the Redis rows are skipped. Keys go under a fresh prefix, deleted afterwards.
 """
 
@@ -175,12 +175,18 @@ async def bench_requests(
     return rows
 
 
-async def bench_interleaved(rounds: int, connections: int) -> dict[str, list[tuple[float, float]]]:
+async def bench_interleaved(
+    rounds: int, connections: int, control: bool = False
+) -> dict[str, list[tuple[float, float]]]:
+    """``control``: the second hub has its limits off too (an A/A run: how far two identical hubs differ
+    on this machine now, the noise an off/on difference must be read against)."""
     from contextlib import AsyncExitStack
 
     setups = {
         "limits off": ("--rate-limits=off",),
-        "in process": ("--rate-limits=on", f"--rate-limit-read={HIGH}"),
+        "limits off (control)" if control else "in process": (
+            ("--rate-limits=off",) if control else ("--rate-limits=on", f"--rate-limit-read={HIGH}")
+        ),
     }
     secret = secrets.token_urlsafe(32)
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in setups}
@@ -231,14 +237,21 @@ async def run(args: argparse.Namespace) -> None:
     redis_url = args.redis_url if args.redis_url and await _redis_reachable(args.redis_url) else None
     prefix = f"synchub_bench_rl_{secrets.token_hex(4)}:"
     if args.interleaved:
-        interleaved = await bench_interleaved(args.interleaved, args.connections)
+        interleaved = await bench_interleaved(args.interleaved, args.connections, args.control)
         print(f"\n## GET {PATH}, limits off and on, {args.interleaved} interleaved rounds of 2 s\n")
         print("| limits | median req/s | median hub CPU µs/request |")
         print("|---|---|---|")
+        medians = []
         for name, runs in interleaved.items():
             rate = statistics.median(r for r, _ in runs)
             cpu = statistics.median(c for _, c in runs)
+            medians.append((rate, cpu))
             print(f"| {name} | {rate:,.0f} | {cpu:.0f} |")
+        (base_rate, base_cpu), (rate, cpu) = medians
+        print(
+            f"\nsecond against first: {100 * (rate / base_rate - 1):+.1f}% req/s,"
+            f" {cpu - base_cpu:+.0f} µs of hub CPU per request"
+        )
         return
     try:
         checks = await bench_checks(20_000 if quick else 200_000, redis_url, prefix)
@@ -273,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="how long the req/s run lasts")
     parser.add_argument(
         "--interleaved", type=int, default=0, help="only the interleaved off/on comparison, this many rounds"
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="with --interleaved: both hubs with limits off (an A/A run: the machine's noise)",
     )
     args = parser.parse_args(argv)
     try:

@@ -97,6 +97,11 @@ class Decision(NamedTuple):
     next_after: float
 
 
+# Decision(...) runs a NamedTuple's __new__, Python code; the tuple's own constructor does the same
+# without it (every limited request makes one).
+_decision = tuple.__new__
+
+
 def gcra(tat_us: int | None, now_us: int, interval_us: int, burst: int) -> tuple[Decision, int | None]:
     """One request of a key whose TAT is ``tat_us`` (None: a fresh key) at ``now_us``: the decision,
     and the key's new TAT (None: unchanged, i.e. refused). hub/lua/gcra.lua is the same arithmetic."""
@@ -115,7 +120,7 @@ def decision_of(allowed: int, remaining: int, reset_us: int, retry_us: int, inte
         return Decision(False, 0, reset_us / _US, retry_us / _US, retry_us / _US)
     # The TAT is ``reset_us`` away; the oldest request in it frees its cell first.
     next_us = reset_us % interval_us or interval_us
-    return Decision(True, remaining, reset_us / _US, 0.0, next_us / _US)
+    return _decision(Decision, (True, remaining, reset_us / _US, 0.0, next_us / _US))
 
 
 class RateLimiter(Protocol):

@@ -1,9 +1,9 @@
 """The in-process rate limiter: each node counts for itself (the default, with no --redis-url).
 
-Keys live in one dict, their TATs as values. Every check also looks at the two entries at the front
-of the dict: one whose bucket is full again (its TAT has passed) is dropped — forgetting it changes
-no decision — and one still counting goes to the back. So the dict is swept continuously, two
-entries a check, and holds about the keys counted within the longest policy's window. ``max_keys``
+Keys live in one dict, their TATs as values. Every 8th check also looks at the 16 entries at the
+front of the dict: one whose bucket is full again (its TAT has passed) is dropped — forgetting it
+changes no decision — and one still counting goes to the back. So the dict is swept continuously, two
+entries a check on average, and holds about the keys counted within the longest policy's window. ``max_keys``
 bounds it outright: past it the front entry goes even if still counting (that key may then burst
 once more; a flood of distinct keys cannot grow memory). The clock is ``time.monotonic_ns``, so a
 wall-clock step changes nothing.
@@ -11,15 +11,13 @@ wall-clock step changes nothing.
 
 from __future__ import annotations
 
-import time
+from time import monotonic_ns
 
 from hub.ratelimit.limiter import Decision, RatePolicy, gcra
 
 DEFAULT_MAX_KEYS = 1_000_000  # ~150 bytes each
-
-
-def _now_us() -> int:
-    return time.monotonic_ns() // 1000
+_SWEEP_EVERY = 8  # checks (a power of two: the test is a mask)
+_SWEEP_SIZE = 16  # entries looked at by each sweep: two a check on average
 
 
 class MemoryRateLimiter:
@@ -28,6 +26,7 @@ class MemoryRateLimiter:
             raise ValueError("max_keys must be at least 1")
         self._max_keys = max_keys
         self._tats: dict[str, int] = {}
+        self._checks = 0
 
     def __len__(self) -> int:
         """Keys held."""
@@ -39,24 +38,25 @@ class MemoryRateLimiter:
     def check_now(self, key: str, policy: RatePolicy) -> Decision:
         """:meth:`check`, synchronously (it never waits)."""
         tats = self._tats
-        now = _now_us()
-        tat = tats.get(key)
-        decision, new_tat = gcra(tat, now, policy.interval_us, policy.burst)
+        now = monotonic_ns() // 1000
+        decision, new_tat = gcra(tats.get(key), now, policy.interval_us, policy.burst)
         if new_tat is not None:
             tats[key] = new_tat
-        self._sweep(tats, now)
+            if len(tats) > self._max_keys:  # one key added at most: one to forget
+                del tats[next(iter(tats))]
+        self._checks = checks = self._checks + 1
+        if not checks & (_SWEEP_EVERY - 1):
+            self._sweep(tats, now)
         return decision
 
     def _sweep(self, tats: dict[str, int], now: int) -> None:
-        for _ in range(2):
+        for _ in range(_SWEEP_SIZE):
             front = next(iter(tats), None)
             if front is None:
                 return
             tat = tats.pop(front)
             if tat > now:
                 tats[front] = tat  # still counting: to the back
-        while len(tats) > self._max_keys:
-            del tats[next(iter(tats))]
 
     async def close(self) -> None:
         self._tats.clear()
