@@ -318,3 +318,33 @@ async def test_synchub_watch_prints_a_channel_from_a_position_and_the_cart_demo_
     shown, _ = await asyncio.wait_for(demo.communicate(), 60)
     assert demo.returncode == 0, shown
     assert "0 queued" in shown.decode() and f"{sku:<20}    6" in shown.decode(), shown.decode()
+
+
+async def test_a_review_written_offline_is_pushed_judged_and_read_back_by_another_device(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    a, b = await cluster.ensure()
+    _, products = await catalog(a, 1)
+    review_id = str(uuid.uuid4())
+    phone_client = Client([a.base], token=ALICE)
+    phone = Documents(phone_client, str(tmp_path / "phone.sqlite3")).review(review_id)
+    phone.create(products[0]["id"], "alice-py")
+    phone.set_rating(4)
+    phone.set_text("Sturdy and light; the strap could be longer.")
+    assert phone.pending == 3
+    try:
+        await phone_client.start()
+        await phone.wait_synced(30)
+        assert phone.review_status in ("published", "pending")
+        async with Client([b.base], token=ALICE, transports=(Transport.SSE,)) as tablet_client:
+            tablet = Documents(tablet_client, str(tmp_path / "tablet.sqlite3")).review(review_id)
+            await tablet.wait_synced(30)  # over REST: POST /api/v1/reviews/{id}/sync
+            assert tablet.value is not None and phone.value is not None
+            assert (tablet.value.rating, tablet.value.text) == (4, phone.value.text)
+            tablet.set_rating(5)
+            await tablet.wait_synced(30)
+        phone.sync_now()  # a review has no channel: the phone asks, as it does at every reconnect
+        await phone.wait_synced(30)
+        assert phone.value is not None and phone.value.rating == 5
+    finally:
+        await phone_client.close()

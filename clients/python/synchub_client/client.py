@@ -787,18 +787,24 @@ class Client:
         """Read one stream; None: open it again at once (a resync when connecting)."""
         parser = SseParser()
         ready = False
+        rest = b""
+        lines: list[bytes] = []  # complete lines read, last first
         while True:
-            try:
-                raw = await asyncio.wait_for(
-                    response.content.readline(), self.sse_idle_timeout if ready else self.sse_ready_timeout
-                )
-            except TimeoutError:
-                if not ready:
-                    raise _Blocked(Transport.SSE, "no ready event: the stream is buffered") from None
-                return RETRY
-            if raw == b"":
-                return RETRY
-            message = parser.feed(raw.decode("utf-8").rstrip("\r\n"))
+            if not lines:  # one timed read per chunk (a chunk holds many lines), not per line
+                try:
+                    chunk = await asyncio.wait_for(
+                        response.content.readany(), self.sse_idle_timeout if ready else self.sse_ready_timeout
+                    )
+                except TimeoutError:
+                    if not ready:
+                        raise _Blocked(Transport.SSE, "no ready event: the stream is buffered") from None
+                    return RETRY
+                if chunk == b"":
+                    return RETRY
+                *lines, rest = (rest + chunk).split(b"\n")
+                lines.reverse()
+                continue
+            message = parser.feed(lines.pop().decode("utf-8").removesuffix("\r"))
             if message is None:
                 continue
             event, ident, data = message

@@ -110,6 +110,11 @@ class Document(Generic[T]):
 
         await asyncio.wait_for(wait(), timeout)
 
+    def sync_now(self) -> None:
+        """Ask the hub again for what this replica lacks (reviews have no channel: pull their changes)."""
+        self.synced = False
+        self._wake.set()
+
     async def wait_synced(self, timeout: float | None = None) -> None:
         """Until every edit is acknowledged and the replica has synced since the last connection."""
         await self.wait_until(lambda: self.synced and self.pending == 0, timeout)
