@@ -18,6 +18,7 @@ from hub.audit import audit_middleware, stamp_request_id
 from hub.auth import auth_middleware
 from hub.browsers import cors_middleware, security_headers
 from hub.errors import error_middleware
+from hub.http_errors import install as answer_parser_errors_in_problem_json
 from hub.keys import (
     BROKER,
     CONNECTION_CAPS,
@@ -181,6 +182,7 @@ async def expiry_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
+    answer_parser_errors_in_problem_json()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[

@@ -15,7 +15,8 @@
 
 Handlers raise; only :func:`error_middleware` formats. Store exceptions are mapped here too, so a
 handler never translates them itself. The codes are stable: clients switch on ``code``, never on
-``title`` or ``detail``. The full table is in docs/errors.md.
+``title`` or ``detail``. The full table is in docs/errors.md. A request the HTTP parser refuses never
+reaches a middleware: hub/http_errors.py answers it (400 ``malformed_request``) in the same format.
 """
 
 from __future__ import annotations
