@@ -87,6 +87,15 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_broker(settings: Settings) -> Broker:
+    if settings.nats_url:
+        from sync.broker_nats import NatsBroker, nats_prefix
+
+        return NatsBroker(
+            settings.nats_url,
+            prefix=nats_prefix(settings.redis_prefix),
+            max_len=settings.stream_max_len,
+            max_age_seconds=settings.stream_max_age_seconds,
+        )
     if settings.redis_url:
         from sync.broker_redis import RedisBroker
 

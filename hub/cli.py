@@ -99,6 +99,12 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
         " (env SYNCHUB_REDIS_URL)",
     )
     serve.add_argument(
+        "--nats-url",
+        default=_env("NATS_URL"),
+        help="nats://host:port: the broker on NATS JetStream instead of Redis Streams (docs/architecture.md"
+        " says when); --redis-prefix names its streams too (env SYNCHUB_NATS_URL)",
+    )
+    serve.add_argument(
         "--redis-prefix",
         default=_env("REDIS_PREFIX", "synchub:"),
         help="prefix of every Redis key (env SYNCHUB_REDIS_PREFIX)",
@@ -615,6 +621,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         port=args.port,
         database_url=args.database_url,
         redis_url=args.redis_url,
+        nats_url=args.nats_url,
         redis_prefix=args.redis_prefix,
         region=args.region,
         allowed_origins=_origins(args.allowed_origins),
@@ -729,6 +736,7 @@ _FORWARDED = {
     "port": "PORT",
     "database_url": "DATABASE_URL",
     "redis_url": "REDIS_URL",
+    "nats_url": "NATS_URL",
     "redis_prefix": "REDIS_PREFIX",
     "allowed_origins": "ALLOWED_ORIGINS",
     "cors_origins": "CORS_ORIGINS",
@@ -751,8 +759,8 @@ _FORWARDED = {
 def _check_workers(args: argparse.Namespace) -> None:
     """Workers share state only through the store and the broker: both must be shared ones."""
     missing = []
-    if not args.redis_url:
-        missing.append("--redis-url (the Redis Streams broker)")
+    if not args.redis_url and not args.nats_url:
+        missing.append("--redis-url or --nats-url (a shared broker)")
     if not Settings(database_url=args.database_url).uses_postgres:
         missing.append("a PostgreSQL --database-url (postgresql://…)")
     if missing:

@@ -19,6 +19,7 @@ class Settings:
     port: int = 8080
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
+    nats_url: str | None = None  # the broker on NATS JetStream (wins over redis_url for the broker)
     region: str = "default"
     node_id: str = field(default_factory=lambda: f"node-{secrets.token_hex(3)}")
     jwt_secret: str = ""

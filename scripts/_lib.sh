@@ -13,7 +13,9 @@
 #                    or an extra asked for was not installed yet (SYNCHUB_FORCE_INSTALL=1 forces
 #                    it; see setup.py for the compiled modules)
 #   ensure_postgres  PostgreSQL accepting connections at 127.0.0.1:5432
-#   ensure_redis     Redis answering PONG at 127.0.0.1:6379
+#   ensure_redis     Redis answering PONG at 127.0.0.1:6379 (and redis-server installed: the tests
+#                    start a throwaway Redis Cluster of their own on other ports)
+#   ensure_nats      NATS with JetStream at 127.0.0.1:4222 (the NATS broker's tests)
 #   ensure_chromium  Debian's chromium at /usr/bin/chromium (the browser tests drive it headless)
 #
 # Running services are never restarted or reconfigured. Missing ones are started, and
@@ -281,6 +283,33 @@ ensure_postgres() {
 	_log "-- PostgreSQL is up at 127.0.0.1:5432"
 }
 
+# --------------------------------------------------------------------------- NATS
+
+# The server's INFO line says whether JetStream is on.
+_nats_jetstream() {
+	timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/4222 && head -n 1 <&3' 2>/dev/null | grep -q '"jetstream":true'
+}
+
+ensure_nats() {
+	if _nats_jetstream; then
+		return 0
+	fi
+	if (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+		_die "a NATS server answers at 127.0.0.1:4222 without JetStream: restart it with -js"
+	fi
+	command -v nats-server >/dev/null 2>&1 || [[ -x /usr/sbin/nats-server ]] || _apt_install nats-server
+	_log "-- starting NATS (JetStream) at 127.0.0.1:4222"
+	_as_root mkdir -p /var/lib/nats-server || _die "cannot create /var/lib/nats-server"
+	_as_root sh -c 'nohup /usr/sbin/nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server \
+		-l /var/log/nats-server.log >/dev/null 2>&1 &' || _die "nats-server failed to start"
+	if ! _wait_for 30 _nats_jetstream; then
+		_log "-- last lines of /var/log/nats-server.log:"
+		_as_root tail -n 20 /var/log/nats-server.log >&2 || true
+		_die "NATS JetStream does not answer at 127.0.0.1:4222 after 30 s"
+	fi
+	_log "-- NATS is up at 127.0.0.1:4222"
+}
+
 # --------------------------------------------------------------------------- Redis
 
 _redis_ping() {
@@ -290,6 +319,7 @@ _redis_ping() {
 ensure_redis() {
 	command -v redis-cli >/dev/null 2>&1 || _apt_install redis-tools
 	if _redis_ping; then
+		command -v redis-server >/dev/null 2>&1 || _apt_install redis-server
 		return 0
 	fi
 

@@ -10,14 +10,18 @@ subscribers is synchronous in memory and goes through a reader task with Redis, 
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import nats
 import pytest
 
 from sync.broker import Broker, BrokerUnavailable, Position, PositionExpired, Publication, PublishIncomplete
 from sync.broker_memory import MemoryBroker
+from sync.broker_nats import NatsBroker
 from sync.broker_redis import RedisBroker
 from tests.conftest import delete_redis_keys, fresh_redis_prefix, redis_url
 from tests.redis_cluster import LocalCluster
@@ -60,6 +64,39 @@ def _redis() -> AbstractAsyncContextManager[Broker]:
     return redis_broker(max_len=RETENTION)
 
 
+def nats_url() -> str:
+    return os.environ.get("SYNCHUB_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+@asynccontextmanager
+async def nats_broker(*, max_len: int = 10_000, check_interval: float = 5.0) -> AsyncIterator[NatsBroker]:
+    """A started NatsBroker under a fresh prefix (memory storage); its streams deleted afterwards."""
+    prefix = f"synchub_test_{secrets.token_hex(4)}"
+    broker = NatsBroker(
+        f"{nats_url()}?storage=memory", prefix=prefix, max_len=max_len, check_interval=check_interval
+    )
+    try:
+        try:
+            await broker.start()
+        except BrokerUnavailable as exc:
+            pytest.fail(f"NATS JetStream is required at {nats_url()} (scripts/test starts it): {exc}")
+        yield broker
+    finally:
+        await broker.stop()
+        await delete_nats_streams(prefix)
+
+
+async def delete_nats_streams(prefix: str) -> None:
+    nc = await nats.connect(nats_url())
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            if info.config.name and info.config.name.startswith(f"{prefix}_"):
+                await js.delete_stream(info.config.name)
+    finally:
+        await nc.close()
+
+
 def _redis_cluster(request: pytest.FixtureRequest) -> AbstractAsyncContextManager[Broker]:
     cluster: LocalCluster = request.getfixturevalue("redis_cluster")  # started for these tests only
     return redis_broker(max_len=RETENTION, url=cluster.url)
@@ -69,6 +106,7 @@ FACTORIES: dict[str, Callable[[pytest.FixtureRequest], AbstractAsyncContextManag
     "memory": lambda _: memory_broker(),
     "redis": lambda _: _redis(),
     "redis-cluster": _redis_cluster,
+    "nats": lambda _: nats_broker(max_len=RETENTION),
 }
 
 
@@ -77,6 +115,7 @@ FACTORIES: dict[str, Callable[[pytest.FixtureRequest], AbstractAsyncContextManag
         pytest.param("memory"),
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("redis-cluster", marks=pytest.mark.redis),
+        pytest.param("nats"),
     ]
 )
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:

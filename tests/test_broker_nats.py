@@ -1,0 +1,95 @@
+"""What the NATS JetStream broker does beyond the contract suite (tests/test_broker_contract.py), on the
+real nats-server in SYNCHUB_TEST_NATS_URL (127.0.0.1:4222; scripts/test makes sure it runs)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+
+from sync.broker import BrokerUnavailable, Position, PositionExpired
+from sync.broker_nats import VERSION_HEADER, NatsBroker
+from tests.cluster_helpers import free_port
+from tests.test_broker_contract import Inbox, nats_broker, nats_url
+
+
+async def test_relays_racing_with_one_version_append_it_once() -> None:
+    async with nats_broker() as first:
+        second = NatsBroker(f"{nats_url()}?storage=memory", prefix=first.prefix)
+        await second.start()
+        try:
+            for version in range(1, 6):
+                results = await asyncio.gather(
+                    *[
+                        b.publish("s", f"v{version}".encode(), dedupe=("p1/w1", version))
+                        for b in [first, second] * 4
+                    ]
+                )
+                assert len([r for r in results if r is not None]) == 1, results
+            top = await first.top("s")
+            assert top.offset == 5
+            replay = await first.history("s", Position(top.epoch, 0))
+            assert [p.data for p in replay] == [b"v1", b"v2", b"v3", b"v4", b"v5"]
+        finally:
+            await second.stop()
+
+
+async def test_the_version_rides_on_the_keys_own_subject() -> None:
+    async with nats_broker() as broker:
+        position = await broker.publish("inventory.eu", b"x", dedupe=("p1/w1", 7))
+        assert position is not None
+        names = broker.names("inventory.eu")
+        nc = await nats.connect(nats_url())
+        try:
+            last = await nc.jetstream().get_last_msg(names.stream, names.keyed("p1/w1"))
+        finally:
+            await nc.close()
+        assert (last.seq, (last.headers or {})[VERSION_HEADER], last.data) == (position.offset, "7", b"x")
+        assert broker.names("a.b").stream != broker.names("a_b").stream  # one stream per name
+
+
+async def test_a_recreated_stream_is_a_new_epoch_and_subscribers_reread_it() -> None:
+    async with nats_broker(check_interval=0.2) as broker:
+        inbox = Inbox()
+        broker.subscribe("s", inbox)
+        before = await broker.publish("s", b"old", dedupe=("k", 3))
+        await inbox.wait_for(1)
+        assert before is not None
+        nc = await nats.connect(nats_url())
+        try:
+            await nc.jetstream().delete_stream(broker.names("s").stream)  # an operator, a lost disk
+        finally:
+            await nc.close()
+        after = await broker.publish("s", b"new", dedupe=("k", 3))  # the versions went with the stream
+        assert after is not None and after.epoch != before.epoch and after.offset == 1
+        with pytest.raises(PositionExpired):
+            await broker.history("s", before)
+        await inbox.wait_for(2, seconds=10)
+        assert [(p.data, p.position) for p in inbox.received] == [(b"old", before), (b"new", after)]
+
+
+async def test_a_publication_on_one_node_reaches_subscribers_on_another() -> None:
+    async with nats_broker() as a:
+        b = NatsBroker(f"{nats_url()}?storage=memory", prefix=a.prefix)
+        await b.start()
+        try:
+            inbox = Inbox()
+            b.subscribe("inventory.eu", inbox)
+            position = await a.publish("inventory.eu", b"from a")
+            await inbox.wait_for(1)
+            assert inbox.received[0].position == position
+        finally:
+            await b.stop()
+
+
+async def test_an_unreachable_server_is_unavailable_at_start() -> None:
+    broker = NatsBroker(f"nats://127.0.0.1:{free_port()}", timeout=0.5)
+    with pytest.raises(BrokerUnavailable):
+        await broker.start()
+    await broker.stop()
+
+
+def test_a_prefix_must_be_a_subject_and_stream_token() -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        NatsBroker(prefix="synchub.eu")
