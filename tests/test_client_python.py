@@ -21,6 +21,7 @@ from synchub_client import Backoff, Client, Documents, Event, Inventory, Offline
 
 from crdt.cart import Cart
 from tests.client_helpers import Cluster, catalog, running_proxy, set_stock, wait_for
+from tests.cluster_helpers import free_port
 from tests.conftest import delete_redis_keys, fresh_redis_prefix, redis_url, reset_postgres, token
 
 pytestmark = pytest.mark.slow
@@ -147,7 +148,7 @@ async def test_an_app_killed_with_queued_edits_delivers_them_after_restart_exact
             sys.executable, "-m", "tests.client_app", *args, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE
         )
 
-    offline_url = f"http://127.0.0.1:{__import__('tests.cluster_helpers').cluster_helpers.free_port()}"
+    offline_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the app is offline
     editing = await app("edit", db, cart_id, offline_url, ALICE, "30", sku)
     assert editing.stdout is not None
     line = await asyncio.wait_for(editing.stdout.readline(), 60)
@@ -204,7 +205,11 @@ async def test_a_proxy_that_refuses_websockets_makes_the_client_fall_back_and_re
     cart_id = str(uuid.uuid4())
     async with (
         running_proxy(b.base, buffer_sse=buffer_sse) as proxy,
-        Client([proxy.url], token=ALICE, sse_ready_timeout=1.5, poll_timeout=5) as client,
+        # A buffering proxy never lets the ready event through: waiting 1.5 s for it is enough there,
+        # while an unbuffered stream gets all the time a loaded machine may need.
+        Client(
+            [proxy.url], token=ALICE, sse_ready_timeout=1.5 if buffer_sse else 15, poll_timeout=5
+        ) as client,
         aiohttp.ClientSession() as admin,
     ):
         stock = Inventory(client, "eu")
