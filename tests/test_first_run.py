@@ -241,4 +241,7 @@ def test_every_listed_benchmark_module_runs_when_run_as_a_module() -> None:
             for node in tree.body
             if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'"
         ]
-        assert guards and "main(sys.argv[1:])" in ast.unparse(guards[-1]), name
+        assert guards and "main(sys.argv[1:])" in ast.unparse(guards[-1]), (
+            f'{module.replace(".", "/")}.py ends with no `if __name__ == "__main__": sys.exit(main(sys.argv[1:]))`:'
+            f" python -m {module} would import it and exit 0 doing nothing (python -m bench {name} runs it)"
+        )
