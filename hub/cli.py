@@ -782,7 +782,7 @@ def _worker_env(args: argparse.Namespace, jwt_secret: str, node_id: str) -> dict
         else:
             env[f"SYNCHUB_{name}"] = str(value)
     env["SYNCHUB_RELAY"] = "off" if args.no_relay else "on"
-    env["SYNCHUB_JWT_SECRET"] = jwt_secret  # resolved once: workers must not race to create var/jwt-secret
+    env["SYNCHUB_JWT_SECRET"] = jwt_secret  # resolved once: workers need not race to make the secret file
     if not _hs256_tokens(args):  # (a worker's secret is explicit, which would turn "auto" on)
         env["SYNCHUB_HS256_TOKENS"] = "off"
     env["SYNCHUB_NODE_ID"] = node_id

@@ -11,7 +11,8 @@ Keys come from ``--pii-keys`` / ``SYNCHUB_PII_KEYS``: ``kid:base64key,kid:base64
 others still decrypt what was written under them. Rotation: put a new key first and keep the old ones;
 each profile is rewritten under the new key on its next write (the row's ``key_id`` says which rows
 are still under an old one); drop an old key once no row names it. Without the flag, ``synchub
-serve`` makes a key file in the data directory (``var/pii-keys``, like ``var/jwt-secret``), and an
+serve`` makes a key file in the data directory (``var/pii-keys``, beside the default database: the
+keys go with the data they decrypt), and an
 app built from :class:`~hub.settings.Settings` with no keys makes one for its process only.
 
 Errors (:class:`PiiError`) say what is wrong, never what the data is: ``pii_key_unknown`` (the
@@ -154,8 +155,8 @@ def new_key_spec(kid: str | None = None) -> str:
 
 
 def dev_pii_keys(data_dir: Path) -> str:
-    """A per-checkout key file (``{data_dir}/pii-keys``), made on first use, as ``var/jwt-secret`` is:
-    the newcomer's default. Production passes --pii-keys / SYNCHUB_PII_KEYS."""
+    """A per-checkout key file (``{data_dir}/pii-keys``), made on first use: the newcomer's default.
+    Production passes --pii-keys / SYNCHUB_PII_KEYS."""
     path = data_dir / "pii-keys"
     if path.exists():
         return path.read_text().strip()
