@@ -33,9 +33,11 @@ PEOPLE = ("admin", "customer", "moderator")  # the roles of a person's token: se
 # The profile's rules (also the OpenAPI document's: hub/openapi_privacy.py). A name to show: no control
 # characters, not only spaces. An address as a person types it (RFC 5321's lengths; no spaces, one @, a
 # dotted domain of LDH labels). A phone in E.164: +, country code and number, digits only.
-DISPLAY_NAME_PATTERN = r"(?=.*\S)[^\x00-\x1f\x7f-\x9f]+"
+# Spaces spelled out, not \s: Python's and ECMAScript's (the document's readers') differ (\x85, \ufeff).
+_SPACES = r"\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+DISPLAY_NAME_PATTERN = rf"(?=.*[^{_SPACES}])[^\x00-\x1f\x7f-\x9f]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-EMAIL_PATTERN = rf"[^\s@\x00-\x1f\x7f]{{1,64}}@(?:{_LABEL}\.)+{_LABEL}"
+EMAIL_PATTERN = rf"[^@\x00-\x1f\x7f-\x9f{_SPACES}]{{1,64}}@(?:{_LABEL}\.)+{_LABEL}"
 PHONE_PATTERN = r"\+[1-9][0-9]{6,14}"
 _DISPLAY_NAME = string(1, 100, DISPLAY_NAME_PATTERN)
 _EMAIL = string(3, 254, EMAIL_PATTERN)
