@@ -38,6 +38,11 @@ carry a new epoch; a reader that sees the stream's epoch change without seeing n
 not after the old ones: another server's clock, or a recreation within the same millisecond) rereads the
 stream from its start.
 
+A failover that lost acknowledged publications (Redis replicates asynchronously) gives their offsets
+to the next ones: a reader that finds a new entry at an offset it delivered, or a publisher given a
+position twice, forks the stream's epoch (``lua/fork.lua``), so the lost history's positions expire and
+subscribers see the new epoch and resync, rather than two histories under one epoch.
+
 Errors: Redis unreachable or timing out → :class:`BrokerUnavailable` (the relay retries); any other
 Redis error → :class:`~sync.broker.BrokerError`. Commands are not retried by the client: a publish whose
 reply was lost may have been appended, and only the caller knows whether repeating it is safe (with
@@ -81,6 +86,7 @@ log = logging.getLogger(__name__)
 _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 2.0
 _READ_COUNT = 1000  # entries per XREAD, so a reader catching up does not pull the whole tail at once
+_RECENT_POSITIONS = 4096  # positions remembered per stream by the publishing side
 _NEXT_PAGES = 10_000  # paged history reads remembered (one entry id each)
 _READ_TIMEOUT_MARGIN = 5.0  # seconds a blocking read may take beyond block_ms before it counts as lost
 
@@ -138,6 +144,12 @@ async def _close(client: Client) -> None:
         raise asyncio.CancelledError
 
 
+async def _fork(client: Client, meta: str, epoch: str) -> str:
+    """Give the stream a new epoch if its epoch is still ``epoch``; return its epoch afterwards."""
+    reply = await client.eval(_lua("fork.lua"), 1, meta, epoch, secrets.token_hex(8))
+    return _text(cast("bytes | str", reply))
+
+
 async def _read_meta(
     client: Client, meta: str, *, draw_epoch: bool
 ) -> tuple[str | None, int, str | None, int, int]:
@@ -170,6 +182,7 @@ class _Reader:
         self.cursor: bytes | str | None = None  # id of the last entry read; None until started
         self.epoch: str | None = None  # of the last publication delivered (or the stream's at the start)
         self.delivered = 0  # offset of the last publication delivered in that epoch
+        self.forked: dict[str, str] = {}  # epoch that diverged -> the epoch it was forked to
         # While rereading a recreated stream: the old cursor, and the epoch of the new incarnation.
         self.rereading: tuple[tuple[int, int], str] | None = None
 
@@ -184,8 +197,37 @@ class _Reader:
         for entry_id, fields in entries:
             self.cursor = entry_id
             publication = _publication(self.stream, fields)
+            epoch = self.forked.get(publication.position.epoch)
+            if epoch is not None:
+                publication = Publication(
+                    self.stream, Position(epoch, publication.position.offset), publication.data
+                )
+            position = publication.position
+            if (
+                self.rereading is None
+                and position.epoch == self.epoch
+                and 0 < position.offset <= self.delivered
+            ):
+                publication = await self._diverged(client, publication)
             if self._is_new(entry_id, publication.position):
                 self._deliver(publication)
+
+    async def _diverged(self, client: Client, publication: Publication) -> Publication:
+        """A new entry at an offset already delivered: a failover lost entries this reader had read and
+        the offsets were used again. Fork the stream's epoch (lua/fork.lua) and deliver the entry, and
+        the old epoch's entries after it, under the new one: subscribers see the epoch change and
+        resync."""
+        old = publication.position.epoch
+        new = await _fork(client, self.meta, old)
+        log.warning(
+            "stream %s diverged at offset %d of epoch %s (a failover lost publications); new epoch %s",
+            self.stream,
+            publication.position.offset,
+            old,
+            new,
+        )
+        self.forked[old] = new
+        return Publication(self.stream, Position(new, publication.position.offset), publication.data)
 
     async def _starting_point(self, client: Client) -> str:
         """The moment of the first ``subscribe``, as an entry id on Redis' clock.
@@ -283,6 +325,8 @@ class RedisBroker:
         # the next page is read from there instead of counting back from the newest entry again.
         self._next_page: OrderedDict[tuple[str, Position], bytes] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        # stream -> the positions publishes returned lately (a bounded window), to notice one given twice
+        self._appended: dict[str, OrderedDict[Position, None]] = {}
         self._stopped = False
 
     @property
@@ -334,10 +378,9 @@ class RedisBroker:
         self._check_open()
         with _translated_errors("publish"):
             reply = await self._publish(stream, data, dedupe)
-        if reply is None:
-            return None
-        epoch, offset = reply
-        return Position(_text(epoch), int(offset))
+            if reply is None:
+                return None
+            return await self._checked(stream, Position(_text(reply[0]), int(reply[1])))
 
     async def publish_many(self, items: Sequence[PublishItem]) -> list[Position | None]:
         """One pipeline (no MULTI): Redis runs the scripts in order, as separate calls would run, and
@@ -357,7 +400,38 @@ class RedisBroker:
                     replies = await pipe.execute()
         except BrokerError as exc:
             raise PublishIncomplete([], exc) from exc  # which of them ran is not known
-        return [None if reply is None else Position(_text(reply[0]), int(reply[1])) for reply in replies]
+        positions: list[Position | None] = []
+        for (stream, _, _), reply in zip(items, replies, strict=True):
+            if reply is None:
+                positions.append(None)
+                continue
+            try:
+                with _translated_errors("publish"):
+                    positions.append(await self._checked(stream, Position(_text(reply[0]), int(reply[1]))))
+            except BrokerError as exc:
+                raise PublishIncomplete(positions, exc) from exc
+        return positions
+
+    async def _checked(self, stream: str, position: Position) -> Position:
+        """``position`` as appended, after checking that this broker was not given it before: a position
+        given twice means a failover lost publications and their offsets were used again — fork the
+        epoch (see ``_Reader._diverged``). (Order is no sign: concurrent publishes' replies may come
+        back in any order.)"""
+        recent = self._appended.setdefault(stream, OrderedDict())
+        if position in recent:
+            epoch = await _fork(self._client, self.keys(stream).meta, position.epoch)
+            log.warning(
+                "stream %s diverged at offset %d of epoch %s (a failover lost publications); new epoch %s",
+                stream,
+                position.offset,
+                position.epoch,
+                epoch,
+            )
+            position = Position(epoch, position.offset)
+        recent[position] = None
+        if len(recent) > _RECENT_POSITIONS:
+            recent.popitem(last=False)
+        return position
 
     async def top(self, stream: str) -> Position:
         epoch, offset, _ = await self._meta(stream, "top")

@@ -136,6 +136,52 @@ class LocalCluster:
                 return int(parts[1].split(":")[1].split("@")[0])
         raise ClusterUnavailable(f"the master at {master_port} has no replica")
 
+    def node_ids(self) -> dict[int, str]:
+        """Port -> node id of every node a live node knows."""
+        for port in self.processes:
+            try:
+                lines = self.cli(port, "cluster", "nodes").splitlines()
+            except ClusterUnavailable:
+                continue
+            return {int(line.split()[1].split(":")[1].split("@")[0]): line.split()[0] for line in lines}
+        raise ClusterUnavailable("no live node")
+
+    def master_of_slot(self, slot: int) -> int:
+        """The port of the master that serves ``slot``."""
+        for port in self.processes:
+            try:
+                lines = self.cli(port, "cluster", "nodes").splitlines()
+            except ClusterUnavailable:
+                continue
+            for line in lines:
+                fields = line.split()
+                if "master" not in fields[2] or "fail" in fields[2]:
+                    continue
+                for served in fields[8:]:
+                    if served.startswith("["):
+                        continue  # a slot being migrated or imported
+                    low, _, high = served.partition("-")
+                    if int(low) <= slot <= int(high or low):
+                        return int(fields[1].split(":")[1].split("@")[0])
+            break
+        raise ClusterUnavailable(f"no master serves slot {slot}")
+
+    def pause(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGCONT)
+
+    def mend(self) -> None:
+        """Start again every node that was killed (it rejoins, as a replica where its master was
+        replaced) and wait until the cluster is healthy: 3 masters, each with a replica in sync."""
+        for port in self.ports:
+            if port not in self.processes:
+                self.start_node(port)
+        for process in self.processes.values():
+            process.send_signal(signal.SIGCONT)
+        self.wait_until("healthy again", self.healthy, seconds=90)
+
     def wait_until(self, what: str, check: object, seconds: float = 60.0) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
