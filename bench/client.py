@@ -115,3 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--transports", default="ws-msgpack,ws-json,sse,poll")
     parser.add_argument("--database-url", default=None, help="default: a new SQLite file")
     return asyncio.run(run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":  # python -m bench.client is python -m bench client
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
