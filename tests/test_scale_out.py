@@ -9,14 +9,17 @@ change): never a silent gap, never a duplicate.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
 
 import nats
 import pytest
+from redis.cluster import key_slot
 
 from sync.redis_connect import open_client
+from sync.redis_keys import stream_keys
 from tests.cluster_helpers import Client, Node, start_node, versions_by_key
 from tests.redis_cluster import LocalCluster
 from tests.test_broker_contract import delete_nats_streams, nats_url
@@ -65,6 +68,37 @@ async def test_a_burst_through_two_nodes_on_a_redis_cluster_reaches_every_client
     for client in clients:
         assert_every_change_once_in_order_or_resynced(client, expected)
         assert client.resyncs == 0
+
+
+async def test_clients_of_hubs_on_a_redis_cluster_whose_master_failed_get_every_change_once_or_resync(
+    pg: str, redis_cluster: LocalCluster
+) -> None:
+    """The stream's master is killed after acknowledging changes its (frozen, cut-off) replica never got;
+    the replica is promoted and the burst goes on. Clients end with every change: each once and in order,
+    or told to resync (the broker forked the stream's epoch) and caught up from the snapshot."""
+    prefix = f"synchub_test_{secrets.token_hex(4)}:"
+    slot = key_slot(stream_keys(prefix, "inventory.eu").meta.encode())
+    try:
+        async with two_nodes(pg, "--redis-url", redis_cluster.url, "--redis-prefix", prefix) as nodes:
+            clients = await start_clients(nodes)
+            product_ids = await seed(nodes)
+            await burst(nodes, product_ids, 30)
+            master = redis_cluster.master_of_slot(slot)
+            replica = redis_cluster.replica_of(master)
+            redis_cluster.pause(replica)
+            redis_cluster.cli(master, "client", "kill", "type", "replica")
+            await burst(nodes, product_ids, 15)  # acknowledged by the master alone
+            await asyncio.to_thread(redis_cluster.kill_node, master)
+            redis_cluster.resume(replica)
+            await burst(nodes, product_ids, 30)  # through the failover: the relays retry
+            expected = await final_versions(nodes, product_ids)
+            await settle(clients, expected, timeout=60)
+        assert replica in redis_cluster.masters()
+        for client in clients:
+            assert_every_change_once_in_order_or_resynced(client, expected)
+            assert client.resyncs >= 1, client.transport  # the lost history was not passed off as theirs
+    finally:
+        await asyncio.to_thread(redis_cluster.mend)
 
 
 async def cluster_keys(url: str, prefix: str) -> list[bytes]:
