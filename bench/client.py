@@ -10,7 +10,8 @@ off with 4101 before the replay gets through: the SDK then resyncs from the snap
 Printed per transport: events/s, the client process's CPU µs per event, the hub's CPU µs
 per event, and a check that every version arrived once, in order.
 
-Run: ``python -m bench client [--events 20000] [--transports ws-msgpack,ws-json,sse,poll]``.
+Run: ``python -m bench client [--events 15000] [--transports ws-msgpack,ws-json,sse,poll]``; the
+reconnect storm of N SDK clients is ``--sections storm`` (bench/client_storm.py).
 """
 
 from __future__ import annotations
@@ -114,7 +115,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--transports", default="ws-msgpack,ws-json,sse,poll")
     parser.add_argument("--database-url", default=None, help="default: a new SQLite file")
-    return asyncio.run(run(parser.parse_args(argv)))
+    parser.add_argument("--sections", default="consume", help="consume, storm (bench/client_storm.py)")
+    parser.add_argument("--storm-clients", type=int, default=10_000)
+    parser.add_argument("--storm-workers", type=int, default=2, help="client processes")
+    parser.add_argument("--storm-rate", type=float, default=20.0, help="stock changes a second")
+    parser.add_argument("--storm-before", type=float, default=2.0, help="seconds published before the drop")
+    parser.add_argument("--storm-after", type=float, default=8.0, help="seconds published after it")
+    parser.add_argument(
+        "--storm-spread",
+        type=float,
+        default=0.0,
+        help="the clients' going_away_spread (s): 1001 reconnects spread",
+    )
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    if "consume" in sections:
+        asyncio.run(run(args))
+    if "storm" in sections:
+        from bench.client_storm import storm
+
+        figures = asyncio.run(storm(args))
+        print("# storm: node a stopped (1001), every SDK client resumes on node b")
+        for key, value in figures.items():
+            print(f"{key:<24} {value}")
+        print(
+            f"# reproduce: python -m bench client --sections storm --storm-clients {args.storm_clients}"
+            f" --storm-workers {args.storm_workers} --storm-spread {args.storm_spread}"
+        )
+    return 0
 
 
 if __name__ == "__main__":  # python -m bench.client is python -m bench client

@@ -149,9 +149,17 @@ class Subscription:
         self.ready = asyncio.Event()
         self.ended: Ended | None = None
         self.listeners: list[Callable[[Item], None]] = []
+        self.subscribed_at: float | None = None  # time.monotonic() of the hub's last confirmation
+        self.confirmations = 0  # how many times the hub confirmed it (1 + resumes)
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._needs_resync = False
         self._in_flight = False  # a WebSocket subscribe sent, not answered yet
+
+    def confirmed(self) -> None:
+        """The hub took the subscription (``subscribed``, SSE ``ready``, a first poll answered)."""
+        self.subscribed_at = time.monotonic()
+        self.confirmations += 1
+        self.ready.set()
 
     def deliver(self, item: Item) -> None:
         if self.ended is not None:
@@ -198,6 +206,7 @@ class Client:
         sse_idle_timeout: float = 45.0,
         poll_timeout: int = 25,
         upgrade_retry_after: float = 300.0,
+        going_away_spread: float = 0.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         if encoding not in ("msgpack", "json"):
@@ -216,6 +225,7 @@ class Client:
         self.sse_idle_timeout = sse_idle_timeout
         self.poll_timeout = poll_timeout
         self.upgrade_retry_after = upgrade_retry_after
+        self.going_away_spread = going_away_spread
         self.error: ClientStopped | None = None
         self.reconnects = 0
         self.state_changes: list[Callable[[State], None]] = []
@@ -502,6 +512,8 @@ class Client:
             self._index += 1
             if outcome.kind == "now":
                 self.backoff.reset()
+                if self.going_away_spread > 0:  # many clients of one node told at once: spread them
+                    await asyncio.sleep(self.backoff.rng.uniform(0.0, self.going_away_spread))
                 continue
             delay = max(outcome.min_delay, self.backoff.next_delay())
             self._set_state(State.BACKOFF)
@@ -640,7 +652,7 @@ class Client:
                 sub._in_flight = False
                 if sub.position is None and message.get("position"):
                     sub.position = str(message["position"])
-                sub.ready.set()
+                sub.confirmed()
                 self.backoff.reset()
         elif kind == "resync":
             sub = self._subs.get(str(message.get("channel")))
@@ -813,7 +825,7 @@ class Client:
                 ready = True
                 if sub.position is None and ident:
                     sub.position = ident
-                sub.ready.set()
+                sub.confirmed()
                 self.backoff.reset()
             elif event == "resync":
                 resync = Resync(
@@ -838,6 +850,7 @@ class Client:
 
     async def _poll(self, url: str, sub: Subscription) -> _Outcome | None:
         assert self._session is not None
+        first = True
         while True:
             if sub._needs_resync:
                 sub._needs_resync = False
@@ -872,6 +885,7 @@ class Client:
                 sub.deliver(Event(sub.channel, sub.position, message.get("data") or {}))
             if body.get("cursor"):
                 sub.position = str(body["cursor"])
-            if not sub.ready.is_set():
-                sub.ready.set()
+            if first:
+                first = False
+                sub.confirmed()
                 self.backoff.reset()
