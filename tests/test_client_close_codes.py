@@ -233,3 +233,21 @@ async def test_a_client_dropped_as_slow_twice_without_moving_on_resyncs_instead_
         await until(lambda: len(hub.subscribes) >= 3)
         assert [m.get("since") for m in hub.subscribes[:3]] == ["ep:old", "ep:old", "ep:snapshot"]
         assert [r.reason for r in seen] == ["resync_required"]
+
+
+async def test_a_failing_refresh_callback_is_asked_again_after_a_backoff() -> None:
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("identity provider unreachable")
+        return "fresh"
+
+    async with (
+        scripted(4102) as hub,
+        Client(hub.url, token="old", refresh_token=flaky, encoding="json", backoff=quick()) as client,
+    ):
+        client.subscribe("user:alice")
+        await until(lambda: len(hub.subscribes) == 2)
+        assert len(calls) == 2 and hub.tokens[-1] == "Bearer fresh" and client.error is None

@@ -274,7 +274,7 @@ class Client:
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self._connected.is_set() and not self.closed
 
     @property
     def subscriptions(self) -> list[Subscription]:
@@ -527,12 +527,15 @@ class Client:
         if self._refreshes > 1:
             self._set_state(State.BACKOFF)
             await asyncio.sleep(self.backoff.next_delay())
-        try:
-            self.token = await self.refresh_token()
-        except Exception as exc:
-            self._stop(ClientStopped(4102, f"refresh_token failed: {exc!r}"))
-            return False
-        return True
+        while not self._closing:
+            try:
+                self.token = await self.refresh_token()
+                return True
+            except Exception as exc:  # e.g. the identity provider unreachable: ask again after a backoff
+                log.warning("synchub client: refresh_token failed: %r", exc)
+                self._set_state(State.BACKOFF)
+                await asyncio.sleep(max(1.0, self.backoff.next_delay()))
+        return False
 
     def _stop(self, error: ClientStopped) -> None:
         self.error = error
