@@ -1,6 +1,6 @@
 """``python -m bench <name>`` (or ``synchub bench <name>``): run one benchmark (``suite``,
 ``reservations``, ``fanout``, ``fanpath``, ``crdt``, ``sync``, ``reviews``, ``ratelimit``, ``auth``,
-``parts``, ``webhooks``, ``events``, ``client``)."""
+``parts``, ``webhooks``, ``events``, ``client``, ``brokers``)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ NAMES = {
     "webhooks": "bench.webhooks",
     "events": "bench.events",
     "client": "bench.client",
+    "brokers": "bench.brokers",
 }
 
 

@@ -130,9 +130,9 @@ def require_services() -> bool:
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[Any]:
-    """A Redis Cluster of 3 masters and 3 replicas on loopback (tests/redis_cluster.LocalCluster), started
+    """A Redis Cluster of 3 masters and 3 replicas on loopback (bench/redis_cluster.py: LocalCluster), started
     by the first test that asks and stopped at the end of the session. Tests that break it mend it."""
-    from tests.redis_cluster import ClusterUnavailable, local_cluster
+    from bench.redis_cluster import ClusterUnavailable, local_cluster
 
     started = local_cluster()
     try:

@@ -19,12 +19,12 @@ from typing import Any
 import nats
 import pytest
 
+from bench.redis_cluster import LocalCluster
 from sync.broker import Broker, BrokerUnavailable, Position, PositionExpired, Publication, PublishIncomplete
 from sync.broker_memory import MemoryBroker
 from sync.broker_nats import NatsBroker
 from sync.broker_redis import RedisBroker
 from tests.conftest import delete_redis_keys, fresh_redis_prefix, redis_url
-from tests.redis_cluster import LocalCluster
 
 RETENTION = 5  # max_len of every broker in this suite
 

@@ -86,7 +86,7 @@ def test_bench_hands_the_rest_of_the_command_line_to_python_m_bench(tmp_path) ->
     usage = run("bench", cwd=str(tmp_path))
     assert usage.returncode == 2
     assert (
-        "usage: synchub bench {reservations,fanout,fanpath,crdt,suite,sync,reviews,ratelimit,auth,parts,webhooks,events,client}"
+        "usage: synchub bench {reservations,fanout,fanpath,crdt,suite,sync,reviews,ratelimit,auth,parts,webhooks,events,client,brokers}"
         in usage.stderr
     )
     suite_help = run("bench", "suite", "--help", cwd=str(tmp_path))

@@ -26,7 +26,7 @@ async def limiter(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIte
         made = MemoryRateLimiter()
     elif request.param == "redis":
         made = RedisRateLimiter(redis_url(), prefix=redis_prefix)
-    else:  # the local cluster of 3 masters (tests/redis_cluster.py), thrown away at the session's end
+    else:  # the local cluster of 3 masters (bench/redis_cluster.py), thrown away at the session's end
         made = RedisRateLimiter(request.getfixturevalue("redis_cluster").url, prefix=redis_prefix)
     yield made
     await made.close()

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.cluster import key_slot
 
+from bench.redis_cluster import LocalCluster
 from sync.broker import BrokerError, Position, PositionExpired
 from sync.broker_redis import RedisBroker
-from tests.redis_cluster import LocalCluster
 from tests.test_broker_contract import Inbox
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]

@@ -18,10 +18,10 @@ import nats
 import pytest
 from redis.cluster import key_slot
 
+from bench.redis_cluster import LocalCluster
 from sync.redis_connect import open_client
 from sync.redis_keys import stream_keys
 from tests.cluster_helpers import Client, Node, start_node, versions_by_key
-from tests.redis_cluster import LocalCluster
 from tests.test_broker_contract import delete_nats_streams, nats_url
 from tests.test_cluster import burst, final_versions, seed, settle, start_clients
 

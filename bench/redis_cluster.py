@@ -1,5 +1,5 @@
 """A throwaway Redis Cluster on loopback: 3 masters and 3 replicas of Debian's redis-server, for the
-tests (a session fixture in tests/conftest.py) and the bench (``python -m bench cluster``).
+tests (a session fixture in tests/conftest.py) and the bench (``python -m bench brokers``).
 
 Ports: six consecutive ones from a base drawn in 17000-19999 whose ports and cluster-bus ports (+10000)
 are all free; data (nodes.conf, no persistence) in a temporary directory removed at the end. Nothing is
@@ -240,7 +240,43 @@ def local_cluster() -> Iterator[LocalCluster]:
         cluster.stop()
 
 
-def main() -> None:  # pragma: no cover - a manual aid: python -m tests.redis_cluster
+@contextlib.contextmanager
+def local_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """One private redis-server (no persistence) on a free loopback port: (its URL, its process)."""
+    if shutil.which("redis-server") is None:
+        raise ClusterUnavailable("redis-server is needed (Debian: redis-server)")
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port = int(sock.getsockname()[1])
+    directory = tempfile.mkdtemp(prefix="synchub-redis-")
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            directory,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        node = LocalCluster(Path(directory), [port], {port: process})
+        node.wait_until("answering", lambda: node.cli(port, "ping") == "PONG", seconds=30)
+        yield f"redis://{HOST}:{port}/0", process
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main() -> None:  # pragma: no cover - a manual aid: python -m bench.redis_cluster
     with local_cluster() as cluster:
         print(cluster.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
