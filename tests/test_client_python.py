@@ -60,15 +60,28 @@ def assert_no_gap_no_duplicate(events: list[Event]) -> dict[tuple[str, str], lis
     return dict(versions)
 
 
+@pytest.mark.parametrize(
+    ("transport", "encoding"),
+    [
+        (Transport.WEBSOCKET, "msgpack"),
+        (Transport.WEBSOCKET, "json"),
+        (Transport.SSE, "json"),
+        (Transport.POLL, "json"),
+    ],
+    ids=["ws-msgpack", "ws-json", "sse", "poll"],
+)
 async def test_the_client_follows_inventory_through_a_node_kill_with_no_gap_and_no_duplicate(
-    cluster: Cluster,
+    cluster: Cluster, transport: Transport, encoding: str
 ) -> None:
     a, b = await cluster.ensure()
     warehouse, products = await catalog(b, 3)
-    async with Client([a.base, b.base], encoding="msgpack") as client, aiohttp.ClientSession() as admin:
+    async with (
+        Client([a.base, b.base], encoding=encoding, transports=(transport,), poll_timeout=5) as client,
+        aiohttp.ClientSession() as admin,
+    ):
         stock = Inventory(client, "eu")
         await stock.start()
-        assert client.transport is Transport.WEBSOCKET and client.url == a.base
+        assert client.transport is transport and client.url == a.base
         raw: list[Event] = []
         assert stock._sub is not None
         stock._sub.listeners.append(lambda item: raw.append(item) if isinstance(item, Event) else None)
@@ -128,6 +141,19 @@ async def test_two_offline_devices_edit_one_cart_and_converge_through_different_
         # Online now, an edit on one device reaches the other through the hub.
         phone.set(tea, 7)
         await wait_for(lambda: laptop.value.get(tea) == 7, what="the phone's edit on the laptop")
+        # A third device, another process (tests/client_app.py, as a cross-language test drives one):
+        # its offline edit reaches both.
+        device = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.client_app", "cart", str(tmp_path / "tablet.sqlite3"), cart_id,
+            b.base, ALICE, f"add {tea} 1; add {oat} 2",
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'clients' / 'python'}"},
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(device.communicate(), 60)
+        assert device.returncode == 0
+        final = __import__("json").loads(out.decode().splitlines()[-1])["value"]
+        assert final == {tea: 8, jam: 3, oat: 2}
+        await wait_for(lambda: phone.value == laptop.value == final, what="the tablet's edits on both")
     finally:
         await phone_client.close()
         await laptop_client.close()
