@@ -80,7 +80,9 @@ export interface ClientOptions {
 export interface SubscribeOptions {
   since?: string | null;
   onEvent: (event: HubEvent) => void;
-  onResync?: (resync: Resync) => void | Promise<void>;
+  /** Re-read what the channel's snapshot says; return a position to resume from (the snapshot's),
+   * or nothing to resume from the resync's own position (null: from now). */
+  onResync?: (resync: Resync) => void | string | null | Promise<void | string | null>;
 }
 
 interface Subscription {
@@ -110,6 +112,9 @@ interface RunResult {
   reason?: string;
 }
 
+/** 4101s in a row, with no event delivered in between, before the subscriptions resync instead. */
+const STUCK_REPLAYS = 2;
+
 const DOC_CHANNEL = /^(cart|user):/;
 
 export class SyncHubClient {
@@ -132,6 +137,8 @@ export class SyncHubClient {
   private readonly nodes: string[];
   private node = 0;
   private restarting = false;
+  private delivered = 0;
+  private stuckReplays = 0;
 
   constructor(options: ClientOptions) {
     this.options = {
@@ -254,6 +261,7 @@ export class SyncHubClient {
     if (!sub) return;
     if (sub.position !== null && !isAfter(event.position, sub.position)) return; // a replay's overlap
     sub.position = event.position;
+    this.delivered += 1;
     try {
       sub.options.onEvent(event);
     } catch (err) {
@@ -266,7 +274,8 @@ export class SyncHubClient {
     if (!sub) return;
     sub.position = resync.position;
     try {
-      await sub.options.onResync?.(resync);
+      const next = await sub.options.onResync?.(resync);
+      if (typeof next === "string") sub.position = next;
     } catch (err) {
       this.emit("error", err instanceof Error ? err : new Error(String(err)));
     }
@@ -311,6 +320,7 @@ export class SyncHubClient {
     while (this.stateValue !== "stopped") {
       const transport = this.options.transports[Math.min(this.transportIndex, this.options.transports.length - 1)]!;
       this.setState("connecting");
+      this.delivered = 0;
       let result: RunResult;
       try {
         result = transport === "websocket" ? await this.runWebSocket() : transport === "sse" ? await this.runSse() : await this.runPoll();
@@ -336,6 +346,18 @@ export class SyncHubClient {
         }
       }
       const code = result.code ?? 0;
+      if (code === 4101 && this.delivered === 0) {
+        // Slow consumer before a single event: the replay from our positions is larger than the
+        // hub's send buffer, and resuming from them again would end the same way. Resync instead.
+        if (++this.stuckReplays >= STUCK_REPLAYS) {
+          this.stuckReplays = 0;
+          for (const sub of [...this.subs.values()]) {
+            if (sub.position !== null) await this.resync({ channel: sub.channel, reason: "replay_too_large", position: null, snapshot: null });
+          }
+        }
+      } else {
+        this.stuckReplays = 0;
+      }
       if (this.nodes.length > 1 && !this.restarting && (code === 1001 || code === 1006 || code === 1011 || !result.opened)) {
         this.node = (this.node + 1) % this.nodes.length; // this node is going away or gone: the next one
       }

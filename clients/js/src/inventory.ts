@@ -66,9 +66,7 @@ export class InventoryFeed {
     this.subscription = this.client.subscribe(this.channel, {
       since: position,
       onEvent: (event) => this.onEvent(event),
-      onResync: async () => {
-        await this.readSnapshot();
-      },
+      onResync: async () => this.readSnapshot(), // and resume from the snapshot's position
     });
   }
 

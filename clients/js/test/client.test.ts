@@ -189,3 +189,21 @@ test("a refused push is reported, and the replica rebuilt under a new id with th
   deepStrictEqual(doc.queue.map((q) => [q.mutationId, q.call]), [[`${doc.replica}-1`, ["add", "TEA-1", 3]]]);
   await c.close();
 });
+
+test("a replay too large for the hub's send buffer (4101 before any event, twice) resyncs instead of looping", async () => {
+  const c = client();
+  const resyncs: string[] = [];
+  c.subscribe("inventory:eu", { since: "e:1", onEvent: () => undefined, onResync: (r) => (resyncs.push(r.reason), "e:5000") });
+  c.connect();
+  for (let i = 1; i <= 2; i++) {
+    await until(() => FakeWebSocket.instances.length === i, `connection ${i}`);
+    FakeWebSocket.last().accept();
+    deepStrictEqual(FakeWebSocket.last().frames("subscribe")[0]!.since, "e:1");
+    FakeWebSocket.last().drop(4101, "slow consumer");
+  }
+  await until(() => FakeWebSocket.instances.length === 3, "connection 3");
+  FakeWebSocket.last().accept();
+  deepStrictEqual(resyncs, ["replay_too_large"]);
+  deepStrictEqual(FakeWebSocket.last().frames("subscribe")[0], { type: "subscribe", channel: "inventory:eu", since: "e:5000" });
+  await c.close();
+});
