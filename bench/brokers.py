@@ -26,6 +26,7 @@ import contextlib
 import resource
 import secrets
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -233,3 +234,7 @@ def main(argv: list[str]) -> int:
         results.append(asyncio.run(run_one(kind, args)))
     report(results)
     return 1 if any(r.error or r.delivered < r.publications * r.nodes for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

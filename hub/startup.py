@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from hub.settings import Settings
 from storage.errors import StoreUnavailable
 from sync.broker import BrokerUnavailable
+from sync.redis_keys import LegacyLayout
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -67,6 +68,13 @@ def explain(exc: BaseException, settings: Settings) -> str | None:
                     " --database-url."
                 )
             return f"cannot open the SQLite store {settings.database_url}: {link} — check --database-url."
+        if isinstance(link, LegacyLayout):
+            return str(link)  # says what to run
+        if isinstance(link, BrokerUnavailable) and settings.nats_url:
+            return (
+                f"cannot reach NATS JetStream at {_where(settings.nats_url)}: {link} — check that"
+                " nats-server is running with JetStream (-js) and --nats-url."
+            )
         if isinstance(link, BrokerUnavailable):
             return (
                 f"cannot reach Redis at {_where(settings.redis_url or '')}: {link} — check that"

@@ -4,6 +4,7 @@ real nats-server in SYNCHUB_TEST_NATS_URL (127.0.0.1:4222; scripts/test makes su
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import nats
 import pytest
@@ -12,6 +13,7 @@ from sync.broker import BrokerUnavailable, Position, PositionExpired
 from sync.broker_nats import VERSION_HEADER, NatsBroker
 from tests.cluster_helpers import free_port
 from tests.test_broker_contract import Inbox, nats_broker, nats_url
+from tests.test_first_run import assert_one_line, synchub
 
 
 async def test_relays_racing_with_one_version_append_it_once() -> None:
@@ -93,3 +95,18 @@ async def test_an_unreachable_server_is_unavailable_at_start() -> None:
 def test_a_prefix_must_be_a_subject_and_stream_token() -> None:
     with pytest.raises(ValueError, match="prefix"):
         NatsBroker(prefix="synchub.eu")
+
+
+def test_a_hub_that_cannot_reach_nats_exits_with_one_line(tmp_path: Path) -> None:
+    port = str(free_port())
+    result = synchub(
+        tmp_path,
+        "serve",
+        "--port",
+        port,
+        "--nats-url",
+        f"nats://127.0.0.1:{free_port()}",
+        "--jwt-secret",
+        "s" * 40,
+    )
+    assert_one_line(result, "cannot reach NATS JetStream at nats://127.0.0.1:", "nats-server")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis import Redis as SyncRedis
@@ -16,6 +17,7 @@ from sync.broker import Position
 from sync.broker_redis import RedisBroker
 from sync.redis_keys import LegacyLayout, layout_key, legacy_keys, migrate, stream_keys
 from tests.conftest import delete_redis_keys, fresh_redis_prefix, redis_url
+from tests.test_first_run import assert_one_line, closed_port, synchub
 
 pytestmark = pytest.mark.redis
 
@@ -133,3 +135,24 @@ async def _with_client(use: object) -> None:
         await use(client)  # type: ignore[operator]
     finally:
         await client.aclose()
+
+
+def test_a_hub_beside_old_layout_keys_exits_with_one_line_that_names_the_command(tmp_path: Path) -> None:
+    prefix = fresh_redis_prefix()
+    asyncio.run(_with_client(lambda client: _legacy_stream(client, prefix, "inventory.eu", 1)))
+    try:
+        result = synchub(
+            tmp_path,
+            "serve",
+            "--port",
+            str(closed_port()),
+            "--redis-url",
+            redis_url(),
+            "--redis-prefix",
+            prefix,
+            "--jwt-secret",
+            "s" * 40,
+        )
+        assert_one_line(result, "inventory.eu", "synchub migrate-redis", f"--redis-prefix {prefix}")
+    finally:
+        asyncio.run(delete_redis_keys(redis_url(), prefix))
