@@ -365,7 +365,7 @@ def _page_paths() -> dict[str, Any]:
 
 def _document() -> dict[str, Any]:
     from hub.fitment import ATTRIBUTE_VALUE
-    from hub.routes import catalog  # (late: see request_bodies)
+    from hub.routes import catalog, reservations  # (late: see request_bodies)
     from hub.validation import schema_of
 
     product_id = _path("product_id")
@@ -619,7 +619,7 @@ def _document() -> dict[str, Any]:
                         ),
                         _query(
                             "sub",
-                            {"type": "string", "minLength": 1, "maxLength": 256},
+                            schema_of(reservations.SUB),
                             "whose reservations (default: the caller's; another's needs admin or service)",
                         ),
                     ],
