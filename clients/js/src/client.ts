@@ -71,6 +71,8 @@ export interface ClientOptions {
   backoff?: BackoffOptions;
   /** A ping every this many ms; no frame for twice as long drops the connection. Default 15000. */
   heartbeatMs?: number;
+  /** After falling back, try the first transport again this often (ms; 0: never). Default 300000. */
+  retryPreferredMs?: number;
   /** Long-poll wait, seconds. Default 25. */
   pollTimeoutS?: number;
   fetch?: typeof fetch;
@@ -148,6 +150,7 @@ export class SyncHubClient {
       backoff: DEFAULT_BACKOFF,
       heartbeatMs: 15_000,
       pollTimeoutS: 25,
+      retryPreferredMs: 300_000,
       fetch: globalThis.fetch.bind(globalThis),
       random: Math.random,
       ...options,
@@ -406,6 +409,18 @@ export class SyncHubClient {
 
   private opened(transport: Transport): void {
     this.transport = transport;
+    if (this.transportIndex > 0 && this.options.retryPreferredMs > 0) {
+      // A fallback is for now, not for ever: the network may change (another Wi-Fi, no proxy).
+      const index = this.transportIndex;
+      const timer = setTimeout(() => {
+        if (this.transportIndex === index && this.stateValue !== "stopped") {
+          this.transportIndex = 0;
+          this.wsFailures = 0;
+          this.restart();
+        }
+      }, this.options.retryPreferredMs);
+      (timer as { unref?: () => void }).unref?.();
+    }
     this.setState("open");
     this.emit("open", transport);
   }
@@ -587,6 +602,7 @@ export class SyncHubClient {
         return { opened, code: response.status >= 400 && response.status < 500 && response.status !== 429 ? 4000 + (response.status % 100) : 0 };
       }
       const reader = response.body.getReader();
+      abort.signal.addEventListener("abort", () => void reader.cancel().catch(() => undefined));
       const decoder = new TextDecoder();
       let buffer = "";
       for (;;) {

@@ -207,3 +207,29 @@ test("a replay too large for the hub's send buffer (4101 before any event, twice
   deepStrictEqual(FakeWebSocket.last().frames("subscribe")[0], { type: "subscribe", channel: "inventory:eu", since: "e:5000" });
   await c.close();
 });
+
+test("after falling back, the client tries the WebSocket again later", async () => {
+  const calls: FetchCall[] = [];
+  let sse = 0;
+  const stream = () => new Response(new ReadableStream({ start: (c) => c.enqueue(new TextEncoder().encode('event: ready\nid: e:1\ndata: {"position": "e:1", "channels": ["inventory:eu"]}\n\n')) }), { headers: { "Content-Type": "text/event-stream" } });
+  FakeWebSocket.reset();
+  const c = new SyncHubClient({
+    url: "http://hub.test",
+    WebSocket: FakeWebSocket as unknown as WebSocketConstructor,
+    fetch: fakeFetch(calls, (url) => (url.includes("/api/v1/sse") ? (sse++, stream()) : null)),
+    backoff: { baseMs: 1, maxMs: 5 },
+    retryPreferredMs: 100,
+  });
+  c.subscribe("inventory:eu", { onEvent: () => undefined });
+  c.connect();
+  for (let i = 1; i <= 2; i++) {
+    await until(() => FakeWebSocket.instances.length === i, `attempt ${i}`);
+    FakeWebSocket.last().drop(1006); // the upgrade never succeeds
+  }
+  await until(() => c.transport === "sse", "the SSE fallback");
+  await until(() => FakeWebSocket.instances.length === 3, "a WebSocket attempt again");
+  FakeWebSocket.last().accept();
+  await until(() => c.transport === "websocket", "back on the WebSocket");
+  strictEqual(sse, 1);
+  await c.close();
+});
