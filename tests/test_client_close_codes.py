@@ -20,7 +20,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from hypothesis import given
 from hypothesis import strategies as st
-from synchub_client import Backoff, Client, ClientStopped, Event, Resync, State
+from synchub_client import Backoff, Client, ClientStopped, Event, Resync, State, Transport
 
 from tests.cluster_helpers import free_port
 
@@ -251,3 +251,32 @@ async def test_a_failing_refresh_callback_is_asked_again_after_a_backoff() -> No
         client.subscribe("user:alice")
         await until(lambda: len(hub.subscribes) == 2)
         assert len(calls) == 2 and hub.tokens[-1] == "Bearer fresh" and client.error is None
+
+
+async def test_an_upgrade_on_which_nothing_comes_back_twice_moves_the_client_to_sse() -> None:
+    """A proxy that lets the upgrade through but holds the frames: the opening ping goes unanswered."""
+    port = free_port()
+    upgrades: list[int] = []
+
+    async def mute(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("synchub.json",), autoping=True)
+        await ws.prepare(request)
+        upgrades.append(1)
+        async for _ in ws:  # reads, never answers
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/api/v1/ws", mute)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with Client(
+            f"http://127.0.0.1:{port}", encoding="json", backoff=quick(), ws_silence_timeout=0.3
+        ) as client:
+            client.subscribe("inventory:eu")
+            await until(lambda: client.transport is Transport.SSE)
+            assert len(upgrades) == 2
+    finally:
+        await runner.cleanup()

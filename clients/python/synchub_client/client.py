@@ -18,11 +18,13 @@ dropped connection
 ====================  ===================================================================
 
 A WebSocket upgrade that is answered but refused (a proxy that strips ``Upgrade``, or answers 403/405/
-501…) moves the client to SSE; an SSE stream that never delivers its opening ``ready`` event within
-``sse_ready_timeout`` (a buffering proxy) moves it to long-poll. After ``upgrade_retry_after`` seconds
-in a fallback, the next reconnect tries the WebSocket again. Over SSE and long-poll each subscription
-is its own stream, and ``request`` (WebSocket messages) is unavailable: writes go through REST
-(:meth:`Client.http`), which :mod:`synchub_client.documents` does by itself.
+501…), or one accepted on which nothing comes back (the opening ``ping`` unanswered for
+``ws_silence_timeout``, twice in a row), moves the client to SSE; an SSE stream that never delivers
+its opening ``ready`` event within ``sse_ready_timeout`` (a buffering proxy) moves it to long-poll.
+After ``upgrade_retry_after`` seconds in a fallback, the next reconnect tries the WebSocket again.
+Over SSE and long-poll each subscription is its own stream, and ``request`` (WebSocket messages) is
+unavailable: writes go through REST (:meth:`Client.http`), which :mod:`synchub_client.documents` does
+by itself.
 
 Heartbeats: a WebSocket is pinged every ``heartbeat`` seconds and dropped when a pong does not come
 (aiohttp's heartbeat); an SSE stream silent for ``sse_idle_timeout`` (the hub writes a comment every
@@ -207,6 +209,7 @@ class Client:
         poll_timeout: int = 25,
         upgrade_retry_after: float = 300.0,
         going_away_spread: float = 0.0,
+        ws_silence_timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         if encoding not in ("msgpack", "json"):
@@ -226,6 +229,8 @@ class Client:
         self.poll_timeout = poll_timeout
         self.upgrade_retry_after = upgrade_retry_after
         self.going_away_spread = going_away_spread
+        self.ws_silence_timeout = ws_silence_timeout
+        self._silent_connections = 0
         self.error: ClientStopped | None = None
         self.reconnects = 0
         self.state_changes: list[Callable[[State], None]] = []
@@ -600,14 +605,28 @@ class Client:
             )
         except aiohttp.WSServerHandshakeError as exc:
             return self._http_outcome(exc.status, None, Transport.WEBSOCKET)
+        heard = asyncio.Event()  # a message came back on this connection
+        silent = False
+
+        async def watch() -> None:
+            nonlocal silent
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(heard.wait(), self.ws_silence_timeout)
+                return
+            silent = True
+            await ws.close(code=1000)
+
         async with ws:
             self._binary = ws.protocol == MSGPACK
             self._ws = ws
             self._refreshes = 0
+            await self._send(ws, {"type": "ping"})  # answered in turn: proof that messages get through
+            watchdog = self._spawn(watch())
             for sub in list(self._subs.values()):
                 self._spawn(self._ws_subscribe(ws, sub))
             self._became_connected()
             async for frame in ws:
+                heard.set()
                 if frame.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     try:
                         message = decode_frame(frame.data)
@@ -619,6 +638,14 @@ class Client:
                     break
             self._ws = None
             self._connected.clear()
+            watchdog.cancel()
+        if silent:
+            self._silent_connections += 1
+            if self._silent_connections >= 2:  # twice in a row: something on the way holds the frames
+                self._silent_connections = 0
+                raise _Blocked(Transport.WEBSOCKET, "upgraded, but no message came back")
+            return RETRY
+        self._silent_connections = 0
         return outcome_for_close(ws.close_code, str(ws.exception() or ""))
 
     async def _ws_subscribe(self, ws: aiohttp.ClientWebSocketResponse, sub: Subscription) -> None:
