@@ -379,3 +379,19 @@ async def test_a_review_written_offline_is_pushed_judged_and_read_back_by_anothe
         assert phone.value is not None and phone.value.rating == 5
     finally:
         await phone_client.close()
+
+
+async def test_a_delta_too_large_for_a_websocket_message_goes_through_rest(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _ = await cluster.ensure()
+    _, products = await catalog(a, 1)
+    sku = products[0]["sku"]
+    monkeypatch.setattr("synchub_client.documents.WS_DELTA_LIMIT", 0)  # every delta "too large"
+    async with Client([a.base], token=ALICE) as client:
+        cart = Documents(client, str(tmp_path / "device.sqlite3")).cart(str(uuid.uuid4()))
+        cart.add(sku, 2)
+        cart.set(sku, 4)
+        await cart.wait_synced(30)
+        assert client.transport is Transport.WEBSOCKET and cart.pending == 0 and cart.value == {sku: 4}
+        assert cart.version == 2 and cart.error is None

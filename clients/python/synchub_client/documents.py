@@ -42,6 +42,7 @@ log = logging.getLogger("synchub_client")
 
 T = TypeVar("T", Cart, Review)
 PUSH_BATCH = 50  # REST takes 100 a request; a WebSocket message rate's burst is 100
+WS_DELTA_LIMIT = 12 * 1024  # MessagePack bytes of a delta pushed over a WebSocket (messages ≤ 16 KiB)
 RETRYABLE = frozenset({"store_unavailable", "store_error", "broker_unavailable", "rate_limited"})
 
 
@@ -52,7 +53,8 @@ class _RetryLater(SyncHubError):
 @dataclass(frozen=True, slots=True)
 class Change:
     """What moved a document: ``local`` (an edit), ``remote`` (another device's, from the hub),
-    ``acked``, ``refused`` (see ``Document.refused``), ``synced`` or ``rebuilt``."""
+    ``acked``, ``refused`` (see ``Document.refused``), ``synced``, ``rebuilt`` or ``error`` (see
+    ``Document.error``: the hub refused the document itself, e.g. no token; retried with backoff)."""
 
     kind: str
     document: Document[Any]
@@ -85,6 +87,8 @@ class Document(Generic[T]):
         self.listeners: list[Callable[[Change], None]] = []
         self.synced = False  # a sync answered since the last (re)connection
         self.deleted = False
+        self.error: Exception | None = None  # why the last round failed, when the hub refused it
+        self._failures = 0
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._wake.set()
@@ -177,12 +181,17 @@ class Document(Generic[T]):
                 self.synced = False
                 await asyncio.sleep(0.2 + self.client.backoff.rng.uniform(0, 0.5))
                 self._wake.set()
-            except Exception as exc:
+            except Exception as exc:  # the hub refuses the document itself (no token, not the user's…)
                 if self.client.closed:
                     return
                 log.warning("synchub %s %s: %r", self.kind, self.doc_id, exc)
-                await asyncio.sleep(1.0)
+                self.error = exc
+                self._failures += 1
+                self._notify("error")
+                await asyncio.sleep(min(30.0, 2.0**self._failures))
                 self._wake.set()
+            else:
+                self.error, self._failures = None, 0
 
     async def _round(self) -> None:
         if self.deleted:
@@ -192,7 +201,16 @@ class Document(Generic[T]):
             if not self.synced:
                 await self._apply_synced(await self._ws_sync(self._context()))
             while rows := self.store.pending(self.kind, self.doc_id, PUSH_BATCH):
-                rebuild |= await self._ws_push(rows)
+                # A WebSocket message is at most 16 KiB: a larger delta goes through POST …/sync.
+                limit = WS_DELTA_LIMIT if self.client.binary else WS_DELTA_LIMIT // 2
+                large = [i for i, row in enumerate(rows) if len(row.delta) > limit]
+                if large and large[0] == 0:
+                    body = await self._rest_sync(self._context(), rows[:1])
+                    rebuild |= self._apply_acks(body.get("acks", []))
+                    self._merge_remote(body.get(self.rest_state_key))
+                    self._save()
+                    continue
+                rebuild |= await self._ws_push(rows[: large[0]] if large else rows)
         else:
             rows = self.store.pending(self.kind, self.doc_id, PUSH_BATCH)
             while True:
