@@ -197,13 +197,11 @@ class _Reader:
         for entry_id, fields in entries:
             self.cursor = entry_id
             publication = _publication(self.stream, fields)
-            epoch = self.forked.get(publication.position.epoch)
-            if epoch is not None:
-                publication = Publication(
-                    self.stream, Position(epoch, publication.position.offset), publication.data
-                )
             position = publication.position
-            if (
+            forked_to = self.forked.get(position.epoch)
+            if forked_to is not None:  # an entry of a forked epoch: delivered under the new one
+                publication = Publication(self.stream, Position(forked_to, position.offset), publication.data)
+            elif (
                 self.rereading is None
                 and position.epoch == self.epoch
                 and 0 < position.offset <= self.delivered
