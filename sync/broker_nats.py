@@ -134,6 +134,7 @@ class _Reader:
     active: bool = True
     epoch: str | None = None
     delivered: int = 0  # the stream sequence of the last publication delivered in that epoch
+    floor: int = 0  # the stream's last sequence when the reader started by time
 
     def deliver(self, publication: Publication) -> None:
         if not self.active:
@@ -438,6 +439,10 @@ class NatsBroker:
                 reader.epoch, reader.delivered = epoch, 0
             policy = DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = reader.delivered + 1
+        if policy == DeliverPolicy.BY_START_TIME:
+            reader.floor = info.state.last_seq  # up to there, only what the start time lets through
+        else:
+            reader.floor = 0
         sub = await js.subscribe(
             f"{names.base}.>",
             stream=names.stream,
@@ -445,14 +450,26 @@ class NatsBroker:
             deliver_policy=policy,
             config=config,
         )
+        idle_behind = 0
         try:
             while reader.active:
                 try:
                     msg = await sub.next_msg(timeout=self._check_interval)
                 except nats.errors.TimeoutError:
-                    if _epoch(await self._info(reader.stream)) != reader.epoch:
+                    info = await self._info(reader.stream)
+                    if _epoch(info) != reader.epoch:
+                        return
+                    # Publications this consumer has not delivered for two checks in a row: it is dead
+                    # (the server restarted, the consumer went away); a new one goes on from there.
+                    behind = info.state.last_seq > max(reader.delivered, reader.floor)
+                    idle_behind = idle_behind + 1 if behind else 0
+                    if idle_behind >= 2:
+                        log.info(
+                            "nats broker reader of %s is behind the stream; subscribing again", reader.stream
+                        )
                         return
                     continue
+                idle_behind = 0
                 seq = msg.metadata.sequence.stream
                 if seq <= reader.delivered:
                     continue

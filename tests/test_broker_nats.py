@@ -4,12 +4,14 @@ real nats-server in SYNCHUB_TEST_NATS_URL (127.0.0.1:4222; scripts/test makes su
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 from pathlib import Path
 
 import nats
 import pytest
 
-from sync.broker import BrokerUnavailable, Position, PositionExpired
+from sync.broker import BrokerError, BrokerUnavailable, Position, PositionExpired
 from sync.broker_nats import VERSION_HEADER, NatsBroker
 from tests.cluster_helpers import free_port
 from tests.test_broker_contract import Inbox, nats_broker, nats_url
@@ -110,3 +112,73 @@ def test_a_hub_that_cannot_reach_nats_exits_with_one_line(tmp_path: Path) -> Non
         "s" * 40,
     )
     assert_one_line(result, "cannot reach NATS JetStream at nats://127.0.0.1:", "nats-server")
+
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"  # Debian's; scripts/_lib.sh ensure_nats
+
+
+class PrivateNats:
+    """A nats-server of this test's own (JetStream, file storage in ``store``), to kill and restart."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.store = store
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            NATS_SERVER,
+            *("-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with asyncio.timeout(30):
+            while True:
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    writer.close()
+                    return
+                await asyncio.sleep(0.05)
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def test_a_killed_and_restarted_server_loses_nothing_and_keeps_the_epoch(tmp_path: Path) -> None:
+    server = PrivateNats(tmp_path / "jetstream")
+    await server.start()
+    publisher = NatsBroker(server.url, prefix="restart", check_interval=0.2)
+    subscriber = NatsBroker(server.url, prefix="restart", check_interval=0.2)
+    try:
+        await publisher.start()
+        await subscriber.start()
+        inbox = Inbox()
+        subscriber.subscribe("s", inbox)
+        for version in range(1, 6):
+            await publisher.publish("s", str(version).encode(), dedupe=("k", version))
+        await inbox.wait_for(5)
+        await server.kill()  # kill -9: what JetStream had written to its file store stays
+        await server.start()
+        for version in range(6, 11):
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        await publisher.publish("s", str(version).encode(), dedupe=("k", version))
+                        break
+                    except BrokerError:
+                        await asyncio.sleep(0.1)
+        await inbox.wait_for(10, seconds=30)
+        await inbox.settle()
+        assert inbox.data == [str(v).encode() for v in range(1, 11)]
+        assert len({p.position.epoch for p in inbox.received}) == 1
+        assert [p.position.offset for p in inbox.received] == list(range(1, 11))
+    finally:
+        await subscriber.stop()
+        await publisher.stop()
+        await server.kill()
