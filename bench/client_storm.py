@@ -30,7 +30,14 @@ from typing import Any
 
 import aiohttp
 
-from bench._hub import adjust_at, admin_headers, hub_process, stock_product, throwaway_postgres_and_redis
+from bench._hub import (
+    adjust_at,
+    admin_headers,
+    cpu_seconds,
+    hub_process,
+    stock_product,
+    throwaway_postgres_and_redis,
+)
 
 # The SDK is its own project (clients/python); a checkout runs it from there, as the tests do.
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +125,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         common = ("--region", "eu", "--redis-url", args.redis, "--redis-prefix", prefix)
         async with (
             hub_process(database, secret, *common, "--node-id", "a") as (base_a, pid_a),
-            hub_process(database, secret, *common, "--node-id", "b") as (base_b, _),
+            hub_process(database, secret, *common, "--node-id", "b") as (base_b, pid_b),
             aiohttp.ClientSession() as session,
         ):
             admin = admin_headers(secret)
@@ -153,6 +160,8 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
                 adjust_at(session, url, admin, rate=args.storm_rate, stop=stop, versions=versions)
             )
             await asyncio.sleep(args.storm_before)
+            cpu_b = cpu_seconds(pid_b)
+            cpu_workers = sum(cpu_seconds(w.pid) for w in workers)
             dropped_at = time.monotonic()
             os.kill(pid_a, signal.SIGTERM)  # node a goes away: 1001 to every client
             await asyncio.sleep(args.storm_after)
@@ -165,6 +174,9 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
                 worker.stdin.write(f"report {min(versions)} {max(versions)}\n".encode())
                 await worker.stdin.drain()
                 reports.append(json.loads(await asyncio.wait_for(worker.stdout.readline(), 300)))
+                if len(reports) == 1:  # written once every client caught up: CPU from the drop to then
+                    cpu_b = cpu_seconds(pid_b) - cpu_b
+                    cpu_workers = sum(cpu_seconds(w.pid) for w in workers) - cpu_workers
                 worker.stdin.close()
             for worker in workers:
                 await worker.wait()
@@ -187,6 +199,8 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         "told_median_s": round(statistics.median(closed), 3) if closed else None,
         "resubscribed_all_s": round(max(resumed), 3) if resumed else None,
         "resubscribed_median_s": round(statistics.median(resumed), 3) if resumed else None,
+        "node_b_cpu_ms_per_client": round(cpu_b / args.storm_clients * 1000, 2),
+        "sdk_cpu_ms_per_client": round(cpu_workers / args.storm_clients * 1000, 2),
         "missed": sum(r["missed"] for r in reports),
         "clients_missing": sum(r["clients_missing"] for r in reports),
         "duplicated": sum(r["duplicated"] for r in reports),
