@@ -280,3 +280,63 @@ async def test_an_upgrade_on_which_nothing_comes_back_twice_moves_the_client_to_
             assert len(upgrades) == 2
     finally:
         await runner.cleanup()
+
+
+async def test_heartbeats_drop_a_silent_websocket_and_a_silent_sse_stream_and_resume() -> None:
+    """A WebSocket peer that stops answering pings, and an SSE stream that stops sending anything (the
+    hub writes a comment every 15 s), are dropped and resumed from the last position."""
+    port = free_port()
+    upgrades: list[str | None] = []
+    streams: list[str | None] = []
+
+    async def deaf(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("synchub.json",), autoping=False)  # pings go unanswered
+        await ws.prepare(request)
+        upgrades.append(None)
+        async for frame in ws:
+            if frame.type is WSMsgType.TEXT and json.loads(frame.data)["type"] == "subscribe":
+                message = json.loads(frame.data)
+                upgrades[-1] = message.get("since")
+                await ws.send_json(
+                    {
+                        "type": "subscribed",
+                        "id": message["id"],
+                        "channel": message["channel"],
+                        "position": "ep:1",
+                    }
+                )
+                await ws.send_json(
+                    {"type": "event", "channel": message["channel"], "position": "ep:7", "data": {}}
+                )
+        return ws
+
+    async def quiet(request: web.Request) -> web.StreamResponse:
+        streams.append(request.headers.get("Last-Event-ID"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'retry: 2000\n\nevent: ready\nid: ep:9\ndata: {"position": "ep:9"}\n\n')
+        await asyncio.sleep(3600)  # then nothing
+        return response
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/api/v1/ws", deaf)
+    app.router.add_get("/api/v1/sse", quiet)
+    app.router.add_get("/readyz", ready)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with Client(url, encoding="json", backoff=quick(), heartbeat=0.3) as client:
+            client.subscribe("inventory:eu")
+            await until(lambda: len(upgrades) >= 2)
+            assert upgrades[1] == "ep:7"  # resumed from the event before the silence
+        async with Client(url, transports=(Transport.SSE,), backoff=quick(), sse_idle_timeout=0.3) as client:
+            client.subscribe("inventory:eu")
+            await until(lambda: len(streams) >= 2)
+            assert streams[:2] == [None, "ep:9"]
+    finally:
+        await runner.cleanup()
