@@ -2,9 +2,10 @@
 
 The same load on each broker (``--brokers``): the streams of ``--regions`` regions (14 each, as the hub
 names them: ``inventory``, ``reviews``, ``user.0…7``, ``parts.0…3``), ``--publications`` publications
-spread evenly over them, published as relays do (``publish_many`` batches of ``--batch`` with a dedupe
-version each, ``--publishers`` relays at once), and ``--nodes`` subscribing nodes (broker instances)
-each reading every stream, as every hub node reads its region's streams. Reported: publications per
+spread evenly over them, published as relays do (``publish_many`` batches of ``--batch``, each with a
+dedupe key, 512 per relay, and the key's next version; ``--publishers`` relays at once), and ``--nodes``
+subscribing nodes (broker instances) each reading every stream, as every hub node reads its region's
+streams. Reported: publications per
 second while publishing, deliveries (publications × nodes) and the fraction delivered, publish → delivery
 latency p50/p99 (the time of the ``publish_many`` call, carried in the data, to the handler), the CPU
 of this process (publishing and the nodes' readers) and of each server process.
@@ -39,6 +40,7 @@ from sync.broker_redis import RedisBroker
 
 KINDS = ("redis", "redis-cluster", "nats")
 PAYLOAD = 200  # bytes per publication: about a stock change's JSON event
+KEYS = 512  # dedupe keys per relay
 
 
 def region_streams(region: str) -> list[str]:
@@ -169,15 +171,19 @@ async def _measure(
         self_before = _self_cpu()
         started = time.perf_counter()
 
-        async def relay(share: list[list[tuple[str, int]]], broker: Broker) -> None:
+        async def relay(index: int, share: list[list[tuple[str, int]]], broker: Broker) -> None:
+            # Dedupe keys as the outbox has them (product x warehouse rows, KEYS of them per relay, each
+            # version after the last), the relays' keys apart so that none drops another's.
             for batch in share:
                 now = f"{time.perf_counter_ns():020d}".encode()
                 payload = now + b" " * (PAYLOAD - len(now))
-                sent: list[PublishItem] = [(s, payload, (f"k{n}", 1)) for s, n in batch]
+                sent: list[PublishItem] = [
+                    (s, payload, (f"r{index}/k{n % KEYS}", n // KEYS + 1)) for s, n in batch
+                ]
                 await broker.publish_many(sent)
 
         await asyncio.gather(
-            *(relay(batches[i :: args.publishers], broker) for i, broker in enumerate(publishers))
+            *(relay(i, batches[i :: args.publishers], broker) for i, broker in enumerate(publishers))
         )
         result.publish_seconds = time.perf_counter() - started
         with contextlib.suppress(TimeoutError):

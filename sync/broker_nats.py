@@ -17,7 +17,8 @@ Dedupe by (key, version), the Redis script's rule, kept without JetStream's dedu
 forgets after a time and compares message ids, not versions): the last publication under a key is the
 last message on the key's own subject, and it carries its version. ``publish`` reads it (a direct get
 of the subject's last message), returns None if the new version is not greater, and otherwise
-publishes with ``Nats-Expected-Last-Subject-Sequence`` set to the sequence it read (0: none). The
+publishes with ``Nats-Expected-Last-Subject-Sequence`` set to the sequence it read (0: none; a broker
+that appended the key's last message itself skips the read and expects that one's sequence). The
 server appends only if no other publication landed on that subject meanwhile — a compare-and-set per
 key — so of two relays racing with one version exactly one appends; the loser reads again and finds
 its version already there. The dedupe state lives in the stream itself: lost with it (a new epoch, as
@@ -48,6 +49,7 @@ import logging
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -80,6 +82,7 @@ _STREAM_NAME_IN_USE = 10058  # created meanwhile with another configuration
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _CAS_ATTEMPTS = 20
+_REMEMBERED_SUBJECTS = 65_536
 _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 2.0
 _READ_TIMEOUT = 5.0  # seconds a history read waits for its next message
@@ -180,6 +183,8 @@ class NatsBroker:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._epochs: dict[str, str] = {}  # stream -> epoch of the incarnation last seen
+        # dedupe subject -> (sequence, version) this broker appended there last (a bounded cache)
+        self._last_appended: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._last_seq: dict[str, int] = {}  # stream -> highest sequence acknowledged in that epoch
         self._readers: dict[str, _Reader] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -252,30 +257,39 @@ class NatsBroker:
         with _translated_errors("publish"):
             if stream not in self._epochs:
                 await self._info(stream)
-            for _ in range(_CAS_ATTEMPTS):
+            for attempt in range(_CAS_ATTEMPTS):
                 headers: dict[str, str] | None = None
                 subject = names.plain
                 if dedupe is not None:
-                    key, version = dedupe
-                    if int(version) <= 0:
+                    key, version = dedupe[0], int(dedupe[1])
+                    if version <= 0:
                         return None
                     subject = names.keyed(key)
-                    last_seq, last_version = await self._last_version(names, subject)
-                    if last_seq < 0:  # no stream: create it (a new epoch) and read again
-                        await self._info(stream)
-                        continue
-                    if int(version) <= last_version:
-                        return None
-                    headers = {_EXPECTED_SUBJECT_SEQ: str(last_seq), VERSION_HEADER: str(int(version))}
+                    last = self._last_appended.get(subject) if attempt == 0 else None
+                    if last is not None and version > last[1]:
+                        # What this broker appended last under the key: the compare-and-set below
+                        # checks it is still the last, so trusting it saves the read.
+                        last_seq = last[0]
+                    else:
+                        last_seq, last_version = await self._last_version(names, subject)
+                        if last_seq < 0:  # no stream: create it (a new epoch) and read again
+                            await self._info(stream)
+                            continue
+                        if version <= last_version:
+                            return None
+                    headers = {_EXPECTED_SUBJECT_SEQ: str(last_seq), VERSION_HEADER: str(version)}
                 try:
                     ack = await js.publish(subject, data, stream=names.stream, headers=headers)
                 except NoStreamResponseError:
+                    self._last_appended.clear()
                     await self._info(stream)  # deleted: nothing was appended; create it and go again
                     continue
                 except APIError as exc:
                     if exc.err_code == _WRONG_LAST_SEQUENCE:
                         continue  # another publisher appended under this key meanwhile: read again
                     raise
+                if headers is not None:
+                    self._remember(subject, ack.seq, int(headers[VERSION_HEADER]))
                 return await self._position(stream, ack.seq)
         raise BrokerError(f"publish to {stream} lost {_CAS_ATTEMPTS} races in a row")
 
@@ -379,9 +393,17 @@ class NatsBroker:
                 info = await js.stream_info(name)
         epoch = _epoch(info)
         if self._epochs.get(stream) != epoch:
+            if stream in self._epochs:
+                self._last_appended.clear()  # sequences of another incarnation
             self._epochs[stream] = epoch
             self._last_seq[stream] = 0
         return info
+
+    def _remember(self, subject: str, seq: int, version: int) -> None:
+        self._last_appended[subject] = (seq, version)
+        self._last_appended.move_to_end(subject)
+        if len(self._last_appended) > _REMEMBERED_SUBJECTS:
+            self._last_appended.popitem(last=False)
 
     async def _last_version(self, names: _Names, subject: str) -> tuple[int, int]:
         """The sequence and version of the last message on ``subject``: (0, 0) if none, (-1, 0) if the
