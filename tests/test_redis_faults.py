@@ -59,7 +59,9 @@ async def relay(broker: RedisBroker, versions: range) -> list[Position]:
     return appended
 
 
-async def relay_batches(broker: RedisBroker, versions: range, size: int = 10) -> list[Position]:
+async def relay_batches(
+    broker: RedisBroker, versions: range, size: int = 10, pause: float = 0.0
+) -> list[Position]:
     """:func:`relay` in publish_many batches (one pipeline each), as a relay's sweep publishes; a batch
     that fails is published again whole (dedupe drops what it had appended)."""
     appended: list[Position] = []
@@ -75,6 +77,7 @@ async def relay_batches(broker: RedisBroker, versions: range, size: int = 10) ->
                     continue
                 appended.extend(p for p in positions if p is not None)
                 break
+        await asyncio.sleep(pause)  # a relay's next sweep
     return appended
 
 
@@ -139,9 +142,10 @@ async def test_a_slot_moved_during_a_burst_loses_and_repeats_nothing(redis_clust
             source = redis_cluster.master_of_slot(slot)
             target = next(port for port in redis_cluster.masters() if port != source)
 
-            burst = asyncio.create_task(relay_batches(publisher, range(2, 301)))
+            burst = asyncio.create_task(relay_batches(publisher, range(2, 301), pause=0.05))
             await received(inbox, b"50")
             await asyncio.to_thread(move_slot, redis_cluster, slot, source, target)
+            assert not burst.done()  # the slot moved while the burst went on
             appended = await burst
             await received(inbox, b"300")
             await inbox.settle()
