@@ -1,7 +1,8 @@
 """The Broker seam: how an event published on one node reaches every node of its region.
 
-Implementations: :mod:`sync.broker_memory` (the embedded default, one process) and
-:mod:`sync.broker_redis` (Redis Streams, shared by every node of a region). Every implementation passes
+Implementations: :mod:`sync.broker_memory` (the embedded default, one process),
+:mod:`sync.broker_redis` (Redis Streams on one Redis or a Redis Cluster, shared by every node of a
+region) and :mod:`sync.broker_nats` (NATS JetStream). Every implementation passes
 ``tests/test_broker_contract.py``.
 
 Guarantees:
@@ -9,7 +10,8 @@ Guarantees:
 * **Streams.** A stream is a named, append-only sequence of publications (e.g. ``inventory.eu``).
 * **Positions.** ``publish`` returns the publication's :class:`Position` ``(epoch, offset)``.
   Offsets grow strictly within an epoch. The epoch names one incarnation of the stream: if the stream
-  is lost or recreated (a restarted in-process broker, a flushed Redis) the epoch changes, so a
+  is lost or recreated (a restarted in-process broker, a flushed Redis), or its history diverged (a
+  failover lost publications whose offsets were then given to others), the epoch changes, so a
   position from before is recognisably stale instead of silently pointing into a different history.
 * **Order.** Subscribers of a stream see its publications in offset order, each once per subscription.
   Offsets are contiguous within an epoch (each publish adds exactly one), so a subscriber that sees an
