@@ -78,7 +78,7 @@ from sync.broker import (
     PublishIncomplete,
     PublishItem,
 )
-from sync.redis_connect import Client, is_cluster_url, open_client
+from sync.redis_connect import Client, open_client
 from sync.redis_keys import StreamKeys, check_layout, check_prefix, stream_keys
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,6 @@ class RedisBroker:
         self._block_ms = block_ms
         # One server: a bounded pool that makes a burst of calls (clients resuming after a failover)
         # wait for a connection rather than fail, and no retries (see the module docstring).
-        self._cluster = is_cluster_url(url)
         self._client: Client = open_client(url, max_connections=50, timeout=5)
         self._publish_script = self._client.register_script(_lua("publish.lua"))
         self._readers: dict[str, _Reader] = {}

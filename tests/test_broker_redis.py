@@ -150,6 +150,51 @@ async def test_a_subscriber_notices_a_recreated_stream_whose_ids_went_back() -> 
         assert inbox.data == [b"old", b"new", b"newer"]
 
 
+async def _roll_back(redis: Redis, broker: RedisBroker, offset: int) -> None:
+    """The stream as a Redis restored from an older snapshot (or a replica promoted without the last
+    writes) has it: the entries after ``offset`` gone, its meta back there, the epoch unchanged."""
+    stream, meta, _ = broker.keys("s")
+    entries = await redis.xrange(stream)
+    await redis.xdel(stream, *[entry_id for entry_id, _ in entries[offset:]])
+    await redis.hset(meta, mapping={"offset": offset, "id": entries[offset - 1][0]})
+
+
+async def test_a_reader_that_sees_an_offset_given_twice_moves_its_subscribers_to_a_new_epoch() -> None:
+    async with redis_broker(block_ms=100) as broker, raw_client() as redis:
+        inbox = Inbox()
+        broker.subscribe("s", inbox)
+        positions = [await broker.publish("s", str(i).encode()) for i in range(1, 6)]
+        await inbox.wait_for(5)
+        await _roll_back(redis, broker, 3)
+        other = RedisBroker(redis_url(), prefix=broker.prefix)  # a node that never saw 4 and 5
+        await other.start()
+        try:
+            again = await other.publish("s", b"another 4")
+        finally:
+            await other.stop()
+        assert positions[0] is not None and again == Position(positions[0].epoch, 4)  # it cannot tell
+        publication = await received(inbox, b"another 4")
+        assert publication.position.epoch != positions[0].epoch  # the reader could: offset 4 twice
+        assert publication.position.offset == 4
+        assert await broker.top("s") == publication.position
+        last = positions[-1]
+        assert last is not None
+        with pytest.raises(PositionExpired):
+            await broker.history("s", last)  # a position of the lost history
+
+
+async def test_a_publisher_given_a_position_twice_forks_the_epoch() -> None:
+    async with redis_broker() as broker, raw_client() as redis:
+        positions = [await broker.publish("s", str(i).encode()) for i in range(1, 6)]
+        await _roll_back(redis, broker, 3)
+        again = await broker.publish("s", b"another 4")
+        assert positions[0] is not None and again is not None
+        assert again.offset == 4 and again.epoch != positions[0].epoch
+        assert (await broker.top("s")).epoch == again.epoch
+        following = await broker.publish("s", b"5")
+        assert following == Position(again.epoch, 5)
+
+
 async def test_old_entries_are_trimmed_by_age() -> None:
     # MINID ~ trims whole stream nodes only (100 entries each by default): publish a few nodes' worth,
     # let them age, and publish again.
