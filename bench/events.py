@@ -280,7 +280,9 @@ async def fill(
     finally:
         await conn.close()
     missing = max(0, target - stored)
-    batches = missing // batch
+    # Readers need histories of their own even when the ingest section already stored the target (a
+    # fast ingest run of --quick does): at least 400 sessions, ~100 readers.
+    batches = max(missing // batch, 400)
     shoppers = [f"reader-{n}" for n in range(max(1, batches // 4))]  # ~4 sessions each
     await grant(url, shoppers)
     store = open_store(url, region="eu")
