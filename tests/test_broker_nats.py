@@ -9,11 +9,16 @@ import shutil
 from pathlib import Path
 
 import nats
+import orjson
 import pytest
 
+from storage.sql import SqlStore
 from sync.broker import BrokerError, BrokerUnavailable, Position, PositionExpired
 from sync.broker_nats import VERSION_HEADER, NatsBroker
+from sync.channels import inventory_stream
+from sync.relay import OutboxRelay
 from tests.cluster_helpers import free_port
+from tests.conftest import seed
 from tests.test_broker_contract import Inbox, nats_broker, nats_url
 from tests.test_first_run import assert_one_line, synchub
 
@@ -182,3 +187,43 @@ async def test_a_killed_and_restarted_server_loses_nothing_and_keeps_the_epoch(t
         await subscriber.stop()
         await publisher.stop()
         await server.kill()
+
+
+async def test_relays_on_three_nodes_racing_over_one_outbox_append_each_change_once_in_order(
+    store: SqlStore,
+) -> None:
+    """tests/test_relay.py's race, on NATS: every node relays the same outbox, and the per-key
+    compare-and-set keeps each (product/warehouse, version) appended once."""
+    product_ids = [await seed(store, f"RACE-{i}", {"par-1": 1}) for i in range(3)]
+    async with nats_broker() as first:
+        brokers: list[NatsBroker] = [first]
+        for _ in range(2):
+            brokers.append(NatsBroker(f"{nats_url()}?storage=memory", prefix=first.prefix))
+            await brokers[-1].start()
+        try:
+
+            async def writer() -> None:
+                for n in range(60):
+                    await store.adjust_stock(product_ids[n % 3], "par-1", 1)
+
+            async def relay_until(done: asyncio.Event, broker: NatsBroker) -> None:
+                relay = OutboxRelay(store, broker, batch_size=7)
+                while not done.is_set() or (await store.outbox_backlog())[0]:
+                    await relay.relay_once()
+                    await asyncio.sleep(0)
+
+            done = asyncio.Event()
+            relays = [asyncio.create_task(relay_until(done, broker)) for broker in brokers]
+            await writer()
+            done.set()
+            await asyncio.wait_for(asyncio.gather(*relays), 60)
+            stream = inventory_stream("eu")
+            history = await first.history(stream, Position((await first.top(stream)).epoch, 0))
+            versions: dict[str, list[int]] = {}
+            for publication in history:
+                event = orjson.loads(publication.data)
+                versions.setdefault(event["product_id"], []).append(event["version"])
+            assert versions == {pid: list(range(1, 22)) for pid in product_ids}
+        finally:
+            for broker in brokers[1:]:
+                await broker.stop()
