@@ -79,7 +79,7 @@ async def test_the_typescript_port_replays_every_golden_vector():
 async def test_the_clients_connection_rules_hold_against_a_fake_hub():
     """Resume positions, close codes (1001, 4102, 40xx), backoff, resync, write-ahead and refusals."""
     out = await node_test("client.test.js")
-    assert "fail 0" in out and "pass 11" in out, out
+    assert "fail 0" in out and "pass 13" in out, out
 
 
 async def test_the_sdk_follows_inventory_through_cuts_and_falls_back_to_sse_and_long_poll(js_hub):

@@ -73,6 +73,9 @@ export interface ClientOptions {
   heartbeatMs?: number;
   /** After falling back, try the first transport again this often (ms; 0: never). Default 300000. */
   retryPreferredMs?: number;
+  /** A WebSocket not open (or an SSE stream not ready) this long after it was asked for is given up and
+   * retried: a connection can hang half-open (a SYN queue overflowing in a reconnect storm). Default 10000. */
+  openTimeoutMs?: number;
   /** Long-poll wait, seconds. Default 25. */
   pollTimeoutS?: number;
   fetch?: typeof fetch;
@@ -85,6 +88,8 @@ export interface SubscribeOptions {
   /** Re-read what the channel's snapshot says; return a position to resume from (the snapshot's),
    * or nothing to resume from the resync's own position (null: from now). */
   onResync?: (resync: Resync) => void | string | null | Promise<void | string | null>;
+  /** The hub confirmed the subscription (after every (re)connection): its position then. */
+  onSubscribed?: (position: string | null) => void;
 }
 
 interface Subscription {
@@ -112,7 +117,12 @@ interface RunResult {
   opened: boolean;
   code?: number;
   reason?: string;
+  /** Given up for not opening in time (not a sign that the transport is blocked). */
+  timedOut?: boolean;
 }
+
+/** Refusals of a subscribe that a later one may not get. */
+const RETRY_SUBSCRIBE = new Set(["broker_unavailable", "rate_limited", "store_unavailable"]);
 
 /** 4101s in a row, with no event delivered in between, before the subscriptions resync instead. */
 const STUCK_REPLAYS = 2;
@@ -151,6 +161,7 @@ export class SyncHubClient {
       heartbeatMs: 15_000,
       pollTimeoutS: 25,
       retryPreferredMs: 300_000,
+      openTimeoutMs: 10_000,
       fetch: globalThis.fetch.bind(globalThis),
       random: Math.random,
       ...options,
@@ -339,7 +350,7 @@ export class SyncHubClient {
       if (result.opened) {
         this.attempt = 0;
         this.wsFailures = 0;
-      } else if (transport !== "poll" && this.transportIndex < this.options.transports.length - 1 && (await this.reachable())) {
+      } else if (!result.timedOut && transport !== "poll" && this.transportIndex < this.options.transports.length - 1 && (await this.reachable())) {
         // The hub answers HTTP but this transport failed: blocked on the way (a proxy that kills
         // upgrades, a buffering one). After a few such failures in a row, the next transport.
         if (++this.wsFailures >= this.options.fallbackAfter) {
@@ -450,7 +461,17 @@ export class SyncHubClient {
       const ws = new Ctor(this.wsUrl(query), [protocol]);
       ws.binaryType = "arraybuffer";
       this.ws = ws;
+      const timeout = setTimeout(() => {
+        if (opened) return;
+        try {
+          ws.close();
+        } catch {
+          /* not open yet */
+        }
+        done({ opened: false, code: 1006, timedOut: true });
+      }, this.options.openTimeoutMs);
       const done = (result: RunResult) => {
+        clearTimeout(timeout);
         if (beat) clearInterval(beat);
         if (this.ws === ws) this.ws = null;
         ws.onopen = ws.onclose = ws.onerror = ws.onmessage = null;
@@ -501,6 +522,7 @@ export class SyncHubClient {
         if (sub) {
           sub.state = "active";
           if (sub.position === null && typeof frame.position === "string") sub.position = frame.position;
+          sub.options.onSubscribed?.(typeof frame.position === "string" ? frame.position : null);
         }
         break;
       }
@@ -533,11 +555,26 @@ export class SyncHubClient {
     }
   }
 
-  private sendSubscribe(sub: Subscription): void {
+  private sendSubscribe(sub: Subscription, attempt = 0): void {
     sub.state = "pending";
     const message: Record<string, unknown> = { type: "subscribe", channel: sub.channel };
     if (sub.position !== null) message.since = sub.position;
-    this.send(message);
+    const ws = this.ws;
+    void this.request(message).then((reply) => {
+      if (reply.type !== "error" || reply.code === "disconnected") return;
+      if (reply.code === "already_subscribed") {
+        sub.state = "active";
+      } else if (RETRY_SUBSCRIBE.has(String(reply.code))) {
+        // The hub could not make it now (its broker, under a storm): ask again after a while.
+        const retryAfter = typeof reply.retry_after_ms === "number" ? reply.retry_after_ms : 0;
+        const delay = Math.max(retryAfter, fullJitter(attempt, this.options.backoff, this.options.random));
+        setTimeout(() => {
+          if (this.ws === ws && this.subs.get(sub.channel) === sub && sub.state === "pending") this.sendSubscribe(sub, attempt + 1);
+        }, delay);
+      } else {
+        this.emit("error", new HubError(String(reply.code), `subscribe ${sub.channel}: ${String(reply.message ?? "")}`, undefined, reply));
+      }
+    });
   }
 
   /** Send one frame on the open WebSocket (false when there is none). */
@@ -644,13 +681,21 @@ export class SyncHubClient {
         }
       }
     };
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      if (!opened) {
+        timedOut = true;
+        abort.abort();
+      }
+    }, this.options.openTimeoutMs);
     try {
       const result = await Promise.race(groups.map(one));
-      return result;
+      return timedOut ? { ...result, opened: false, timedOut } : result;
     } catch (err) {
-      if (abort.signal.aborted) return { opened, code: 1000 };
+      if (abort.signal.aborted) return { opened, code: 1000, timedOut };
       throw err;
     } finally {
+      clearTimeout(timer);
       abort.abort();
     }
   }

@@ -62,14 +62,14 @@ test("a subscription resumes from its last event after a drop, and the replayed 
   await until(() => FakeWebSocket.instances.length === 1, "a WebSocket");
   const first = FakeWebSocket.last();
   first.accept();
-  deepStrictEqual(first.frames("subscribe"), [{ type: "subscribe", channel: "inventory:eu" }]);
+  deepStrictEqual(first.bare("subscribe"), [{ type: "subscribe", channel: "inventory:eu" }]);
   first.push({ type: "subscribed", channel: "inventory:eu", position: "e:4" });
   first.push(event("e:5", 5));
   first.drop(1006);
   await until(() => FakeWebSocket.instances.length === 2, "a second WebSocket");
   const second = FakeWebSocket.last();
   second.accept();
-  deepStrictEqual(second.frames("subscribe"), [{ type: "subscribe", channel: "inventory:eu", since: "e:5" }]);
+  deepStrictEqual(second.bare("subscribe"), [{ type: "subscribe", channel: "inventory:eu", since: "e:5" }]);
   second.push(event("e:5", 5)); // at-least-once overlap
   second.push(event("e:6", 6));
   deepStrictEqual(seen, [5, 6]);
@@ -132,7 +132,7 @@ test("a resync at subscribe hands the channel to the app, then subscribes again 
   ws.accept();
   ws.push({ type: "resync", channel: "inventory:eu", reason: "position_expired", position: "new:9", snapshot: "/api/v1/inventory?region=eu" });
   await until(() => ws.frames("subscribe").length === 2, "a second subscribe");
-  deepStrictEqual(ws.frames("subscribe")[1], { type: "subscribe", channel: "inventory:eu", since: "new:9" });
+  deepStrictEqual(ws.bare("subscribe")[1], { type: "subscribe", channel: "inventory:eu", since: "new:9" });
   deepStrictEqual(resyncs, ["position_expired"]);
   await c.close();
 });
@@ -204,7 +204,7 @@ test("a replay too large for the hub's send buffer (4101 before any event, twice
   await until(() => FakeWebSocket.instances.length === 3, "connection 3");
   FakeWebSocket.last().accept();
   deepStrictEqual(resyncs, ["replay_too_large"]);
-  deepStrictEqual(FakeWebSocket.last().frames("subscribe")[0], { type: "subscribe", channel: "inventory:eu", since: "e:5000" });
+  deepStrictEqual(FakeWebSocket.last().bare("subscribe")[0], { type: "subscribe", channel: "inventory:eu", since: "e:5000" });
   await c.close();
 });
 
@@ -231,5 +231,36 @@ test("after falling back, the client tries the WebSocket again later", async () 
   FakeWebSocket.last().accept();
   await until(() => c.transport === "websocket", "back on the WebSocket");
   strictEqual(sse, 1);
+  await c.close();
+});
+
+test("a WebSocket that never opens is given up after openTimeoutMs and tried again", async () => {
+  const c = client({ openTimeoutMs: 50 });
+  c.connect();
+  await until(() => FakeWebSocket.instances.length === 1, "a first attempt");
+  // The first connection hangs half-open: never accepted, never closed.
+  await until(() => FakeWebSocket.instances.length === 2, "a second attempt after the timeout");
+  FakeWebSocket.last().accept();
+  await until(() => c.transport === "websocket", "open");
+  await c.close();
+});
+
+test("a subscribe the hub cannot make now (broker_unavailable) is asked again", async () => {
+  const c = client();
+  const errors: string[] = [];
+  c.on("error", (e) => errors.push(e.message));
+  c.subscribe("inventory:eu", { onEvent: () => undefined });
+  c.connect();
+  await until(() => FakeWebSocket.instances.length === 1, "a WebSocket");
+  const ws = FakeWebSocket.last();
+  ws.accept();
+  const first = ws.frames("subscribe")[0]!;
+  ws.push({ type: "error", id: first.id, code: "broker_unavailable", message: "retry" });
+  await until(() => ws.frames("subscribe").length === 2, "a second subscribe");
+  const second = ws.frames("subscribe")[1]!;
+  ws.push({ type: "subscribed", id: second.id, channel: "inventory:eu", position: "e:1" });
+  ws.push({ type: "error", id: "nobody", code: "channel_forbidden", message: "x" });
+  strictEqual(c.position("inventory:eu"), "e:1");
+  deepStrictEqual(errors, []);
   await c.close();
 });

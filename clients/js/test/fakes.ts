@@ -58,6 +58,11 @@ export class FakeWebSocket implements WebSocketLike {
     queueMicrotask(() => this.drop(code, reason));
   }
 
+  /** The frames of `type` sent so far, without their `id`. */
+  bare(type: string): Record<string, unknown>[] {
+    return this.frames(type).map(({ id: _id, ...rest }) => rest);
+  }
+
   /** The frames of `type` sent so far. */
   frames(type: string): Record<string, unknown>[] {
     return this.sent.filter((f) => f.type === type);
