@@ -118,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sections", default="consume", help="consume, storm (bench/client_storm.py)")
     parser.add_argument("--storm-clients", type=int, default=10_000)
     parser.add_argument("--storm-workers", type=int, default=2, help="client processes")
+    parser.add_argument("--storm-sdk", choices=("python", "js"), default="python", help="whose clients")
     parser.add_argument("--storm-rate", type=float, default=20.0, help="stock changes a second")
     parser.add_argument("--storm-before", type=float, default=2.0, help="seconds published before the drop")
     parser.add_argument("--storm-after", type=float, default=8.0, help="seconds published after it")
@@ -143,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"# reproduce: python -m bench client --sections storm --storm-clients {args.storm_clients}"
             f" --storm-workers {args.storm_workers} --storm-spread {args.storm_spread}"
+            f" --storm-sdk {args.storm_sdk}"
         )
     return 0
 

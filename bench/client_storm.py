@@ -117,6 +117,26 @@ async def _worker(urls: list[str], count: int, spread: float) -> None:
     await session.close()
 
 
+def worker_command(args: argparse.Namespace, base_a: str, base_b: str, count: int) -> list[str]:
+    """A worker process holding ``count`` clients of the SDK under test (``--storm-sdk``): this module's
+    Python worker, or the TypeScript SDK's (clients/js/test/storm-worker.ts, same protocol on stdio)."""
+    if getattr(args, "storm_sdk", "python") == "js":
+        script = ROOT / "clients" / "js" / "build" / "test" / "storm-worker.js"
+        if not script.exists():
+            raise SystemExit("build the TypeScript SDK first: cd clients/js && npm ci && npm run build")
+        return ["node", str(script), base_a, base_b, str(count)]
+    return [
+        sys.executable,
+        "-m",
+        "bench.client_storm",
+        "--worker",
+        base_a,
+        base_b,
+        str(count),
+        str(args.storm_spread),
+    ]
+
+
 async def storm(args: argparse.Namespace) -> dict[str, Any]:
     secret = secrets.token_urlsafe(24)
     per_worker = [args.storm_clients // args.storm_workers] * args.storm_workers
@@ -132,14 +152,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
             url = await stock_product(session, base_b, admin)
             workers = [
                 await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "bench.client_storm",
-                    "--worker",
-                    base_a,
-                    base_b,
-                    str(n),
-                    str(args.storm_spread),
+                    *worker_command(args, base_a, base_b, n),
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     limit=2**26,  # a report lists every client's confirmation time on one line
