@@ -107,7 +107,8 @@ class Broker(Protocol):
         """:meth:`publish` each ``(stream, data, dedupe)`` in order, as many calls one after another
         would — the same positions, the same dedupe, within the batch too — in one exchange with the
         broker where it can. A failure raises :class:`PublishIncomplete`: its ``published`` items are
-        known appended, and of the rest any prefix may have been; publish them again (dedupe keeps each
+        known appended, and of the rest, a prefix of each stream's items may have been (streams on
+        other Redis Cluster nodes or NATS chains go at once); publish them again (dedupe keeps each
         appended once)."""
         ...
 

@@ -45,9 +45,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import re
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -57,6 +59,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig, StreamInfo
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
@@ -76,6 +79,10 @@ log = logging.getLogger(__name__)
 
 VERSION_HEADER = "Synchub-Version"
 _EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+_EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+_MSG_ID = "Nats-Msg-Id"
+_EXPECTED_STREAM = "Nats-Expected-Stream"
 _WRONG_LAST_SEQUENCE = 10071  # JetStream: the expected last subject sequence did not match
 _STREAM_NOT_FOUND = 10059
 _STREAM_NAME_IN_USE = 10058  # created meanwhile with another configuration
@@ -187,6 +194,8 @@ class NatsBroker:
         self._last_appended: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._last_seq: dict[str, int] = {}  # stream -> highest sequence acknowledged in that epoch
         self._readers: dict[str, _Reader] = {}
+        self._acks: dict[str, asyncio.Future[int]] = {}  # msg id -> its pipelined publish's sequence
+        self._acks_subject: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped = False
 
@@ -294,15 +303,154 @@ class NatsBroker:
         raise BrokerError(f"publish to {stream} lost {_CAS_ATTEMPTS} races in a row")
 
     async def publish_many(self, items: Sequence[PublishItem]) -> list[Position | None]:
-        """One publish after another (each waits for its acknowledgement: the dedupe read must see the
-        one before)."""
+        """Each stream's items go as one chain of pipelined publishes (``_publish_run``), the streams'
+        chains at once; a chain another publisher interleaved with goes on one item at a time. On a
+        failure, ``PublishIncomplete.published`` is the leading items known appended; of each stream's
+        other items, a prefix may have been."""
+        by_stream: dict[str, list[int]] = {}
+        for index, (stream, _, _) in enumerate(items):
+            by_stream.setdefault(stream, []).append(index)
+        settled: dict[int, Position | None] = {}
+
+        async def chain(stream: str, indices: list[int]) -> None:
+            with _translated_errors("publish"):
+                done = await self._publish_run(stream, [items[i] for i in indices])
+            settled.update(zip(indices, done, strict=False))
+            for i in indices[len(done) :]:
+                _, data, dedupe = items[i]
+                settled[i] = await self.publish(stream, data, dedupe=dedupe)
+
+        failures = [
+            r
+            for r in await asyncio.gather(
+                *(chain(s, ix) for s, ix in by_stream.items()), return_exceptions=True
+            )
+            if isinstance(r, BaseException)
+        ]
         published: list[Position | None] = []
-        for stream, data, dedupe in items:
-            try:
-                published.append(await self.publish(stream, data, dedupe=dedupe))
-            except BrokerError as exc:
-                raise PublishIncomplete(published, exc) from exc
+        while len(published) < len(items) and len(published) in settled:
+            published.append(settled[len(published)])
+        if failures:
+            cause = failures[0]
+            if not isinstance(cause, Exception):
+                raise cause
+            raise PublishIncomplete(published, cause) from cause
         return published
+
+    async def _publish_run(self, stream: str, run: Sequence[PublishItem]) -> list[Position | None]:
+        """Publish ``run`` (items of ``stream``) pipelined, as one publish after another would; return
+        the positions of the leading items it settled (all of them, unless another publisher appended
+        to the stream meanwhile: then the rest is left to the caller).
+
+        The stream's last sequence is read first, then the last version of each dedupe key in the run
+        (concurrently); the dedupe decisions are made in order against them. The items to append go
+        out together, chained: the first expects the stream's last sequence to be the one read
+        (``Nats-Expected-Last-Sequence``), each next one that its predecessor is the stream's last
+        message (``Nats-Expected-Last-Msg-Id``). So they append in order with nothing in between, and
+        the decisions hold; or, from the first refusal on, none appends.
+        """
+        if len(run) < 2:
+            return []
+        names = self.names(stream)
+        info = await self._info(stream)
+        last_seq = info.state.last_seq
+        subjects = {names.keyed(item[2][0]) for item in run if item[2] is not None}
+        read = await asyncio.gather(*(self._last_version(names, subject) for subject in subjects))
+        if any(seq < 0 for seq, _ in read):
+            return []  # the stream went away meanwhile: one at a time
+        versions = {subject: version for subject, (_, version) in zip(subjects, read, strict=True)}
+        plan: list[tuple[str, bytes, dict[str, str]] | None] = []
+        for _, data, dedupe in run:
+            headers: dict[str, str] = {}
+            subject = names.plain
+            if dedupe is not None:
+                subject, version = names.keyed(dedupe[0]), int(dedupe[1])
+                if version <= 0 or version <= versions[subject]:
+                    plan.append(None)
+                    continue
+                versions[subject] = version
+                headers[VERSION_HEADER] = str(version)
+            plan.append((subject, data, headers))
+        chain = [p for p in plan if p is not None]
+        previous: str | None = None
+        futures: list[asyncio.Future[int]] = []
+        inbox = await self._ack_inbox()
+        loop = asyncio.get_running_loop()
+        try:
+            for subject, data, headers in chain:
+                msg_id = secrets.token_hex(12)
+                if previous is None:
+                    headers[_EXPECTED_LAST_SEQ] = str(last_seq)
+                else:
+                    headers[_EXPECTED_LAST_MSG_ID] = previous
+                headers[_MSG_ID] = previous = msg_id
+                headers[_EXPECTED_STREAM] = names.stream
+                future: asyncio.Future[int] = loop.create_future()
+                self._acks[msg_id] = future
+                futures.append(future)
+                await self._nats.publish(subject, data, reply=f"{inbox}.{msg_id}", headers=headers)
+            results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), self._timeout)
+        finally:
+            for future in futures:
+                future.cancel()
+            for _, _, headers in chain:
+                self._acks.pop(headers.get(_MSG_ID, ""), None)
+        settled: list[Position | None] = []
+        acks = iter(results)
+        for step in plan:
+            if step is None:
+                settled.append(None)
+                continue
+            seq = next(acks)
+            if isinstance(seq, BaseException):
+                if isinstance(seq, APIError | NoStreamResponseError):
+                    break  # refused (interleaved, or the stream went away): from here, one at a time
+                raise seq
+            subject, _, headers = step
+            if VERSION_HEADER in headers:
+                self._remember(subject, seq, int(headers[VERSION_HEADER]))
+            settled.append(await self._position(stream, seq))
+        return settled
+
+    async def _ack_inbox(self) -> str:
+        """This broker's inbox for the acknowledgements of pipelined publishes (made on first use).
+        nats-py's own publish_async loses a refusal (its reply handler raises instead of failing the
+        future), hence this."""
+        if self._acks_subject is None:
+            self._acks_subject = self._nats.new_inbox()
+            await self._nats.subscribe(f"{self._acks_subject}.*", cb=self._on_ack)
+        return self._acks_subject
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._acks.pop(msg.subject.rsplit(".", 1)[-1], None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":  # no responders: no such stream
+            future.set_exception(NoStreamResponseError())
+            return
+        try:
+            reply = json.loads(msg.data)
+        except ValueError as exc:
+            future.set_exception(BrokerError(f"a JetStream acknowledgement that is not JSON: {exc}"))
+            return
+        error = reply.get("error")
+        if error is not None:
+            future.set_exception(
+                APIError(
+                    code=error.get("code"),
+                    err_code=error.get("err_code"),
+                    description=error.get("description"),
+                )
+            )
+        else:
+            future.set_result(int(reply["seq"]))
+
+    @property
+    def _nats(self) -> NatsClient:
+        self._check_open()
+        if self._nc is None:
+            raise BrokerError("the NATS broker was not started")
+        return self._nc
 
     async def top(self, stream: str) -> Position:
         with _translated_errors("top"):
