@@ -107,14 +107,20 @@ async def read_line(proc: asyncio.subprocess.Process) -> dict:
     return dict(json.loads(line))
 
 
-@pytest.mark.parametrize("protocol", [JSON, MSGPACK])
+@pytest.mark.parametrize(
+    ("protocol", "transport"), [(JSON, "websocket"), (MSGPACK, "websocket"), (JSON, "sse")]
+)
 async def test_a_python_and_a_typescript_device_edit_one_cart_offline_and_converge(
-    js_hub, tmp_path, protocol
+    js_hub, tmp_path, protocol, transport
 ):
+    """Over SSE the TypeScript device follows its cart's channel with its token and writes through
+    POST …/sync; over a WebSocket it pushes."""
     hub = js_hub
     cart_id = str(uuid.uuid4())
     storage = tmp_path / "device.json"
-    env = sdk_env(hub, SYNCHUB_FORMAT="msgpack" if protocol == MSGPACK else "json")
+    env = sdk_env(
+        hub, SYNCHUB_FORMAT="msgpack" if protocol == MSGPACK else "json", SYNCHUB_TRANSPORTS=transport
+    )
 
     # The TypeScript device edits offline, persists its queue, and is killed before it ever connects.
     offline = await scenario("offline", storage, cart_id, env)
