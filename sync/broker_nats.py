@@ -26,6 +26,10 @@ the Protocol allows), and kept only as long as retention keeps the key's last me
 republished after its predecessor was trimmed away (a relay stuck for longer than the retention) is
 appended again. The Redis broker keeps versions until the stream is deleted.
 
+``publish_many`` pipelines: each stream's items go as one chain whose first message expects the
+stream's last sequence and each next one its predecessor's message id, so a chain appends in order
+with nothing between or, from its first refusal on, not at all (the rest then goes one at a time).
+
 Retention: ``max_msgs`` (exact) and ``max_age`` on the JetStream stream; ``history`` refuses positions
 before the first message kept. Subscriptions: one reader task per subscribed stream with an ordered
 push consumer (``ordered_consumer``: flow control and heartbeats, recreated on a gap), started by time
