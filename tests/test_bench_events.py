@@ -45,7 +45,9 @@ def test_a_quick_run_ingests_without_errors_and_reads_lists() -> None:
         assert row is not None, printed
         assert int(row.group(1).replace(",", "")) > 0 and row.group(2) == "0"
         assert f"- {backend}: " in printed and "events per hub CPU-second" in printed
-    assert re.search(r"## Recommendations at 2\d,\d{3} stored events \(PostgreSQL\)", printed), printed
+    # the --quick target (20,000), or past it: the readers' own histories come on top of the ingest's
+    stored = re.search(r"## Recommendations at ([\d,]+) stored events \(PostgreSQL\)", printed)
+    assert stored is not None and int(stored.group(1).replace(",", "")) >= 20_000, printed
     for case in (
         "| one at a time |",
         "| one at a time, attr.material=organic-cotton |",
