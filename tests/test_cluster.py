@@ -106,6 +106,17 @@ async def settle(clients: list[Client], expected: dict[tuple[str, str], int], ti
 
     try:
         await asyncio.wait_for(caught_up(), timeout)
+    except TimeoutError:
+        behind = {
+            f"{client.transport} (resyncs {client.resyncs}, reconnects {client.reconnects})": {
+                key: (client.versions.get(key), last)
+                for key, last in expected.items()
+                if client.versions.get(key) != last
+            }
+            for client in clients
+            if client.versions != expected
+        }
+        raise AssertionError(f"not caught up within {timeout} s (key: (has, expected)): {behind}") from None
     finally:
         for client in clients:
             client.stopping = True
