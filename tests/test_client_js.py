@@ -20,7 +20,7 @@ import pytest
 from crdt import codec
 from crdt.cart import Cart
 from tests.cart_helpers import Device
-from tests.conftest import Hub, hub_settings, running_hub
+from tests.conftest import Hub, hub_settings, running_hub, token
 from tests.js_helpers import JS, js_build, node
 from tests.realtime_helpers import JSON, MSGPACK, ws_client
 
@@ -45,6 +45,7 @@ def sdk_env(hub: Hub, **extra: str) -> dict[str, str]:
         "SYNCHUB_URL": hub.base,
         "SYNCHUB_ADMIN_TOKEN": hub.admin,
         "SYNCHUB_TOKEN": hub.alice,
+        "SYNCHUB_SHORT_TOKEN": token("alice", "customer", ttl=40),
         "SYNCHUB_REGION": REGION,
         "SYNCHUB_PRODUCT_ID": hub.tea_id,  # type: ignore[attr-defined]
         "SYNCHUB_WAREHOUSE_ID": "par-1",
@@ -58,6 +59,8 @@ async def node_test(suite: str, env: dict[str, str] | None = None, timeout: floa
         node(),
         "--test",
         "--test-reporter=spec",
+        "--test-timeout=120000",
+        "--test-force-exit",  # a failed test may leave a client running: the suite still ends
         str(build / "test" / suite),
         cwd=JS,
         env=env or dict(os.environ),
@@ -79,12 +82,12 @@ async def test_the_typescript_port_replays_every_golden_vector():
 async def test_the_clients_connection_rules_hold_against_a_fake_hub():
     """Resume positions, close codes (1001, 4102, 40xx), backoff, resync, write-ahead and refusals."""
     out = await node_test("client.test.js")
-    assert "fail 0" in out and "pass 13" in out, out
+    assert "fail 0" in out and "pass 14" in out, out
 
 
 async def test_the_sdk_follows_inventory_through_cuts_and_falls_back_to_sse_and_long_poll(js_hub):
     out = await node_test("hub.test.js", sdk_env(js_hub))
-    assert "fail 0" in out and "pass 5" in out, out
+    assert "fail 0" in out and "pass 6" in out, out
 
 
 async def scenario(mode: str, storage: Path, cart_id: str, env: dict[str, str]) -> asyncio.subprocess.Process:

@@ -76,6 +76,9 @@ export interface ClientOptions {
   /** A WebSocket not open (or an SSE stream not ready) this long after it was asked for is given up and
    * retried: a connection can hang half-open (a SYN queue overflowing in a reconnect storm). Default 10000. */
   openTimeoutMs?: number;
+  /** With `refreshToken`, a WebSocket's token is refreshed in band this long before it expires (ms).
+   * Default 30000. */
+  refreshMarginMs?: number;
   /** Long-poll wait, seconds. Default 25. */
   pollTimeoutS?: number;
   fetch?: typeof fetch;
@@ -162,6 +165,7 @@ export class SyncHubClient {
       pollTimeoutS: 25,
       retryPreferredMs: 300_000,
       openTimeoutMs: 10_000,
+      refreshMarginMs: 30_000,
       fetch: globalThis.fetch.bind(globalThis),
       random: Math.random,
       ...options,
@@ -470,8 +474,31 @@ export class SyncHubClient {
         }
         done({ opened: false, code: 1006, timedOut: true });
       }, this.options.openTimeoutMs);
+      let renew: ReturnType<typeof setTimeout> | null = null;
+      const scheduleRefresh = (ttl: unknown) => {
+        if (renew) clearTimeout(renew);
+        if (typeof ttl !== "number" || !this.options.refreshToken) return;
+        renew = setTimeout(
+          () => {
+            void this.refresh()
+              .then(async () => {
+                const fresh = await this.token();
+                if (fresh && this.ws === ws) {
+                  const reply = await this.request({ type: "refresh", token: fresh });
+                  if (reply.type === "refreshed") scheduleRefresh(reply.ttl);
+                  else if (reply.type === "error" && reply.code !== "disconnected") {
+                    this.emit("error", new HubError(String(reply.code), `token refresh refused: ${String(reply.message ?? "")}`));
+                  }
+                }
+              })
+              .catch((err: unknown) => this.emit("error", err instanceof Error ? err : new Error(String(err))));
+          },
+          Math.max(0, ttl * 1000 - this.options.refreshMarginMs),
+        );
+      };
       const done = (result: RunResult) => {
         clearTimeout(timeout);
+        if (renew) clearTimeout(renew);
         if (beat) clearInterval(beat);
         if (this.ws === ws) this.ws = null;
         ws.onopen = ws.onclose = ws.onerror = ws.onmessage = null;
@@ -482,6 +509,10 @@ export class SyncHubClient {
         lastFrame = Date.now();
         this.opened("websocket");
         for (const sub of this.subs.values()) this.sendSubscribe(sub);
+        if (token && this.options.refreshToken) {
+          // How long the token has: refresh it in band before then (no reconnect, no lost subscription).
+          void this.request({ type: "session" }).then((reply) => scheduleRefresh(reply.ttl));
+        }
         beat = setInterval(() => {
           if (Date.now() - lastFrame > 2 * this.options.heartbeatMs) {
             ws.close(1000, "heartbeat missed");

@@ -264,3 +264,22 @@ test("a subscribe the hub cannot make now (broker_unavailable) is asked again", 
   deepStrictEqual(errors, []);
   await c.close();
 });
+
+test("with refreshToken, a WebSocket's token is refreshed in band before it expires", async () => {
+  let fresh = 0;
+  const c = client({ token: "first", refreshToken: () => `fresh-${++fresh}`, refreshMarginMs: 30_000 });
+  c.connect();
+  await until(() => FakeWebSocket.instances.length === 1, "a WebSocket");
+  const ws = FakeWebSocket.last();
+  ws.accept();
+  await until(() => ws.frames("session").length === 1, "a session request");
+  ws.push({ type: "session", id: ws.frames("session")[0]!.id, sub: "alice", roles: ["customer"], ttl: 20, grace: 25 });
+  await until(() => ws.frames("refresh").length === 1, "a refresh (20 s left < the 30 s margin)");
+  const refresh = ws.frames("refresh")[0]!;
+  strictEqual(refresh.token, "fresh-1");
+  ws.push({ type: "refreshed", id: refresh.id, ttl: 3600 });
+  await new Promise((r) => setTimeout(r, 50));
+  strictEqual(ws.frames("refresh").length, 1);
+  strictEqual(FakeWebSocket.instances.length, 1, "no reconnect");
+  await c.close();
+});

@@ -12,6 +12,7 @@ export const env = {
   url: process.env.SYNCHUB_URL ?? "",
   admin: process.env.SYNCHUB_ADMIN_TOKEN ?? "",
   customer: process.env.SYNCHUB_TOKEN ?? "",
+  shortToken: process.env.SYNCHUB_SHORT_TOKEN ?? "", // the same user's, short-lived (40 s)
   region: process.env.SYNCHUB_REGION ?? "eu",
   product: process.env.SYNCHUB_PRODUCT_ID ?? "",
   warehouse: process.env.SYNCHUB_WAREHOUSE_ID ?? "",

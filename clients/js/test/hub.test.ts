@@ -125,3 +125,28 @@ test("a client that fell further behind than the hub's send buffer resyncs from 
   const mine = changes.filter((c) => c.level.product_id === env.product && c.level.warehouse_id === env.warehouse).map((c) => c.level.version);
   for (let i = 1; i < mine.length; i++) ok(mine[i]! > mine[i - 1]!, "versions only go forward");
 });
+
+test("a token about to expire (40 s left, refreshed 39 s before) is refreshed in band: one connection, no reconnect", { skip }, async () => {
+  const client = new SyncHubClient({
+    url: env.url,
+    token: env.shortToken,
+    refreshToken: () => env.customer,
+    refreshMarginMs: 39_000, // the short token lives 40 s: refreshed within a second or so of connecting
+    WebSocket: NodeWebSocket,
+  });
+  let opens = 0;
+  client.on("open", () => (opens += 1));
+  client.subscribe("user:alice", { onEvent: () => undefined });
+  client.connect();
+  await until(() => client.transport === "websocket", "the WebSocket");
+  let ttl = 0;
+  const deadline = Date.now() + 20_000;
+  while (ttl <= 60 && Date.now() < deadline) {
+    ttl = Number((await client.request({ type: "session" })).ttl ?? 0);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  ok(ttl > 60, `refreshed: ttl ${ttl}`); // the connection now lives as long as the new token
+  strictEqual(client.transport, "websocket");
+  strictEqual(opens, 1, "no reconnect");
+  await client.close();
+});
