@@ -590,6 +590,35 @@ async def test_a_client_that_stops_reading_is_cut_off_with_4101_while_a_healthy_
         assert await metric(hub, "synchub_slow_consumer_disconnects_total", transport="websocket") == 1
 
 
+async def test_a_resume_far_behind_gets_its_whole_replay_though_it_is_longer_than_the_message_limit(
+    database_url,
+):
+    """A replay of 480 events to a client whose buffer allows 200 queued messages: written in one turn,
+    within the byte limit, and the client is not cut off. (It was, before anything reached it — and on
+    resuming again from the same position, again, for ever: the SDKs found it.)"""
+    async with slow_hub(database_url) as hub:
+        pid = str((await hub.product("S" * 64))["id"])
+        async with ws_client(hub) as ws:
+            await ws.subscribe()
+            await hub.stock(pid, SLOW_WID, 1_000_000)
+            since = (await ws.events(1))[0]["position"]
+        for _ in range(6):  # missed while away: 6 reservations of 80 lines, an event each
+            status, body, _ = await hub.call(
+                "POST",
+                "/api/v1/reservations",
+                token=hub.alice,
+                json={"lines": [{"product_id": pid, "warehouse_id": SLOW_WID, "quantity": 1}] * 80},
+                headers={"Idempotency-Key": str(uuid.uuid4())},
+            )
+            assert status == 201, body
+        async with ws_client(hub) as ws:
+            await ws.subscribe(since=since)
+            replayed = await ws.events(480)
+            await ws.assert_nothing_pending()
+        assert [e["data"]["reserved"] for e in replayed] == list(range(1, 481))
+        assert await metric(hub, "synchub_slow_consumer_disconnects_total", transport="websocket") == 0
+
+
 async def test_a_client_cut_off_for_never_reading_is_released_within_seconds(database_url):
     """The hub gives a stalled peer 2 s to take the close frame, then lets go of the connection; it must not
     hold the socket, the handler and its buffers until the peer reads again (which may be never)."""

@@ -128,11 +128,18 @@ class TurnQueue:
         else:
             count, data = len(queued), b"".join(queued)
         unsent = transport.get_write_buffer_size()
+        # The message limit is on what waits for the kernel, so it applies while something does: a turn
+        # of more than max_messages to a client whose buffer is empty (a resume's replay of a long
+        # backlog) is written, within max_bytes — else a client far behind is cut off before it gets
+        # anything, and resuming from the same position cuts it off again, for ever.
         backlog = (self._backlog if unsent else 0) + count
-        if backlog > self._max_messages or unsent + size > self._max_bytes:
+        if (unsent and backlog > self._max_messages) or unsent + size > self._max_bytes:
             return None
         transport.write(data)
-        self._backlog = backlog if transport.get_write_buffer_size() else 0
+        left = transport.get_write_buffer_size()
+        # What the kernel did not take, in messages: the backlog's share of it (messages of one turn are
+        # of similar sizes), so a client that took most of a long replay is not counted as 2,000 behind.
+        self._backlog = -(-backlog * left // (unsent + size)) if left else 0
         return count, size, ts
 
     def _drop_queue(self) -> None:
