@@ -346,6 +346,9 @@ async def test_purged_mutation_ids_are_merged_again_on_retry_and_change_nothing(
     phone = Device("phone-1")
     tea = phone.add("tea")
     await push(store, ("old", tea))
+    # 2 ms on both sides of the cutoff: now_ms() is whole milliseconds, the store's times microseconds
+    # (a cutoff taken in the push's own millisecond fell before it)
+    await asyncio.sleep(0.002)
     cutoff = now_ms() * 1000 + 1
     await asyncio.sleep(0.002)
     await push(store, ("new", phone.add("milk")))
