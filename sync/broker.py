@@ -37,7 +37,8 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -91,6 +92,18 @@ class PositionExpired(BrokerError):
 
 
 Handler = Callable[[Publication], None]
+
+_log = logging.getLogger(__name__)
+
+
+def deliver(handlers: Iterable[Handler], publication: Publication) -> None:
+    """Hand ``publication`` to each handler (a snapshot of ``handlers``: one may unsubscribe meanwhile);
+    one that raises is logged and the others still get it."""
+    for handler in list(handlers):
+        try:
+            handler(publication)
+        except Exception:
+            _log.exception("a subscriber of %s failed on %s", publication.stream, publication.position)
 
 
 class Broker(Protocol):

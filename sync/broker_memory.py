@@ -7,14 +7,19 @@ the previous process are reported as expired rather than trusted.
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from sync.broker import Handler, Position, PositionExpired, Publication, PublishIncomplete, PublishItem
-
-log = logging.getLogger(__name__)
+from sync.broker import (
+    Handler,
+    Position,
+    PositionExpired,
+    Publication,
+    PublishIncomplete,
+    PublishItem,
+    deliver,
+)
 
 
 class _Stream:
@@ -60,11 +65,7 @@ class MemoryBroker:
         s.offset += 1
         publication = Publication(stream, Position(self.epoch, s.offset), data)
         s.tail.append(data)
-        for handler in list(s.handlers):
-            try:
-                handler(publication)
-            except Exception:
-                log.exception("a subscriber of %s failed", stream)
+        deliver(s.handlers, publication)
         return publication.position
 
     async def publish_many(self, items: Sequence[PublishItem]) -> list[Position | None]:

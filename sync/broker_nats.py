@@ -77,6 +77,7 @@ from sync.broker import (
     Publication,
     PublishIncomplete,
     PublishItem,
+    deliver,
 )
 
 log = logging.getLogger(__name__)
@@ -151,13 +152,8 @@ class _Reader:
     floor: int = 0  # the stream's last sequence when the reader started by time
 
     def deliver(self, publication: Publication) -> None:
-        if not self.active:
-            return
-        for handler in list(self.handlers):
-            try:
-                handler(publication)
-            except Exception:
-                log.exception("a subscriber of %s failed on %s", publication.stream, publication.position)
+        if self.active:
+            deliver(self.handlers, publication)
 
 
 class NatsBroker:

@@ -77,6 +77,7 @@ from sync.broker import (
     Publication,
     PublishIncomplete,
     PublishItem,
+    deliver,
 )
 from sync.redis_connect import Client, open_client
 from sync.redis_keys import StreamKeys, check_layout, check_prefix, stream_keys
@@ -276,13 +277,8 @@ class _Reader:
         return True
 
     def _deliver(self, publication: Publication) -> None:
-        if not self.active:
-            return
-        for handler in list(self.handlers):
-            try:
-                handler(publication)
-            except Exception:
-                log.exception("a subscriber of %s failed on %s", publication.stream, publication.position)
+        if self.active:
+            deliver(self.handlers, publication)
 
 
 class RedisBroker:
