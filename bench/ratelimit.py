@@ -9,10 +9,12 @@ the limits off, in process and on Redis.
             connections for ``--seconds``: requests/s and the hub's CPU µs per request
 
   interleaved  with ``--interleaved N``: hubs with limits off and on (in process) started side by side,
-            loaded in turn for N rounds of 2 s each (alternating which goes first): the medians of
-            req/s and of hub CPU µs per request — the fairest comparison on a shared machine
+            loaded in turn for N rounds of 2 s each (alternating which goes first), or both at once
+            each round with ``--together``: the medians of req/s and of hub CPU µs per request, and
+            the round-by-round differences (median and quartiles) — with ``--together`` the fairest
+            comparison on a shared machine, as both hubs see the same neighbours
 
-Run: ``python -m bench ratelimit [--quick] [--interleaved 10 [--control]] [--redis-url redis://127.0.0.1:6379/0]``.
+Run: ``python -m bench ratelimit [--quick] [--interleaved 10 [--together] [--control]] [--redis-url redis://127.0.0.1:6379/0]``.
 Without a reachable Redis the Redis rows are skipped. Keys go under a fresh prefix, deleted afterwards.
 """
 
@@ -176,10 +178,12 @@ async def bench_requests(
 
 
 async def bench_interleaved(
-    rounds: int, connections: int, control: bool = False
+    rounds: int, connections: int, control: bool = False, together: bool = False
 ) -> dict[str, list[tuple[float, float]]]:
     """``control``: the second hub has its limits off too (an A/A run: how far two identical hubs differ
-    on this machine now, the noise an off/on difference must be read against)."""
+    on this machine now, the noise an off/on difference must be read against). ``together``: each
+    round loads both hubs at once, so whatever else the machine runs weighs on both alike (a round's
+    two figures are a pair: compare them round by round)."""
     from contextlib import AsyncExitStack
 
     setups = {
@@ -200,11 +204,25 @@ async def bench_interleaved(
             address, number = base.removeprefix("http://").split(":")
             hubs[name] = (address, int(number), pid)
         for round_ in range(rounds):
+            if together:
+                both = await asyncio.gather(
+                    *(_throughput(*hubs[name], connections, 2.0) for name in setups)
+                )
+                for name, figures in zip(setups, both, strict=True):
+                    results[name].append(figures)
+                continue
             order = list(setups) if round_ % 2 == 0 else list(setups)[::-1]
             for name in order:
                 address, port, hub_pid = hubs[name]
                 results[name].append(await _throughput(address, port, hub_pid, connections, 2.0))
     return results
+
+
+def _quartiles(values: list[float], unit: str) -> str:
+    if len(values) < 2:
+        return f"{values[0]:+.1f}{unit}"
+    low, mid, high = statistics.quantiles(values, n=4)
+    return f"{mid:+.1f}{unit} ({low:+.1f}…{high:+.1f})"
 
 
 async def _redis_reachable(url: str) -> bool:
@@ -237,8 +255,9 @@ async def run(args: argparse.Namespace) -> None:
     redis_url = args.redis_url if args.redis_url and await _redis_reachable(args.redis_url) else None
     prefix = f"synchub_bench_rl_{secrets.token_hex(4)}:"
     if args.interleaved:
-        interleaved = await bench_interleaved(args.interleaved, args.connections, args.control)
-        print(f"\n## GET {PATH}, limits off and on, {args.interleaved} interleaved rounds of 2 s\n")
+        interleaved = await bench_interleaved(args.interleaved, args.connections, args.control, args.together)
+        how = "loaded together" if args.together else "interleaved"
+        print(f"\n## GET {PATH}, limits off and on, {args.interleaved} rounds of 2 s, {how}\n")
         print("| limits | median req/s | median hub CPU µs/request |")
         print("|---|---|---|")
         medians = []
@@ -251,6 +270,18 @@ async def run(args: argparse.Namespace) -> None:
         print(
             f"\nsecond against first: {100 * (rate / base_rate - 1):+.1f}% req/s,"
             f" {cpu - base_cpu:+.0f} µs of hub CPU per request"
+        )
+        # Round by round: a hub bound by its one core serves 1 / (CPU per request), so the CPU ratio
+        # is the ratio of what each could serve; req/s also depends on the load client's share.
+        first_runs, second_runs = interleaved.values()
+        pairs = list(zip(first_runs, second_runs, strict=True))
+        rates = sorted(100 * (b[0] / a[0] - 1) for a, b in pairs)
+        capacity = sorted(100 * (a[1] / b[1] - 1) for a, b in pairs)
+        extra = sorted(b[1] - a[1] for a, b in pairs)
+        print(
+            f"round by round (median, quartiles): req/s {_quartiles(rates, '%')};"
+            f" capacity (1 / CPU per request) {_quartiles(capacity, '%')};"
+            f" hub CPU per request {_quartiles(extra, ' µs')}"
         )
         return
     try:
@@ -286,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="how long the req/s run lasts")
     parser.add_argument(
         "--interleaved", type=int, default=0, help="only the interleaved off/on comparison, this many rounds"
+    )
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="with --interleaved: load both hubs at once each round (fairest on a busy machine)",
     )
     parser.add_argument(
         "--control",

@@ -35,7 +35,10 @@ async def access_middleware(
     key = f"{limited.key_prefix}{scope}:{ident}"
     memory = limits.memory
     if memory is not None:
-        decision = memory.check_now(key, limited.policy)  # never waits: no coroutine on the hot path
+        admitted = memory.admit(key, limited.policy)  # never waits: no coroutine on the hot path
+        if admitted is None:
+            return limits.refusal(limited, scope, memory.check_now(key, limited.policy))
+        remaining, next_us = admitted
     else:
         try:
             decision = await limits.limiter.check(key, limited.policy)
@@ -45,10 +48,11 @@ async def access_middleware(
                 return refused
             authorize(request, name)
             return await handler(request)
-    if not decision.allowed:
-        return limits.refusal(limited, scope, decision)
+        if not decision.allowed:
+            return limits.refusal(limited, scope, decision)
+        remaining, next_us = decision.remaining, round(decision.next_after * 1_000_000)
     authorize(request, name)
     response = await handler(request)
     if not response.prepared:
-        limited.stamp(response.headers, decision)
+        limited.stamp(response.headers, remaining, next_us)
     return response

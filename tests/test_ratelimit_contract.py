@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from hub.ratelimit.limiter import RateLimiter, RatePolicy, gcra, parse_optional_policy
@@ -207,3 +210,40 @@ def test_the_arithmetic_is_exact_in_microseconds() -> None:
         assert decision.allowed
     refused, unchanged = gcra(tat, 10**15, 100_000, 20)
     assert not refused.allowed and refused.retry_after == 0.1 and unchanged is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 400_000)),  # (key, µs the clock moves first)
+        min_size=1,
+        max_size=60,
+    ),
+    rate=st.integers(1, 50),
+    burst=st.integers(1, 8),
+)
+def test_the_memory_limiters_fast_admit_decides_as_its_check_does(
+    steps: list[tuple[int, int]], rate: int, burst: int
+) -> None:
+    # hub/access.py asks admit() on every limited request and check_now() only for a refusal: the two
+    # must agree on every outcome, the remaining count and when it grows (the RateLimit field's t).
+    from unittest import mock
+
+    import hub.ratelimit.limiter_memory as module
+
+    policy = RatePolicy(rate, 1.0, burst)
+    clock = [10**12]
+    checked, admitted = MemoryRateLimiter(), MemoryRateLimiter()
+    with mock.patch.object(module, "monotonic_ns", lambda: clock[0]):
+        for key, advance_us in steps:
+            clock[0] += advance_us * 1000
+            decision = checked.check_now(f"k{key}", policy)
+            fast = admitted.admit(f"k{key}", policy)
+            if not decision.allowed:
+                assert fast is None
+                continue
+            assert fast is not None
+            remaining, next_us = fast
+            assert remaining == decision.remaining
+            assert next_us / 1_000_000 == decision.next_after
+            assert -(-next_us // 1_000_000) == math.ceil(decision.next_after)

@@ -35,6 +35,29 @@ class MemoryRateLimiter:
     async def check(self, key: str, policy: RatePolicy) -> Decision:
         return self.check_now(key, policy)
 
+    def admit(self, key: str, policy: RatePolicy) -> tuple[int, int] | None:
+        """An allowed check's outcome without a :class:`Decision`: ``(remaining, next_us)`` — requests
+        left, and µs until that grows by one — or None when refused, with nothing changed (then
+        :meth:`check_now` says why and when). The same arithmetic as :func:`gcra`, inlined: this is
+        every limited request's path, and two calls and a tuple fewer are a third of its cost."""
+        tats = self._tats
+        now = monotonic_ns() // 1000
+        interval = policy.interval_us
+        tat = tats.get(key)
+        if tat is None or tat < now:
+            tat = now
+        new_tat = tat + interval
+        allow_at = new_tat - policy.burst * interval
+        if now < allow_at:
+            return None
+        tats[key] = new_tat
+        if len(tats) > self._max_keys:
+            del tats[next(iter(tats))]
+        self._checks = checks = self._checks + 1
+        if not checks & (_SWEEP_EVERY - 1):
+            self._sweep(tats, now)
+        return (now - allow_at) // interval, (new_tat - now) % interval or interval
+
     def check_now(self, key: str, policy: RatePolicy) -> Decision:
         """:meth:`check`, synchronously (it never waits)."""
         tats = self._tats
