@@ -441,6 +441,31 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
         " co-carted products, users' preferred attributes, trending per region: storage/behaviour.py)",
         MIGRATION_12,
     ),
+    (
+        13,
+        "reviews' rating moves (storage/rating_folds.py): on PostgreSQL a review's transaction appends its"
+        " move of the product's aggregate here instead of locking the product's row; folded in after commit",
+        [
+            # A product's aggregate is its products row plus the moves not folded in yet: both change
+            # in the transaction that changes a review, so every read of the two together is exact.
+            """
+            CREATE TABLE rating_moves (
+                seq {seq_pk},
+                product_id TEXT NOT NULL REFERENCES products (id) ON DELETE CASCADE,
+                region TEXT NOT NULL,
+                rating_count BIGINT NOT NULL,
+                rating_total BIGINT NOT NULL,
+                rating_1 BIGINT NOT NULL,
+                rating_2 BIGINT NOT NULL,
+                rating_3 BIGINT NOT NULL,
+                rating_4 BIGINT NOT NULL,
+                rating_5 BIGINT NOT NULL,
+                created_at BIGINT NOT NULL
+            )
+            """,
+            "CREATE INDEX rating_moves_by_product ON rating_moves (product_id, region)",
+        ],
+    ),
 ]
 
 

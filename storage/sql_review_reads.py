@@ -22,6 +22,18 @@ _COLUMNS = (
 _RATING_COLUMNS = (
     "rating_count, rating_total, rating_1, rating_2, rating_3, rating_4, rating_5, rating_version"
 )
+_MOVED_COLUMNS = ("rating_count", "rating_total", "rating_1", "rating_2", "rating_3", "rating_4", "rating_5")
+# A product's aggregate: its row plus the rating moves not folded into it yet (storage.rating_folds),
+# read in one statement, so one snapshot of both.
+_WITH_MOVES = ", ".join(
+    [f"CAST(p.{c} + COALESCE(m.{c}, 0) AS BIGINT) AS {c}" for c in _MOVED_COLUMNS]
+    + ["CAST(p.rating_version + COALESCE(m.moves, 0) AS BIGINT) AS rating_version"]
+)
+_MOVES = (
+    "SELECT product_id, COUNT(*) AS moves, "
+    + ", ".join(f"SUM({c}) AS {c}" for c in _MOVED_COLUMNS)
+    + " FROM rating_moves {where} GROUP BY product_id"
+)
 _WORD = re.compile(r"\w+")
 _MAX_SEARCH_WORDS = 8
 
@@ -102,7 +114,12 @@ class ReviewReadSql:
 
     async def rating_of(self: _Reader, product_id: str) -> RatingAggregate | None:
         async def work(tx: Tx) -> Row | None:
-            return await tx.fetchrow(f"SELECT {_RATING_COLUMNS} FROM products WHERE id = $1", product_id)
+            return await tx.fetchrow(
+                f"SELECT {_WITH_MOVES} FROM products p"
+                f" LEFT JOIN ({_MOVES.format(where='WHERE product_id = $1')}) m ON m.product_id = p.id"
+                " WHERE p.id = $1",
+                product_id,
+            )
 
         row = await self.db.run(work, readonly=True, single_statement=True)
         return None if row is None else _aggregate(row)
@@ -112,7 +129,10 @@ class ReviewReadSql:
         product id → (stored, recounted). Empty when all agree (what the tests and operators check)."""
 
         async def work(tx: Tx) -> tuple[list[Row], list[Row]]:
-            stored = await tx.fetch(f"SELECT id, {_RATING_COLUMNS} FROM products")
+            stored = await tx.fetch(
+                f"SELECT p.id, {_WITH_MOVES} FROM products p"
+                f" LEFT JOIN ({_MOVES.format(where='')}) m ON m.product_id = p.id"
+            )
             counted = await tx.fetch(
                 "SELECT product_id, rating, COUNT(*) AS n FROM reviews"
                 " WHERE status = 'published' AND rating > 0 GROUP BY product_id, rating"

@@ -7,16 +7,21 @@ The review's row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite has one w
 writing one review serialise there. Its projection — status, rating, text, media, the columns listings
 sort and search by — is rewritten from the merged state in that transaction. The product's aggregate
 moves by the difference between the review's old and new contribution (counted only while
-``published``), as increments on the product's row: concurrent changes of one product's reviews
-serialise on that row, and no total is ever read into Python and written back.
+``published``), as increments: on SQLite (one writer) on the product's row; on PostgreSQL appended to
+``rating_moves`` and folded into the row after commit (:mod:`storage.rating_folds`: concurrent changes
+of one product's reviews do not wait for each other). No total is ever read into Python and written
+back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
@@ -25,6 +30,7 @@ from crdt.review import ModerationStatus, Review, ReviewGoneError
 from storage.carts import PushOutcome, PushStatus
 from storage.db import Database, Tx
 from storage.errors import NotFound, VersionMismatch
+from storage.rating_folds import FOLD, LEFT, MOVE, KeyedRuns
 from storage.reviews import (
     ReviewDocument,
     ReviewPush,
@@ -49,6 +55,11 @@ from storage.sql_review_reads import (
 from storage.streams import reviews_stream
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# The (product, region) pairs whose rating moves the writing transaction running in this task appended
+# (PostgreSQL): folded once it has committed. A context variable, as storage.sql_core's _APPENDED.
+_MOVED: ContextVar[set[tuple[str, str]] | None] = ContextVar("synchub_rating_moved", default=None)
 
 _LOCKED = {
     "sqlite": f"SELECT {_COLUMNS}, state FROM reviews WHERE id = $1",
@@ -70,6 +81,8 @@ class _Core(Protocol):
         self, tx: Tx, sub: str, payload: dict[str, Any], ts: int, *, region: str | None = None
     ) -> None: ...
     def _appended(self, seq: int, stream: str, key: str, version: int, payload: bytes) -> None: ...
+    async def _write_moving(self, work: Callable[[Tx], Awaitable[T]]) -> T: ...
+    async def _fold_rating(self, key: tuple[str, str]) -> None: ...
 
 
 def _now_us() -> int:
@@ -195,7 +208,7 @@ class ReviewSql(ReviewReadSql):
             )
             return ReviewPushResult(document, outcomes)
 
-        return await self._write(work)
+        return await self._write_moving(work)
 
     async def moderate_review(
         self: _Core,
@@ -227,7 +240,7 @@ class ReviewSql(ReviewReadSql):
                 self, tx, before, _state(before), before.version + 1, status, tuple(reasons), ts
             )
 
-        return await self._write(work)
+        return await self._write_moving(work)
 
     async def report_review(
         self: _Core, review_id: str, reporter: str, reason: str, rules: ReviewRules
@@ -271,7 +284,7 @@ class ReviewSql(ReviewReadSql):
                 return flagged, True
             return replace(before, reports=int(counted["reports"])), True
 
-        return await self._write(work)
+        return await self._write_moving(work)
 
     async def vote_helpful(self: _Core, review_id: str, voter: str) -> tuple[int, bool]:
         """One helpful vote per user per published review, not the author's own: (the review's count,
@@ -301,10 +314,60 @@ class ReviewSql(ReviewReadSql):
         return await self._write(work)
 
     async def purge_review_mutations(self: _Core, older_than_us: int) -> int:
+        """Forget push ids older than ``older_than_us``; and fold the rating moves any fold left (a
+        failed one, a node stopped between a commit and its fold: they count meanwhile, see
+        storage.rating_folds)."""
+
         async def work(tx: Tx) -> int:
             return await tx.execute("DELETE FROM review_mutations WHERE created_at < $1", older_than_us)
 
-        return await self._write(work, single_statement=True)
+        async def left(tx: Tx) -> list[tuple[str, str]]:
+            return [(r["product_id"], r["region"]) for r in await tx.fetch(LEFT)]
+
+        purged = await self._write(work, single_statement=True)
+        if self.db.dialect == "postgres":
+            for key in await self.db.run(left, readonly=True, single_statement=True):
+                await self._fold_rating(key)
+        return purged
+
+    # -- the aggregate's moves, folded after commit (PostgreSQL: storage.rating_folds) ---------------
+
+    async def _write_moving(self: _Core, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """``_write(work)``, then the fold of the rating moves it appended: it returns once a fold
+        that began after its commit has taken them (or failed: they stay counted, for the next)."""
+        moved: set[tuple[str, str]] = set()
+
+        async def tracked(tx: Tx) -> T:
+            moved.clear()  # a transaction the database aborted is run again from the start
+            token = _MOVED.set(moved)
+            try:
+                return await work(tx)
+            finally:
+                _MOVED.reset(token)
+
+        result = await self._write(tracked)
+        if moved:
+            folds: KeyedRuns[tuple[str, str]] | None = getattr(self, "_rating_folds", None)
+            if folds is None:
+                folds = KeyedRuns(lambda key: self._fold_rating(key))
+                setattr(self, "_rating_folds", folds)  # noqa: B010 (a mixin: no __init__ of its own)
+            for key in sorted(moved):
+                # (shielded: a caller that goes away does not cancel the fold others wait for)
+                failure = await asyncio.shield(folds.request(key))
+                if failure is not None:
+                    log.warning("rating fold of %s failed (its moves stay counted): %r", key, failure)
+        return result
+
+    async def _fold_rating(self: _Core, key: tuple[str, str]) -> None:
+        product_id, region = key
+        stream, dedupe = reviews_stream(region), f"rating:{product_id}"
+
+        async def work(tx: Tx) -> None:
+            row = await tx.fetchrow(FOLD, product_id, region, _now_us(), stream, dedupe)
+            if row is not None:
+                self._appended(row["seq"], stream, dedupe, row["rating_version"], row["payload"].encode())
+
+        await self._write(work, single_statement=True)
 
     # -- the judgment and its consequences ---------------------------------------------------------
 
@@ -420,6 +483,16 @@ class ReviewSql(ReviewReadSql):
             moves[now] += 1
         count = (now is not None) - (was is not None)
         total = (now or 0) - (was or 0)
+        if self.db.dialect == "postgres":
+            # Appended, not applied: the product's row would make every review of the product wait
+            # for the one before it to commit (storage.rating_folds).
+            await tx.execute(
+                MOVE, after.product_id, after.region, count, total, *(moves[n] for n in range(1, 6)), ts
+            )
+            moved = _MOVED.get()
+            assert moved is not None, "a write that moves a rating runs in _write_moving"
+            moved.add((after.product_id, after.region))
+            return
         histogram = ", ".join(f"rating_{n} = rating_{n} + {moves[n]}" for n in range(1, 6) if moves[n])
         update = (
             "UPDATE products SET rating_count = rating_count + $2, rating_total = rating_total + $3,"
@@ -429,29 +502,6 @@ class ReviewSql(ReviewReadSql):
             f" rating_version = rating_version + 1 WHERE id = $1 RETURNING {_RATING_COLUMNS}"
         )
         stream, key = reviews_stream(after.region), f"rating:{after.product_id}"
-        if self.db.dialect == "postgres":
-            # The product's row is the one every review of the product waits for: it is changed by the
-            # transaction's last statement, with its event, so its lock is held for one round trip and
-            # the commit.
-            row = await tx.fetchrow(
-                f"WITH agg AS ({update}), o AS ("
-                " INSERT INTO outbox (product_id, warehouse_id, payload, created_at, stream, dedupe_key,"
-                " version) SELECT '', '', json_build_object('type', 'rating.changed', 'product_id', $1::TEXT,"
-                " 'rating', json_build_object('count', rating_count, 'average', CASE WHEN rating_count > 0"
-                " THEN round(rating_total::NUMERIC / rating_count, 4) END, 'histogram', json_build_object("
-                " '1', rating_1, '2', rating_2, '3', rating_3, '4', rating_4, '5', rating_5)),"
-                " 'version', rating_version, 'ts', $4::BIGINT)::TEXT, $4, $5, $6, rating_version FROM agg"
-                " RETURNING seq, version, payload) SELECT o.seq, o.payload, agg.* FROM o, agg",
-                after.product_id,
-                count,
-                total,
-                ts,
-                stream,
-                key,
-            )
-            if row is not None:
-                self._appended(row["seq"], stream, key, row["rating_version"], row["payload"].encode())
-            return
         row = await tx.fetchrow(update, after.product_id, count, total)
         if row is None:  # the product was deleted meanwhile: its reviews go with it
             return

@@ -33,6 +33,7 @@ EXPECTED_TABLES = {
     "review_mutations",
     "review_votes",
     "review_reports",
+    "rating_moves",
     "realtime_tickets",
     "api_keys",
     "audit_log",
