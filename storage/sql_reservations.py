@@ -23,6 +23,7 @@ from storage.models import (
 )
 from storage.reservation_caps import ReservationCaps, check_caps
 from storage.sql_core import claim_idempotency_key, now_us, store_idempotent_outcome
+from storage.sql_pages import newest_first
 from storage.sql_schools import in_list, list_arg
 from storage.sql_stock import StockSql
 
@@ -180,21 +181,11 @@ class ReservationSql(StockSql):
     ) -> list[Reservation]:
         """``owner``'s reservations (None: everyone's), newest first, keyset-paginated by
         (created_at, id) after ``after``; their lines read in one more statement, in one snapshot."""
-        conditions: list[str] = []
-        args: list[Any] = []
-        if owner is not None:
-            args.append(owner)
-            conditions.append(f"owner = ${len(args)}")
-        if after is not None:
-            args.extend(after)
-            conditions.append(
-                f"(created_at < ${len(args) - 1} OR (created_at = ${len(args) - 1} AND id < ${len(args)}))"
-            )
-        args.append(limit)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = (
-            "SELECT id, owner, status, created_at, expires_at, updated_at FROM reservations"
-            f"{where} ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
+        sql, args = newest_first(
+            "SELECT id, owner, status, created_at, expires_at, updated_at FROM reservations",
+            owner,
+            limit,
+            after,
         )
         dialect = self.db.dialect
 

@@ -18,6 +18,7 @@ from storage.db import Database, Row, Tx
 from storage.errors import NotFound, VersionMismatch
 from storage.sql_api_keys import _SELECT as _API_KEY_SELECT
 from storage.sql_api_keys import _key as _api_key
+from storage.sql_pages import newest_first
 from storage.webhooks import (
     Attempt,
     AttemptResult,
@@ -256,22 +257,7 @@ class WebhookSql:
     async def list_webhooks(
         self: _Core, owner: str | None, limit: int, after: tuple[int, str] | None = None
     ) -> list[WebhookEndpoint]:
-        conditions: list[str] = []
-        args: list[Any] = []
-        if owner is not None:
-            args.append(owner)
-            conditions.append(f"owner = ${len(args)}")
-        if after is not None:
-            args.extend(after)
-            conditions.append(
-                f"(created_at < ${len(args) - 1} OR (created_at = ${len(args) - 1} AND id < ${len(args)}))"
-            )
-        args.append(limit)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = (
-            f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints{where}"
-            f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
-        )
+        sql, args = newest_first(f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints", owner, limit, after)
 
         async def work(tx: Tx) -> list[Row]:
             return await tx.fetch(sql, *args)
