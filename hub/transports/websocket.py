@@ -72,6 +72,9 @@ _CLOSE_WAIT = 2.0  # seconds a closing connection waits for the peer's close fra
 _INBOX_LIMIT = 32  # messages waiting for an answer before the socket stops being read
 _INTERNAL_ERROR = 1011
 _OPEN = ConnectionState.OPEN  # (a module global is found faster than an enum member, per delivery)
+# One packer for every reply: msgpack.packb makes a Packer per call (~1 µs of a reply's ~1.5). Used on
+# the event loop only, and it empties itself after each pack, an error included.
+_PACKER = msgpack.Packer()
 _REFUSALS_BEFORE_CLOSE = 3  # bursts' worth of messages refused in a row, then the connection is closed
 
 
@@ -183,7 +186,7 @@ class WsConnection(TurnQueue, Messages, asyncio.Protocol):
     # -- outgoing ----------------------------------------------------------------------------------
     def encode(self, message: dict[str, Any]) -> bytes:
         if self.binary:
-            packed: bytes = msgpack.packb(message)
+            packed: bytes = _PACKER.pack(message)
             return packed
         return orjson.dumps(message)
 

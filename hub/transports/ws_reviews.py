@@ -7,6 +7,7 @@ empty: a device creates one by pushing the delta that names it.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any, Protocol
 
@@ -32,6 +33,9 @@ class Connection(Protocol):
     def send(self, message: dict[str, Any]) -> None: ...
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def document_writer(principal: Principal | None, message: dict[str, Any], what: str) -> tuple[Principal, str]:
     """The connection's user, who may write documents (carts, reviews), and the id the message names
     in its field ``what``; CartInputError with a stable code if either is missing."""
@@ -40,6 +44,8 @@ def document_writer(principal: Principal | None, message: dict[str, Any], what: 
     if "customer" not in principal.roles:
         raise CartInputError("forbidden", f"editing a {what} needs the customer role")
     raw = message.get(what)
+    if isinstance(raw, str) and _CANONICAL_UUID.fullmatch(raw):
+        return principal, raw  # already as str(UUID) writes it: parsing would give it back (~6 µs a push)
     try:
         if isinstance(raw, str):
             return principal, str(uuid.UUID(raw))
