@@ -17,7 +17,8 @@ needs no token and cannot be made for another id or a later expiry. A wrong or m
 403 ``invalid_signature``; a past ``exp`` is 403 ``url_expired`` (403, not 410: the file is still
 there, the URL is what ran out — ask for a fresh one).
 
-For the review code: :func:`media_urls` and :func:`owned_media`.
+For the review code: :func:`media_urls` and :func:`owned_media`; for the privacy code (export and
+erasure): :func:`media_of` and :func:`delete_media_of`.
 """
 
 from __future__ import annotations
@@ -206,6 +207,29 @@ async def owned_media(app: web.Application, owner: str, ids: Iterable[str]) -> l
         for media_id, record in zip(wanted, records, strict=True)
         if record is None or record.owner != owner
     ]
+
+
+# -- for the privacy code ---------------------------------------------------------------------------
+
+
+async def media_of(app: web.Application, owner: str, ids: Iterable[str] = ()) -> list[MediaRecord]:
+    """The records of ``owner``'s uploads: those its owner index lists, and those of ``ids`` (the
+    media their reviews name, which covers uploads made before the index existed) that are theirs."""
+    store = app[MEDIA]
+    wanted = list(dict.fromkeys([*await _store_call(store.owned_by(owner)), *ids]))
+    records = await asyncio.gather(*(load_record(app, media_id) for media_id in wanted))
+    return [record for record in records if record is not None and record.owner == owner]
+
+
+async def delete_media_of(app: web.Application, owner: str, ids: Iterable[str] = ()) -> int:
+    """Delete every upload of ``owner`` (:func:`media_of`, then what its index still names: a put or
+    delete cut short); returns how many were there. Run again after a failure, it finishes the job."""
+    store = app[MEDIA]
+    found = await media_of(app, owner, ids)
+    deleted = sum(await asyncio.gather(*(_store_call(store.delete(r.id)) for r in found)))
+    leftovers = await _store_call(store.owned_by(owner))
+    await asyncio.gather(*(_store_call(store.delete(media_id, owner)) for media_id in leftovers))
+    return deleted
 
 
 async def media_context(app: web.Application) -> AsyncIterator[None]:

@@ -7,6 +7,7 @@ against both. A record lives with its bytes, in the store — there is no databa
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -46,6 +47,18 @@ class MediaRecord:
         return record
 
 
+def owner_tag(owner: str) -> str:
+    """The owner index's name for ``owner``: 32 hex digits of its SHA-256 — a subject may hold any
+    character (and is personal data), so it never names a file or an object key itself."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
+
+
+def indexed_under(record: MediaRecord | None, owner: str | None) -> set[str]:
+    """The owners whose index entries a ``delete`` clears: the record's, and the one the caller names."""
+    owners = {owner} if owner is not None else set()
+    return owners | {record.owner} if record is not None else owners
+
+
 def canonical_id(media_id: str) -> str | None:
     """``media_id`` if it is a UUID in its canonical form, else None: what stores build names from."""
     try:
@@ -69,7 +82,14 @@ class MediaStore(Protocol):
       (local: rename over; S3: a PUT is atomic).
     - ``get`` and ``read`` return None for an id that was never put, and for one that is not a
       canonical UUID (no name is ever built from anything else).
-    - Files and records are never changed or deleted by the store itself.
+    - ``owned_by(owner)`` lists the ids put with ``record.owner == owner`` (an index entry written
+      before the record, named by :func:`owner_tag`, never by the owner itself): every id whose
+      record ``get`` returns is listed; an id whose put failed may be listed too (``delete`` clears it).
+    - ``delete(id)`` removes the record first — from then on ``get`` and ``read`` return None — then
+      the bytes and the index entry; it is idempotent (again, or for an id never put: False), and
+      a ``delete`` that failed part-way is finished by running it again.
+    - Files and records are never changed or deleted by the store itself, only by ``put`` and
+      ``delete``.
     - Failures of the backend raise :class:`MediaStoreError`.
     """
 
@@ -78,6 +98,13 @@ class MediaStore(Protocol):
     async def get(self, media_id: str) -> MediaRecord | None: ...
 
     async def read(self, media_id: str) -> bytes | None: ...
+
+    async def owned_by(self, owner: str) -> list[str]: ...
+
+    async def delete(self, media_id: str, owner: str | None = None) -> bool:
+        """Remove the media; True if its record was there. ``owner``: whose index entry to clear
+        when the record is gone already (a delete cut short, a put that failed before its record)."""
+        ...
 
     async def close(self) -> None: ...
 

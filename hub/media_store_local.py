@@ -1,5 +1,6 @@
 """The media store in a local directory (the default): ``<dir>/<first two hex digits>/<uuid>`` holds
-the bytes and ``<uuid>.json`` beside it the record.
+the bytes and ``<uuid>.json`` beside it the record; ``<dir>/owners/<owner tag>/<uuid>``, an empty
+file, is the owner index (``owned_by``).
 
 Names come from the id alone, which :func:`canonical_id` checks is a UUID: a client's file name or
 path never reaches the file system. Each file is written to a temporary name, fsynced and renamed
@@ -16,7 +17,7 @@ import os
 import secrets
 from pathlib import Path
 
-from hub.media_store import MediaRecord, MediaStoreError, canonical_id
+from hub.media_store import MediaRecord, MediaStoreError, canonical_id, indexed_under, owner_tag
 
 
 class LocalMediaStore:
@@ -44,7 +45,45 @@ class LocalMediaStore:
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data_path.parent.mkdir(mode=0o700, exist_ok=True)
         _write_atomically(data_path, data)
+        owners = self._owner_dir(record.owner)
+        owners.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_atomically(owners / record.id, b"")  # before the record: whatever is visible is listed
         _write_atomically(record_path, record.to_json())  # last: the record makes the media visible
+
+    def _owner_dir(self, owner: str) -> Path:
+        return self._dir / "owners" / owner_tag(owner)
+
+    async def owned_by(self, owner: str) -> list[str]:
+        folder = self._owner_dir(owner)
+        try:
+            names = await asyncio.to_thread(lambda: sorted(p.name for p in folder.iterdir()))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise MediaStoreError(f"cannot list an owner's media: {exc}") from exc
+        return [name for name in names if canonical_id(name) == name]
+
+    async def delete(self, media_id: str, owner: str | None = None) -> bool:
+        paths = self._paths(media_id)
+        if paths is None:
+            return False
+        try:
+            return await asyncio.to_thread(self._delete, media_id, paths, owner)
+        except OSError as exc:
+            raise MediaStoreError(f"cannot delete media {media_id}: {exc}") from exc
+
+    def _delete(self, media_id: str, paths: tuple[Path, Path], owner: str | None) -> bool:
+        data_path, record_path = paths
+        try:
+            record: MediaRecord | None = MediaRecord.from_json(record_path.read_bytes())
+        except FileNotFoundError:
+            record = None
+        if record is not None:
+            _unlink_durably(record_path)  # first: the media is gone for readers from here on
+        _unlink_durably(data_path)
+        for indexed_by in indexed_under(record, owner):
+            _unlink_durably(self._owner_dir(indexed_by) / media_id)
+        return record is not None
 
     async def get(self, media_id: str) -> MediaRecord | None:
         paths = self._paths(media_id)
@@ -81,6 +120,18 @@ def _write_atomically(path: Path, data: bytes) -> None:
             os.unlink(temporary)
         raise
     # The rename is durable once the directory is.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _unlink_durably(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -1,19 +1,22 @@
 """The media store in an S3-compatible bucket: object ``media/<uuid>`` holds the bytes and
-``media/<uuid>.json`` the record, written after them.
+``media/<uuid>.json`` the record, written after them; ``owners/<owner tag>/<uuid>``, an empty
+object written before the record, is the owner index (``owned_by``: one ListObjectsV2 per 1,000).
 
 Requests are path-style (``<endpoint>/<bucket>/<key>``, which AWS, MinIO, Ceph, Garage and moto all
 serve) and signed with AWS Signature V4 (``hub/sigv4.py``) over aiohttp: no boto3 at run time. Every
 PUT carries the payload's SHA-256 (``x-amz-content-sha256``), signed, so AWS S3 and MinIO refuse bytes
 that are not the ones hashed (moto, the test server, does not check it).
 
-The bucket must exist: the store never creates one. Its keys need s3:GetObject, s3:PutObject and
-s3:ListBucket (without ListBucket, S3 answers a missing key with 403, an error here, not "not found").
+The bucket must exist: the store never creates one. Its keys need s3:GetObject, s3:PutObject,
+s3:DeleteObject (erasure) and s3:ListBucket (the owner index; and without it S3 answers a missing key
+with 403, an error here, not "not found").
 Tested against moto's S3 server with signature checking on (``tests/test_media_store.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import re
 from typing import Any
@@ -22,10 +25,13 @@ import aiohttp
 from yarl import URL
 
 from hub import sigv4
-from hub.media_store import MediaRecord, MediaStoreError, canonical_id
+from hub.media_store import MediaRecord, MediaStoreError, canonical_id, indexed_under, owner_tag
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _PREFIX = "media/"
+_OWNERS = "owners/"
+_KEY = re.compile(rb"<Key>([^<]{1,300})</Key>")
+_NEXT = re.compile(rb"<NextContinuationToken>([^<]{1,2000})</NextContinuationToken>")
 
 
 class S3MediaStore:
@@ -57,7 +63,37 @@ class S3MediaStore:
         if canonical_id(record.id) is None:
             raise ValueError(f"a media id is a canonical UUID, not {record.id!r}")
         await self._request("PUT", _PREFIX + record.id, data, record.content_type, record.sha256)
+        await self._request("PUT", f"{_OWNERS}{owner_tag(record.owner)}/{record.id}", b"")
         await self._request("PUT", f"{_PREFIX}{record.id}.json", record.to_json(), "application/json")
+
+    async def owned_by(self, owner: str) -> list[str]:
+        prefix = f"{_OWNERS}{owner_tag(owner)}/"
+        found: list[str] = []
+        token: str | None = None
+        while True:
+            query = [("list-type", "2"), ("prefix", prefix)]
+            if token is not None:
+                query.append(("continuation-token", token))
+            _, reply = await self._request("GET", "", query=query)
+            for key in _KEY.findall(reply):
+                media_id = key.decode(errors="replace").removeprefix(prefix)
+                if canonical_id(media_id) == media_id:
+                    found.append(media_id)
+            following = _NEXT.search(reply)
+            if following is None:
+                return found
+            token = html.unescape(following.group(1).decode())
+
+    async def delete(self, media_id: str, owner: str | None = None) -> bool:
+        if canonical_id(media_id) is None:
+            return False
+        record = await self.get(media_id)
+        # S3 answers a DELETE of a missing key with 204: each of these is idempotent.
+        await self._request("DELETE", f"{_PREFIX}{media_id}.json")  # first: gone for readers
+        await self._request("DELETE", _PREFIX + media_id)
+        for indexed_by in indexed_under(record, owner):
+            await self._request("DELETE", f"{_OWNERS}{owner_tag(indexed_by)}/{media_id}")
+        return record is not None
 
     async def get(self, media_id: str) -> MediaRecord | None:
         raw = await self._object(f"{media_id}.json", media_id)
@@ -85,6 +121,7 @@ class S3MediaStore:
         content_type: str | None = None,
         payload_sha256: str | None = None,
         *,
+        query: list[tuple[str, str]] | None = None,
         expect_missing: bool = False,
     ) -> tuple[int, bytes]:
         path = f"/{self._bucket}/{key}"
@@ -95,7 +132,7 @@ class S3MediaStore:
         headers["authorization"] = sigv4.authorization(
             method,
             path,
-            [],
+            query or [],
             headers,
             digest,
             access_key=self._access_key,
@@ -104,6 +141,9 @@ class S3MediaStore:
             service="s3",
         )
         url = self._endpoint.with_path(sigv4.encode_path(path), encoded=True)
+        if query:
+            # Sent encoded exactly as signed (yarl's own quoting leaves "/" as it is; SigV4 does not).
+            url = URL(f"{url}?{sigv4.canonical_query(query)}", encoded=True)
         if self._session is None:
             # auto_decompress off: the bytes read are the bytes stored, whatever a server says.
             self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)

@@ -173,6 +173,20 @@ def privacy_schemas() -> dict[str, Any]:
                 "helpful_votes": _items({"type": "object"}),
                 "reports": _items({"type": "object"}),
                 "reservations": _items({"$ref": "#/components/schemas/Reservation"}),
+                "media": _items(
+                    {
+                        "type": "object",
+                        "description": "the user's uploads: id, content_type, size, created_at, and a"
+                        " signed url to fetch each",
+                        "properties": {
+                            "id": {"type": "string", "format": "uuid"},
+                            "content_type": {"type": "string"},
+                            "size": {"type": "integer"},
+                            "created_at": _TIME,
+                            "url": {"type": "string"},
+                        },
+                    }
+                ),
                 "devices": _items({"type": "object", "description": "replica_id, created_at"}),
                 "audit": _items(ref),
                 "personalization": {
@@ -194,6 +208,10 @@ def privacy_schemas() -> dict[str, Any]:
             "properties": {
                 "pseudonym": {"type": "string", "description": "erased:… — the user in what is kept"},
                 "reviews_erased": {"type": "integer"},
+                "media_deleted": {
+                    "type": "integer",
+                    "description": "uploads deleted from the media store (their signed URLs answer 404)",
+                },
                 "carts_deleted": {"type": "integer"},
                 "reservations_pseudonymised": {"type": "integer"},
                 "reviews_pseudonymised": {"type": "integer"},

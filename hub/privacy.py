@@ -14,7 +14,10 @@ nobody without the secret can tell whose.
    it was published, and ``review.status`` to the user. An offline device's later push cannot bring
    the content back: the erasure absorbs it, and once the author is the pseudonym the push is not
    even the user's (``review_not_found``);
-2. the store's ``erase_user``, one transaction: carts deleted (``cart.deleted`` on each cart's channel,
+2. the user's uploads are deleted from the media store (hub/media.py ``delete_media_of``: those
+   its owner index lists and those the user's reviews named), so no signed URL given out before
+   serves them any more;
+3. the store's ``erase_user``, one transaction: carts deleted (``cart.deleted`` on each cart's channel,
    ``cart.status`` on the user's), reservations, erased reviews' authors, votes, reports and audit
    entries pseudonymised, the profile deleted, personalization's events, consent and preferences
    deleted, and the erasure's own audit entry (actor: the admin, or the pseudonym when users erase
@@ -38,6 +41,7 @@ from hub.behaviour import render_behaviour
 from hub.carts import render_cart
 from hub.errors import ApiError
 from hub.keys import PII_KEYS, SETTINGS, STORE
+from hub.media import delete_media_of, media_of, signed_url
 from hub.pii import Keyring
 from hub.responses import iso
 from hub.reviews import RULES, render_review, rest_replica, screen
@@ -103,6 +107,7 @@ def render_profile(keyring: Keyring, sub: str, profile: UserProfile | None) -> d
 async def export(app: web.Application, sub: str) -> dict[str, Any]:
     """Everything held about ``sub``, as JSON (docs/api.md, "Privacy")."""
     data = await app[STORE].user_data(sub)
+    settings = app[SETTINGS]
     author = Principal(sub=sub, roles=frozenset({"customer"}), expires_at=0)
     return {
         "sub": sub,
@@ -116,6 +121,16 @@ async def export(app: web.Application, sub: str) -> dict[str, Any]:
             for r in data.reports
         ],
         "reservations": [with_iso_times(reservation_to_dict(r)) for r in data.reservations],
+        "media": [
+            {
+                "id": record.id,
+                "content_type": record.content_type,
+                "size": record.size,
+                "created_at": iso(record.created_at),
+                "url": signed_url(settings.jwt_secret, record.id, settings.media_url_ttl_seconds)[0],
+            }
+            for record in await media_of(app, sub, [m for document in data.reviews for m in document.media])
+        ],
         "devices": [{"replica_id": d.replica_id, "created_at": iso(d.created_at)} for d in data.devices],
         "audit": [render_entry(entry) for entry in data.audit],
         "personalization": render_behaviour(sub, data.behaviour, app[SETTINGS].event_retention_days),
@@ -128,7 +143,8 @@ async def erase(request: web.Request, who: Principal, sub: str, action: str) -> 
     store = app[STORE]
     replica = rest_replica(sub)
     erased = 0
-    for document in (await store.user_data(sub)).reviews:
+    reviews = (await store.user_data(sub)).reviews
+    for document in reviews:
         if document.status is ReviewStatus.ERASED:
             continue
         push = ReviewPush(f"erasure-{uuid.uuid4()}", lambda review: review.erase(replica))
@@ -140,8 +156,10 @@ async def erase(request: web.Request, who: Principal, sub: str, action: str) -> 
                 code="erasure_incomplete",
             )
         erased += 1
+    media = await delete_media_of(app, sub, [m for document in reviews for m in document.media])
     alias = pseudonym(app[SETTINGS].jwt_secret, sub)
     actor = who if who.sub != sub else replace(who, sub=alias)
-    entry = entry_for(request, actor, action, ("user", alias), {"reviews_erased": erased})
+    detail = {"reviews_erased": erased, "media_deleted": media}
+    entry = entry_for(request, actor, action, ("user", alias), detail)
     mark_recorded(request)
     return await store.erase_user(sub, alias, entry)

@@ -36,6 +36,11 @@ def encode_path(path: str) -> str:
     return "/".join(_encode(segment) for segment in path.split("/")) or "/"
 
 
+def canonical_query(query: Iterable[tuple[str, str]]) -> str:
+    """The canonical query string: names and values encoded, sorted (also what a request sends)."""
+    return "&".join(f"{k}={v}" for k, v in sorted((_encode(k), _encode(v)) for k, v in query))
+
+
 def canonical_request(
     method: str,
     path: str,
@@ -44,13 +49,13 @@ def canonical_request(
     payload_sha256: str,
 ) -> tuple[str, str]:
     """The canonical request and its signed headers' list."""
-    canonical_query = "&".join(f"{k}={v}" for k, v in sorted((_encode(k), _encode(v)) for k, v in query))
+    canonical = canonical_query(query)
     # Names lower-cased, values trimmed with inner runs of spaces made one; sorted by name.
     lines = sorted((name.lower().strip(), " ".join(value.split())) for name, value in headers.items())
     signed = ";".join(name for name, _ in lines)
     canonical_headers = "".join(f"{name}:{value}\n" for name, value in lines)
     request = "\n".join(
-        [method.upper(), encode_path(path), canonical_query, canonical_headers, signed, payload_sha256]
+        [method.upper(), encode_path(path), canonical, canonical_headers, signed, payload_sha256]
     )
     return request, signed
 

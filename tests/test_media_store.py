@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from hub.media_store import MediaRecord, MediaStore, MediaStoreError, open_media_store
+from hub.media_store import MediaRecord, MediaStore, MediaStoreError, open_media_store, owner_tag
 from hub.media_store_local import LocalMediaStore
 from hub.media_store_s3 import S3MediaStore
 from hub.settings import Settings
@@ -185,6 +185,57 @@ async def test_an_id_that_is_not_a_canonical_uuid_names_nothing(
         await media_store.put(_replace(record, id=name), b"x")
 
 
+async def test_an_owners_media_are_listed_and_deleted_for_good(media_store: MediaStore) -> None:
+    owner, other = f"erasable {uuid.uuid4()}", f"kept {uuid.uuid4()}"  # the S3 bucket is shared
+    mine = [record_of(f"mine {i}".encode(), owner=owner) for i in range(3)]
+    theirs = record_of(b"theirs", owner=other)
+    for record in [*mine, theirs]:
+        await media_store.put(record, record.id.encode())
+    assert sorted(await media_store.owned_by(owner)) == sorted(r.id for r in mine)
+    assert await media_store.owned_by(f"nobody {uuid.uuid4()}") == []
+    assert await media_store.delete(mine[0].id) is True
+    assert await media_store.get(mine[0].id) is None
+    assert await media_store.read(mine[0].id) is None
+    assert sorted(await media_store.owned_by(owner)) == sorted(r.id for r in mine[1:])
+    assert await media_store.delete(mine[0].id) is False  # again: nothing left, no error
+    assert await media_store.delete(str(uuid.uuid4())) is False
+    assert await media_store.delete("../../etc/passwd") is False
+    assert await media_store.owned_by(other) == [theirs.id]
+    assert await media_store.read(theirs.id) == theirs.id.encode()
+
+
+async def test_an_owner_index_pages_past_one_listing(s3_server: S3Server) -> None:
+    # ListObjectsV2 answers 1,000 keys at most: the continuation token must be followed.
+    store = s3_server.store()
+    owner = f"prolific {uuid.uuid4()}"
+    records = [record_of(b"", owner=owner) for _ in range(1003)]
+    try:
+        for start in range(0, len(records), 50):
+            await asyncio.gather(*(store.put(r, b"") for r in records[start : start + 50]))
+        assert sorted(await store.owned_by(owner)) == sorted(r.id for r in records)
+    finally:
+        await store.close()
+
+
+async def test_a_delete_cut_short_after_the_record_is_finished_by_its_owner(
+    media_store: MediaStore,
+) -> None:
+    owner = f"interrupted {uuid.uuid4()}"
+    record = record_of(b"half", owner=owner)
+    await media_store.put(record, b"half")
+    if isinstance(media_store, LocalMediaStore):  # the record went, then the process died
+        (media_store._dir / record.id[:2] / f"{record.id}.json").unlink()
+    else:
+        assert isinstance(media_store, S3MediaStore)
+        await media_store._request("DELETE", f"media/{record.id}.json")
+    assert await media_store.owned_by(owner) == [record.id]
+    assert await media_store.delete(record.id) is False  # no record: the index entry is left
+    assert await media_store.owned_by(owner) == [record.id]
+    assert await media_store.delete(record.id, owner) is False
+    assert await media_store.owned_by(owner) == []
+    assert await media_store.read(record.id) is None
+
+
 def _replace(record: MediaRecord, **changes: Any) -> MediaRecord:
     fields = {name: getattr(record, name) for name in MediaRecord.__dataclass_fields__}
     return MediaRecord(**{**fields, **changes})
@@ -199,6 +250,8 @@ async def test_local_files_are_named_by_the_id_private_and_leave_no_temporaries(
     await store.put(record, b"data")
     folder = tmp_path / "media" / record.id[:2]
     assert sorted(p.name for p in folder.iterdir()) == [record.id, f"{record.id}.json"]
+    index = tmp_path / "media" / "owners" / owner_tag(record.owner)
+    assert [p.name for p in index.iterdir()] == [record.id]  # the owner's tag, never the owner
     assert stat.S_IMODE(folder.stat().st_mode) == stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
     for path in folder.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600

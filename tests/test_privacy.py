@@ -5,14 +5,17 @@ events on the channels), with an offline device that comes back afterwards."""
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from crdt.wire import encode_context
+from hub.media import signed_url
 from hub.pii import new_key_spec
-from tests.conftest import Hub, hub_settings, running_hub, token
+from tests import media_samples
+from tests.conftest import JWT_SECRET, Hub, hub_settings, running_hub, token
 from tests.privacy_helpers import pseudonym_of, raw_execute, raw_fetch
 from tests.realtime_helpers import JSON, WsClient, eu_hub, ws_client
 from tests.test_api_reviews import Device, auth
@@ -181,8 +184,16 @@ class World:
         await hub.stock(self.product_id, "par-1", 10)
         assert (await put_me(hub, PROFILE))[0] == 200
         assert (await put_me(hub, {"display_name": "Bob"}, hub.bob))[0] == 200
-        self.review_id = await self.review(hub.alice, 5, "Lovely serum, my skin drinks it")
-        self.bob_review_id = await self.review(hub.bob, 3, "Fine, but the bottle leaks a little")
+        # Alice's uploads: a photo on her review and one she never attached; Bob's photo.
+        self.photo_id = await self.upload(hub.alice)
+        self.loose_photo_id = await self.upload(hub.alice)
+        self.bob_photo_id = await self.upload(hub.bob)
+        self.review_id = await self.review(
+            hub.alice, 5, "Lovely serum, my skin drinks it", media=[self.photo_id]
+        )
+        self.bob_review_id = await self.review(
+            hub.bob, 3, "Fine, but the bottle leaks a little", media=[self.bob_photo_id]
+        )
         for path, body in (("helpful", None), ("reports", {"reason": "off_topic"})):
             status, reply, _ = await hub.call(
                 "POST", f"/api/v1/reviews/{self.bob_review_id}/{path}", token=hub.alice, json=body
@@ -211,15 +222,33 @@ class World:
         assert self.phone.review.value() is not None
         return self
 
-    async def review(self, bearer: str, rating: int, text: str) -> str:
+    async def review(self, bearer: str, rating: int, text: str, media: list[str]) -> str:
         status, reply, _ = await self.hub.call(
             "POST",
             f"/api/v1/products/{self.product_id}/reviews",
             token=bearer,
-            json={"rating": rating, "text": text},
+            json={"rating": rating, "text": text, "media": media},
         )
         assert status == 201 and reply["status"] == "published", reply
         return str(reply["id"])
+
+    async def upload(self, bearer: str) -> str:
+        status, reply, _ = await self.hub.call(
+            "POST",
+            "/api/v1/media",
+            token=bearer,
+            data=io.BytesIO(media_samples.GIF),
+            headers={"Content-Type": "image/gif"},
+        )
+        assert status == 201, reply
+        return str(reply["id"])
+
+    async def media_status(self, media_id: str) -> int:
+        """What fetching ``media_id`` through a URL the hub signed for it answers (200: still stored)."""
+        url = signed_url(JWT_SECRET, media_id, 600)[0]
+        async with self.hub.session.get(self.hub.base + url) as response:
+            await response.read()
+            return response.status
 
     async def rating(self) -> dict[str, Any]:
         status, body, _ = await self.hub.call("GET", f"/api/v1/products/{self.product_id}/rating")
@@ -271,6 +300,11 @@ async def test_the_export_holds_everything_about_the_user(database_url):
             ]
             assert [r["id"] for r in body["reservations"]] == [world.reservation_id]
             assert body["reservations"][0]["lines"][0]["quantity"] == 1
+            assert sorted(m["id"] for m in body["media"]) == sorted([world.photo_id, world.loose_photo_id])
+            assert {m["content_type"] for m in body["media"]} == {"image/gif"}
+            for item in body["media"]:
+                async with hub.session.get(hub.base + item["url"]) as fetched:
+                    assert fetched.status == 200 and await fetched.read()
             replicas = {d["replica_id"] for d in body["devices"]}
             assert "web-1" in replicas and any(r.startswith("rest.") for r in replicas)
             assert "Bob" not in json.dumps(body) and "bottle leaks" not in json.dumps(body)
@@ -307,6 +341,7 @@ async def test_erasure_removes_the_user_everywhere_and_an_offline_device_cannot_
             assert erased == {
                 "pseudonym": alias,
                 "reviews_erased": 1,
+                "media_deleted": 2,
                 "carts_deleted": 1,
                 "reservations_pseudonymised": 1,
                 "reviews_pseudonymised": 1,
@@ -364,6 +399,11 @@ async def test_erasure_removes_the_user_everywhere_and_an_offline_device_cannot_
         )
         assert stored == {"author": alias, "status": "erased", "body": None}
 
+        # Her uploads: gone from the media store, whatever URL was signed for them; Bob's stays.
+        for media_id in (world.photo_id, world.loose_photo_id):
+            assert await world.media_status(media_id) == 404, media_id
+        assert await world.media_status(world.bob_photo_id) == 200
+
         # The cart: gone for its owner, and its id cannot be taken again.
         status, body, _ = await hub.call("GET", f"/api/v1/carts/{world.cart_id}", token=hub.alice)
         assert (status, body["code"]) == (404, "cart_not_found")
@@ -392,12 +432,13 @@ async def test_erasure_removes_the_user_everywhere_and_an_offline_device_cannot_
         assert erase_entry["actor"]["sub"] == alias and erase_entry["target"] == {"kind": "user", "id": alias}
         assert erase_entry["seq"] == erased["audit_seq"]
         assert erase_entry["detail"]["carts_deleted"] == 1 and erase_entry["detail"]["reviews_erased"] == 1
+        assert erase_entry["detail"]["media_deleted"] == 2
 
         # Nothing left of alice, as the API or the database tells it.
         assert (await me(hub))["version"] == 0
         left = await export(hub)
         assert left["profile"] is None
-        for key in ("carts", "reviews", "helpful_votes", "reports", "reservations", "audit"):
+        for key in ("carts", "reviews", "helpful_votes", "reports", "reservations", "audit", "media"):
             assert left[key] == [], key
         for table, column in (
             ("user_profiles", "sub"),

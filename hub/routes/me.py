@@ -126,6 +126,7 @@ def _erased(erasure: Erasure) -> dict[str, Any]:
     return {
         "pseudonym": erasure.entry.target_id,
         "reviews_erased": erasure.entry.detail.get("reviews_erased", 0),
+        "media_deleted": erasure.entry.detail.get("media_deleted", 0),
         **erasure.counts(),
         "audit_seq": erasure.entry.seq,
     }
