@@ -365,8 +365,8 @@ def _page_paths() -> dict[str, Any]:
 
 def _document() -> dict[str, Any]:
     from hub.fitment import ATTRIBUTE_VALUE
-    from hub.routes import catalog, reservations  # (late: see request_bodies)
-    from hub.validation import schema_of
+    from hub.routes import catalog  # (late: see request_bodies)
+    from hub.validation import SUBJECT, schema_of
 
     product_id = _path("product_id")
     warehouse_id = _path("warehouse_id")
@@ -619,7 +619,7 @@ def _document() -> dict[str, Any]:
                         ),
                         _query(
                             "sub",
-                            schema_of(reservations.SUB),
+                            schema_of(SUBJECT),
                             "whose reservations (default: the caller's; another's needs admin or service)",
                         ),
                     ],

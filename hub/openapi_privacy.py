@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from hub.routes import audit
-from hub.routes.me import SUB
-from hub.validation import schema_of
+from hub.validation import SUBJECT, schema_of
 
 Op = Any  # hub.openapi's operation builders, passed in (this module is imported by that one)
 
@@ -23,7 +22,7 @@ _ERASURE_PROBLEMS = "erasure_incomplete: a step failed; erasing again resumes (e
 def privacy_paths(
     op: Op, json: Op, problems: Op, path: Op, query: Op, auth_problems: dict[str, str]
 ) -> dict[str, Any]:
-    sub = {**path("sub"), "schema": schema_of(SUB)}  # (the route's own rule: hub.routes.me.SUB)
+    sub = {**path("sub"), "schema": schema_of(SUBJECT)}  # (the routes' own rule)
     export = (
         "Everything the hub holds about the user, as JSON: profile (decrypted), carts, reviews (every"
         " status), helpful votes, reports, reservations, device replica ids, and the audit entries"
@@ -129,9 +128,9 @@ def privacy_paths(
                 },
                 auth=True,
                 params=[
-                    query("actor", schema_of(audit.SUB), "the actor's subject"),
+                    query("actor", schema_of(SUBJECT), "the actor's subject"),
                     query("action", schema_of(audit.ACTION), "a route's name"),
-                    query("target", schema_of(audit.SUB), "the target's id"),
+                    query("target", schema_of(SUBJECT), "the target's id"),
                     query("target_kind", schema_of(audit.KIND), "user, product, review, reservation, ..."),
                     query("since", _TIME, "at or after this time (RFC 3339)"),
                     query("until", _TIME, "before this time (RFC 3339)"),

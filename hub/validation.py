@@ -184,6 +184,11 @@ def string(min_len: int = 0, max_len: int = 1000, pattern: str | None = None) ->
     )
 
 
+# A token's subject as a path or query parameter (a user to export, erase, list for, or audit): any
+# printable text up to 256 characters, as identity providers issue them.
+SUBJECT = string(1, 256, r"[^\x00-\x1f\x7f]+")
+
+
 def integer(minimum: int, maximum: int, *, nonzero: bool = False) -> Validator:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int | Decimal):

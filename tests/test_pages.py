@@ -12,12 +12,15 @@ import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from hub.routes.home import ASSETS, PAGE_CSP
 from tests.conftest import Hub, hub_settings, running_hub
+
+PROTOCOL_DOCUMENT = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER = ROOT / "tests" / "browser"
@@ -56,8 +59,13 @@ async def test_the_pages_and_their_files_are_served_with_a_strict_policy(eu_hub:
             assert headers["Content-Security-Policy"] == PAGE_CSP and headers["X-Frame-Options"] == "DENY"
         again, _, _ = await eu_hub.call("GET", asset.path, headers={"If-None-Match": headers["ETag"]})
         assert again == 304, asset
-    status, _, headers = await eu_hub.call("GET", "/docs/protocol.md")
+    async with eu_hub.session.get(eu_hub.base + "/docs/protocol.md") as response:
+        status, served, headers = response.status, await response.read(), response.headers
     assert status == 200 and headers["Content-Type"].startswith("text/markdown")
+    # Served from the package (hub/static/protocol.md, a link a wheel's build turns into a copy), and
+    # it is the repository's document.
+    packaged = resources.files("hub").joinpath("static").joinpath("protocol.md").read_bytes()
+    assert packaged == PROTOCOL_DOCUMENT.read_bytes() == served
     # No third-party anything: every script and style sheet a page names is one of the hub's own.
     async with eu_hub.session.get(eu_hub.base + "/") as response:
         page = await response.text()

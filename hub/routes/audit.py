@@ -22,14 +22,13 @@ from hub.errors import BadRequest
 from hub.keys import STORE
 from hub.responses import json_response
 from hub.routes.reviews import decode_cursor, encode_cursor
-from hub.validation import query_int, query_text, string
+from hub.validation import SUBJECT, query_int, query_text, string
 from storage.privacy import AuditQuery
 
 routes = web.RouteTableDef()
 
 MAX_PAGE = 200
 _PARAMETERS = frozenset({"actor", "action", "target", "target_kind", "since", "until", "cursor", "limit"})
-SUB = string(1, 256, r"[^\x00-\x1f\x7f]+")
 ACTION = string(1, 64, r"[a-z][a-z0-9_]*")
 KIND = string(1, 32, r"[a-z][a-z0-9_]*")
 
@@ -66,10 +65,10 @@ async def list_audit(request: web.Request) -> web.StreamResponse:
     if before is not None and not (isinstance(before, int) and 0 < before < 2**63):
         raise BadRequest("the cursor does not belong to this listing; start again", code="invalid_cursor")
     query = AuditQuery(
-        actor=query_text(request, "actor", SUB),
+        actor=query_text(request, "actor", SUBJECT),
         action=query_text(request, "action", ACTION),
         target_kind=query_text(request, "target_kind", KIND),
-        target_id=query_text(request, "target", SUB),
+        target_id=query_text(request, "target", SUBJECT),
         since_us=_time(request, "since"),
         until_us=_time(request, "until"),
         before_seq=before,

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from pathlib import Path
 
 from aiohttp import web
 
@@ -24,9 +23,9 @@ PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self';"
     " base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-# docs/protocol.md of the checkout the hub runs from (scripts/serve installs it in place); a hub installed
-# from a wheel has no docs/ and says so.
-PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+# docs/protocol.md, which hub/static/protocol.md links to: the checkout's own file, and in a wheel (whose
+# build copies what a link names) its copy, so an installed hub serves it too.
+PROTOCOL_DOC = "protocol.md"
 
 
 @dataclass(frozen=True)
@@ -81,13 +80,12 @@ def _asset_handler(asset: Asset) -> Callable[[web.Request], Awaitable[web.Stream
 
 async def protocol_doc(request: web.Request) -> web.StreamResponse:
     try:
-        body = PROTOCOL_DOC.read_bytes()
+        body, etag = _read(PROTOCOL_DOC)
     except OSError:
         raise NotFoundError(
-            "docs/protocol.md is not installed with this hub (a checkout serves it)",
-            code="document_not_found",
+            "docs/protocol.md is missing from this installation", code="document_not_found"
         ) from None
-    return _respond(request, body, content_etag(body), "text/markdown")
+    return _respond(request, body, etag, "text/markdown")
 
 
 routes = web.RouteTableDef()

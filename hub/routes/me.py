@@ -23,7 +23,7 @@ from hub.errors import BadRequest
 from hub.keys import PII_KEYS, STORE
 from hub.privacy import erase, export, render_profile, seal_profile
 from hub.responses import expected_version, json_response, version_etag
-from hub.validation import Field, FieldError, Validator, read_json, string, validate
+from hub.validation import SUBJECT, Field, FieldError, Validator, read_json, string, validate
 from storage.privacy import Erasure
 
 routes = web.RouteTableDef()
@@ -42,7 +42,6 @@ PHONE_PATTERN = r"\+[1-9][0-9]{6,14}"
 _DISPLAY_NAME = string(1, 100, DISPLAY_NAME_PATTERN)
 _EMAIL = string(3, 254, EMAIL_PATTERN)
 _PHONE = string(8, 16, PHONE_PATTERN)
-SUB = string(1, 256, r"[^\x00-\x1f\x7f]+")
 
 
 def _nullable(check: Validator) -> Validator:
@@ -64,7 +63,7 @@ PROFILE_FIELDS = {
 
 def _subject(request: web.Request) -> str:
     try:
-        sub: str = SUB(request.match_info["sub"])
+        sub: str = SUBJECT(request.match_info["sub"])
     except FieldError as exc:
         raise BadRequest(f"sub: {exc.message}", code="invalid_parameter", parameter="sub") from exc
     return sub

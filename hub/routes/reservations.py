@@ -26,6 +26,7 @@ from hub.routes.inventory import REGION_PATTERN, SLUG
 from hub.routes.schools import decode_cursor, encode_cursor
 from hub.settings import Settings
 from hub.validation import (
+    SUBJECT,
     Field,
     integer,
     list_of,
@@ -48,8 +49,6 @@ PRIVILEGED = frozenset({"admin", "service"})
 MAX_QUANTITY = 10_000
 MAX_LINES = 100
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-# a token's subject, as hub.routes.me reads it (not imported: hub.privacy, which me imports, imports this)
-SUB = string(1, 256, r"[^\x00-\x1f\x7f]+")
 
 LINE_FIELDS = {
     "product_id": Field(uuid_string, required=True),
@@ -161,7 +160,7 @@ async def list_reservations(request: web.Request) -> web.StreamResponse:
     """The caller's reservations, newest first (``cursor``, ``limit``); an admin or service token may
     name another user's with ``sub``."""
     who = require(request, *USER_ROLES)
-    owner = query_text(request, "sub", SUB) or who.sub
+    owner = query_text(request, "sub", SUBJECT) or who.sub
     if owner != who.sub and not who.roles & PRIVILEGED:
         raise Forbidden("only admin and service tokens list another user's reservations", code="forbidden")
     limit = query_int(request, "limit", 50, 1, 200)
