@@ -62,11 +62,6 @@ FOLD = (
     " RETURNING seq, payload) SELECT o.seq, o.payload, agg.* FROM o, agg"
 )
 
-MOVE = (
-    "INSERT INTO rating_moves (product_id, region, rating_count, rating_total, rating_1, rating_2,"
-    " rating_3, rating_4, rating_5, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-)
-
 # Every product and region with moves left (a fold that failed, a node that stopped before its fold).
 LEFT = "SELECT DISTINCT product_id, region FROM rating_moves"
 

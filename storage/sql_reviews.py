@@ -16,6 +16,7 @@ back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,12 +26,14 @@ from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
+import orjson
+
 from crdt import codec
 from crdt.review import ModerationStatus, Review, ReviewGoneError
 from storage.carts import PushOutcome, PushStatus
 from storage.db import Database, Tx
 from storage.errors import NotFound, VersionMismatch
-from storage.rating_folds import FOLD, LEFT, MOVE, KeyedRuns
+from storage.rating_folds import FOLD, LEFT, KeyedRuns
 from storage.reviews import (
     ReviewDocument,
     ReviewPush,
@@ -52,7 +55,7 @@ from storage.sql_review_reads import (
     render_aggregate,
     search_words,
 )
-from storage.streams import reviews_stream
+from storage.streams import reviews_stream, user_stream
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -146,6 +149,10 @@ class ReviewSql(ReviewReadSql):
                 # node) and has committed: it is read, locked, this time.
                 return await attempt(tx)
 
+        # One push on PostgreSQL: a refusal rolls the whole transaction back (which takes back the
+        # replicas its delta bound) instead of costing every push a savepoint's two round trips.
+        whole = len(pushes) == 1 and self.db.dialect == "postgres"
+
         async def attempt(tx: Tx) -> ReviewPushResult:
             ts = _now_us()
             row = await tx.fetchrow(_LOCKED[self.db.dialect], review_id)
@@ -171,18 +178,21 @@ class ReviewSql(ReviewReadSql):
                     continue
                 try:
                     # (a savepoint: a refusal takes back the replicas the delta bound before it)
-                    async with tx.savepoint():
+                    async with contextlib.nullcontext() if whole else tx.savepoint():
                         delta = _make_delta(push, review)
-                        merged = await _checked_merge(tx, review, delta, review_id, author, rules, ts)
+                        merged = await _checked_merge(
+                            tx, review, delta, review_id, author, rules, ts, self.db.dialect
+                        )
                         if before is None and not created:
                             await _insert_review(tx, merged, review_id, author, self.region, ts)
                             created = True
                 except ReviewRefusal as refusal:
-                    outcomes.append(
-                        PushOutcome(
-                            push.mutation_id, PushStatus.REFUSED, version, refusal.code, refusal.message
-                        )
+                    refused = PushOutcome(
+                        push.mutation_id, PushStatus.REFUSED, version, refusal.code, refusal.message
                     )
+                    if whole:
+                        raise _Refused(ReviewPushResult(before, [refused])) from refusal
+                    outcomes.append(refused)
                     continue
                 if merged != review:
                     review = merged
@@ -191,24 +201,19 @@ class ReviewSql(ReviewReadSql):
                 outcomes.append(PushOutcome(push.mutation_id, PushStatus.APPLIED, version))
             if not applied:
                 return ReviewPushResult(before, outcomes)
-            for mutation_id, mutation_version in applied.items():
-                await tx.execute(
-                    "INSERT INTO review_mutations (review_id, mutation_id, version, created_at)"
-                    " VALUES ($1, $2, $3, $4)",
-                    review_id,
-                    mutation_id,
-                    mutation_version,
-                    ts,
-                )
             if before is not None and version == before.version:
                 # Nothing new merged (a delta the review held already): no judgment, no event.
+                await _record_mutations(tx, review_id, list(applied.items()), ts)
                 return ReviewPushResult(before, outcomes)
             document = await ReviewSql._settle(
-                self, tx, review_id, review, version, before, screener, rules, ts
+                self, tx, review_id, review, version, before, screener, rules, ts, list(applied.items())
             )
             return ReviewPushResult(document, outcomes)
 
-        return await self._write_moving(work)
+        try:
+            return await self._write_moving(work)
+        except _Refused as refused:
+            return refused.result
 
     async def moderate_review(
         self: _Core,
@@ -381,8 +386,10 @@ class ReviewSql(ReviewReadSql):
         screener: Screener,
         rules: ReviewRules,
         ts: int,
+        mutations: Sequence[tuple[str, int]],
     ) -> ReviewDocument:
-        """After a push: judge the merged review (unless nothing new needs judging) and write it."""
+        """After a push: judge the merged review (unless nothing new needs judging) and write it, with
+        the ids of the pushes applied."""
         base = before or _new_document(review_id, review, self.region, ts)
         reasons: tuple[str, ...]
         if review.erased:
@@ -393,7 +400,9 @@ class ReviewSql(ReviewReadSql):
             status, reasons = base.status, base.reasons  # nothing new to judge
         else:
             status, reasons = await _screen(tx, review, review_id, base, screener, rules, ts)
-        return await ReviewSql._judge(self, tx, base, review, version, status, reasons, ts, after_push=True)
+        return await ReviewSql._judge(
+            self, tx, base, review, version, status, reasons, ts, after_push=True, mutations=mutations
+        )
 
     async def _judge(
         self: _Core,
@@ -406,10 +415,12 @@ class ReviewSql(ReviewReadSql):
         ts: int,
         *,
         after_push: bool = False,
+        mutations: Sequence[tuple[str, int]] = (),
     ) -> ReviewDocument:
         """Write ``review`` judged ``status``: the server's moderation record (for a judgeable status),
-        the projection, the aggregate's move and the events. ``version`` is the review's new version.
-        Only a push changes a deleted or erased review (its edits merge, never shown)."""
+        the projection, the aggregate's move, the events and the ids of the ``mutations`` applied
+        (id, version). ``version`` is the review's new version. Only a push changes a deleted or
+        erased review (its edits merge, never shown)."""
         if before.status in _FINAL and not after_push:
             raise ReviewRefusal("review_gone", f"the review is {before.status.value}")
         mod_seq = before.mod_seq
@@ -420,10 +431,7 @@ class ReviewSql(ReviewReadSql):
         rating = value.rating if value is not None and value.rating is not None else 0
         text = value.text if value is not None else None
         media = list(value.media) if value is not None else []
-        await tx.execute(
-            "UPDATE reviews SET state = $2, version = $3, status = $4, reasons = $5, mod_seq = $6,"
-            " rating = $7, body = $8, body_hash = $9, media = $10, has_media = $11, updated_at = $12"
-            " WHERE id = $1",
+        projection = (
             before.id,
             codec.to_msgpack(review),
             version,
@@ -437,16 +445,6 @@ class ReviewSql(ReviewReadSql):
             int(bool(media)),
             ts,
         )
-        if self.db.dialect == "sqlite":
-            rowid = _search_rowid(before.id)
-            await tx.execute("DELETE FROM review_search WHERE rowid = $1", rowid)
-            if text and status not in _FINAL:
-                await tx.execute(
-                    "INSERT INTO review_search (rowid, review_id, body) VALUES ($1, $2, $3)",
-                    rowid,
-                    before.id,
-                    text,
-                )
         after = ReviewDocument(
             id=before.id,
             product_id=before.product_id,
@@ -465,93 +463,190 @@ class ReviewSql(ReviewReadSql):
             updated_at=ts,
             mod_seq=mod_seq,
         )
-        await ReviewSql._tell(self, tx, before, after, ts)
-        await ReviewSql._move_aggregate(self, tx, before, after, ts)
+        public = _public_event(before, after, ts)
+        told = _status_event(after)
+        move = _move(before, after)
+        if self.db.dialect == "postgres":
+            await ReviewSql._write_judged(self, tx, after, projection, public, told, move, mutations, ts)
+            return after
+        await _record_mutations(tx, before.id, mutations, ts)
+        await tx.execute(_PROJECT, *projection)
+        rowid = _search_rowid(before.id)
+        await tx.execute("DELETE FROM review_search WHERE rowid = $1", rowid)
+        if text and status not in _FINAL:
+            await tx.execute(
+                "INSERT INTO review_search (rowid, review_id, body) VALUES ($1, $2, $3)",
+                rowid,
+                before.id,
+                text,
+            )
+        if public is not None:
+            stream = reviews_stream(after.region)
+            await self.append_event(tx, stream, f"review:{after.id}", after.version, public, ts)
+        await self.user_event(tx, after.author, told, ts, region=after.region)
+        if move is not None:
+            await ReviewSql._move_row(self, tx, after, move, ts)
         return after
 
-    async def _move_aggregate(
-        self: _Core, tx: Tx, before: ReviewDocument, after: ReviewDocument, ts: int
+    async def _write_judged(
+        self: _Core,
+        tx: Tx,
+        after: ReviewDocument,
+        projection: tuple[Any, ...],
+        public: dict[str, Any] | None,
+        told: dict[str, Any],
+        move: tuple[int, ...] | None,
+        mutations: Sequence[tuple[str, int]],
+        ts: int,
     ) -> None:
-        was = before.rating if before.status is ReviewStatus.PUBLISHED and before.version > 0 else None
-        now = after.rating if after.status is ReviewStatus.PUBLISHED else None
-        if was == now:
-            return
-        moves = {n: 0 for n in range(1, 6)}
-        if was is not None:
-            moves[was] -= 1
-        if now is not None:
-            moves[now] += 1
-        count = (now is not None) - (was is not None)
-        total = (now or 0) - (was or 0)
-        if self.db.dialect == "postgres":
-            # Appended, not applied: the product's row would make every review of the product wait
-            # for the one before it to commit (storage.rating_folds).
-            await tx.execute(
-                MOVE, after.product_id, after.region, count, total, *(moves[n] for n in range(1, 6)), ts
-            )
+        """PostgreSQL: everything a judgment writes in one statement (``_JUDGED``), one round trip.
+        The rating's move is appended (storage.rating_folds), not applied to the product's row."""
+        stream = reviews_stream(after.region)
+        public_payload = None if public is None else orjson.dumps(public)
+        private_stream = user_stream(after.region, after.author)
+        row = await tx.fetchrow(
+            _JUDGED,
+            *projection,
+            None if public_payload is None else public_payload.decode(),
+            stream,
+            f"review:{after.id}",
+            after.author,
+            # the user's event, its version (the user's counter) appended by the statement
+            orjson.dumps({**told, "sub": after.author, "ts": ts}).decode(),
+            private_stream,
+            f"user:{after.author}",
+            after.product_id,
+            after.region,
+            *(move or (0,) * 7),
+            move is not None,
+            [m for m, _ in mutations],
+            [v for _, v in mutations],
+        )
+        assert row is not None
+        if public_payload is not None:
+            self._appended(row["public_seq"], stream, f"review:{after.id}", after.version, public_payload)
+        self._appended(
+            row["seq"], private_stream, f"user:{after.author}", row["version"], row["payload"].encode()
+        )
+        if move is not None:
             moved = _MOVED.get()
             assert moved is not None, "a write that moves a rating runs in _write_moving"
             moved.add((after.product_id, after.region))
-            return
-        histogram = ", ".join(f"rating_{n} = rating_{n} + {moves[n]}" for n in range(1, 6) if moves[n])
-        update = (
+
+    async def _move_row(self: _Core, tx: Tx, after: ReviewDocument, move: tuple[int, ...], ts: int) -> None:
+        """SQLite (one writer): the move applied to the product's row, with its event."""
+        count, total, *histogram = move
+        moves = ", ".join(f"rating_{n + 1} = rating_{n + 1} + {m}" for n, m in enumerate(histogram) if m)
+        row = await tx.fetchrow(
             "UPDATE products SET rating_count = rating_count + $2, rating_total = rating_total + $3,"
-            f" {histogram},"
+            f" {moves},"
             " rating_score = CASE WHEN rating_count + $2 > 0"
             " THEN ((rating_total + $3) * 10000) / (rating_count + $2) ELSE 0 END,"
-            f" rating_version = rating_version + 1 WHERE id = $1 RETURNING {_RATING_COLUMNS}"
+            f" rating_version = rating_version + 1 WHERE id = $1 RETURNING {_RATING_COLUMNS}",
+            after.product_id,
+            count,
+            total,
         )
-        stream, key = reviews_stream(after.region), f"rating:{after.product_id}"
-        row = await tx.fetchrow(update, after.product_id, count, total)
         if row is None:  # the product was deleted meanwhile: its reviews go with it
             return
-        aggregate = _aggregate(row)
         await self.append_event(
             tx,
-            stream,
-            key,
+            reviews_stream(after.region),
+            f"rating:{after.product_id}",
             int(row["rating_version"]),
             {
                 "type": "rating.changed",
                 "product_id": after.product_id,
-                "rating": render_aggregate(aggregate),
+                "rating": render_aggregate(_aggregate(row)),
                 "version": int(row["rating_version"]),
                 "ts": ts,
             },
             ts,
         )
 
-    async def _tell(self: _Core, tx: Tx, before: ReviewDocument, after: ReviewDocument, ts: int) -> None:
-        """The public event (published content only) and the author's."""
-        was_public = before.status is ReviewStatus.PUBLISHED and before.version > 0
-        is_public = after.status is ReviewStatus.PUBLISHED
-        public_type = None
-        if is_public:
-            public_type = "review.changed" if was_public else "review.published"
-        elif was_public:
-            public_type = "review.removed"
-        if public_type is not None:
-            payload: dict[str, Any] = {"type": public_type, "product_id": after.product_id, "ts": ts}
-            if is_public:
-                payload["review"] = public_review(after)
-            else:
-                payload["review"] = {"id": after.id, "product_id": after.product_id, "version": after.version}
-            await self.append_event(
-                tx, reviews_stream(after.region), f"review:{after.id}", after.version, payload, ts
-            )
-        await self.user_event(
-            tx,
-            after.author,
-            {
-                "type": "review.status",
-                "review_id": after.id,
-                "product_id": after.product_id,
-                "status": after.status.value,
-                "reasons": list(after.reasons),
-                "review_version": after.version,
-            },
+
+_PROJECT = (
+    "UPDATE reviews SET state = $2, version = $3, status = $4, reasons = $5, mod_seq = $6,"
+    " rating = $7, body = $8, body_hash = $9, media = $10, has_media = $11, updated_at = $12"
+    " WHERE id = $1"
+)
+_OUTBOX = "INSERT INTO outbox (product_id, warehouse_id, payload, created_at, stream, dedupe_key, version)"
+# $1–$12 the projection (_PROJECT); $13 the public event (NULL: none), $14 its stream, $15 its key;
+# $16 the author, $17 their event without its version, $18 its stream, $19 its key; $20 product,
+# $21 region, $22–$28 the rating's move (count, total, ratings 1–5), $29 whether there is one;
+# $30, $31 the mutation ids and versions recorded.
+_JUDGED = (
+    f"WITH projection AS ({_PROJECT}),"
+    " mutations AS (INSERT INTO review_mutations (review_id, mutation_id, version, created_at)"
+    " SELECT $1, m.id, m.version, $12 FROM unnest($30::TEXT[], $31::BIGINT[]) AS m(id, version)),"
+    f" public AS ({_OUTBOX} SELECT '', '', $13, $12, $14, $15, $3 WHERE $13::TEXT IS NOT NULL RETURNING seq),"
+    " counter AS (INSERT INTO user_events (sub, version) VALUES ($16, 1)"
+    " ON CONFLICT (sub) DO UPDATE SET version = user_events.version + 1 RETURNING version),"
+    f" private AS ({_OUTBOX} SELECT '', '',"
+    " left($17, -1) || ',\"version\":' || counter.version::TEXT || '}',"
+    " $12, $18, $19, counter.version FROM counter RETURNING seq, version, payload),"
+    " moved AS (INSERT INTO rating_moves (product_id, region, rating_count, rating_total, rating_1,"
+    " rating_2, rating_3, rating_4, rating_5, created_at)"
+    " SELECT $20, $21, $22, $23, $24, $25, $26, $27, $28, $12 WHERE $29::BOOLEAN)"
+    " SELECT (SELECT seq FROM public) AS public_seq, private.seq, private.version, private.payload"
+    " FROM private"
+)
+
+
+def _public_event(before: ReviewDocument, after: ReviewDocument, ts: int) -> dict[str, Any] | None:
+    """The event of the review's public stream, if anyone may see the change (published content only)."""
+    was_public = before.status is ReviewStatus.PUBLISHED and before.version > 0
+    is_public = after.status is ReviewStatus.PUBLISHED
+    if is_public:
+        kind = "review.changed" if was_public else "review.published"
+    elif was_public:
+        kind = "review.removed"
+    else:
+        return None
+    payload: dict[str, Any] = {"type": kind, "product_id": after.product_id, "ts": ts}
+    if is_public:
+        payload["review"] = public_review(after)
+    else:
+        payload["review"] = {"id": after.id, "product_id": after.product_id, "version": after.version}
+    return payload
+
+
+def _status_event(after: ReviewDocument) -> dict[str, Any]:
+    """The author's event of every judgment (``user:{sub}``)."""
+    return {
+        "type": "review.status",
+        "review_id": after.id,
+        "product_id": after.product_id,
+        "status": after.status.value,
+        "reasons": list(after.reasons),
+        "review_version": after.version,
+    }
+
+
+def _move(before: ReviewDocument, after: ReviewDocument) -> tuple[int, ...] | None:
+    """The change of the product's aggregate (count, total, ratings 1–5), None if nothing moves: a
+    review counts while published, by its rating."""
+    was = before.rating if before.status is ReviewStatus.PUBLISHED and before.version > 0 else None
+    now = after.rating if after.status is ReviewStatus.PUBLISHED else None
+    if was == now:
+        return None
+    histogram = [0] * 5
+    if was is not None:
+        histogram[was - 1] -= 1
+    if now is not None:
+        histogram[now - 1] += 1
+    return ((now is not None) - (was is not None), (now or 0) - (was or 0), *histogram)
+
+
+async def _record_mutations(tx: Tx, review_id: str, mutations: Sequence[tuple[str, int]], ts: int) -> None:
+    for mutation_id, version in mutations:
+        await tx.execute(
+            "INSERT INTO review_mutations (review_id, mutation_id, version, created_at)"
+            " VALUES ($1, $2, $3, $4)",
+            review_id,
+            mutation_id,
+            version,
             ts,
-            region=after.region,
         )
 
 
@@ -567,7 +662,14 @@ def _make_delta(push: ReviewPush, review: Review) -> Review:
 
 
 async def _checked_merge(
-    tx: Tx, review: Review, delta: Review, review_id: str, author: str, rules: ReviewRules, ts: int
+    tx: Tx,
+    review: Review,
+    delta: Review,
+    review_id: str,
+    author: str,
+    rules: ReviewRules,
+    ts: int,
+    dialect: str,
 ) -> Review:
     """``review`` merged with ``delta`` if the delta keeps the rules (storage.reviews); ReviewRefusal
     if not. Every check runs before anything is written."""
@@ -600,6 +702,16 @@ async def _checked_merge(
         if len(value.media) > rules.max_media:
             raise ReviewRefusal("too_many_media", f"a review holds at most {rules.max_media} media")
     for replica in new_replicas:
+        if dialect == "postgres":
+            # Bound on first use, found or bound in one round trip: the statement's snapshot shows
+            # the existing binding, or the INSERT returns the new one (of two users binding one id
+            # at once, one does; a binding committed after the snapshot shows in the next read).
+            bound = await tx.fetchrow(_BIND, replica, author, ts)
+            if bound is None:
+                bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
+            if bound is None or bound["owner"] != author:
+                raise ReviewRefusal("foreign_replica", f"replica {replica[:40]!r} belongs to another user")
+            continue
         bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
         if bound is None:  # bound on first use; of two users binding one id at once, one does
             await tx.execute(
@@ -641,6 +753,21 @@ async def _insert_review(tx: Tx, review: Review, review_id: str, author: str, re
         if taken is not None:
             raise ReviewRefusal("wrong_review", "that review id is taken")
         raise ReviewRefusal("review_exists", "this author already has a review of this product")
+
+
+_BIND = (
+    "WITH bound AS (INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (replica_id) DO NOTHING RETURNING owner)"
+    " SELECT owner FROM bound UNION ALL SELECT owner FROM replicas WHERE replica_id = $1"
+)
+
+
+class _Refused(Exception):
+    """A single push refused on PostgreSQL: its transaction is rolled back, and this is its result."""
+
+    def __init__(self, result: ReviewPushResult) -> None:
+        super().__init__("refused")
+        self.result = result
 
 
 class _CreatedMeanwhile(Exception):
