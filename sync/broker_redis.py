@@ -33,7 +33,8 @@ hold up another. A subscription takes effect when ``subscribe`` is called: the r
 reaches Redis, reads from that moment on Redis' clock (entry ids are times), so nothing appended after
 the call is missed, and a few publications from just before may be delivered too (callers drop what
 they already have by offset, as the Protocol says). A reader survives Redis going away: it backs off,
-reconnects and continues after the last entry it read. If the stream was lost meanwhile, its new entries
+reconnects and continues after the last entry it read (on a cluster, with a new client after each
+failed read: see ``RedisBroker._read``). If the stream was lost meanwhile, its new entries
 carry a new epoch; a reader that sees the stream's epoch change without seeing new entries (their ids are
 not after the old ones: another server's clock, or a recreation within the same millisecond) rereads the
 stream from its start.
@@ -90,6 +91,7 @@ _READ_COUNT = 1000  # entries per XREAD, so a reader catching up does not pull t
 _RECENT_POSITIONS = 4096  # positions remembered per stream by the publishing side
 _NEXT_PAGES = 10_000  # paged history reads remembered (one entry id each)
 _READ_TIMEOUT_MARGIN = 5.0  # seconds a blocking read may take beyond block_ms before it counts as lost
+_REPORT_EVERY = 30.0  # seconds between the log lines of a reader that keeps failing
 
 
 @cache
@@ -522,36 +524,71 @@ class RedisBroker:
             raise BrokerError(f"stream {stream} has no epoch after drawing one")
         return epoch, offset, newest_id or "+"
 
-    def _reader_client(self) -> Client:
+    def _reader_client(self, seeds: Sequence[tuple[str, int]] = ()) -> Client:
         # A healthy XREAD BLOCK takes up to block_ms: the socket timeout must not cut it off (a URL's
         # socket_timeout, meant for publish, would cut it short, hence the override).
         return open_client(
-            self._url, max_connections=4, socket_timeout=self._block_ms / 1000 + _READ_TIMEOUT_MARGIN
+            self._url,
+            max_connections=4,
+            socket_timeout=self._block_ms / 1000 + _READ_TIMEOUT_MARGIN,
+            seeds=seeds,
         )
 
     async def _read(self, reader: _Reader) -> None:
         """The reader task of one stream: survives Redis going away; ends when cancelled (or made
-        inactive)."""
+        inactive).
+
+        On a cluster, a read that failed is retried with a new client, which learns the topology afresh
+        from the nodes the old one knew. redis-py finds XREAD's key by asking its client's default node
+        (COMMAND GETKEYS), before the command's own retries and outside the topology refresh they
+        trigger: once that node is dead (a master killed, even one that held none of this stream),
+        every XREAD of that client fails on the lookup alone, nothing asks for a refresh, and the old
+        client would fail so for ever — after the failover too.
+        """
         client = self._reader_client()
         delay = _BACKOFF_MIN
-        failing = False
+        failing_since: float | None = None
+        reported_at = 0.0
         try:
             while reader.active:
                 try:
                     await reader.read(client, self._block_ms)
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    if not failing:
-                        log.warning("redis broker reader of %s lost Redis (%s); retrying", reader.stream, exc)
-                        failing = True
-                except Exception:
-                    log.exception("redis broker reader of %s failed; retrying", reader.stream)
+                except Exception as exc:
+                    now = time.monotonic()
+                    if failing_since is None:
+                        failing_since = reported_at = now
+                        self._report_failure(reader, exc, None)
+                    elif now - reported_at >= _REPORT_EVERY:
+                        reported_at = now
+                        self._report_failure(reader, exc, now - failing_since)
+                    if isinstance(client, RedisCluster):
+                        seeds = [(node.host, int(node.port)) for node in client.get_nodes()]
+                        old, client = client, self._reader_client(seeds)
+                        await _close(old)
                 else:
-                    if failing:
-                        log.info("redis broker reader of %s reconnected", reader.stream)
-                        failing = False
+                    if failing_since is not None:
+                        log.info(
+                            "redis broker reader of %s reads again after %.1f s",
+                            reader.stream,
+                            time.monotonic() - failing_since,
+                        )
+                        failing_since = None
                     delay = _BACKOFF_MIN
                     continue
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
         finally:
             await _close(client)
+
+    @staticmethod
+    def _report_failure(reader: _Reader, exc: Exception, for_seconds: float | None) -> None:
+        """Say that ``reader`` cannot read (Redis unreachable: a line; anything else: the traceback),
+        when it starts failing and every ``_REPORT_EVERY`` seconds while it still does, so a reader
+        stuck on one error is visible in the log."""
+        lost = isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
+        what = "lost Redis" if lost else "failed"
+        since = "" if for_seconds is None else f" for {for_seconds:.0f} s"
+        if lost:
+            log.warning("redis broker reader of %s %s%s (%s); retrying", reader.stream, what, since, exc)
+        else:
+            log.error("redis broker reader of %s %s%s; retrying", reader.stream, what, since, exc_info=exc)

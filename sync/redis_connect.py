@@ -10,10 +10,12 @@ wherever that matters (the relay's always do).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
@@ -45,14 +47,19 @@ def open_client(
     timeout: float | None = None,
     socket_timeout: float | None = None,
     cluster_retries: int = 6,
+    seeds: Sequence[tuple[str, int]] = (),
 ) -> Client:
     """A client for ``url``. One server: a bounded pool whose callers wait up to ``timeout`` for a
     connection, and no retries. A cluster: ``max_connections`` per node, ``cluster_retries`` retries
-    with backoff. ``socket_timeout`` (when given) wins over the URL's."""
+    with backoff, and ``seeds`` (host, port) as nodes to learn the topology from besides the URL's
+    (a replacement client starts from the nodes its predecessor knew, in case the URL's is down).
+    ``socket_timeout`` (when given) wins over the URL's."""
     if is_cluster_url(url):
-        extra = {} if socket_timeout is None else {"socket_timeout": socket_timeout}
+        extra: dict[str, Any] = {} if socket_timeout is None else {"socket_timeout": socket_timeout}
+        if seeds:
+            extra["startup_nodes"] = [ClusterNode(host, port) for host, port in seeds]
         return RedisCluster.from_url(
-            _without_query(node_url(url), "socket_timeout") if extra else node_url(url),
+            _without_query(node_url(url), "socket_timeout") if socket_timeout is not None else node_url(url),
             max_connections=max_connections,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), cluster_retries),
             **extra,

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 from redis.cluster import key_slot
 
 from bench.redis_cluster import LocalCluster
 from sync.broker import BrokerError, Position, PositionExpired, PublishItem
 from sync.broker_redis import RedisBroker
+from sync.redis_connect import Client
 from tests.test_broker_contract import Inbox
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -127,6 +129,42 @@ async def test_a_failover_that_lost_publications_moves_subscribers_to_a_new_epoc
             with pytest.raises(PositionExpired):
                 await subscriber.history(STREAM, lost[-1])  # a position of the lost history
             assert await subscriber.history(STREAM, after[0]) == inbox.received[16:]
+    finally:
+        await asyncio.to_thread(redis_cluster.mend)
+
+
+async def test_a_reader_whose_client_relied_on_the_master_that_died_reads_on_after_the_failover(
+    redis_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py finds XREAD's key by asking the client's default node (COMMAND GETKEYS), before and
+    outside the command's retries and topology refresh. The default node here is the master that dies:
+    the reader's next XREAD fails on that lookup alone, and with the client it had it would fail so for
+    ever, after the promotion too (the stall in 2 of 3 CI runs of test_scale_out's failover test). The
+    reader must take a client that knows the new topology and deliver what is published after."""
+    try:
+        async with two_brokers(redis_cluster) as (publisher, subscriber):
+            clients: list[Client] = []
+            make_client = subscriber._reader_client
+
+            def recorded(seeds: Sequence[tuple[str, int]] = ()) -> Client:
+                clients.append(make_client(seeds))
+                return clients[-1]
+
+            monkeypatch.setattr(subscriber, "_reader_client", recorded)
+            inbox = Inbox()
+            subscriber.subscribe(STREAM, inbox)
+            await relay(publisher, range(1, 3))
+            await received(inbox, b"2")
+            assert isinstance(clients[0], RedisCluster)
+            doomed = int(clients[0].get_default_node().port)
+            replica = redis_cluster.replica_of(doomed)
+            await asyncio.to_thread(redis_cluster.kill_node, doomed)
+            await asyncio.to_thread(
+                redis_cluster.wait_until, "the replica promoted", lambda: replica in redis_cluster.masters()
+            )
+            await relay(publisher, range(3, 6))
+            await received(inbox, b"5", seconds=30)
+            assert inbox.data[-3:] == [b"3", b"4", b"5"]
     finally:
         await asyncio.to_thread(redis_cluster.mend)
 
