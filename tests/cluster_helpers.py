@@ -61,11 +61,15 @@ async def start_node(
     prefix: str = "synchub:",
     region: str = "eu",
     extra: tuple[str, ...] = (),
+    log_file: str | None = None,
 ) -> Node:
-    """A real ``synchub serve`` process on a free port, once it answers /readyz."""
+    """A real ``synchub serve`` process on a free port, once it answers /readyz; its log (stderr) goes
+    to ``log_file`` if given (else nowhere)."""
     port = free_port()
     workdir = tempfile.mkdtemp(prefix=f"synchub-{name}-")
     args = ["--port", str(port), "--database-url", database_url, "--region", region, "--node-id", name]
+    # A local file, opened once per node and handed to the child (closed here once it has its own copy).
+    log = None if log_file is None else open(log_file, "ab")  # noqa: ASYNC230, SIM115
     if redis_url:
         args += ["--redis-url", redis_url, "--redis-prefix", prefix]
     proc = await asyncio.create_subprocess_exec(
@@ -87,8 +91,10 @@ async def start_node(
         },
         cwd=workdir,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL if log is None else log,
     )
+    if log is not None:
+        log.close()  # the child has its own copy
     node = Node(name, port, proc)
     async with aiohttp.ClientSession() as session:
         for _ in range(300):

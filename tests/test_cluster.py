@@ -107,8 +107,10 @@ async def settle(clients: list[Client], expected: dict[tuple[str, str], int], ti
     try:
         await asyncio.wait_for(caught_up(), timeout)
     except TimeoutError:
+        # One entry per client: two of one transport (on different nodes) must not merge into one.
         behind = {
-            f"{client.transport} (resyncs {client.resyncs}, reconnects {client.reconnects})": {
+            f"{client.transport} from {client.nodes[client.start_index % len(client.nodes)].name}"
+            f" (resyncs {client.resyncs}, reconnects {client.reconnects})": {
                 key: (client.versions.get(key), last)
                 for key, last in expected.items()
                 if client.versions.get(key) != last
