@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import secrets
@@ -283,6 +284,15 @@ class _Reader:
             deliver(self.handlers, publication)
 
 
+def _reader_ended(reader: _Reader, task: asyncio.Task[None]) -> None:
+    # RedisBroker._read returns only once its reader is made inactive (unsubscribe, stop) and retries
+    # every Exception: a reader that ends while still subscribed was cancelled by something else, and
+    # its subscribers would get nothing more without a word in the log.
+    if reader.active:
+        outcome = "cancelled" if task.cancelled() else repr(task.exception())
+        log.error("redis broker reader of %s ended while subscribed (%s)", reader.stream, outcome)
+
+
 class RedisBroker:
     def __init__(
         self,
@@ -478,6 +488,7 @@ class RedisBroker:
             reader.task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(_reader_ended, reader))
         reader.handlers.append(handler)
 
         def unsubscribe() -> None:
