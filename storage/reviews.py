@@ -119,6 +119,9 @@ ReviewDeltaSource = Review | Callable[[Review], Review]
 class ReviewPush:
     mutation_id: str
     delta: ReviewDeltaSource
+    # The caller minted the review's id for this push (a REST creation): no review has it, so the
+    # store need not look for one first (were one there, the insert would still refuse to overwrite it).
+    new: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -143,19 +143,20 @@ class ReviewSql(ReviewReadSql):
 
         async def work(tx: Tx) -> ReviewPushResult:
             try:
-                return await attempt(tx)
+                return await attempt(tx, looked_up=False)
             except _CreatedMeanwhile:
                 # Another transaction created this review (the same author's retry through another
                 # node) and has committed: it is read, locked, this time.
-                return await attempt(tx)
+                return await attempt(tx, looked_up=True)
 
         # One push on PostgreSQL: a refusal rolls the whole transaction back (which takes back the
         # replicas its delta bound) instead of costing every push a savepoint's two round trips.
         whole = len(pushes) == 1 and self.db.dialect == "postgres"
 
-        async def attempt(tx: Tx) -> ReviewPushResult:
+        async def attempt(tx: Tx, *, looked_up: bool) -> ReviewPushResult:
             ts = _now_us()
-            row = await tx.fetchrow(_LOCKED[self.db.dialect], review_id)
+            fresh = whole and pushes[0].new and not looked_up  # (see ReviewPush.new)
+            row = None if fresh else await tx.fetchrow(_LOCKED[self.db.dialect], review_id)
             if row is not None and row["author"] != author:
                 raise NotFound("no such review", resource="review")
             before = None if row is None else _document(row, with_state=True)
@@ -164,6 +165,7 @@ class ReviewSql(ReviewReadSql):
             outcomes: list[PushOutcome] = []
             applied: dict[str, int] = {}
             created = False
+            signals: _Signals | None = None
             for push in pushes:
                 seen = applied.get(push.mutation_id)
                 if seen is None and before is not None:
@@ -184,7 +186,9 @@ class ReviewSql(ReviewReadSql):
                             tx, review, delta, review_id, author, rules, ts, self.db.dialect
                         )
                         if before is None and not created:
-                            await _insert_review(tx, merged, review_id, author, self.region, ts)
+                            signals = await _insert_review(
+                                tx, merged, review_id, author, self.region, ts, self.db.dialect
+                            )
                             created = True
                 except ReviewRefusal as refusal:
                     refused = PushOutcome(
@@ -206,7 +210,17 @@ class ReviewSql(ReviewReadSql):
                 await _record_mutations(tx, review_id, list(applied.items()), ts)
                 return ReviewPushResult(before, outcomes)
             document = await ReviewSql._settle(
-                self, tx, review_id, review, version, before, screener, rules, ts, list(applied.items())
+                self,
+                tx,
+                review_id,
+                review,
+                version,
+                before,
+                screener,
+                rules,
+                ts,
+                list(applied.items()),
+                signals,
             )
             return ReviewPushResult(document, outcomes)
 
@@ -387,9 +401,10 @@ class ReviewSql(ReviewReadSql):
         rules: ReviewRules,
         ts: int,
         mutations: Sequence[tuple[str, int]],
+        signals: _Signals | None = None,
     ) -> ReviewDocument:
         """After a push: judge the merged review (unless nothing new needs judging) and write it, with
-        the ids of the pushes applied."""
+        the ids of the pushes applied. ``signals``: the spam signals read with the review's insert."""
         base = before or _new_document(review_id, review, self.region, ts)
         reasons: tuple[str, ...]
         if review.erased:
@@ -399,7 +414,7 @@ class ReviewSql(ReviewReadSql):
         elif review.moderation is not None and review.moderation.judged.includes(review.context):
             status, reasons = base.status, base.reasons  # nothing new to judge
         else:
-            status, reasons = await _screen(tx, review, review_id, base, screener, rules, ts)
+            status, reasons = await _screen(tx, review, review_id, base, screener, rules, ts, signals)
         return await ReviewSql._judge(
             self, tx, base, review, version, status, reasons, ts, after_push=True, mutations=mutations
         )
@@ -727,23 +742,57 @@ async def _checked_merge(
     return merged
 
 
-async def _insert_review(tx: Tx, review: Review, review_id: str, author: str, region: str, ts: int) -> None:
-    """The row of a review its first push creates (its projection is written once judged)."""
+@dataclass(frozen=True, slots=True)
+class _Signals:
+    """The store's spam signals for a text (its ``body_hash``): another live review with it, and the
+    author's reviews created in the hour before."""
+
+    body_hash: str | None
+    duplicate: bool
+    posted: int
+
+
+# Filled in with the parameters' places: the text's hash (NULL: too short to compare), the review,
+# whether it is new (the posting rate counts only then), the author, an hour ago.
+_SIGNALS = (
+    "EXISTS (SELECT 1 FROM reviews WHERE body_hash = {hash} AND id <> {review}"
+    " AND status IN ('published', 'pending', 'flagged')) AS duplicate,"
+    " CASE WHEN {new} THEN (SELECT COUNT(*) FROM reviews"
+    " WHERE author = {author} AND created_at > {since} AND id <> {review}) ELSE 0 END AS posted"
+)
+_INSERT = (
+    "INSERT INTO reviews (id, product_id, author, region, state, version, status, created_at, updated_at)"
+    " SELECT $1, $2, $3, $4, $5, 0, 'pending', $6, $6 WHERE EXISTS (SELECT 1 FROM products WHERE id = $2)"
+    " ON CONFLICT DO NOTHING"
+)
+# PostgreSQL: the insert and the signals of the new review's text in one round trip (the signals'
+# snapshot is the statement's: the new row is not in it, as "id <> $1" says anyway).
+_INSERT_WITH_SIGNALS = (
+    f"WITH inserted AS ({_INSERT} RETURNING 1) SELECT (SELECT COUNT(*) FROM inserted) AS inserted, "
+    + _SIGNALS.format(hash="$7", review="$1", new="TRUE", author="$3", since="$8")
+)
+
+
+async def _insert_review(
+    tx: Tx, review: Review, review_id: str, author: str, region: str, ts: int, dialect: str
+) -> _Signals | None:
+    """The row of a review its first push creates (its projection is written once judged); on
+    PostgreSQL with the spam signals of its text as this push leaves it."""
     value = review.value()
     product_id = value.product if value is not None else None
     if product_id is None:
         raise ReviewRefusal("not_created", "a new review's first delta names its product (create)")
-    inserted = await tx.execute(
-        "INSERT INTO reviews (id, product_id, author, region, state, version, status, created_at, updated_at)"
-        " SELECT $1, $2, $3, $4, $5, 0, 'pending', $6, $6 WHERE EXISTS (SELECT 1 FROM products WHERE id = $2)"
-        " ON CONFLICT DO NOTHING",
-        review_id,
-        product_id,
-        author,
-        region,
-        b"",
-        ts,
-    )
+    signals = None
+    if dialect == "postgres":
+        body_hash = _body_hash(value.text if value is not None else None)
+        row = await tx.fetchrow(
+            _INSERT_WITH_SIGNALS, review_id, product_id, author, region, b"", ts, body_hash, ts - HOUR_US
+        )
+        assert row is not None
+        inserted = int(row["inserted"])
+        signals = _Signals(body_hash, bool(row["duplicate"]), int(row["posted"]))
+    else:
+        inserted = await tx.execute(_INSERT, review_id, product_id, author, region, b"", ts)
     if inserted != 1:
         if await tx.fetchrow("SELECT id FROM products WHERE id = $1", product_id) is None:
             raise ReviewRefusal("product_not_found", "no such product")
@@ -753,6 +802,7 @@ async def _insert_review(tx: Tx, review: Review, review_id: str, author: str, re
         if taken is not None:
             raise ReviewRefusal("wrong_review", "that review id is taken")
         raise ReviewRefusal("review_exists", "this author already has a review of this product")
+    return signals
 
 
 _BIND = (
@@ -805,6 +855,7 @@ async def _screen(
     screener: Screener,
     rules: ReviewRules,
     ts: int,
+    signals: _Signals | None = None,
 ) -> tuple[ReviewStatus, tuple[str, ...]]:
     """The automatic judgment of new content: the screen's, then the store's own spam signals, which
     can only hold a review the screen would publish; and an edit of a review a person or the readers
@@ -819,22 +870,23 @@ async def _screen(
             reasons.add("no_rating")
         if "posting_rate" in before.reasons:
             reasons.add("posting_rate")  # held for a person: a later clean edit does not lift it
-        # The duplicate text and, for a new review, the author's posting rate: one statement.
-        signals = await tx.fetchrow(
-            "SELECT EXISTS (SELECT 1 FROM reviews WHERE body_hash = $1 AND id <> $2"
-            " AND status IN ('published', 'pending', 'flagged')) AS duplicate,"
-            " CASE WHEN $3 THEN (SELECT COUNT(*) FROM reviews"
-            " WHERE author = $4 AND created_at > $5 AND id <> $2) ELSE 0 END AS posted",
-            _body_hash(value.text),
-            review_id,
-            before.version == 0,
-            before.author,
-            ts - HOUR_US,
-        )
-        assert signals is not None
-        if signals["duplicate"]:
+        # The duplicate text and, for a new review, the author's posting rate: one statement, or
+        # none if the review's insert read them for this text.
+        body_hash = _body_hash(value.text)
+        if signals is None or signals.body_hash != body_hash or before.version != 0:
+            row = await tx.fetchrow(
+                "SELECT " + _SIGNALS.format(hash="$1", review="$2", new="$3", author="$4", since="$5"),
+                body_hash,
+                review_id,
+                before.version == 0,
+                before.author,
+                ts - HOUR_US,
+            )
+            assert row is not None
+            signals = _Signals(body_hash, bool(row["duplicate"]), int(row["posted"]))
+        if signals.duplicate:
             reasons.add("duplicate_text")
-        if int(signals["posted"]) >= rules.max_posts_per_hour:
+        if signals.posted >= rules.max_posts_per_hour:
             reasons.add("posting_rate")
         if before.status in (ReviewStatus.FLAGGED, ReviewStatus.REJECTED) and before.version > 0:
             reasons.add(f"previously_{before.status.value}")

@@ -213,7 +213,7 @@ async def create_review(request: web.Request) -> web.StreamResponse:
 
     # (the store refuses a missing product and a second live review: no reads before the write)
     result = await request.app[STORE].push_review(
-        review_id, who.sub, [ReviewPush(_mutation_id(request), make)], RULES, screen
+        review_id, who.sub, [ReviewPush(_mutation_id(request), make, new=True)], RULES, screen
     )
     outcome = result.outcomes[0]
     request.app[METRICS].review_pushes.labels(outcome.status.value).inc()
