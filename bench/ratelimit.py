@@ -8,13 +8,18 @@ the limits off, in process and on Redis.
             reach: latency one request at a time (µs, p50 and p99), then ``--connections`` keep-alive
             connections for ``--seconds``: requests/s and the hub's CPU µs per request
 
+  alternating  with ``--alternating SECONDS``: one hub process whose limits are switched on and off
+            every 250 ms under load (bench/ratelimit_alternating.py): hub CPU µs per request in each
+            setting, the same process and neighbours for both — the figure to go by on a busy machine
+
   interleaved  with ``--interleaved N``: hubs with limits off and on (in process) started side by side,
             loaded in turn for N rounds of 2 s each (alternating which goes first), or both at once
             each round with ``--together``: the medians of req/s and of hub CPU µs per request, and
             the round-by-round differences (median and quartiles) — with ``--together`` the fairest
             comparison on a shared machine, as both hubs see the same neighbours
 
-Run: ``python -m bench ratelimit [--quick] [--interleaved 10 [--together] [--control]] [--redis-url redis://127.0.0.1:6379/0]``.
+Run: ``python -m bench ratelimit [--quick] [--alternating 30] [--interleaved 10 [--together] [--control]]
+[--redis-url redis://127.0.0.1:6379/0]``.
 Without a reachable Redis the Redis rows are skipped. Keys go under a fresh prefix, deleted afterwards.
 """
 
@@ -254,6 +259,23 @@ async def run(args: argparse.Namespace) -> None:
     quick = args.quick
     redis_url = args.redis_url if args.redis_url and await _redis_reachable(args.redis_url) else None
     prefix = f"synchub_bench_rl_{secrets.token_hex(4)}:"
+    if args.alternating:
+        from bench.ratelimit_alternating import PHASE_SECONDS, measure
+
+        split = await measure(args.connections, args.alternating)
+        print(
+            f"\n## GET {PATH}, one hub, limits switched on and off every {PHASE_SECONDS * 1000:.0f} ms"
+            f" for {args.alternating:g} s\n"
+        )
+        print("| limits | answers | hub CPU s | hub CPU µs/request |")
+        print("|---|---|---|---|")
+        print(f"| off | {split.answers_off:,} | {split.cpu_off:.2f} | {split.us_off:.1f} |")
+        print(f"| on (in process) | {split.answers_on:,} | {split.cpu_on:.2f} | {split.us_on:.1f} |")
+        print(
+            f"\nthe check costs {split.us_on - split.us_off:+.1f} µs of hub CPU per request: a hub bound by"
+            f" its core serves {100 * (split.us_off / split.us_on - 1):+.1f}% requests with its limits on"
+        )
+        return
     if args.interleaved:
         interleaved = await bench_interleaved(args.interleaved, args.connections, args.control, args.together)
         how = "loaded together" if args.together else "interleaved"
@@ -317,6 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="how long the req/s run lasts")
     parser.add_argument(
         "--interleaved", type=int, default=0, help="only the interleaved off/on comparison, this many rounds"
+    )
+    parser.add_argument(
+        "--alternating",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="only this: one hub whose limits switch on and off every 250 ms, loaded for SECONDS",
     )
     parser.add_argument(
         "--together",
