@@ -92,7 +92,13 @@ class KeyedRuns(Generic[K]):
                     await self._run(key)
                 except Exception as exc:  # the waiters decide what a failed run means
                     outcome = exc
+                except BaseException as exc:  # cancelled (the loop closing): no waiter hangs on it
+                    future.set_result(exc)
+                    raise
                 if not future.done():
                     future.set_result(outcome)
         finally:
             del self._workers[key]
+            left = self._waiting.pop(key, None)
+            if left is not None:  # only after a cancellation: nothing runs for these any more
+                left.set_result(RuntimeError("the runs of this key were stopped"))

@@ -67,6 +67,20 @@ async def test_a_run_of_one_key_does_not_hold_up_another_and_a_failure_is_handed
     assert calls == {"slow": 1, "bad": 2}
 
 
+async def test_a_stopped_run_leaves_no_waiter_hanging() -> None:
+    async def run(key: str) -> None:
+        await asyncio.Event().wait()
+
+    runs = KeyedRuns(run)
+    first = runs.request("p")
+    await asyncio.sleep(0)
+    second = runs.request("p")
+    runs._workers["p"].cancel()  # what closing the loop does to it
+    assert isinstance(await first, asyncio.CancelledError)
+    assert isinstance(await second, RuntimeError)
+    assert runs._workers == {} and runs._waiting == {}
+
+
 # -- the store (PostgreSQL; SQLite has one writer and moves the row in the review's transaction) ------
 
 
