@@ -15,6 +15,7 @@ The process's CPU time (all threads) and the answers sent are summed per setting
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import secrets
 import tempfile
@@ -74,6 +75,8 @@ def _serve(port: int, folder: str, control: Connection) -> None:
         app.on_response_prepare.append(count)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        gc.collect()  # as `synchub serve` does once started (hub/cli.py): a full collection then skips
+        gc.freeze()  # the start-up objects, and the checks' allocations cost what they cost there
         await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
         limits = app[RATE_LIMITS]
         limited = limits.by_route

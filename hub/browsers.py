@@ -98,5 +98,5 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     headers.setdefault("X-Content-Type-Options", "nosniff")
     if request.secure:  # this connection is TLS: a node serving --tls-cert
         headers["Strict-Transport-Security"] = HSTS
-    if PRINCIPAL in request and "Cache-Control" not in headers:
+    if request.get(PRINCIPAL) is not None and "Cache-Control" not in headers:
         headers["Cache-Control"] = "no-store"

@@ -42,7 +42,7 @@ PII_KEYS: web.AppKey[Keyring] = web.AppKey("pii_keys")
 PERSONALIZATION: web.AppKey[Personalization] = web.AppKey("personalization")
 WEBHOOKS: web.AppKey[WebhookWorker | None] = web.AppKey("webhooks")  # None: no deliveries on this node
 
-PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # absent when anonymous
+PRINCIPAL: web.RequestKey[Principal | None] = web.RequestKey("principal")  # None when anonymous
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")  # set by hub.audit.request_id
 AUDITED: web.RequestKey[bool] = web.RequestKey("audited")  # the request's audit entry is written
 # The scope by which hub/authz.py admitted an API key to this request's route (absent otherwise).
