@@ -137,9 +137,9 @@ async def test_the_batch_function_answers_and_emits_exactly_as_the_generic_path(
     ) == per_product([d for d in generic_deltas if "type" not in d], generic_names, f"g{scenario}")
     # The owner is told of a created reservation alike, with the next number of their counter.
     batched_told, generic_told = told(batched_deltas), told(generic_deltas)
-    assert [(e["type"], normalised(e["reservation"], batched_names, f"b{scenario}")) for e in batched_told] == [
-        (e["type"], normalised(e["reservation"], generic_names, f"g{scenario}")) for e in generic_told
-    ]
+    assert [
+        (e["type"], normalised(e["reservation"], batched_names, f"b{scenario}")) for e in batched_told
+    ] == [(e["type"], normalised(e["reservation"], generic_names, f"g{scenario}")) for e in generic_told]
     assert len(batched_told) == (1 if batched.status == 201 else 0)
     for event in batched_told:
         assert (event["sub"], event["version"]) == ("alice", generic_told[0]["version"] + 1)
