@@ -141,25 +141,30 @@ class ReviewSql(ReviewReadSql):
         """Merge each push in order (the first may create the review: its delta names it), then judge
         the review once and move the aggregate, in one transaction."""
 
-        async def work(tx: Tx) -> ReviewPushResult:
+        async def work(tx: Tx, deferred: bool) -> ReviewPushResult:
             try:
-                return await attempt(tx, looked_up=False)
+                return await attempt(tx, looked_up=False, deferred=deferred)
             except _CreatedMeanwhile:
                 # Another transaction created this review (the same author's retry through another
                 # node) and has committed: it is read, locked, this time.
-                return await attempt(tx, looked_up=True)
+                return await attempt(tx, looked_up=True, deferred=False)
 
         # One push on PostgreSQL: a refusal rolls the whole transaction back (which takes back the
-        # replicas its delta bound) instead of costing every push a savepoint's two round trips.
+        # replicas its delta bound) instead of costing every push a savepoint's two round trips. And
+        # a review it creates is inserted once, judged, by the transaction's last statement (not
+        # inserted pending and then rewritten with its 11 indexes); if that insert finds the id or
+        # the author's live review of the product taken, the push runs again the long way, which
+        # says what it found.
         whole = len(pushes) == 1 and self.db.dialect == "postgres"
 
-        async def attempt(tx: Tx, *, looked_up: bool) -> ReviewPushResult:
+        async def attempt(tx: Tx, *, looked_up: bool, deferred: bool) -> ReviewPushResult:
             ts = _now_us()
             fresh = whole and pushes[0].new and not looked_up  # (see ReviewPush.new)
             row = None if fresh else await tx.fetchrow(_LOCKED[self.db.dialect], review_id)
             if row is not None and row["author"] != author:
                 raise NotFound("no such review", resource="review")
             before = None if row is None else _document(row, with_state=True)
+            insert_last = whole and deferred and before is None
             review = Review.new() if before is None else _state(before)
             version = 0 if before is None else before.version
             outcomes: list[PushOutcome] = []
@@ -185,7 +190,10 @@ class ReviewSql(ReviewReadSql):
                         merged = await _checked_merge(
                             tx, review, delta, review_id, author, rules, ts, self.db.dialect
                         )
-                        if before is None and not created:
+                        if before is None and not created and insert_last:
+                            _product_of(merged)
+                            created = True
+                        elif before is None and not created:
                             signals = await _insert_review(
                                 tx, merged, review_id, author, self.region, ts, self.db.dialect
                             )
@@ -221,13 +229,18 @@ class ReviewSql(ReviewReadSql):
                 ts,
                 list(applied.items()),
                 signals,
+                insert_row=insert_last,
             )
             return ReviewPushResult(document, outcomes)
 
-        try:
-            return await self._write_moving(work)
-        except _Refused as refused:
-            return refused.result
+        for deferred in (True, False):
+            try:
+                return await self._write_moving(lambda tx: work(tx, deferred))  # noqa: B023 (awaited here)
+            except _Refused as refused:
+                return refused.result
+            except _Taken:
+                continue
+        raise AssertionError("the long way inserts first: it never raises _Taken")
 
     async def moderate_review(
         self: _Core,
@@ -402,6 +415,8 @@ class ReviewSql(ReviewReadSql):
         ts: int,
         mutations: Sequence[tuple[str, int]],
         signals: _Signals | None = None,
+        *,
+        insert_row: bool = False,
     ) -> ReviewDocument:
         """After a push: judge the merged review (unless nothing new needs judging) and write it, with
         the ids of the pushes applied. ``signals``: the spam signals read with the review's insert."""
@@ -416,7 +431,17 @@ class ReviewSql(ReviewReadSql):
         else:
             status, reasons = await _screen(tx, review, review_id, base, screener, rules, ts, signals)
         return await ReviewSql._judge(
-            self, tx, base, review, version, status, reasons, ts, after_push=True, mutations=mutations
+            self,
+            tx,
+            base,
+            review,
+            version,
+            status,
+            reasons,
+            ts,
+            after_push=True,
+            mutations=mutations,
+            insert_row=insert_row,
         )
 
     async def _judge(
@@ -431,6 +456,7 @@ class ReviewSql(ReviewReadSql):
         *,
         after_push: bool = False,
         mutations: Sequence[tuple[str, int]] = (),
+        insert_row: bool = False,
     ) -> ReviewDocument:
         """Write ``review`` judged ``status``: the server's moderation record (for a judgeable status),
         the projection, the aggregate's move, the events and the ids of the ``mutations`` applied
@@ -482,7 +508,9 @@ class ReviewSql(ReviewReadSql):
         told = _status_event(after)
         move = _move(before, after)
         if self.db.dialect == "postgres":
-            await ReviewSql._write_judged(self, tx, after, projection, public, told, move, mutations, ts)
+            await ReviewSql._write_judged(
+                self, tx, after, projection, public, told, move, mutations, ts, insert_row
+            )
             return after
         await _record_mutations(tx, before.id, mutations, ts)
         await tx.execute(_PROJECT, *projection)
@@ -513,14 +541,17 @@ class ReviewSql(ReviewReadSql):
         move: tuple[int, ...] | None,
         mutations: Sequence[tuple[str, int]],
         ts: int,
+        insert_row: bool,
     ) -> None:
         """PostgreSQL: everything a judgment writes in one statement (``_JUDGED``), one round trip.
-        The rating's move is appended (storage.rating_folds), not applied to the product's row."""
+        The rating's move is appended (storage.rating_folds), not applied to the product's row.
+        ``insert_row``: the review is new and inserted here; _Taken if its id or its author's live
+        review of the product is there already (then nothing was written)."""
         stream = reviews_stream(after.region)
         public_payload = None if public is None else orjson.dumps(public)
         private_stream = user_stream(after.region, after.author)
         row = await tx.fetchrow(
-            _JUDGED,
+            _JUDGED_NEW if insert_row else _JUDGED,
             *projection,
             None if public_payload is None else public_payload.decode(),
             stream,
@@ -537,7 +568,9 @@ class ReviewSql(ReviewReadSql):
             [m for m, _ in mutations],
             [v for _, v in mutations],
         )
-        assert row is not None
+        if row is None and insert_row:
+            raise _Taken(after.id)
+        assert row is not None, "the review's row is locked by this transaction"
         if public_payload is not None:
             self._appended(row["public_seq"], stream, f"review:{after.id}", after.version, public_payload)
         self._appended(
@@ -589,22 +622,36 @@ _OUTBOX = "INSERT INTO outbox (product_id, warehouse_id, payload, created_at, st
 # $1–$12 the projection (_PROJECT); $13 the public event (NULL: none), $14 its stream, $15 its key;
 # $16 the author, $17 their event without its version, $18 its stream, $19 its key; $20 product,
 # $21 region, $22–$28 the rating's move (count, total, ratings 1–5), $29 whether there is one;
-# $30, $31 the mutation ids and versions recorded.
-_JUDGED = (
-    f"WITH projection AS ({_PROJECT}),"
+# $30, $31 the mutation ids and versions recorded. Everything but the projection is written only if
+# the projection wrote the review's row (_JUDGED_NEW's insert may find it taken).
+_JUDGE_WRITES = (
     " mutations AS (INSERT INTO review_mutations (review_id, mutation_id, version, created_at)"
-    " SELECT $1, m.id, m.version, $12 FROM unnest($30::TEXT[], $31::BIGINT[]) AS m(id, version)),"
-    f" public AS ({_OUTBOX} SELECT '', '', $13, $12, $14, $15, $3 WHERE $13::TEXT IS NOT NULL RETURNING seq),"
-    " counter AS (INSERT INTO user_events (sub, version) VALUES ($16, 1)"
+    " SELECT $1, m.id, m.version, $12 FROM unnest($30::TEXT[], $31::BIGINT[]) AS m(id, version)"
+    " WHERE EXISTS (SELECT 1 FROM projection)),"
+    f" public AS ({_OUTBOX} SELECT '', '', $13, $12, $14, $15, $3"
+    " WHERE $13::TEXT IS NOT NULL AND EXISTS (SELECT 1 FROM projection) RETURNING seq),"
+    " counter AS (INSERT INTO user_events (sub, version)"
+    " SELECT $16, 1 WHERE EXISTS (SELECT 1 FROM projection)"
     " ON CONFLICT (sub) DO UPDATE SET version = user_events.version + 1 RETURNING version),"
     f" private AS ({_OUTBOX} SELECT '', '',"
     " left($17, -1) || ',\"version\":' || counter.version::TEXT || '}',"
     " $12, $18, $19, counter.version FROM counter RETURNING seq, version, payload),"
     " moved AS (INSERT INTO rating_moves (product_id, region, rating_count, rating_total, rating_1,"
     " rating_2, rating_3, rating_4, rating_5, created_at)"
-    " SELECT $20, $21, $22, $23, $24, $25, $26, $27, $28, $12 WHERE $29::BOOLEAN)"
+    " SELECT $20, $21, $22, $23, $24, $25, $26, $27, $28, $12 WHERE $29::BOOLEAN"
+    " AND EXISTS (SELECT 1 FROM projection))"
     " SELECT (SELECT seq FROM public) AS public_seq, private.seq, private.version, private.payload"
     " FROM private"
+)
+_JUDGED = f"WITH projection AS ({_PROJECT} RETURNING id),{_JUDGE_WRITES}"
+# A new review's row, inserted judged (and only if its product is there, its id free and its author
+# has no live review of the product: ON CONFLICT covers both unique indexes).
+_JUDGED_NEW = (
+    "WITH projection AS (INSERT INTO reviews (id, product_id, author, region, state, version, status,"
+    " reasons, mod_seq, rating, body, body_hash, media, has_media, created_at, updated_at)"
+    " SELECT $1, $20, $16, $21, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12"
+    " WHERE EXISTS (SELECT 1 FROM products WHERE id = $20) ON CONFLICT DO NOTHING RETURNING id),"
+    f"{_JUDGE_WRITES}"
 )
 
 
@@ -805,11 +852,23 @@ async def _insert_review(
     return signals
 
 
+def _product_of(review: Review) -> str:
+    value = review.value()
+    if value is None or value.product is None:
+        raise ReviewRefusal("not_created", "a new review's first delta names its product (create)")
+    return value.product
+
+
 _BIND = (
     "WITH bound AS (INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
     " ON CONFLICT (replica_id) DO NOTHING RETURNING owner)"
     " SELECT owner FROM bound UNION ALL SELECT owner FROM replicas WHERE replica_id = $1"
 )
+
+
+class _Taken(Exception):
+    """A new review's insert, its transaction's last statement, found its id or its author's live
+    review of the product there: nothing was written, and the push runs again the long way."""
 
 
 class _Refused(Exception):

@@ -4,6 +4,7 @@ overwrites a review that has the id, and the spam signals read with a new review
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from storage.carts import PushStatus
@@ -69,4 +70,29 @@ async def test_signals_read_with_the_insert_hold_a_duplicate_and_a_fast_poster(s
         statuses.append((document.status, document.reasons))
     assert statuses[:-1] == [(ReviewStatus.PUBLISHED, ())] * RULES.max_posts_per_hour
     assert statuses[-1] == (ReviewStatus.PENDING, ("posting_rate",))
+    await recounted(store)
+
+
+async def test_concurrent_creations_by_one_author_keep_one_live_review(store: SqlStore) -> None:
+    # On PostgreSQL each inserts its row last; all but one find the author's review there and run
+    # again the long way, which refuses them: one review, counted once.
+    product = await seed(store)
+
+    async def create(n: int) -> tuple[str, str | None]:
+        rid = str(uuid.uuid4())
+        delta = Device(f"ana-{n}").create(rid, product, "ana", 1 + n % 5, f"my take number {n} on it")
+        result = await store.push_review(
+            rid, "ana", [ReviewPush(f"m-{n}", delta, new=True)], RULES, keyword_screen
+        )
+        return rid, result.outcomes[0].code
+
+    results = await asyncio.gather(*(create(n) for n in range(12)))
+    created = [rid for rid, code in results if code is None]
+    assert len(created) == 1
+    assert sorted(code for _, code in results if code is not None) == ["review_exists"] * 11
+    assert await store.live_review_of(product, "ana") == created[0]
+    aggregate = await store.rating_of(product)
+    assert aggregate is not None and aggregate.count == 1
+    for rid, code in results:
+        assert (await store.get_review(rid) is None) == (code is not None)
     await recounted(store)
