@@ -14,8 +14,10 @@ the author's posting rate) and writes the judgment into the review as the server
   a text past ``max_text`` characters or names a media id that is not the author's is refused, and
   changes nothing;
 * the product's rating aggregate (count, sum and 1–5 histogram of its **published** reviews) changes in
-  the same transaction as the review's status or rating, by increments the database evaluates on the
-  product's row (never a value read into Python and written back), so it always equals a recount;
+  the same transaction as the review's status or rating, by increments the database evaluates (never a
+  value read into Python and written back) — on SQLite on the product's row; on PostgreSQL appended as
+  a move that reads add to the row until a fold moves it there after commit (storage.rating_folds) —
+  so it always equals a recount;
 * public events (``reviews.{region}``) carry published content only: a review's publication, its
   changes while published, and its removal (unpublished, deleted or erased), and the aggregate's new
   value; the author hears of every status change on their own user stream.
