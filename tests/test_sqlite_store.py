@@ -159,3 +159,36 @@ async def test_a_write_that_fails_after_changing_rows_undoes_only_itself(embedde
     assert await embedded.get_product(held_id) is not None
     (held,) = await embedded.get_inventory(held_id)
     assert (held.on_hand, held.reserved) == (10, 1)
+
+
+async def test_a_write_that_arrives_while_a_batch_commits_waits_to_share_the_next_commit(
+    embedded: SqlStore,
+) -> None:
+    product_id = await seed(embedded, stock={"par-1": 10})
+    db = database(embedded)
+    db._commit_spacing = 1.0  # far longer than the few loop turns below take
+    first = asyncio.create_task(embedded.adjust_stock(product_id, "par-1", 1))
+    await asyncio.sleep(0)  # its batch has begun
+    during = asyncio.create_task(embedded.adjust_stock(product_id, "par-1", 1))
+    assert (await first).on_hand == 11
+    commits = db.commits
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not during.done()  # held back: writes kept coming, the next batch waits for company
+    later = asyncio.create_task(embedded.adjust_stock(product_id, "par-1", 1))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not during.done() and not later.done() and db.commits == commits
+    assert sorted([(await during).on_hand, (await later).on_hand]) == [12, 13]
+    assert db.commits == commits + 1  # both in one COMMIT
+
+
+async def test_a_lone_writer_is_not_held_back_by_the_commit_spacing(embedded: SqlStore) -> None:
+    product_id = await seed(embedded, stock={"par-1": 10})
+    db = database(embedded)
+    db._commit_spacing = 30.0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for n in range(5):  # one after another: nothing else was waiting when each arrived
+        assert (await embedded.adjust_stock(product_id, "par-1", 1)).on_hand == 11 + n
+    assert loop.time() - started < 30.0
