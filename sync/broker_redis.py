@@ -199,7 +199,6 @@ class _Reader:
         if not entries:
             await self._check_epoch(client)
         for entry_id, fields in entries:
-            self.cursor = entry_id
             publication = _publication(self.stream, fields)
             position = publication.position
             forked_to = self.forked.get(position.epoch)
@@ -211,6 +210,8 @@ class _Reader:
                 and 0 < position.offset <= self.delivered
             ):
                 publication = await self._diverged(client, publication)
+            # Only now: a fork that failed leaves the entry to the next read, which forks again.
+            self.cursor = entry_id
             if self._is_new(entry_id, publication.position):
                 self._deliver(publication)
 
@@ -537,11 +538,14 @@ class RedisBroker:
 
     def _reader_client(self, seeds: Sequence[tuple[str, int]] = ()) -> Client:
         # A healthy XREAD BLOCK takes up to block_ms: the socket timeout must not cut it off (a URL's
-        # socket_timeout, meant for publish, would cut it short, hence the override).
+        # socket_timeout, meant for publish, would cut it short, hence the override). No retries inside
+        # the client: _read retries for ever, with a new client, and redis-py's retries of a read that
+        # times out (a frozen node) would only hold that back, by a socket timeout each.
         return open_client(
             self._url,
             max_connections=4,
             socket_timeout=self._block_ms / 1000 + _READ_TIMEOUT_MARGIN,
+            cluster_retries=0,
             seeds=seeds,
         )
 

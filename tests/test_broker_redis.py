@@ -21,8 +21,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from sync import broker_redis
 from sync.broker import BrokerError, Position, PositionExpired, Publication, PublishIncomplete
 from sync.broker_redis import BrokerUnavailable, RedisBroker
+from sync.redis_connect import Client
 from tests.conftest import delete_redis_keys, fresh_redis_prefix, redis_url
 from tests.test_broker_contract import Inbox, redis_broker
 
@@ -181,6 +183,40 @@ async def test_a_reader_that_sees_an_offset_given_twice_moves_its_subscribers_to
         assert last is not None
         with pytest.raises(PositionExpired):
             await broker.history("s", last)  # a position of the lost history
+
+
+async def test_an_entry_whose_fork_failed_is_forked_and_delivered_on_the_next_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fork a diverged entry needs is a Redis call of its own: if it fails (Redis went away just
+    then), the reader must read that entry again rather than step past it."""
+    forks: list[str] = []
+    fork = broker_redis._fork
+
+    async def failing_once(client: Client, meta: str, epoch: str) -> str:
+        forks.append(epoch)
+        if len(forks) == 1:
+            raise RedisConnectionError("lost just then")
+        return await fork(client, meta, epoch)
+
+    monkeypatch.setattr(broker_redis, "_fork", failing_once)
+    async with redis_broker(block_ms=100) as broker, raw_client() as redis:
+        inbox = Inbox()
+        broker.subscribe("s", inbox)
+        for i in range(1, 6):
+            await broker.publish("s", str(i).encode())
+        await inbox.wait_for(5)
+        await _roll_back(redis, broker, 3)
+        other = RedisBroker(redis_url(), prefix=broker.prefix)  # a node that never saw 4 and 5
+        await other.start()
+        try:
+            await other.publish("s", b"another 4")
+        finally:
+            await other.stop()
+        publication = await received(inbox, b"another 4")
+        assert len(forks) == 2  # failed, then again on the next read
+        assert publication.position.epoch != inbox.received[0].position.epoch
+        assert publication.position.offset == 4
 
 
 async def test_a_publisher_given_a_position_twice_forks_the_epoch() -> None:
