@@ -187,9 +187,18 @@ class ReviewSql(ReviewReadSql):
                     # (a savepoint: a refusal takes back the replicas the delta bound before it)
                     async with contextlib.nullcontext() if whole else tx.savepoint():
                         delta = _make_delta(push, review)
-                        merged = await _checked_merge(
-                            tx, review, delta, review_id, author, rules, ts, self.db.dialect
+                        merged, early = await _checked_merge(
+                            tx,
+                            review,
+                            delta,
+                            review_id,
+                            author,
+                            rules,
+                            ts,
+                            self.db.dialect,
+                            signals_of=review_id if insert_last and not created else None,
                         )
+                        signals = early or signals
                         if before is None and not created and insert_last:
                             _product_of(merged)
                             created = True
@@ -732,9 +741,11 @@ async def _checked_merge(
     rules: ReviewRules,
     ts: int,
     dialect: str,
-) -> Review:
+    signals_of: str | None = None,
+) -> tuple[Review, _Signals | None]:
     """``review`` merged with ``delta`` if the delta keeps the rules (storage.reviews); ReviewRefusal
-    if not. Every check runs before anything is written."""
+    if not. Every check runs before anything is written. ``signals_of``: a new review's id, whose spam
+    signals (of the merged text) PostgreSQL reads with the replica's binding, if it binds one."""
     if delta.carries_moderation():
         raise ReviewRefusal("moderation_forbidden", "only the hub writes a review's moderation")
     if delta.review_id not in (None, review_id):
@@ -763,12 +774,22 @@ async def _checked_merge(
             raise ReviewRefusal("text_too_long", f"a review's text is at most {rules.max_text} characters")
         if len(value.media) > rules.max_media:
             raise ReviewRefusal("too_many_media", f"a review holds at most {rules.max_media} media")
+    signals = None
     for replica in new_replicas:
         if dialect == "postgres":
             # Bound on first use, found or bound in one round trip: the statement's snapshot shows
             # the existing binding, or the INSERT returns the new one (of two users binding one id
             # at once, one does; a binding committed after the snapshot shows in the next read).
-            bound = await tx.fetchrow(_BIND, replica, author, ts)
+            if signals_of is not None and signals is None:
+                body_hash = _body_hash(value.text if value is not None else None)
+                row = await tx.fetchrow(
+                    _BIND_WITH_SIGNALS, replica, author, ts, body_hash, signals_of, ts - HOUR_US
+                )
+                assert row is not None
+                signals = _Signals(body_hash, bool(row["duplicate"]), int(row["posted"]))
+                bound = row if row["owner"] is not None else None
+            else:
+                bound = await tx.fetchrow(_BIND, replica, author, ts)
             if bound is None:
                 bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
             if bound is None or bound["owner"] != author:
@@ -786,7 +807,7 @@ async def _checked_merge(
             bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
         if bound is None or bound["owner"] != author:
             raise ReviewRefusal("foreign_replica", f"replica {replica[:40]!r} belongs to another user")
-    return merged
+    return merged, signals
 
 
 @dataclass(frozen=True, slots=True)
@@ -863,6 +884,15 @@ _BIND = (
     "WITH bound AS (INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
     " ON CONFLICT (replica_id) DO NOTHING RETURNING owner)"
     " SELECT owner FROM bound UNION ALL SELECT owner FROM replicas WHERE replica_id = $1"
+)
+# The same, one row (owner NULL: bound by a transaction the snapshot does not show), with a new
+# review's spam signals: $4 its text's hash, $5 the review, $6 an hour ago ($2 the author).
+_BIND_WITH_SIGNALS = (
+    "WITH bound AS (INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (replica_id) DO NOTHING RETURNING owner),"
+    " found AS (SELECT owner FROM bound UNION ALL SELECT owner FROM replicas WHERE replica_id = $1)"
+    " SELECT (SELECT owner FROM found LIMIT 1) AS owner, "
+    + _SIGNALS.format(hash="$4", review="$5", new="TRUE", author="$2", since="$6")
 )
 
 
