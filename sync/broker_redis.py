@@ -44,10 +44,10 @@ to the next ones: a reader that finds a new entry at an offset it delivered, or 
 position twice, forks the stream's epoch (``lua/fork.lua``), so the lost history's positions expire and
 subscribers see the new epoch and resync, rather than two histories under one epoch.
 
-Errors: Redis unreachable or timing out → :class:`BrokerUnavailable` (the relay retries); any other
-Redis error → :class:`~sync.broker.BrokerError`. Commands are not retried by the client: a publish whose
-reply was lost may have been appended, and only the caller knows whether repeating it is safe (with
-``dedupe`` it is).
+Errors: Redis unreachable or timing out, or a cluster down or failing over (``_UNAVAILABLE``) →
+:class:`BrokerUnavailable` (the relay retries); any other Redis error → :class:`~sync.broker.BrokerError`.
+Commands are not retried by the client: a publish whose reply was lost may have been appended, and only
+the caller knows whether repeating it is safe (with ``dedupe`` it is).
 """
 
 from __future__ import annotations
@@ -66,8 +66,14 @@ from importlib import resources
 from typing import Any, cast
 
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterUnreachableError,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sync.broker import (
@@ -100,11 +106,25 @@ def _lua(name: str) -> str:
     return resources.files("sync").joinpath("lua").joinpath(name).read_text(encoding="utf-8")
 
 
+# Redis (or the cluster's slot of a stream) cannot answer now but may later: unreachable, timing out, or
+# a cluster that is down, reshaping or without a node for the slot (a failover under way). redis-py's
+# RedisClusterException is not a RedisError: its outage kinds are named here.
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+    RedisClusterUnreachableError,
+)
+
+
 @contextlib.contextmanager
 def _translated_errors(what: str) -> Iterator[None]:
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except _UNAVAILABLE as exc:
         raise BrokerUnavailable(f"redis unavailable during {what}: {exc}") from exc
     except RedisError as exc:
         raise BrokerError(f"redis failed during {what}: {exc}") from exc
@@ -600,7 +620,7 @@ class RedisBroker:
         """Say that ``reader`` cannot read (Redis unreachable: a line; anything else: the traceback),
         when it starts failing and every ``_REPORT_EVERY`` seconds while it still does, so a reader
         stuck on one error is visible in the log."""
-        lost = isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
+        lost = isinstance(exc, _UNAVAILABLE)
         what = "lost Redis" if lost else "failed"
         since = "" if for_seconds is None else f" for {for_seconds:.0f} s"
         if lost:

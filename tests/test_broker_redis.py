@@ -19,6 +19,12 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sync import broker_redis
@@ -217,6 +223,21 @@ async def test_an_entry_whose_fork_failed_is_forked_and_delivered_on_the_next_re
         assert len(forks) == 2  # failed, then again on the next read
         assert publication.position.epoch != inbox.received[0].position.epoch
         assert publication.position.offset == 4
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ClusterDownError("CLUSTERDOWN The cluster is down"),
+        TryAgainError("TRYAGAIN"),
+        SlotNotCoveredError("slot 1 is not covered"),
+        RedisClusterUnreachableError("Redis Cluster cannot be connected"),
+    ],
+)
+def test_a_cluster_down_or_failing_over_is_redis_unavailable(error: Exception) -> None:
+    # A failover's errors may be retried (the relay does); RedisClusterException is not a RedisError.
+    with pytest.raises(BrokerUnavailable), broker_redis._translated_errors("publish"):
+        raise error
 
 
 async def test_a_publisher_given_a_position_twice_forks_the_epoch() -> None:
