@@ -93,7 +93,9 @@ class _Core(Protocol):
         self, tx: Tx, sub: str, payload: dict[str, Any], ts: int, *, region: str | None = None
     ) -> None: ...
     def _appended(self, seq: int, stream: str, key: str, version: int, payload: bytes) -> None: ...
-    async def _write_moving(self, work: Callable[[Tx], Awaitable[T]]) -> T: ...
+    async def _write_moving(
+        self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False
+    ) -> T: ...
     async def _fold_rating(self, key: tuple[str, str]) -> None: ...
 
 
@@ -243,8 +245,17 @@ class ReviewSql(ReviewReadSql):
             return ReviewPushResult(document, outcomes)
 
         for deferred in (True, False):
+            # A REST creation's first try sends no BEGIN and no COMMIT (two of its four round trips):
+            # each of its statements commits alone. The first binds the author's REST replica (its
+            # id is the hub's, minted for this author: the binding any of their writes makes, harmless
+            # if the review then is not created) and reads the spam signals; the last writes the
+            # review, its events and its rating move together, or nothing (_Taken: the long way).
+            alone = deferred and whole and pushes[0].new
             try:
-                return await self._write_moving(lambda tx: work(tx, deferred))  # noqa: B023 (awaited here)
+                return await self._write_moving(
+                    lambda tx: work(tx, deferred),  # noqa: B023 (awaited here)
+                    single_statement=alone,
+                )
             except _Refused as refused:
                 return refused.result
             except _Taken:
@@ -373,9 +384,12 @@ class ReviewSql(ReviewReadSql):
 
     # -- the aggregate's moves, folded after commit (PostgreSQL: storage.rating_folds) ---------------
 
-    async def _write_moving(self: _Core, work: Callable[[Tx], Awaitable[T]]) -> T:
-        """``_write(work)``, then the fold of the rating moves it appended: it returns once a fold
-        that began after its commit has taken them (or failed: they stay counted, for the next)."""
+    async def _write_moving(
+        self: _Core, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False
+    ) -> T:
+        """``_write(work, single_statement=...)``, then the fold of the rating moves it appended: it
+        returns once a fold that began after its commit has taken them (or failed: they stay
+        counted, for the next)."""
         moved: set[tuple[str, str]] = set()
 
         async def tracked(tx: Tx) -> T:
@@ -386,7 +400,7 @@ class ReviewSql(ReviewReadSql):
             finally:
                 _MOVED.reset(token)
 
-        result = await self._write(tracked)
+        result = await self._write(tracked, single_statement=single_statement)
         if moved:
             folds: KeyedRuns[tuple[str, str]] | None = getattr(self, "_rating_folds", None)
             if folds is None:
