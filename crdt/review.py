@@ -199,6 +199,10 @@ class Review:
         return self._review_id
 
     @property
+    def product(self) -> str | None:
+        return self._product
+
+    @property
     def context(self) -> CausalContext:
         return self._ctx
 

@@ -5,6 +5,7 @@ statement the write sends anyway (the replica's binding, or the row's insert).""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ from storage.sql_review_reads import _WORD, search_words
 HOUR_US = 3_600_000_000
 
 
+# (cached: a write asks for its text's hash up to three times — the signals' read, the screen, the
+# projection — and its words are cut twice each time; 256 covers the posts in flight many times over)
+@functools.lru_cache(maxsize=256)
 def _body_hash(text: str | None) -> str | None:
     """The text as the duplicate check compares it: case, spacing and punctuation do not matter."""
     words = search_words(text or "") if text else []
@@ -187,10 +191,10 @@ async def _insert_review(
 
 
 def _product_of(review: Review) -> str:
-    value = review.value()
-    if value is None or value.product is None:
+    # (its value is None once deleted or erased: not computed whole for one field)
+    if review.deleted or review.erased or review.product is None:
         raise ReviewRefusal("not_created", "a new review's first delta names its product (create)")
-    return value.product
+    return review.product
 
 
 _BIND = (

@@ -179,11 +179,12 @@ def _removing(replica: str, media_id: str) -> Edit:
     return lambda r: r.remove_media(replica, media_id)
 
 
-def _mutation_id(request: web.Request) -> str:
-    """A REST write's mutation id: the Idempotency-Key header if sent (a retry applies once), else new."""
+def _mutation_id(request: web.Request, minted: str | None = None) -> str:
+    """A REST write's mutation id: the Idempotency-Key header if sent (a retry applies once), else new
+    (``minted``: an id drawn for this request already, the new review's: no second draw)."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        return f"rest-{uuid.uuid4()}"
+        return f"rest-{minted or uuid.uuid4()}"
     try:
         return read_mutation_id(key)
     except CartInputError as exc:
@@ -213,7 +214,7 @@ async def create_review(request: web.Request) -> web.StreamResponse:
 
     # (the store refuses a missing product and a second live review: no reads before the write)
     result = await request.app[STORE].push_review(
-        review_id, who.sub, [ReviewPush(_mutation_id(request), make, new=True)], RULES, screen
+        review_id, who.sub, [ReviewPush(_mutation_id(request, review_id), make, new=True)], RULES, screen
     )
     outcome = result.outcomes[0]
     request.app[METRICS].review_pushes.labels(outcome.status.value).inc()
