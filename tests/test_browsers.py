@@ -78,7 +78,7 @@ async def test_every_response_says_nosniff_and_private_ones_are_not_stored(hub):
 
 
 async def test_the_cli_reads_origins_as_comma_separated_lists():
-    from hub.cli import _origins
+    from hub.cli_settings import origins
 
-    assert _origins(" https://a.example/, https://b.example ,,") == ("https://a.example", "https://b.example")
-    assert _origins("") == ()
+    assert origins(" https://a.example/, https://b.example ,,") == ("https://a.example", "https://b.example")
+    assert origins("") == ()

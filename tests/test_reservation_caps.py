@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hub import cli
+from hub import cli, cli_settings
 from storage.models import NewProduct, ReservationLineRequest, ReservationOutcome, Warehouse
 from storage.postgres import PostgresStore
 from storage.reservation_caps import ReservationCaps
@@ -357,7 +357,7 @@ async def test_in_a_batch_only_the_reservations_made_count(pg_store):
 def test_the_cap_flags_set_the_settings_and_refuse_negative_caps(monkeypatch):
     monkeypatch.setenv("SYNCHUB_MAX_ACTIVE_RESERVED_PER_USER", "3")
     args = cli.build_parser().parse_args(["serve", "--max-reserve-per-line", "0", "--jwt-secret", "s" * 40])
-    settings = cli._settings(args)
+    settings = cli_settings.settings_from(args)
     assert (settings.max_reserve_per_line, settings.max_active_reserved_per_user) == (0, 3)
     assert cli._FORWARDED["max_reserve_per_line"] == "MAX_RESERVE_PER_LINE"
     with pytest.raises(SystemExit):

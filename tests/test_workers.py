@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 import pytest
 
-from hub import cli
+from hub import cli, cli_flags
 from tests.cluster_helpers import free_port, start_node
 from tests.conftest import JWT_SECRET, redis_url, token
 
@@ -339,7 +339,7 @@ def test_a_worker_gets_every_setting_of_the_supervisor_through_its_environment(
     assert vars(worker) == expected
     # ...and no serve flag is left out of the hand-over (a new flag must be added to cli._FORWARDED).
     serve = argparse.ArgumentParser()
-    cli._add_serve(serve)
+    cli_flags.add_serve(serve)
     flags = {action.dest for action in serve._actions} - {"help"}
     handed_over = set(cli._FORWARDED) | {"no_relay", "jwt_secret", "node_id", "workers", "hs256_tokens"}
     assert flags - handed_over == {"worker_index", "ready_fd"}
