@@ -119,12 +119,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    # The rename is durable once the directory is.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_directory(path.parent)  # the rename is durable once the directory is
 
 
 def _unlink_durably(path: Path) -> None:
@@ -132,7 +127,11 @@ def _unlink_durably(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         return
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
