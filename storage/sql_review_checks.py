@@ -59,10 +59,13 @@ async def _checked_merge(
     ts: int,
     dialect: str,
     signals_of: str | None = None,
+    unbound: list[str] | None = None,
 ) -> tuple[Review, _Signals | None]:
     """``review`` merged with ``delta`` if the delta keeps the rules (storage.reviews); ReviewRefusal
     if not. Every check runs before anything is written. ``signals_of``: a new review's id, whose spam
-    signals (of the merged text) PostgreSQL reads with the replica's binding, if it binds one."""
+    signals (of the merged text) PostgreSQL reads with the replica's binding, if it binds one.
+    ``unbound``: the replicas the delta brings are added to it, not bound (the caller's statement
+    binds them)."""
     if delta.carries_moderation():
         raise ReviewRefusal("moderation_forbidden", "only the hub writes a review's moderation")
     if delta.review_id not in (None, review_id):
@@ -92,6 +95,9 @@ async def _checked_merge(
         if len(value.media) > rules.max_media:
             raise ReviewRefusal("too_many_media", f"a review holds at most {rules.max_media} media")
     signals = None
+    if unbound is not None:
+        unbound += new_replicas
+        return merged, None
     for replica in new_replicas:
         if dialect == "postgres":
             # Bound on first use, found or bound in one round trip: the statement's snapshot shows

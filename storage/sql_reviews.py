@@ -47,6 +47,8 @@ from storage.reviews import (
     Screener,
 )
 from storage.sql_review_checks import (
+    _SIGNALS,
+    HOUR_US,
     _body_hash,
     _checked_merge,
     _CreatedMeanwhile,
@@ -162,6 +164,8 @@ class ReviewSql(ReviewReadSql):
         async def attempt(tx: Tx, *, looked_up: bool, deferred: bool) -> ReviewPushResult:
             ts = _now_us()
             fresh = whole and pushes[0].new and not looked_up  # (see ReviewPush.new)
+            # (see _write_judged's ``alone``: the replica the one statement binds)
+            unbound: list[str] | None = [] if fresh and deferred else None
             row = None if fresh else await tx.fetchrow(_LOCKED[self.db.dialect], review_id)
             if row is not None and row["author"] != author:
                 raise NotFound("no such review", resource="review")
@@ -199,6 +203,7 @@ class ReviewSql(ReviewReadSql):
                             ts,
                             self.db.dialect,
                             signals_of=review_id if insert_last and not created else None,
+                            unbound=unbound,
                         )
                         signals = early or signals
                         if before is None and not created and insert_last:
@@ -228,6 +233,15 @@ class ReviewSql(ReviewReadSql):
                 # Nothing new merged (a delta the review held already): no judgment, no event.
                 await _record_mutations(tx, review_id, list(applied.items()), ts)
                 return ReviewPushResult(before, outcomes)
+            alone = None
+            if unbound is not None:
+                if len(unbound) != 1:
+                    raise _Taken(review_id)  # (not a REST creation's delta: the long way binds them)
+                # Judged as if the store's signals were clean; the statement writes only if they are.
+                value = review.value()
+                body_hash = _body_hash(value.text if value is not None else None)
+                signals = _Signals(body_hash, duplicate=False, posted=0)
+                alone = (unbound[0], ts - HOUR_US, rules.max_posts_per_hour)
             document = await ReviewSql._settle(
                 self,
                 tx,
@@ -241,15 +255,18 @@ class ReviewSql(ReviewReadSql):
                 list(applied.items()),
                 signals,
                 insert_row=insert_last,
+                alone=alone,
             )
             return ReviewPushResult(document, outcomes)
 
         for deferred in (True, False):
-            # A REST creation's first try sends no BEGIN and no COMMIT (two of its four round trips):
-            # each of its statements commits alone. The first binds the author's REST replica (its
-            # id is the hub's, minted for this author: the binding any of their writes makes, harmless
-            # if the review then is not created) and reads the spam signals; the last writes the
-            # review, its events and its rating move together, or nothing (_Taken: the long way).
+            # A REST creation's first try is one statement, no BEGIN and no COMMIT (one round trip,
+            # not four): judged as if the store's spam signals were clean, it binds the author's REST
+            # replica and writes the review, its events and its rating move only if they are, the
+            # replica is the author's and the review's id and product are free — or writes nothing
+            # but the binding (_Taken: then the long way, in a transaction, judges what it finds). The
+            # binding is the one any of the author's REST writes makes (the replica's id is minted
+            # for them by the hub), harmless if the review then is not created.
             alone = deferred and whole and pushes[0].new
             try:
                 return await self._write_moving(
@@ -440,9 +457,11 @@ class ReviewSql(ReviewReadSql):
         signals: _Signals | None = None,
         *,
         insert_row: bool = False,
+        alone: tuple[str, int, int] | None = None,
     ) -> ReviewDocument:
         """After a push: judge the merged review (unless nothing new needs judging) and write it, with
-        the ids of the pushes applied. ``signals``: the spam signals read with the review's insert."""
+        the ids of the pushes applied. ``signals``: the spam signals read with the review's insert
+        (``alone``: assumed, see _write_judged)."""
         base = before or _new_document(review_id, review, self.region, ts)
         reasons: tuple[str, ...]
         if review.erased:
@@ -465,6 +484,7 @@ class ReviewSql(ReviewReadSql):
             after_push=True,
             mutations=mutations,
             insert_row=insert_row,
+            alone=alone,
         )
 
     async def _judge(
@@ -480,6 +500,7 @@ class ReviewSql(ReviewReadSql):
         after_push: bool = False,
         mutations: Sequence[tuple[str, int]] = (),
         insert_row: bool = False,
+        alone: tuple[str, int, int] | None = None,
     ) -> ReviewDocument:
         """Write ``review`` judged ``status``: the server's moderation record (for a judgeable status),
         the projection, the aggregate's move, the events and the ids of the ``mutations`` applied
@@ -532,7 +553,7 @@ class ReviewSql(ReviewReadSql):
         move = _move(before, after)
         if self.db.dialect == "postgres":
             await ReviewSql._write_judged(
-                self, tx, after, projection, public, told, move, mutations, ts, insert_row
+                self, tx, after, projection, public, told, move, mutations, ts, insert_row, alone
             )
             return after
         await _record_mutations(tx, before.id, mutations, ts)
@@ -565,16 +586,21 @@ class ReviewSql(ReviewReadSql):
         mutations: Sequence[tuple[str, int]],
         ts: int,
         insert_row: bool,
+        alone: tuple[str, int, int] | None = None,
     ) -> None:
         """PostgreSQL: everything a judgment writes in one statement (``_JUDGED``), one round trip.
         The rating's move is appended (storage.rating_folds), not applied to the product's row.
         ``insert_row``: the review is new and inserted here; _Taken if its id or its author's live
-        review of the product is there already (then nothing was written)."""
+        review of the product is there already (then nothing was written). ``alone`` (with
+        ``insert_row``; the replica, an hour ago, the posting limit): the statement also binds the
+        replica and writes the review only if the replica is its author's, no other live review has
+        its text and its author has posted fewer than the limit in the hour (the spam signals the
+        judgment assumed clean); else _Taken, nothing written but the binding."""
         stream = reviews_stream(after.region)
         public_payload = None if public is None else orjson.dumps(public)
         private_stream = user_stream(after.region, after.author)
         row = await tx.fetchrow(
-            _JUDGED_NEW if insert_row else _JUDGED,
+            _JUDGED_ALONE if alone is not None else _JUDGED_NEW if insert_row else _JUDGED,
             *projection,
             None if public_payload is None else public_payload.decode(),
             stream,
@@ -590,6 +616,7 @@ class ReviewSql(ReviewReadSql):
             move is not None,
             [m for m, _ in mutations],
             [v for _, v in mutations],
+            *(alone or ()),
         )
         if row is None and insert_row:
             raise _Taken(after.id)
@@ -674,6 +701,25 @@ _JUDGED_NEW = (
     " reasons, mod_seq, rating, body, body_hash, media, has_media, created_at, updated_at)"
     " SELECT $1, $20, $16, $21, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12"
     " WHERE EXISTS (SELECT 1 FROM products WHERE id = $20) ON CONFLICT DO NOTHING RETURNING id),"
+    f"{_JUDGE_WRITES}"
+)
+# The same, binding the replica ($32) first, and only if it is the author's and the spam signals
+# are clean (_SIGNALS: no other live review with the text's hash $9, fewer than $34 reviews by the
+# author since $33): what a judgment that assumed them clean may write.
+_JUDGED_ALONE = (
+    "WITH bound AS (INSERT INTO replicas (replica_id, owner, created_at) VALUES ($32, $16, $12)"
+    " ON CONFLICT (replica_id) DO NOTHING RETURNING owner),"
+    " projection AS (INSERT INTO reviews (id, product_id, author, region, state, version, status,"
+    " reasons, mod_seq, rating, body, body_hash, media, has_media, created_at, updated_at)"
+    " SELECT $1, $20, $16, $21, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12"
+    " FROM (SELECT "
+    + _SIGNALS.format(hash="$9", review="$1", new="TRUE", author="$16", since="$33")
+    + ") AS signals"
+    " WHERE EXISTS (SELECT 1 FROM products WHERE id = $20)"
+    " AND (EXISTS (SELECT 1 FROM bound)"
+    " OR EXISTS (SELECT 1 FROM replicas WHERE replica_id = $32 AND owner = $16))"
+    " AND NOT signals.duplicate AND signals.posted < $34"
+    " ON CONFLICT DO NOTHING RETURNING id),"
     f"{_JUDGE_WRITES}"
 )
 

@@ -96,3 +96,22 @@ async def test_concurrent_creations_by_one_author_keep_one_live_review(store: Sq
     for rid, code in results:
         assert (await store.get_review(rid) is None) == (code is not None)
     await recounted(store)
+
+
+async def test_a_new_push_with_another_users_replica_is_refused_and_writes_nothing(store: SqlStore) -> None:
+    # On PostgreSQL a new push is first tried as one statement that writes only if the replica is
+    # its author's: here it writes nothing, and the long way says why.
+    product = await seed(store)
+    ana_id = str(uuid.uuid4())
+    mine = Device("ana-tablet").create(ana_id, product, "ana", 5, "my own words about it")
+    await store.push_review(ana_id, "ana", [ReviewPush("m-ana", mine, new=True)], RULES, keyword_screen)
+    bob_id = str(uuid.uuid4())
+    other = await seed(store, "SKU-OTHER")
+    taken = Device("ana-tablet").create(bob_id, other, "bob", 1, "words of bob on another")
+    result = await store.push_review(
+        bob_id, "bob", [ReviewPush("m-bob", taken, new=True)], RULES, keyword_screen
+    )
+    assert [(o.status, o.code) for o in result.outcomes] == [(PushStatus.REFUSED, "foreign_replica")]
+    assert await store.get_review(bob_id) is None
+    assert await store.rating_of(other) == RatingAggregate(0, 0, (0, 0, 0, 0, 0))
+    await recounted(store)
