@@ -163,12 +163,18 @@ Edit = Callable[[Review], Review]
 def _minted(review: Review, first: Review, steps: list[Edit]) -> Review:
     """One delta of several edits, each made on the review as the ones before it left it."""
     work = review.merge(first)
-    delta = first
+    # (onto an empty review — a creation's — the edited copy is the delta itself, the empty review
+    # being the merge's identity: each edit applied once, not twice)
+    delta = work if review == _EMPTY else first
     for step in steps:
         made = step(work)
         work.apply(made)
-        delta.apply(made)
+        if delta is not work:
+            delta.apply(made)
     return delta
+
+
+_EMPTY = Review.new()  # (never changed: merge copies)
 
 
 def _adding(replica: str, media_id: str) -> Edit:
