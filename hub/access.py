@@ -36,9 +36,14 @@ async def access_middleware(
     memory = limits.memory
     if memory is not None:
         admitted = memory.admit(key, limited.policy)  # never waits: no coroutine on the hot path
-        if admitted is None:
-            return limits.refusal(limited, scope, memory.check_now(key, limited.policy))
-        remaining, next_us = admitted
+        if admitted is not None:
+            remaining, next_us = admitted
+        else:
+            # Why and when; or, if the key's bucket refilled in the µs between the two, the pass.
+            decision = memory.check_now(key, limited.policy)
+            if not decision.allowed:
+                return limits.refusal(limited, scope, decision)
+            remaining, next_us = decision.remaining, round(decision.next_after * 1_000_000)
     else:
         try:
             decision = await limits.limiter.check(key, limited.policy)
