@@ -38,7 +38,7 @@ from storage.db import Database, Row, Tx
 from storage.errors import InsufficientStock, NotFound
 from storage.models import ReservationLineRequest
 from storage.reservation_caps import CAP_CODE, ReservationCaps
-from storage.sql_core import claim_idempotency_key, store_idempotent_outcome
+from storage.sql_core import bind_replica, claim_idempotency_key, store_idempotent_outcome
 from storage.streams import user_stream
 
 T = TypeVar("T")
@@ -506,15 +506,7 @@ async def _checked_merge(tx: Tx, cart: Cart, delta: Cart, owner: str, rules: Car
         # delta's other replicas bound before it.
         async with tx.savepoint():
             for replica in unbound:
-                await tx.execute(
-                    "INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
-                    " ON CONFLICT (replica_id) DO NOTHING",
-                    replica,
-                    owner,
-                    ts,
-                )
-                bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
-                if bound is None or bound["owner"] != owner:
+                if await bind_replica(tx, replica, owner, ts) != owner:
                     raise Refusal("foreign_replica", f"replica {replica[:40]!r} belongs to another user")
     return merged
 

@@ -29,6 +29,20 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+async def bind_replica(tx: Tx, replica: str, owner: str, ts: int) -> str | None:
+    """Bind a CRDT replica id to ``owner`` on its first use (of two users binding one id at once, one
+    does); the owner it is bound to now (the caller refuses a push whose replica is someone else's)."""
+    await tx.execute(
+        "INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (replica_id) DO NOTHING",
+        replica,
+        owner,
+        ts,
+    )
+    bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
+    return None if bound is None else str(bound["owner"])
+
+
 async def claim_idempotency_key(
     tx: Tx, owner: str, key: str, request_hash: str, ts: int
 ) -> tuple[int, str] | None:

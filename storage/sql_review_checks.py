@@ -21,6 +21,7 @@ from storage.reviews import (
     Screening,
     Verdict,
 )
+from storage.sql_core import bind_replica
 from storage.sql_review_reads import _WORD, search_words
 
 HOUR_US = 3_600_000_000
@@ -119,16 +120,8 @@ async def _checked_merge(
                 raise ReviewRefusal("foreign_replica", f"replica {replica[:40]!r} belongs to another user")
             continue
         bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
-        if bound is None:  # bound on first use; of two users binding one id at once, one does
-            await tx.execute(
-                "INSERT INTO replicas (replica_id, owner, created_at) VALUES ($1, $2, $3)"
-                " ON CONFLICT (replica_id) DO NOTHING",
-                replica,
-                author,
-                ts,
-            )
-            bound = await tx.fetchrow("SELECT owner FROM replicas WHERE replica_id = $1", replica)
-        if bound is None or bound["owner"] != author:
+        owner = bound["owner"] if bound is not None else await bind_replica(tx, replica, author, ts)
+        if owner != author:
             raise ReviewRefusal("foreign_replica", f"replica {replica[:40]!r} belongs to another user")
     return merged, signals
 
