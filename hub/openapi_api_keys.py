@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from hub.authz import SCOPES, TABLE
-
-Op = Any  # hub.openapi's operation builders, passed in (this module is imported by that one)
+from hub.openapi_build import AUTH_PROBLEMS, op, problems, query, reply
 
 # The operations an API key may call, by path and method → their route's name in hub/authz.TABLE.
 KEY_OPERATIONS: dict[tuple[str, str], str] = {
@@ -56,10 +55,10 @@ _KEY_REFUSALS = (
 _ADMIN_ONLY = "forbidden: needs the admin role; insufficient_scope: an API key (keys never manage keys)"
 
 
-def api_key_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[str, str]) -> dict[str, Any]:
+def api_key_paths() -> dict[str, Any]:
     key_id = {"name": "key_id", "in": "path", "required": True, "schema": _KEY_ID}
     made = {
-        **json("NewApiKeyReply", "made: the key is in this answer and nowhere else, ever"),
+        **reply("NewApiKeyReply", "made: the key is in this answer and nowhere else, ever"),
         "headers": {"Location": {"schema": {"type": "string"}}},
     }
     return {
@@ -69,7 +68,7 @@ def api_key_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
                 {
                     "201": made,
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed (name 1-100 characters, scopes: 1 or more"
                         " known scopes, each once; expires_in 1 s-10 years; no unknown field)",
                         _403=_ADMIN_ONLY,
@@ -81,8 +80,8 @@ def api_key_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
             "get": op(
                 "The API keys, newest first, without their secrets (admin)",
                 {
-                    "200": json("ApiKeyPage"),
-                    **problems(**auth_problems, _400="invalid_parameter, invalid_cursor", _403=_ADMIN_ONLY),
+                    "200": reply("ApiKeyPage"),
+                    **problems(**AUTH_PROBLEMS, _400="invalid_parameter, invalid_cursor", _403=_ADMIN_ONLY),
                 },
                 auth=True,
                 params=[
@@ -97,9 +96,9 @@ def api_key_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
             "get": op(
                 "One API key, without its secret (admin)",
                 {
-                    "200": json("ApiKey"),
+                    "200": reply("ApiKey"),
                     **problems(
-                        **auth_problems, _400="invalid_id", _403=_ADMIN_ONLY, _404="api_key_not_found"
+                        **AUTH_PROBLEMS, _400="invalid_id", _403=_ADMIN_ONLY, _404="api_key_not_found"
                     ),
                 },
                 auth=True,
@@ -111,7 +110,7 @@ def api_key_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
                 {
                     "204": {"description": "revoked"},
                     **problems(
-                        **auth_problems, _400="invalid_id", _403=_ADMIN_ONLY, _404="api_key_not_found"
+                        **AUTH_PROBLEMS, _400="invalid_id", _403=_ADMIN_ONLY, _404="api_key_not_found"
                     ),
                 },
                 auth=True,
@@ -127,7 +126,7 @@ def api_key_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
                     {
                         "201": made,
                         **problems(
-                            **auth_problems,
+                            **AUTH_PROBLEMS,
                             _400="invalid_id, malformed_json, validation_failed (overlap_seconds 0-30 days)",
                             _403=_ADMIN_ONLY,
                             _404="api_key_not_found",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-Op = Any  # hub.openapi's operation builders, passed in (this module is imported by that one)
+from hub.openapi_build import AUTH_PROBLEMS, op, problems, query, reply
 
 _SCHOOL_ID = {
     "name": "school_id",
@@ -42,7 +42,7 @@ def _page(items: str) -> dict[str, Any]:
     }
 
 
-def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[str, str]) -> dict[str, Any]:
+def parts_paths() -> dict[str, Any]:
     cursor = query("cursor", {"type": "string"}, "next_cursor of the previous page")
     limit = query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size (default 50)")
     forbidden = "forbidden: a token without the admin or service role"
@@ -52,9 +52,9 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
                 "Make a school (admin): its id, name, region (its requests' stock and events) and the API"
                 " keys its platform calls with",
                 {
-                    "201": json("School", "made"),
+                    "201": reply("School", "made"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed",
                         _403="forbidden: needs the admin role",
                         _404="api_key_not_found (key_id): api_keys names a key that does not exist",
@@ -67,8 +67,8 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
             "get": op(
                 "The schools by id: every school for admin and service tokens, a key's own for a key",
                 {
-                    "200": json("SchoolPage"),
-                    **problems(**auth_problems, _400="invalid_parameter, invalid_cursor"),
+                    "200": reply("SchoolPage"),
+                    **problems(**AUTH_PROBLEMS, _400="invalid_parameter, invalid_cursor"),
                 },
                 auth=True,
                 params=[cursor, limit],
@@ -78,9 +78,9 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
             "get": op(
                 f"One school (ETag): {_WHO}",
                 {
-                    "200": json("School"),
+                    "200": reply("School"),
                     "304": {"description": "not modified"},
-                    **problems(**auth_problems, _404=_SCHOOL_404),
+                    **problems(**AUTH_PROBLEMS, _404=_SCHOOL_404),
                 },
                 auth=True,
                 params=[_SCHOOL_ID],
@@ -88,9 +88,9 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
             "patch": op(
                 "Rename a school or bind its API keys (the whole list) (admin, If-Match)",
                 {
-                    "200": json("School"),
+                    "200": reply("School"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed (an empty patch too), invalid_precondition",
                         _403="forbidden: needs the admin role",
                         _404=_SCHOOL_404 + "; api_key_not_found",
@@ -106,9 +106,9 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
             "post": op(
                 f"Add a vehicle or equipment to a school: {_WHO}",
                 {
-                    "201": json("Asset", "added"),
+                    "201": reply("Asset", "added"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed",
                         _403=forbidden,
                         _404=_SCHOOL_404,
@@ -122,8 +122,8 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
             "get": op(
                 "A school's assets by asset tag",
                 {
-                    "200": json("AssetPage"),
-                    **problems(**auth_problems, _400="invalid_parameter, invalid_cursor", _404=_SCHOOL_404),
+                    "200": reply("AssetPage"),
+                    **problems(**AUTH_PROBLEMS, _400="invalid_parameter, invalid_cursor", _404=_SCHOOL_404),
                 },
                 auth=True,
                 params=[_SCHOOL_ID, cursor, limit],
@@ -133,9 +133,9 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
             "get": op(
                 "One asset (ETag)",
                 {
-                    "200": json("Asset"),
+                    "200": reply("Asset"),
                     "304": {"description": "not modified"},
-                    **problems(**auth_problems, _400="invalid_id", _404=_SCHOOL_404 + "; asset_not_found"),
+                    **problems(**AUTH_PROBLEMS, _400="invalid_id", _404=_SCHOOL_404 + "; asset_not_found"),
                 },
                 auth=True,
                 params=[_SCHOOL_ID, _ASSET_ID],
@@ -143,9 +143,9 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
             "patch": op(
                 "Change an asset's tag, kind, make, model or year (If-Match)",
                 {
-                    "200": json("Asset"),
+                    "200": reply("Asset"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="invalid_id, malformed_json, validation_failed, invalid_precondition",
                         _403=forbidden,
                         _404=_SCHOOL_404 + "; asset_not_found",
@@ -165,14 +165,14 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
                 " first served as stock arrives",
                 {
                     "201": {
-                        **json("PartsRequest", "made (status reserved or backordered), or replayed"),
+                        **reply("PartsRequest", "made (status reserved or backordered), or replayed"),
                         "headers": {
                             "Idempotent-Replayed": {"schema": {"enum": ["true", "false"]}},
                             "Location": {"schema": {"type": "string"}},
                         },
                     },
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="idempotency_key_required, invalid_idempotency_key, malformed_json,"
                         " validation_failed (a line names a sku or a query, never both; a query needs a"
                         " category, attributes or fits_asset)",
@@ -190,8 +190,8 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
             "get": op(
                 "A school's parts requests, newest first",
                 {
-                    "200": json("PartsRequestPage"),
-                    **problems(**auth_problems, _400="invalid_parameter, invalid_cursor", _404=_SCHOOL_404),
+                    "200": reply("PartsRequestPage"),
+                    **problems(**AUTH_PROBLEMS, _400="invalid_parameter, invalid_cursor", _404=_SCHOOL_404),
                 },
                 auth=True,
                 params=[
@@ -209,10 +209,10 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
             "get": op(
                 "One parts request (ETag: its version)",
                 {
-                    "200": json("PartsRequest"),
+                    "200": reply("PartsRequest"),
                     "304": {"description": "not modified"},
                     **problems(
-                        **auth_problems, _400="invalid_id", _404=_SCHOOL_404 + "; parts_request_not_found"
+                        **AUTH_PROBLEMS, _400="invalid_id", _404=_SCHOOL_404 + "; parts_request_not_found"
                     ),
                 },
                 auth=True,
@@ -225,9 +225,9 @@ def parts_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[s
                 " (a school's key too). Shipped commits its units; cancelled releases them to whoever"
                 " waits. Asking for its current status changes nothing. If-Match: the version read",
                 {
-                    "200": json("PartsRequest"),
+                    "200": reply("PartsRequest"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="invalid_id, malformed_json, validation_failed, invalid_precondition",
                         _403=forbidden + "; transition_forbidden: picked and shipped are the supplier's",
                         _404=_SCHOOL_404 + "; parts_request_not_found",

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hub.openapi_build import AUTH_PROBLEMS, op, problems, query, reply
 from hub.recommendations import DEFAULT_LIMIT, MAX_LIMIT
-
-Op = Any  # hub.openapi's operation builders, passed in (this module is imported by that one)
 
 _TIME = {"type": "string", "format": "date-time"}
 _CUSTOMER = "forbidden: a customer's token"
@@ -17,9 +16,7 @@ _CONSENT = (
 )
 
 
-def personalization_paths(
-    op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[str, str]
-) -> dict[str, Any]:
+def personalization_paths() -> dict[str, Any]:
     return {
         "/api/v1/events": {
             "post": op(
@@ -28,9 +25,9 @@ def personalization_paths(
                 " (--event-retention-days) and aggregated in the same transaction: the recommendations"
                 " read right after reflect them",
                 {
-                    "200": json("EventsAccepted"),
+                    "200": reply("EventsAccepted"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed (every problem named: events[i].field, code;"
                         " no unknown field, a field of another type of event included)",
                         _403=f"{_CUSTOMER}; {_CONSENT}",
@@ -45,7 +42,7 @@ def personalization_paths(
         "/api/v1/me/consent": {
             "get": op(
                 "The caller's consent to personalization (unset until given) and the events' retention",
-                {"200": json("Consent"), **problems(**auth_problems, _403=_CUSTOMER)},
+                {"200": reply("Consent"), **problems(**AUTH_PROBLEMS, _403=_CUSTOMER)},
                 auth=True,
             ),
             "put": op(
@@ -53,9 +50,9 @@ def personalization_paths(
                 " transaction, the caller's events, preferred attributes and recent products (the anonymous"
                 " co-occurrence and trending counts stay); granting or revoking again changes nothing",
                 {
-                    "200": json("ConsentChange"),
+                    "200": reply("ConsentChange"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed",
                         _403=_CUSTOMER,
                         _415="unsupported_media_type",
@@ -74,10 +71,10 @@ def personalization_paths(
                 " match, as the catalog's). ETag (If-None-Match → 304), Cache-Control: private. Without"
                 " consent: the region's trending products",
                 {
-                    "200": json("Recommendations"),
+                    "200": reply("Recommendations"),
                     "304": {"description": "not modified: the list is the one If-None-Match names"},
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="invalid_parameter: limit, or an attr.… filter",
                         _403=_CUSTOMER,
                     ),

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hub.openapi_build import AUTH_PROBLEMS, op, path_param, problems, query, reply
 from hub.routes import audit
 from hub.validation import SUBJECT, schema_of
-
-Op = Any  # hub.openapi's operation builders, passed in (this module is imported by that one)
 
 _NULLABLE_TEXT = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
@@ -19,10 +18,8 @@ _PII_PROBLEMS = (
 _ERASURE_PROBLEMS = "erasure_incomplete: a step failed; erasing again resumes (every step is idempotent)"
 
 
-def privacy_paths(
-    op: Op, json: Op, problems: Op, path: Op, query: Op, auth_problems: dict[str, str]
-) -> dict[str, Any]:
-    sub = {**path("sub"), "schema": schema_of(SUBJECT)}  # (the routes' own rule)
+def privacy_paths() -> dict[str, Any]:
+    sub = {**path_param("sub"), "schema": schema_of(SUBJECT)}  # (the routes' own rule)
     export = (
         "Everything the hub holds about the user, as JSON: profile (decrypted), carts, reviews (every"
         " status), helpful votes, reports, reservations, device replica ids, and the audit entries"
@@ -40,8 +37,8 @@ def privacy_paths(
                 "The caller's profile, email and phone decrypted (none yet: every field null, version 0)."
                 " ETag: its version",
                 {
-                    "200": json("Profile"),
-                    **problems(**auth_problems, _403="forbidden: a person's token", _500=_PII_PROBLEMS),
+                    "200": reply("Profile"),
+                    **problems(**AUTH_PROBLEMS, _403="forbidden: a person's token", _500=_PII_PROBLEMS),
                 },
                 auth=True,
             ),
@@ -49,9 +46,9 @@ def privacy_paths(
                 "Replace the caller's profile (a field absent or null: none). Email and phone are encrypted"
                 " at rest under the hub's current key. If-Match: the version read",
                 {
-                    "200": json("Profile"),
+                    "200": reply("Profile"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed (display_name 1-100 characters, no control"
                         " characters; email an address of ≤ 254 characters; phone E.164, e.g."
                         " +33612345678; no unknown field), invalid_precondition",
@@ -66,8 +63,8 @@ def privacy_paths(
             "delete": op(
                 "Erase the caller. " + erasure,
                 {
-                    "200": json("Erasure"),
-                    **problems(**auth_problems, _403="forbidden: a person's token", _500=_ERASURE_PROBLEMS),
+                    "200": reply("Erasure"),
+                    **problems(**AUTH_PROBLEMS, _403="forbidden: a person's token", _500=_ERASURE_PROBLEMS),
                 },
                 auth=True,
             ),
@@ -76,8 +73,8 @@ def privacy_paths(
             "get": op(
                 export + " (the caller)",
                 {
-                    "200": json("UserExport"),
-                    **problems(**auth_problems, _403="forbidden: a person's token", _500=_PII_PROBLEMS),
+                    "200": reply("UserExport"),
+                    **problems(**AUTH_PROBLEMS, _403="forbidden: a person's token", _500=_PII_PROBLEMS),
                 },
                 auth=True,
             ),
@@ -86,9 +83,9 @@ def privacy_paths(
             "get": op(
                 export + " (admins; the audit log records who read it)",
                 {
-                    "200": json("UserExport"),
+                    "200": reply("UserExport"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="invalid_parameter: sub",
                         _403="forbidden: needs the admin role",
                         _500=_PII_PROBLEMS,
@@ -102,9 +99,9 @@ def privacy_paths(
             "delete": op(
                 "Erase a user (admins). " + erasure,
                 {
-                    "200": json("Erasure"),
+                    "200": reply("Erasure"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="invalid_parameter: sub",
                         _403="forbidden: needs the admin role",
                         _500=_ERASURE_PROBLEMS,
@@ -119,9 +116,9 @@ def privacy_paths(
                 "The audit log (admins), newest first: every admin, moderator, service and API-key write"
                 " that succeeded, admins' reads of a user's export, and every erasure",
                 {
-                    "200": json("AuditPage"),
+                    "200": reply("AuditPage"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="invalid_parameter (an unknown parameter too), invalid_cursor",
                         _403="forbidden: needs the admin role",
                     ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-Op = Any  # hub.openapi's operation builders, passed in (this module is imported by that one)
+from hub.openapi_build import AUTH_PROBLEMS, op, path_param, problems, query, reply
 
 _STATUS_NAMES = "pending|published|flagged|rejected|deleted|erased"  # storage.reviews.ReviewStatus
 _STATUSES = {"type": "string", "pattern": f"^({_STATUS_NAMES})(,({_STATUS_NAMES}))*$"}
@@ -21,16 +21,19 @@ _AGGREGATE = {
         "histogram": {"type": "object", "additionalProperties": {"type": "integer"}},
     },
 }
+# What a review push's ack may be refused with (storage/sql_review_checks.py; docs/errors.md).
+_PUSH_REFUSALS = (
+    "foreign_replica, clock_skew, unknown_media, text_too_long, too_many_media, moderation_forbidden,"
+    " wrong_review, wrong_author, not_created, invalid_edit, review_gone, review_exists, product_not_found"
+)
 _WRITE_REFUSALS = (
     "the write was refused, nothing changed: unknown_media, foreign_replica, clock_skew, text_too_long,"
     " too_many_media, moderation_forbidden, wrong_review, wrong_author, not_created, invalid_edit"
 )
 
 
-def review_paths(
-    op: Op, json: Op, problems: Op, path: Op, query: Op, auth_problems: dict[str, str]
-) -> dict[str, Any]:
-    product_id, review_id = path("product_id"), path("review_id")
+def review_paths() -> dict[str, Any]:
+    product_id, review_id = path_param("product_id"), path_param("review_id")
     listing_params = [
         query("sort", {"enum": ["newest", "highest", "lowest", "helpful"]}, "order (default newest)"),
         query("min_rating", _RATING, "at least this many stars"),
@@ -48,9 +51,9 @@ def review_paths(
                 "Post a review (customer): judged by the automatic screen, published or held for a"
                 " moderator in the same transaction that moves the product's rating",
                 {
-                    "201": json("Review", "created (status: published, pending or rejected)"),
+                    "201": reply("Review", "created (status: published, pending or rejected)"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed (rating 1-5 integer, text ≤ 5,000"
                         " characters of valid Unicode, at most 10 media ids, no unknown field), invalid_id",
                         _403="forbidden: needs the customer role",
@@ -68,7 +71,7 @@ def review_paths(
             "get": op(
                 "List a product's reviews (published; moderators may ask for other statuses)",
                 {
-                    "200": json("ReviewPage"),
+                    "200": reply("ReviewPage"),
                     **problems(
                         _400="invalid_id, invalid_sort, invalid_parameter, invalid_cursor",
                         _403="forbidden: status= is for moderators",
@@ -81,7 +84,7 @@ def review_paths(
         "/api/v1/products/{product_id}/rating": {
             "get": op(
                 "A product's rating aggregate (exact: changed with every review's status or rating)",
-                {"200": json("ProductRating"), **problems(_400="invalid_id", _404="product_not_found")},
+                {"200": reply("ProductRating"), **problems(_400="invalid_id", _404="product_not_found")},
                 params=[product_id],
             ),
         },
@@ -90,7 +93,7 @@ def review_paths(
                 "Read a review: published ones are anyone's; others their author's and moderators'"
                 " (ETag, If-None-Match)",
                 {
-                    "200": json("Review"),
+                    "200": reply("Review"),
                     "304": {"description": "not modified"},
                     **problems(_400="invalid_id", _404="review_not_found"),
                 },
@@ -100,9 +103,9 @@ def review_paths(
                 "The author's edit (a delta the hub mints): judged again, so a published review may go"
                 " back to pending. Idempotency-Key makes a retry apply once",
                 {
-                    "200": json("Review"),
+                    "200": reply("Review"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed, invalid_id, invalid_idempotency_key",
                         _403="not_author, forbidden",
                         _404="review_not_found",
@@ -120,7 +123,7 @@ def review_paths(
                 {
                     "204": {"description": "deleted or erased"},
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="invalid_id, invalid_parameter",
                         _403="not_author, forbidden",
                         _404="review_not_found",
@@ -136,9 +139,9 @@ def review_paths(
                 "Sync a device (the author): merge its pushed deltas (the first may create the review),"
                 " each acknowledged once committed, and answer the state it lacks",
                 {
-                    "200": json("ReviewSyncReply"),
+                    "200": reply("ReviewSyncReply"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed, invalid_id, malformed_context, bad_request,"
                         " invalid_mutation_id, malformed_delta, unsupported_codec_version, delta_too_large",
                         _403="forbidden: needs the customer role",
@@ -155,9 +158,9 @@ def review_paths(
             "post": op(
                 "Vote a published review helpful (once per user; not one's own)",
                 {
-                    "200": json("HelpfulVote"),
+                    "200": reply("HelpfulVote"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="invalid_id",
                         _403="forbidden",
                         _404="review_not_found",
@@ -172,9 +175,9 @@ def review_paths(
             "post": op(
                 "Report a published review (once per user); enough reports flag it for a moderator",
                 {
-                    "202": json("ReportReceipt"),
+                    "202": reply("ReportReceipt"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed, invalid_id",
                         _403="forbidden",
                         _404="review_not_found",
@@ -190,9 +193,9 @@ def review_paths(
                 "A moderator's decision (publish, reject with a reason, flag), written by the hub in the"
                 " review's own moderation sequence; with version, only on the version the moderator read",
                 {
-                    "200": json("Review"),
+                    "200": reply("Review"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="malformed_json, validation_failed, invalid_id, reason_required",
                         _403="forbidden: needs the moderator or admin role",
                         _404="review_not_found",
@@ -210,8 +213,8 @@ def review_paths(
                 "A ticket for a browser's EventSource or WebSocket (?ticket=): good for 30 s and one"
                 " connection, on any node, as the token's user; tokens in URLs are refused by default",
                 {
-                    "201": json("RealtimeTicket", "issued"),
-                    **problems(**auth_problems),
+                    "201": reply("RealtimeTicket", "issued"),
+                    **problems(**AUTH_PROBLEMS),
                 },
                 auth=True,
             ),
@@ -220,9 +223,9 @@ def review_paths(
             "get": op(
                 "The moderation queue: pending and flagged reviews (or status=), oldest change first",
                 {
-                    "200": json("ReviewPage"),
+                    "200": reply("ReviewPage"),
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400="invalid_parameter, invalid_cursor",
                         _403="forbidden: needs the moderator or admin role",
                     ),
@@ -242,8 +245,25 @@ def review_paths(
     }
 
 
-def review_schemas(context: dict[str, Any], delta: dict[str, Any], ack: dict[str, Any]) -> dict[str, Any]:
+def review_schemas(
+    context: dict[str, Any], cart_delta: dict[str, Any], cart_ack: dict[str, Any]
+) -> dict[str, Any]:
+    """``context`` is the carts' causal context; a review's delta and ack have the carts' shape with the
+    review's type tag and refusal codes."""
     statuses = ["pending", "published", "flagged", "rejected", "deleted", "erased"]
+    delta = {
+        **cart_delta,
+        "description": "A review state or delta in the codec's JSON-safe form (crdt/codec.py); an unknown v"
+        " is unsupported_codec_version, never guessed",
+        "properties": {**cart_delta["properties"], "t": {"const": "review"}},
+    }
+    ack = {
+        **cart_ack,
+        "properties": {
+            **cart_ack["properties"],
+            "code": {"type": "string", "description": f"refused: {_PUSH_REFUSALS}"},
+        },
+    }
     return {
         "Review": {
             "type": "object",

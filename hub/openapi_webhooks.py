@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hub.openapi_build import AUTH_PROBLEMS, op, problems, query, reply
 from hub.webhooks.sources import all_types, patterns
-
-Op = Any  # hub.openapi's operation builders, passed in (this module is imported by that one)
 
 _ID = {"name": "webhook_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 _WHEN = {"type": ["string", "null"], "format": "date-time"}
@@ -27,12 +26,12 @@ _BODY_400 = (
 )
 
 
-def webhook_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict[str, str]) -> dict[str, Any]:
+def webhook_paths() -> dict[str, Any]:
     page = [
         query("cursor", {"type": "string"}, "next_cursor of the previous page"),
         query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size (default 50)"),
     ]
-    found = {**auth_problems, "_400": "invalid_id", "_403": _MANAGE, "_404": "webhook_not_found"}
+    found = {**AUTH_PROBLEMS, "_400": "invalid_id", "_403": _MANAGE, "_404": "webhook_not_found"}
     return {
         "/api/v1/webhooks": {
             "post": op(
@@ -40,11 +39,11 @@ def webhook_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
                 " is in this answer and nowhere else, ever",
                 {
                     "201": {
-                        **json("NewWebhookReply", "made"),
+                        **reply("NewWebhookReply", "made"),
                         "headers": {"Location": {"schema": {"type": "string"}}},
                     },
                     **problems(
-                        **auth_problems,
+                        **AUTH_PROBLEMS,
                         _400=_BODY_400,
                         _403=_MANAGE,
                         _409="too_many_webhooks: the owner has 50",
@@ -57,8 +56,8 @@ def webhook_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
             "get": op(
                 "The caller's webhook endpoints (an admin's: every one), newest first",
                 {
-                    "200": json("WebhookPage"),
-                    **problems(**auth_problems, _400="invalid_parameter, invalid_cursor", _403=_MANAGE),
+                    "200": reply("WebhookPage"),
+                    **problems(**AUTH_PROBLEMS, _400="invalid_parameter, invalid_cursor", _403=_MANAGE),
                 },
                 auth=True,
                 params=page,
@@ -67,7 +66,7 @@ def webhook_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
         "/api/v1/webhooks/{webhook_id}": {
             "get": op(
                 "One webhook endpoint (ETag: its version)",
-                {"200": json("Webhook"), **problems(**found)},
+                {"200": reply("Webhook"), **problems(**found)},
                 auth=True,
                 params=[_ID],
             ),
@@ -75,7 +74,7 @@ def webhook_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
                 "Change its URL, events, description, or enable or disable it (If-Match: its ETag). Enabled"
                 " again, it resumes from where its streams stood when it stopped",
                 {
-                    "200": json("Webhook"),
+                    "200": reply("Webhook"),
                     **problems(
                         **{**found, "_400": f"invalid_id, {_BODY_400}, invalid_precondition"},
                         _412="precondition_failed: it changed since it was read",
@@ -104,7 +103,7 @@ def webhook_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
             "post": op(
                 "Queue a signed webhook.ping message to it (delivered as any message: retried, logged)",
                 {
-                    "202": json("WebhookPing", "queued"),
+                    "202": reply("WebhookPing", "queued"),
                     **problems(**found, _409="webhook_disabled: enable it first"),
                 },
                 auth=True,
@@ -117,7 +116,7 @@ def webhook_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
                 " position (a message's position), those of events from a time on, or one dead letter —"
                 " among the messages kept (7 days)",
                 {
-                    "202": json("WebhookReplayed", "queued again"),
+                    "202": reply("WebhookReplayed", "queued again"),
                     **problems(
                         **{
                             **found,
@@ -135,7 +134,7 @@ def webhook_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
             "get": op(
                 "The delivery log: every attempt (when, HTTP status, latency, error, outcome), newest first",
                 {
-                    "200": json("WebhookAttemptPage"),
+                    "200": reply("WebhookAttemptPage"),
                     **problems(**{**found, "_400": "invalid_id, invalid_parameter, invalid_cursor"}),
                 },
                 auth=True,
@@ -146,7 +145,7 @@ def webhook_paths(op: Op, json: Op, problems: Op, query: Op, auth_problems: dict
             "get": op(
                 "The dead letters: messages whose every attempt of their retry window failed, newest first",
                 {
-                    "200": json("WebhookDeadLetterPage"),
+                    "200": reply("WebhookDeadLetterPage"),
                     **problems(**{**found, "_400": "invalid_id, invalid_parameter, invalid_cursor"}),
                 },
                 auth=True,

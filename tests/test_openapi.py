@@ -131,3 +131,27 @@ def test_the_document_is_as_strict_as_the_server_where_the_probe_found_it_loose(
     assert schemas["ProductPatch"]["minProperties"] == 1
     line = schemas["NewReservation"]["properties"]["lines"]["items"]
     assert {"not": {"required": ["region", "warehouse_id"]}} in line["allOf"]
+
+
+def test_each_sync_schema_names_its_own_document_type():
+    # A review's sync carried the cart's delta schema ("t": "cart") until the document was split by
+    # concern: a client generated from it would have sent deltas the hub refuses.
+    from crdt.cart import Cart
+    from crdt.codec import to_dict
+    from crdt.review import Review
+
+    schemas = openapi_document()["components"]["schemas"]
+
+    def pushed_tag(sync: str) -> Any:
+        return schemas[sync]["properties"]["pushes"]["items"]["properties"]["delta"]["properties"]["t"][
+            "const"
+        ]
+
+    assert pushed_tag("CartSync") == to_dict(Cart.new())["t"] == "cart"
+    assert pushed_tag("ReviewSync") == to_dict(Review.new())["t"] == "review"
+    assert (
+        schemas["ReviewSyncReply"]["properties"]["state"]["oneOf"][0]["properties"]["t"]["const"] == "review"
+    )
+    review_ack_code = schemas["ReviewSyncReply"]["properties"]["acks"]["items"]["properties"]["code"]
+    assert "text_too_long" in review_ack_code["description"]
+    assert "text_too_long" not in schemas["CartAck"]["properties"]["code"]["enum"]
