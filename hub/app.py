@@ -163,13 +163,16 @@ async def relay_context(app: web.Application) -> AsyncIterator[None]:
 
 async def _expire_forever(app: web.Application) -> None:
     settings, store, metrics = app[SETTINGS], app[STORE], app[METRICS]
-    last_purge = 0.0
+    # None: the first purge runs at start-up. (It once began at 0.0, and monotonic time counts from the
+    # machine's boot: a node started in a host's first hour purged nothing, and folded none of the
+    # rating moves a stopped node left, until that hour was over.)
+    last_purge: float | None = None
     while True:
         try:
             expired = await store.expire_reservations()
             if expired:
                 metrics.reservations.labels("expired").inc(len(expired))
-            if time.monotonic() - last_purge > 3600:
+            if last_purge is None or time.monotonic() - last_purge > 3600:
                 now = time.time_ns() // 1000
                 await store.purge_idempotency_keys(now - settings.idempotency_retention_seconds * 10**6)
                 await store.purge_cart_mutations(now - settings.cart_mutation_retention_seconds * 10**6)

@@ -1,0 +1,64 @@
+"""A node's first hourly purge runs when it starts, whatever the machine's uptime: the rating moves a
+stopped node left (storage/rating_folds.py) are folded into the product's row at once, not an hour on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+import hub.app
+from hub.keys import METRICS, SETTINGS, STORE
+from hub.metrics import Metrics
+from storage.factory import open_store
+from storage.reviews import RatingAggregate
+from storage.sql import SqlStore
+from tests.conftest import hub_settings, reset_postgres, seed
+from tests.test_review_folds import moves_left
+from tests.test_store_reviews import post
+
+
+@pytest.fixture
+async def store(postgres_url: str) -> AsyncIterator[SqlStore]:
+    await reset_postgres(postgres_url)
+    opened = open_store(postgres_url)
+    await opened.open()
+    await opened.migrate()
+    yield opened
+    await opened.close()
+
+
+async def test_a_node_folds_the_moves_left_behind_as_it_starts(
+    store: SqlStore, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    product = await seed(store)
+
+    async def failing(key: tuple[str, str]) -> None:
+        raise ConnectionError("the node stopped before its fold")
+
+    monkeypatch.setattr(store, "_fold_rating", failing)
+    await post(store, product, "ana", rating=3)
+    monkeypatch.undo()
+    assert await moves_left(store) == 1
+    # A host booted ten minutes ago: the monotonic clock reads 600 s.
+    monkeypatch.setattr(hub.app.time, "monotonic", lambda: 600.0)
+    app = web.Application()
+    app[SETTINGS] = hub_settings(postgres_url, expiry_interval=0.05)
+    app[STORE] = store
+    app[METRICS] = Metrics()
+    task = asyncio.create_task(hub.app._expire_forever(app))
+    try:
+        for _ in range(100):
+            if await moves_left(store) == 0:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert await moves_left(store) == 0
+    row = await store.get_product(product)
+    assert row is not None and row.rating == RatingAggregate(1, 3, (0, 0, 1, 0, 0))
