@@ -156,6 +156,7 @@ TABLE: dict[str, Rule] = {
     "update_webhook": ADMIN.or_key("webhooks:manage"),
     "delete_webhook": ADMIN.or_key("webhooks:manage"),
     "test_webhook": ADMIN.or_key("webhooks:manage"),
+    "rotate_webhook_secret": ADMIN.or_key("webhooks:manage"),
     "replay_webhook": ADMIN.or_key("webhooks:manage"),
     "list_webhook_deliveries": ADMIN.or_key("webhooks:manage"),
     "list_webhook_dead_letters": ADMIN.or_key("webhooks:manage"),

@@ -26,6 +26,7 @@ KEY_OPERATIONS: dict[tuple[str, str], str] = {
     ("/api/v1/webhooks/{webhook_id}", "get"): "get_webhook",
     ("/api/v1/webhooks/{webhook_id}", "patch"): "update_webhook",
     ("/api/v1/webhooks/{webhook_id}", "delete"): "delete_webhook",
+    ("/api/v1/webhooks/{webhook_id}/rotate-secret", "post"): "rotate_webhook_secret",
     ("/api/v1/webhooks/{webhook_id}/test", "post"): "test_webhook",
     ("/api/v1/webhooks/{webhook_id}/replay", "post"): "replay_webhook",
     ("/api/v1/webhooks/{webhook_id}/deliveries", "get"): "list_webhook_deliveries",

@@ -99,6 +99,42 @@ def webhook_paths() -> dict[str, Any]:
                 params=[_ID],
             ),
         },
+        "/api/v1/webhooks/{webhook_id}/rotate-secret": {
+            "post": {
+                **op(
+                    "Give it a new signing secret, in this answer only. The replaced secret signs too (a"
+                    " second signature in webhook-signature) until the overlap ends: 24 h unless asked,"
+                    " at most 7 days, 0 for a leaked one. Each node signs with the new secret from its"
+                    " next lease round (at once on the node answering)",
+                    {
+                        "200": reply("NewWebhookReply", "rotated"),
+                        **problems(
+                            **{
+                                **found,
+                                "_400": "invalid_id, malformed_json, validation_failed (overlap_seconds 0-7"
+                                " days), invalid_precondition",
+                            },
+                            _412="precondition_failed: it changed since it was read",
+                        ),
+                    },
+                    auth=True,
+                    params=[
+                        _ID,
+                        {
+                            "name": "If-Match",
+                            "in": "header",
+                            "schema": {"type": "string", "pattern": '^"[0-9]{1,18}"$'},
+                        },
+                    ],
+                ),
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/WebhookSecretRotation"}}
+                    },
+                },
+            },
+        },
         "/api/v1/webhooks/{webhook_id}/test": {
             "post": op(
                 "Queue a signed webhook.ping message to it (delivered as any message: retried, logged)",
@@ -163,6 +199,7 @@ def webhook_request_bodies() -> dict[str, Any]:
         "NewWebhook": body_schema(webhooks.CREATE_FIELDS),
         "WebhookPatch": body_schema(webhooks.PATCH_FIELDS, partial=True),
         "WebhookReplay": webhooks.replay_schema(),
+        "WebhookSecretRotation": body_schema(webhooks.ROTATE_FIELDS),
     }
 
 
@@ -193,6 +230,11 @@ def webhook_schemas() -> dict[str, Any]:
             "disabled_at": _WHEN,
             "failing_since": {**_WHEN, "description": "the first failed attempt since the last success"},
             "dead_letters": {"type": "integer", "description": "dead letters since the last success"},
+            "previous_secret_expires_at": {
+                **_WHEN,
+                "description": "until when the secret the last rotation replaced signs too (null: it no"
+                " longer does)",
+            },
             "owner": {"type": "string", "description": "apikey.<id> or an admin's subject"},
             "version": {"type": "integer"},
             "created_at": _TIME,

@@ -466,6 +466,15 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             "CREATE INDEX rating_moves_by_product ON rating_moves (product_id, region)",
         ],
     ),
+    (
+        14,
+        "webhook secret rotation: the replaced secret and until when it signs too",
+        [
+            # the hub's ciphertext (hub/pii.py), as secret_ciphertext's
+            "ALTER TABLE webhook_endpoints ADD COLUMN previous_secret_ciphertext TEXT",
+            "ALTER TABLE webhook_endpoints ADD COLUMN previous_secret_until BIGINT",
+        ],
+    ),
 ]
 
 

@@ -38,7 +38,8 @@ T = TypeVar("T")
 
 _ENDPOINT_COLUMNS = (
     "id, owner, owner_is_admin, url, description, subscriptions, secret_ciphertext, enabled,"
-    " disabled_reason, disabled_at, failing_since, dead_letters, version, created_at, updated_at"
+    " disabled_reason, disabled_at, failing_since, dead_letters, version, created_at, updated_at,"
+    " previous_secret_ciphertext, previous_secret_until"
 )
 _DELIVERY_COLUMNS = (
     "seq, endpoint_id, message_id, region, order_key, event_type, event_at, payload, stream, epoch,"
@@ -90,6 +91,8 @@ def _endpoint(row: Row) -> WebhookEndpoint:
         version=int(row["version"]),
         created_at=int(row["created_at"]),
         updated_at=int(row["updated_at"]),
+        previous_secret_ciphertext=row["previous_secret_ciphertext"],
+        previous_secret_until=row["previous_secret_until"],
     )
 
 
@@ -223,7 +226,7 @@ class WebhookSql:
         async def work(tx: Tx) -> None:
             await tx.execute(
                 f"INSERT INTO webhook_endpoints ({_ENDPOINT_COLUMNS})"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
                 endpoint.id,
                 endpoint.owner,
                 int(endpoint.owner_is_admin),
@@ -239,6 +242,8 @@ class WebhookSql:
                 endpoint.version,
                 endpoint.created_at,
                 endpoint.updated_at,
+                endpoint.previous_secret_ciphertext,
+                endpoint.previous_secret_until,
             )
             await _set_positions(tx, endpoint.id, positions)
 
@@ -280,7 +285,8 @@ class WebhookSql:
             await tx.execute(
                 "UPDATE webhook_endpoints SET url = $2, description = $3, subscriptions = $4,"
                 " enabled = $5, disabled_reason = $6, disabled_at = $7, failing_since = $8,"
-                " dead_letters = $9, version = $10, updated_at = $11 WHERE id = $1",
+                " dead_letters = $9, version = $10, updated_at = $11, secret_ciphertext = $12,"
+                " previous_secret_ciphertext = $13, previous_secret_until = $14 WHERE id = $1",
                 endpoint.id,
                 endpoint.url,
                 endpoint.description,
@@ -292,6 +298,9 @@ class WebhookSql:
                 endpoint.dead_letters,
                 endpoint.version,
                 endpoint.updated_at,
+                endpoint.secret_ciphertext,
+                endpoint.previous_secret_ciphertext,
+                endpoint.previous_secret_until,
             )
             await _set_positions(tx, endpoint.id, positions, only_new=True)
 

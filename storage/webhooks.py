@@ -82,6 +82,10 @@ class WebhookEndpoint:
     version: int
     created_at: int
     updated_at: int
+    # The secret a rotation replaced (its ciphertext) and until when deliveries are signed with it too,
+    # so that a receiver can switch secrets without refusing a delivery; None: no such secret.
+    previous_secret_ciphertext: str | None = None
+    previous_secret_until: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,9 +209,9 @@ class WebhookStore(Protocol):
     async def update_webhook(
         self, endpoint: WebhookEndpoint, positions: Mapping[str, StreamPosition]
     ) -> WebhookEndpoint:
-        """Write the endpoint as given if its stored version is ``endpoint.version - 1``
-        (VersionMismatch otherwise; NotFound(resource="webhook") if gone), and the positions of streams
-        it has none for yet. Enabling clears the failure streak."""
+        """Write the endpoint as given (its secrets too: a rotation is an update) if its stored
+        version is ``endpoint.version - 1`` (VersionMismatch otherwise; NotFound(resource="webhook") if
+        gone), and the positions of streams it has none for yet. Enabling clears the failure streak."""
         ...
 
     async def delete_webhook(self, endpoint_id: str) -> bool:

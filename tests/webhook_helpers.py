@@ -31,6 +31,7 @@ class Received:
     answered: str  # what the receiver answered: ok, fail, timeout, redirect
     at: float  # monotonic
     wall: float = field(default_factory=time.time)
+    signature: str = ""  # the webhook-signature header: space-delimited while a rotated secret signs too
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Receiver:
                 verified,
                 answer,
                 time.monotonic(),
+                signature=request.headers.get("webhook-signature", ""),
             )
         )
         self.arrived.set()

@@ -99,7 +99,14 @@ ROUTE_CLASSES: dict[str, RouteClass] = {
         RouteClass.READ,
     ),
     **dict.fromkeys(
-        ("create_webhook", "update_webhook", "delete_webhook", "test_webhook", "replay_webhook"),
+        (
+            "create_webhook",
+            "update_webhook",
+            "delete_webhook",
+            "rotate_webhook_secret",
+            "test_webhook",
+            "replay_webhook",
+        ),
         RouteClass.WRITE,
     ),
     # Schools and their assets: reads and admins' or platforms' writes; a parts request and its transitions

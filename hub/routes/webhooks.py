@@ -7,6 +7,8 @@ GET    /api/v1/webhooks                            the caller's endpoints (an ad
 GET    /api/v1/webhooks/{webhook_id}               one
 PATCH  /api/v1/webhooks/{webhook_id}               {url?, events?, description?, enabled?} (If-Match)
 DELETE /api/v1/webhooks/{webhook_id}               it, its queue and its log
+POST   /api/v1/webhooks/{webhook_id}/rotate-secret {overlap_seconds?} → a new signing secret, shown this
+                                                   once; the replaced one signs too for the overlap
 POST   /api/v1/webhooks/{webhook_id}/test          a signed webhook.ping, queued → 202 {message_id}
 POST   /api/v1/webhooks/{webhook_id}/replay        {since_position} | {since_time} | {message_id} → 202
 GET    /api/v1/webhooks/{webhook_id}/deliveries    the delivery log: every attempt, newest first
@@ -40,6 +42,7 @@ from hub.validation import (
     Schema,
     body_schema,
     described,
+    integer,
     list_of,
     query_int,
     query_text,
@@ -187,6 +190,11 @@ CREATE_FIELDS = {
     "enabled": Field(BOOLEAN),
 }
 PATCH_FIELDS = {name: Field(spec.check) for name, spec in CREATE_FIELDS.items()}
+# A rotated secret keeps signing (beside the new one) for the overlap: a day unless asked, at most a
+# week; 0 for a secret that leaked, which stops signing as each node's runner takes the new version.
+DEFAULT_SECRET_OVERLAP_SECONDS = 24 * 3600
+MAX_SECRET_OVERLAP_SECONDS = 7 * 24 * 3600
+ROTATE_FIELDS = {"overlap_seconds": Field(integer(0, MAX_SECRET_OVERLAP_SECONDS))}
 REPLAY_FIELDS = {
     "since_position": Field(POSITION),
     "since_time": Field(SINCE_TIME),
@@ -224,11 +232,20 @@ def render(endpoint: WebhookEndpoint) -> dict[str, Any]:
         "disabled_at": _at(endpoint.disabled_at),
         "failing_since": _at(endpoint.failing_since),
         "dead_letters": endpoint.dead_letters,
+        "previous_secret_expires_at": _at(_previous_secret_until(endpoint, now_us())),
         "owner": endpoint.owner,
         "version": endpoint.version,
         "created_at": iso(endpoint.created_at),
         "updated_at": iso(endpoint.updated_at),
     }
+
+
+def _previous_secret_until(endpoint: WebhookEndpoint, now: int) -> int | None:
+    """Until when the secret a rotation replaced still signs; None if none does any more."""
+    until = endpoint.previous_secret_until
+    if endpoint.previous_secret_ciphertext is None or until is None or until <= now:
+        return None
+    return until
 
 
 def render_attempt(attempt: Attempt) -> dict[str, Any]:
@@ -446,6 +463,39 @@ async def delete_webhook(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+@routes.post(BASE + "/{webhook_id}/rotate-secret", name="rotate_webhook_secret")
+async def rotate_webhook_secret(request: web.Request) -> web.StreamResponse:
+    """A new secret signs every delivery from the next attempt of each node's runner on (a lease round:
+    at once on this node, within ``lease_seconds / 4`` on the others); the replaced one signs too, as a
+    second signature, until the overlap ends. The secret replaced before that one stops signing."""
+    endpoint = await _owned(request, require(request, "admin"))
+    data = validate(await read_json(request), ROTATE_FIELDS) if request.body_exists else {}
+    wanted = expected_version(request)
+    if wanted is not None and wanted != endpoint.version:
+        raise PreconditionFailed("the webhook changed since it was read", current_version=endpoint.version)
+    overlap = data.get("overlap_seconds", DEFAULT_SECRET_OVERLAP_SECONDS)
+    secret = new_secret()
+    now = now_us()
+    updated = dataclasses.replace(
+        endpoint,
+        secret_ciphertext=request.app[PII_KEYS].encrypt(endpoint.id, SECRET_FIELD, secret),
+        previous_secret_ciphertext=endpoint.secret_ciphertext if overlap else None,
+        previous_secret_until=now + overlap * 1_000_000 if overlap else None,
+        version=endpoint.version + 1,
+        updated_at=now,
+    )
+    await request.app[STORE].update_webhook(updated, {})
+    worker = request.app[WEBHOOKS]
+    if worker is not None:
+        worker.rotated(updated)
+    _poke(request, endpoint.id)
+    return json_response(
+        {**render(updated), "secret": secret},
+        etag=version_etag(updated.version),
+        headers=_NO_STORE,
+    )
+
+
 @routes.post(BASE + "/{webhook_id}/test", name="test_webhook")
 async def test_webhook(request: web.Request) -> web.StreamResponse:
     endpoint = await _owned(request, require(request, "admin"))
@@ -525,4 +575,4 @@ async def list_webhook_dead_letters(request: web.Request) -> web.StreamResponse:
     return json_response({"items": [render_dead_letter(d) for d in page], "next_cursor": next_cursor})
 
 
-__all__ = ["CREATE_FIELDS", "PATCH_FIELDS", "REPLAY_FIELDS", "replay_schema", "routes"]
+__all__ = ["CREATE_FIELDS", "PATCH_FIELDS", "REPLAY_FIELDS", "ROTATE_FIELDS", "replay_schema", "routes"]

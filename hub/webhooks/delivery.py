@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -93,7 +94,7 @@ class Sender:
             )
         return self._session
 
-    async def send(self, url: str, key: bytes, message_id: str, body: bytes) -> Response:
+    async def send(self, url: str, keys: Sequence[bytes], message_id: str, body: bytes) -> Response:
         started = time.perf_counter()
 
         def took() -> int:
@@ -103,7 +104,7 @@ class Sender:
             host = URL(url).host or ""
             if literal(host) is not None:  # aiohttp connects to a literal without asking the resolver
                 await check_url(url, self.allow)
-            headers = signed_headers(key, message_id, int(time.time()), body)
+            headers = signed_headers(keys, message_id, int(time.time()), body)
             async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as reply:
                 status = reply.status
                 if 200 <= status < 300:

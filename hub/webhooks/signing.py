@@ -19,6 +19,8 @@ import binascii
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the spec's prefix, not a secret)
 SECRET_BYTES = 32  # the spec asks for 24 to 64 random bytes
@@ -48,11 +50,28 @@ def signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(mac).decode()
 
 
-def signed_headers(key: bytes, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """The headers of one attempt."""
+def signed_headers(keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The headers of one attempt, signed with each key: while a rotated secret still signs, the
+    signatures are space-delimited, the current secret's first (the spec's way to rotate: a receiver
+    accepts a request one of whose signatures it verifies)."""
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": signature(key, message_id, timestamp, body),
+        "webhook-signature": " ".join(signature(key, message_id, timestamp, body) for key in keys),
         "Content-Type": "application/json",
     }
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeys:
+    """An endpoint's secret, and the one a rotation replaced until ``previous_until`` (µs)."""
+
+    current: bytes
+    previous: bytes | None = None
+    previous_until: int | None = None
+
+    def at(self, now_us: int) -> tuple[bytes, ...]:
+        """The keys that sign an attempt made at ``now_us``."""
+        if self.previous is not None and self.previous_until is not None and now_us < self.previous_until:
+            return (self.current, self.previous)
+        return (self.current,)

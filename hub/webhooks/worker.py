@@ -45,7 +45,7 @@ from aiohttp import web
 from hub.keys import BROKER, METRICS, PII_KEYS, SETTINGS, STORE, WEBHOOKS
 from hub.pii import Keyring, PiiError
 from hub.webhooks.delivery import RetryPolicy, Sender
-from hub.webhooks.signing import secret_key
+from hub.webhooks.signing import SigningKeys, secret_key
 from hub.webhooks.sources import Matcher, Owner, grants_of
 from hub.webhooks.targets import AllowList
 from storage.base import Store
@@ -180,6 +180,13 @@ class WebhookWorker:
         if runner is not None:
             runner.wake()
 
+    def rotated(self, endpoint: WebhookEndpoint) -> None:
+        """The endpoint's secret was rotated by this node: its runner, if it runs here, signs its next
+        attempt with the new keys (the others' take them at their next lease round)."""
+        runner = self._runners.get(endpoint.id)
+        if runner is not None:
+            runner.take_keys(endpoint)
+
     @property
     def leased(self) -> list[str]:
         return sorted(self._runners)
@@ -263,7 +270,19 @@ class WebhookWorker:
                 runner.start()
             else:
                 self._unwatch(runner)
-                await runner.refresh(endpoint)  # a new version, or grants that changed
+                try:
+                    await runner.refresh(endpoint)  # a new version, or grants that changed
+                except (PiiError, ValueError) as exc:
+                    # A secret this node cannot read (a rotation by a node with another keyring): given
+                    # up to a node that can, rather than signed with the replaced secret.
+                    log.error(
+                        "webhook %s cannot be delivered: its secret does not decrypt (%s)", endpoint_id, exc
+                    )
+                    del self._runners[endpoint_id]
+                    await runner.stop(graceful=False)
+                    self._broken.add((endpoint_id, endpoint.version))
+                    await self.store.release_webhook_leases(self.holder, config.region, [endpoint_id])
+                    continue
             self._watch(runner)
         if self.metrics is not None:
             self.metrics.webhook_endpoints_leased.set(len(self._runners))
@@ -292,12 +311,26 @@ class WebhookWorker:
         return wake
 
 
+def signing_keys(keyring: Keyring, endpoint: WebhookEndpoint) -> SigningKeys:
+    """The endpoint's keys, decrypted (PiiError or ValueError if a secret does not decrypt)."""
+
+    def key(ciphertext: str) -> bytes:
+        return secret_key(keyring.decrypt(endpoint.id, SECRET_FIELD, ciphertext))
+
+    previous = endpoint.previous_secret_ciphertext
+    return SigningKeys(
+        key(endpoint.secret_ciphertext),
+        None if previous is None else key(previous),
+        endpoint.previous_secret_until,
+    )
+
+
 class EndpointRunner:
     """One leased endpoint's taking in and delivering (see the module's docstring)."""
 
     def __init__(self, worker: WebhookWorker, endpoint: WebhookEndpoint) -> None:
         self.worker = worker
-        self._key = secret_key(worker.keyring.decrypt(endpoint.id, SECRET_FIELD, endpoint.secret_ciphertext))
+        self._keys = signing_keys(worker.keyring, endpoint)
         self.endpoint = endpoint
         self.matcher = self._matcher(endpoint, Owner(endpoint.owner, endpoint.owner_is_admin))
         self._incoming = asyncio.Event()
@@ -317,6 +350,9 @@ class EndpointRunner:
             asyncio.create_task(self._forever(self._deliver), name=f"{name}-out"),
         ]
 
+    def take_keys(self, endpoint: WebhookEndpoint) -> None:
+        self._keys = signing_keys(self.worker.keyring, endpoint)
+
     async def refresh(self, endpoint: WebhookEndpoint) -> None:
         """The endpoint as the lease round read it, and what its owner may hear now (a key bound to a
         school since, or unbound): a new matcher if either changed."""
@@ -324,6 +360,8 @@ class EndpointRunner:
             self.worker.store, Owner(endpoint.owner, endpoint.owner_is_admin), endpoint.subscriptions
         )
         if endpoint.version != self.endpoint.version or owner != self.matcher.owner:
+            if endpoint.version != self.endpoint.version:
+                self.take_keys(endpoint)  # (a rotation is a new version)
             self.endpoint = endpoint
             self.matcher = self._matcher(endpoint, owner)
             self.wake()
@@ -510,7 +548,9 @@ class EndpointRunner:
         worker = self.worker
         attempt = delivery.attempts + 1
         at = now_us()
-        reply = await worker.sender.send(self.endpoint.url, self._key, delivery.message_id, delivery.payload)
+        reply = await worker.sender.send(
+            self.endpoint.url, self._keys.at(at), delivery.message_id, delivery.payload
+        )
         if reply.delivered:
             outcome, upcoming = Outcome.DELIVERED, None
         else:
