@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from storage.base import OutboxListener
-from storage.db import Database, Tx
+from storage.db import Database, Row, Tx
 from storage.errors import IdempotencyMismatch
 from storage.migrations import MIGRATIONS, statements_for
 from storage.models import OutboxEntry
@@ -79,6 +79,25 @@ async def store_idempotent_outcome(tx: Tx, owner: str, key: str, status: int, bo
     )
 
 
+class _NoStatements:
+    """The Tx of a grouped write (SqlCore._write): its statement goes through its group commit."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        raise AssertionError("a grouped write sends its statement through its group commit")
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        raise AssertionError("a grouped write sends its statement through its group commit")
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        raise AssertionError("a grouped write sends its statement through its group commit")
+
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        raise AssertionError("a grouped write sends its statement through its group commit")
+
+
+_NO_STATEMENTS = _NoStatements()
+
+
 class SqlCore:
     def __init__(self, db: Database, *, hand_over_outbox: bool = False, region: str = "default") -> None:
         """``hand_over_outbox``: this process is the only one writing the database (the embedded
@@ -92,9 +111,14 @@ class SqlCore:
         self._outbox_listeners: list[OutboxListener] = []
 
     # -- writing transactions ------------------------------------------------------------------
-    async def _write(self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False) -> T:
+    async def _write(
+        self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False, grouped: bool = False
+    ) -> T:
         """Run a writing transaction; once it has committed, announce the outbox entries it appended
-        to the listeners (storage.base: "Committed entries are announced")."""
+        to the listeners (storage.base: "Committed entries are announced"). ``grouped``: ``work``
+        hands its one statement to a group commit (storage.pg_statement_batches), which commits it
+        with other writes' in a transaction of its own: no connection is taken here, ``work`` is
+        handed a Tx that refuses statements, and its entries are announced once it has returned."""
         appended: list[OutboxEntry] = []
 
         async def attempt(tx: Tx) -> T:
@@ -115,6 +139,10 @@ class SqlCore:
             for listener in self._outbox_listeners:
                 await listener.outbox_committed(appended)
 
+        if grouped:
+            result = await attempt(_NO_STATEMENTS)
+            await announce()
+            return result
         return await self.db.run(attempt, single_statement=single_statement, after_commit=announce)
 
     @asynccontextmanager

@@ -36,6 +36,7 @@ from crdt.review import ModerationStatus, Review
 from storage.carts import PushOutcome, PushStatus
 from storage.db import Database, Tx
 from storage.errors import NotFound, VersionMismatch
+from storage.pg_statement_batches import StatementBatcher
 from storage.rating_folds import FOLD, LEFT, KeyedRuns
 from storage.reviews import (
     ReviewDocument,
@@ -87,7 +88,9 @@ class _Core(Protocol):
     db: Database
     region: str
 
-    async def _write(self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False) -> T: ...
+    async def _write(
+        self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False, grouped: bool = False
+    ) -> T: ...
     async def append_event(
         self, tx: Tx, stream: str, key: str, version: int, payload: dict[str, Any], ts: int
     ) -> None: ...
@@ -96,7 +99,7 @@ class _Core(Protocol):
     ) -> None: ...
     def _appended(self, seq: int, stream: str, key: str, version: int, payload: bytes) -> None: ...
     async def _write_moving(
-        self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False
+        self, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False, grouped: bool = False
     ) -> T: ...
     async def _fold_rating(self, key: tuple[str, str]) -> None: ...
 
@@ -272,6 +275,7 @@ class ReviewSql(ReviewReadSql):
                 return await self._write_moving(
                     lambda tx: work(tx, deferred),  # noqa: B023 (awaited here)
                     single_statement=alone,
+                    grouped=alone,  # (the statement goes with concurrent creations': _write_judged)
                 )
             except _Refused as refused:
                 return refused.result
@@ -402,11 +406,15 @@ class ReviewSql(ReviewReadSql):
     # -- the aggregate's moves, folded after commit (PostgreSQL: storage.rating_folds) ---------------
 
     async def _write_moving(
-        self: _Core, work: Callable[[Tx], Awaitable[T]], *, single_statement: bool = False
+        self: _Core,
+        work: Callable[[Tx], Awaitable[T]],
+        *,
+        single_statement: bool = False,
+        grouped: bool = False,
     ) -> T:
-        """``_write(work, single_statement=...)``, then the fold of the rating moves it appended: it
-        returns once a fold that began after its commit has taken them (or failed: they stay
-        counted, for the next)."""
+        """``_write(work, single_statement=..., grouped=...)``, then the fold of the rating moves it
+        appended: it returns once a fold that began after its commit has taken them (or failed: they
+        stay counted, for the next)."""
         moved: set[tuple[str, str]] = set()
 
         async def tracked(tx: Tx) -> T:
@@ -417,7 +425,7 @@ class ReviewSql(ReviewReadSql):
             finally:
                 _MOVED.reset(token)
 
-        result = await self._write(tracked, single_statement=single_statement)
+        result = await self._write(tracked, single_statement=single_statement, grouped=grouped)
         if moved:
             folds: KeyedRuns[tuple[str, str]] | None = getattr(self, "_rating_folds", None)
             if folds is None:
@@ -595,12 +603,12 @@ class ReviewSql(ReviewReadSql):
         ``insert_row``; the replica, an hour ago, the posting limit): the statement also binds the
         replica and writes the review only if the replica is its author's, no other live review has
         its text and its author has posted fewer than the limit in the hour (the spam signals the
-        judgment assumed clean); else _Taken, nothing written but the binding."""
+        judgment assumed clean); else _Taken, nothing written but the binding. That write is grouped
+        (SqlCore._write): its parameters go as one row of ``_CREATED``, with concurrent creations'."""
         stream = reviews_stream(after.region)
         public_payload = None if public is None else orjson.dumps(public)
         private_stream = user_stream(after.region, after.author)
-        row = await tx.fetchrow(
-            _JUDGED_ALONE if alone is not None else _JUDGED_NEW if insert_row else _JUDGED,
+        parameters = (
             *projection,
             None if public_payload is None else public_payload.decode(),
             stream,
@@ -614,10 +622,27 @@ class ReviewSql(ReviewReadSql):
             after.region,
             *(move or (0,) * 7),
             move is not None,
-            [m for m, _ in mutations],
-            [v for _, v in mutations],
-            *(alone or ()),
         )
+        if alone is not None:
+            ((mutation_id, mutation_version),) = mutations  # (a REST creation is one push)
+            replica, since, limit = alone
+            row = await _creations(self).submit(
+                (*parameters, mutation_id, mutation_version, replica, since, limit),
+                # What one creation's statement reads or locks that another's may write: the
+                # author's rows (replica, event counter, live review of a product, posting rate),
+                # the review's id, and the live reviews with its text.
+                frozenset(
+                    (("author", after.author), ("review", after.id), ("replica", replica))
+                    + ((("text", projection[8]),) if projection[8] is not None else ())
+                ),
+            )
+        else:
+            row = await tx.fetchrow(
+                _JUDGED_NEW if insert_row else _JUDGED,
+                *parameters,
+                [m for m, _ in mutations],
+                [v for _, v in mutations],
+            )
         if row is None and insert_row:
             raise _Taken(after.id)
         assert row is not None, "the review's row is locked by this transaction"
@@ -703,25 +728,69 @@ _JUDGED_NEW = (
     " WHERE EXISTS (SELECT 1 FROM products WHERE id = $20) ON CONFLICT DO NOTHING RETURNING id),"
     f"{_JUDGE_WRITES}"
 )
-# The same, binding the replica ($32) first, and only if it is the author's and the spam signals
-# are clean (_SIGNALS: no other live review with the text's hash $9, fewer than $34 reviews by the
-# author since $33): what a judgment that assumed them clean may write.
-_JUDGED_ALONE = (
-    "WITH bound AS (INSERT INTO replicas (replica_id, owner, created_at) VALUES ($32, $16, $12)"
-    " ON CONFLICT (replica_id) DO NOTHING RETURNING owner),"
+# REST creations, many in one statement (storage.pg_statement_batches: $k is the array of every
+# creation's k-th parameter): _JUDGED_NEW's parameters, but $30, $31 the one mutation id and version,
+# binding the replica ($32) first, and writing a review only if the replica is its author's and the
+# spam signals are clean (_SIGNALS: no other live review with the text's hash $9, fewer than $34
+# reviews by the author since $33): what a judgment that assumed them clean may write. The batch
+# holds no two creations by one author, of one id or with one text (their keys), so none of them
+# reads or locks what another writes: each is written as if alone. A row for each review written
+# (n: its creation's place in the batch).
+_CREATED = (
+    "WITH i AS (SELECT * FROM unnest($1::TEXT[], $2::BYTEA[], $3::BIGINT[], $4::TEXT[], $5::TEXT[],"
+    " $6::BIGINT[], $7::INTEGER[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::INTEGER[], $12::BIGINT[],"
+    " $13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[], $19::TEXT[],"
+    " $20::TEXT[], $21::TEXT[], $22::BIGINT[], $23::BIGINT[], $24::BIGINT[], $25::BIGINT[],"
+    " $26::BIGINT[], $27::BIGINT[], $28::BIGINT[], $29::BOOLEAN[], $30::TEXT[], $31::BIGINT[],"
+    " $32::TEXT[], $33::BIGINT[], $34::BIGINT[]) WITH ORDINALITY AS i(id, state, version, status,"
+    " reasons, mod_seq, rating, body, body_hash, media, has_media, ts, public_payload, public_stream,"
+    " public_key, author, private_payload, private_stream, private_key, product_id, region,"
+    " move_count, move_total, move_1, move_2, move_3, move_4, move_5, moves, mutation_id,"
+    " mutation_version, replica, since, max_posts, n)),"
+    " bound AS (INSERT INTO replicas (replica_id, owner, created_at) SELECT replica, author, ts FROM i"
+    " ON CONFLICT (replica_id) DO NOTHING RETURNING replica_id, owner),"
     " projection AS (INSERT INTO reviews (id, product_id, author, region, state, version, status,"
     " reasons, mod_seq, rating, body, body_hash, media, has_media, created_at, updated_at)"
-    " SELECT $1, $20, $16, $21, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12"
-    " FROM (SELECT "
-    + _SIGNALS.format(hash="$9", review="$1", new="TRUE", author="$16", since="$33")
+    " SELECT i.id, i.product_id, i.author, i.region, i.state, i.version, i.status, i.reasons, i.mod_seq,"
+    " i.rating, i.body, i.body_hash, i.media, i.has_media, i.ts, i.ts"
+    " FROM i CROSS JOIN LATERAL (SELECT "
+    + _SIGNALS.format(hash="i.body_hash", review="i.id", new="TRUE", author="i.author", since="i.since")
     + ") AS signals"
-    " WHERE EXISTS (SELECT 1 FROM products WHERE id = $20)"
-    " AND (EXISTS (SELECT 1 FROM bound)"
-    " OR EXISTS (SELECT 1 FROM replicas WHERE replica_id = $32 AND owner = $16))"
-    " AND NOT signals.duplicate AND signals.posted < $34"
+    " WHERE EXISTS (SELECT 1 FROM products WHERE products.id = i.product_id)"
+    " AND (EXISTS (SELECT 1 FROM bound WHERE bound.replica_id = i.replica AND bound.owner = i.author)"
+    " OR EXISTS (SELECT 1 FROM replicas WHERE replicas.replica_id = i.replica"
+    " AND replicas.owner = i.author))"
+    " AND NOT signals.duplicate AND signals.posted < i.max_posts"
     " ON CONFLICT DO NOTHING RETURNING id),"
-    f"{_JUDGE_WRITES}"
+    " w AS (SELECT i.* FROM i JOIN projection ON projection.id = i.id),"
+    " mutations AS (INSERT INTO review_mutations (review_id, mutation_id, version, created_at)"
+    " SELECT id, mutation_id, mutation_version, ts FROM w),"
+    f" shown AS ({_OUTBOX} SELECT '', '', public_payload, ts, public_stream, public_key, version FROM w"
+    " WHERE public_payload IS NOT NULL RETURNING seq, dedupe_key),"
+    " counter AS (INSERT INTO user_events (sub, version) SELECT author, 1 FROM w ORDER BY author"
+    " ON CONFLICT (sub) DO UPDATE SET version = user_events.version + 1 RETURNING sub, version),"
+    f" told AS ({_OUTBOX} SELECT '', '',"
+    " left(w.private_payload, -1) || ',\"version\":' || counter.version::TEXT || '}',"
+    " w.ts, w.private_stream, w.private_key, counter.version FROM w JOIN counter ON counter.sub = w.author"
+    " RETURNING seq, version, payload, dedupe_key),"
+    " moved AS (INSERT INTO rating_moves (product_id, region, rating_count, rating_total, rating_1,"
+    " rating_2, rating_3, rating_4, rating_5, created_at)"
+    " SELECT product_id, region, move_count, move_total, move_1, move_2, move_3, move_4, move_5, ts"
+    " FROM w WHERE moves)"
+    " SELECT w.n, shown.seq AS public_seq, told.seq, told.version, told.payload"
+    " FROM w JOIN told ON told.dedupe_key = w.private_key"
+    " LEFT JOIN shown ON shown.dedupe_key = w.public_key"
 )
+
+
+def _creations(store: _Core) -> StatementBatcher:
+    """The store's group commit of REST creations (made on first use: a mixin has no __init__)."""
+    batcher: StatementBatcher | None = getattr(store, "_review_creations", None)
+    if batcher is None:
+        db = store.db
+        batcher = StatementBatcher(lambda work: db.run(work, single_statement=True), _CREATED)
+        setattr(store, "_review_creations", batcher)  # noqa: B010
+    return batcher
 
 
 def _public_event(before: ReviewDocument, after: ReviewDocument, ts: int) -> dict[str, Any] | None:
