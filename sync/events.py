@@ -141,7 +141,16 @@ def _binary_data(data: dict[str, Any]) -> dict[str, Any]:
     crdt = data.get("delta")
     if not isinstance(crdt, dict):
         return data
-    return {**data, "delta": codec.to_msgpack(codec.from_dict(crdt))}
+    # The two forms hold the same state — {"t": tag, "v": version, "s": state} and [tag, version,
+    # state] — so the binary one is packed from the published one as it is, not decoded and encoded
+    # again (a publisher wrote it with the codec). Anything of another shape goes through the codec,
+    # which refuses what it cannot read.
+    tag, version, state = crdt.get("t"), crdt.get("v"), crdt.get("s")
+    if len(crdt) == 3 and type(tag) is str and type(version) is int and state is not None:
+        packed = msgpack.packb([tag, version, state], use_bin_type=True)
+    else:
+        packed = codec.to_msgpack(codec.from_dict(crdt))
+    return {**data, "delta": packed}
 
 
 def http_chunk(data: bytes) -> bytes:

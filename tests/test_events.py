@@ -6,6 +6,9 @@ import msgpack
 import orjson
 import pytest
 
+from crdt import codec
+from crdt.cart import Cart
+from crdt.hlc import Timestamp
 from sync.broker import Position, Publication
 from sync.channels import ChannelError, parse_channel
 from sync.cursor import CursorError, parse_position
@@ -34,6 +37,40 @@ def test_the_three_encodings_carry_the_same_message() -> None:
     sse = e.sse("inventory:eu").decode()
     assert sse.startswith("id: ab12:7\nevent: inventory\ndata: ") and sse.endswith("\n\n")
     assert orjson.loads(sse.split("data: ", 1)[1]) == expected
+
+
+def cart_deltas() -> list[Cart]:
+    """Deltas as devices push them (adds, sets, removes, a checkout) and a whole state."""
+    phone, laptop = Cart.new(), Cart.new()
+    deltas: list[Cart] = []
+    for n in range(40):
+        device, replica = (phone, "phone-1") if n % 2 else (laptop, "laptop-1")
+        sku = f"sku-{n % 7}"
+        if n % 5 == 4 and device.value():
+            delta = device.remove(replica, next(iter(device.value())))
+        elif n % 3 == 1:
+            delta = device.set(replica, sku, n % 9, Timestamp(1_795_000_000_000 + n, n % 2, replica))
+        else:
+            delta = device.add(replica, sku, 1 + n % 3)
+        phone.apply(delta)
+        laptop.apply(delta)
+        deltas.append(delta)
+    deltas.append(phone.copy())
+    deltas.append(phone.close("phone-1"))
+    return deltas
+
+
+@pytest.mark.parametrize("index", range(42))
+def test_a_binary_frame_carries_a_cart_delta_as_the_codec_writes_it(index: int) -> None:
+    """The JSON-safe form published is packed into the binary one as it is, not decoded and encoded
+    again: the bytes must be the codec's own all the same."""
+    delta = cart_deltas()[index]
+    data = {"type": "cart.delta", "cart_id": "c1", "version": 3, "delta": codec.to_dict(delta), "ts": 1}
+    e = Event(Publication("user.eu.3", Position("ab12", 7), orjson.dumps(data)))
+    frame = msgpack.unpackb(e.msgpack("cart:c1"))
+    assert frame["data"]["delta"] == codec.to_msgpack(delta)
+    assert codec.from_msgpack(frame["data"]["delta"]) == delta
+    assert {**frame["data"], "delta": None} == {**data, "delta": None}
 
 
 @pytest.mark.parametrize(
