@@ -728,25 +728,39 @@ _JUDGED_NEW = (
     " WHERE EXISTS (SELECT 1 FROM products WHERE id = $20) ON CONFLICT DO NOTHING RETURNING id),"
     f"{_JUDGE_WRITES}"
 )
-# REST creations, many in one statement (storage.pg_statement_batches: $k is the array of every
-# creation's k-th parameter): _JUDGED_NEW's parameters, but $30, $31 the one mutation id and version,
-# binding the replica ($32) first, and writing a review only if the replica is its author's and the
-# spam signals are clean (_SIGNALS: no other live review with the text's hash $9, fewer than $34
-# reviews by the author since $33): what a judgment that assumed them clean may write. The batch
-# holds no two creations by one author, of one id or with one text (their keys), so none of them
-# reads or locks what another writes: each is written as if alone. A row for each review written
-# (n: its creation's place in the batch).
+# The parameters of a REST creation, in order: _JUDGED_NEW's, but $30, $31 the one mutation id and
+# version, then the replica ($32), an hour ago ($33) and the posting limit ($34).
+_CREATION = (
+    ("id", "TEXT"), ("state", "BYTEA"), ("version", "BIGINT"), ("status", "TEXT"), ("reasons", "TEXT"),
+    ("mod_seq", "BIGINT"), ("rating", "INTEGER"), ("body", "TEXT"), ("body_hash", "TEXT"),
+    ("media", "TEXT"), ("has_media", "INTEGER"), ("ts", "BIGINT"), ("public_payload", "TEXT"),
+    ("public_stream", "TEXT"), ("public_key", "TEXT"), ("author", "TEXT"), ("private_payload", "TEXT"),
+    ("private_stream", "TEXT"), ("private_key", "TEXT"), ("product_id", "TEXT"), ("region", "TEXT"),
+    ("move_count", "BIGINT"), ("move_total", "BIGINT"), ("move_1", "BIGINT"), ("move_2", "BIGINT"),
+    ("move_3", "BIGINT"), ("move_4", "BIGINT"), ("move_5", "BIGINT"), ("moves", "BOOLEAN"),
+    ("mutation_id", "TEXT"), ("mutation_version", "BIGINT"), ("replica", "TEXT"), ("since", "BIGINT"),
+    ("max_posts", "BIGINT"),
+)  # fmt: skip
+
+
+def _creation_column(place: int, name: str, kind: str) -> str:
+    # (bytes travel as base64: storage.pg_statement_batches)
+    if kind == "BYTEA":
+        return f"decode(r->>{place}, 'base64') AS {name}"
+    return f"r->>{place} AS {name}" if kind == "TEXT" else f"(r->>{place})::{kind} AS {name}"
+
+
+# REST creations, many in one statement (storage.pg_statement_batches: $1 is the array of the
+# creations' rows, each the JSON array of its _CREATION parameters), binding each one's replica first and
+# writing a review only if the replica is its author's and the spam signals are clean (_SIGNALS: no
+# other live review with the text's hash, fewer than max_posts reviews by the author since ``since``):
+# what a judgment that assumed them clean may write. The batch holds no two creations by one author,
+# of one id or with one text (their keys), so none of them reads or locks what another writes: each is
+# written as if alone. A row for each review written (n: its creation's place in the batch).
 _CREATED = (
-    "WITH i AS (SELECT * FROM unnest($1::TEXT[], $2::BYTEA[], $3::BIGINT[], $4::TEXT[], $5::TEXT[],"
-    " $6::BIGINT[], $7::INTEGER[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::INTEGER[], $12::BIGINT[],"
-    " $13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[], $19::TEXT[],"
-    " $20::TEXT[], $21::TEXT[], $22::BIGINT[], $23::BIGINT[], $24::BIGINT[], $25::BIGINT[],"
-    " $26::BIGINT[], $27::BIGINT[], $28::BIGINT[], $29::BOOLEAN[], $30::TEXT[], $31::BIGINT[],"
-    " $32::TEXT[], $33::BIGINT[], $34::BIGINT[]) WITH ORDINALITY AS i(id, state, version, status,"
-    " reasons, mod_seq, rating, body, body_hash, media, has_media, ts, public_payload, public_stream,"
-    " public_key, author, private_payload, private_stream, private_key, product_id, region,"
-    " move_count, move_total, move_1, move_2, move_3, move_4, move_5, moves, mutation_id,"
-    " mutation_version, replica, since, max_posts, n)),"
+    "WITH i AS (SELECT "
+    + ", ".join(_creation_column(place, name, kind) for place, (name, kind) in enumerate(_CREATION))
+    + ", e.n FROM unnest($1::JSONB[]) WITH ORDINALITY AS e(r, n)),"
     " bound AS (INSERT INTO replicas (replica_id, owner, created_at) SELECT replica, author, ts FROM i"
     " ON CONFLICT (replica_id) DO NOTHING RETURNING replica_id, owner),"
     " projection AS (INSERT INTO reviews (id, product_id, author, region, state, version, status,"

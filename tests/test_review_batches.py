@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 
 from storage.carts import PushStatus
@@ -139,7 +140,8 @@ async def test_a_creation_the_batch_could_not_write_goes_the_long_way_and_the_ot
 # -- the batcher itself, on a table of its own ----------------------------------------------------------
 
 _PICKY = (
-    "WITH i AS (SELECT * FROM unnest($1::TEXT[], $2::INTEGER[]) WITH ORDINALITY AS i(k, v, n)),"
+    "WITH i AS (SELECT r->>0 AS k, (r->>1)::INTEGER AS v, n"
+    " FROM unnest($1::JSONB[]) WITH ORDINALITY AS e(r, n)),"
     " written AS (INSERT INTO batch_probe (k, v) SELECT k, v FROM i ON CONFLICT (k) DO NOTHING RETURNING k)"
     " SELECT i.n, i.k FROM i JOIN written USING (k)"
 )
@@ -161,7 +163,7 @@ async def probe(store: SqlStore) -> AsyncIterator[tuple[StatementBatcher, list[l
         async def recorded(tx: Tx) -> Any:
             class Recording:
                 async def fetch(self, sql: str, *args: Any) -> Any:
-                    sent.append(list(args[0]))
+                    sent.append([orjson.loads(row)[0] for row in args[0]])
                     return await tx.fetch(sql, *args)
 
             return await work(Recording())
