@@ -295,9 +295,10 @@ async def _freeze_startup_objects(app: web.Application) -> None:
 # Objects the cycle collector lets accumulate before it scans the young ones (CPython's default: 700).
 # Under load most young objects belong to requests in flight (a cart push's until its batch commits):
 # at 700 the collector ran every few pushes, scanned objects still in use and promoted them into the
-# older generations, to be scanned again there — 15-25% of the hub's CPU at 2,500 pushes/s (py-spy;
-# gc.callbacks timed 0.8-1.1 s of 3-4 CPU-seconds). At 10,000: 0.1-0.2 s, most objects freed by their
-# reference count before any scan. The price: a young scan pauses the loop 5-9 ms instead of ~0.5.
+# older generations, to be scanned again there — at 2,500 pushes/s 15% of py-spy's samples of the hub,
+# and by the thread's CPU clock (gc.callbacks) 0.45 s over a run whose step alone took 5.4 CPU-seconds.
+# At 10,000: 0.13 s, start-up included, most objects freed by their reference count before any scan.
+# The price: a young scan pauses the loop 4-9 ms instead of ~0.7 (bench/README.md, cart sync).
 GC_YOUNG_THRESHOLD = 10_000
 
 

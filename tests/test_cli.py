@@ -99,7 +99,7 @@ def test_bench_hands_the_rest_of_the_command_line_to_python_m_bench(tmp_path) ->
 
 
 def test_a_served_hub_lets_more_young_objects_accumulate_before_a_collection() -> None:
-    """(hub/cli.py: the default of 700 cost 15-25% of a loaded hub's CPU.) The older generations'
+    """(hub/cli.py: at the default of 700 the collector took ~8% of a loaded hub's CPU.) The older generations'
     thresholds stay as they were."""
     before = gc.get_threshold()
     try:
