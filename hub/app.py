@@ -74,7 +74,12 @@ log = logging.getLogger(__name__)
 
 
 async def store_context(app: web.Application) -> AsyncIterator[None]:
-    store = open_store(app[SETTINGS].database_url, region=app[SETTINGS].region)
+    settings = app[SETTINGS]
+    store = open_store(
+        settings.database_url,
+        region=settings.region,
+        sqlite_commit_spacing=settings.sqlite_commit_spacing_ms / 1000,
+    )
     await store.open()
     try:
         applied = await store.migrate()

@@ -203,6 +203,7 @@ _FORWARDED = {
     "trusted_proxies": "TRUSTED_PROXIES",
     "region": "REGION",
     "max_body_bytes": "MAX_BODY_BYTES",
+    "sqlite_commit_spacing_ms": "SQLITE_COMMIT_SPACING_MS",
     "log_level": "LOG_LEVEL",
     "pii_keys": "PII_KEYS",
     "event_retention_days": "EVENT_RETENTION_DAYS",

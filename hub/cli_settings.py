@@ -120,6 +120,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         metrics_public=not args.private_metrics,
         trusted_proxies=networks(args.trusted_proxies),
         max_body_bytes=args.max_body_bytes,
+        sqlite_commit_spacing_ms=args.sqlite_commit_spacing_ms,
         relay_enabled=not args.no_relay,
         event_retention_days=args.event_retention_days,
         **{name: getattr(args, name) for name in MEDIA_SETTINGS},

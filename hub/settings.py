@@ -42,6 +42,10 @@ class Settings:
     # Reverse proxies whose X-Forwarded-For is believed (hub/proxies.py): addresses or networks.
     trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 256 * 1024
+    # The embedded store's group commit (storage/sqlite.py): while writes keep coming, one COMMIT (one
+    # fsync) at most this often serves every write of that time; a lone write commits at once. Lower:
+    # sooner acks under load, more CPU per write.
+    sqlite_commit_spacing_ms: float = 10.0
     keepalive_timeout_seconds: float = 15.0  # an idle keep-alive connection is closed after this
     body_timeout_seconds: float = 30.0  # a JSON body must arrive within this (408 body_timeout)
     # Browser pages of these origins may open WebSocket and SSE connections ("*": any; the hub's own

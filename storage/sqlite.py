@@ -448,6 +448,11 @@ def _store_error(exc: Exception) -> StoreError:
     return StoreError(str(exc))
 
 
-def SqliteStore(path: str, *, region: str = "default") -> SqlStore:
+def SqliteStore(path: str, *, region: str = "default", commit_spacing: float | None = None) -> SqlStore:
     # One hub process owns the embedded database: its commit order is the outbox's order.
-    return SqlStore(SqliteDatabase(path), hand_over_outbox=True, region=region)
+    database = (
+        SqliteDatabase(path)
+        if commit_spacing is None
+        else SqliteDatabase(path, commit_spacing=commit_spacing)
+    )
+    return SqlStore(database, hand_over_outbox=True, region=region)

@@ -192,3 +192,25 @@ async def test_a_lone_writer_is_not_held_back_by_the_commit_spacing(embedded: Sq
     for n in range(5):  # one after another: nothing else was waiting when each arrived
         assert (await embedded.adjust_stock(product_id, "par-1", 1)).on_hand == 11 + n
     assert loop.time() - started < 30.0
+
+
+async def test_the_commit_spacing_flag_reaches_the_served_store(monkeypatch, tmp_path) -> None:
+    from hub import cli, cli_settings
+    from hub.keys import STORE
+    from tests.conftest import hub_settings, running_hub
+
+    def parsed(*flags: str) -> float:
+        args = cli.build_parser().parse_args(["serve", "--jwt-secret", "s" * 40, *flags])
+        return cli_settings.settings_from(args).sqlite_commit_spacing_ms
+
+    assert parsed() == 10.0
+    assert parsed("--sqlite-commit-spacing-ms", "2.5") == 2.5
+    monkeypatch.setenv("SYNCHUB_SQLITE_COMMIT_SPACING_MS", "0")
+    assert parsed() == 0.0
+    for bad in ("-1", "100.5", "soon"):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["serve", "--sqlite-commit-spacing-ms", bad])
+    settings = hub_settings(str(tmp_path / "spaced.sqlite3"), sqlite_commit_spacing_ms=2.5)
+    async with running_hub(settings) as hub:
+        database = hub.app[STORE].db
+        assert isinstance(database, SqliteDatabase) and database._commit_spacing == 0.0025
