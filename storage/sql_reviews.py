@@ -263,13 +263,15 @@ class ReviewSql(ReviewReadSql):
             return ReviewPushResult(document, outcomes)
 
         for deferred in (True, False):
-            # A REST creation's first try is one statement, no BEGIN and no COMMIT (one round trip,
-            # not four): judged as if the store's spam signals were clean, it binds the author's REST
-            # replica and writes the review, its events and its rating move only if they are, the
-            # replica is the author's and the review's id and product are free — or writes nothing
-            # but the binding (_Taken: then the long way, in a transaction, judges what it finds). The
-            # binding is the one any of the author's REST writes makes (the replica's id is minted
-            # for them by the hub), harmless if the review then is not created.
+            # A REST creation's first try is one row of a statement shared with the concurrent
+            # creations, one round trip and one commit for all (_CREATED, a group commit: no BEGIN,
+            # no COMMIT, no connection of its own): judged as if the store's spam signals were clean,
+            # it binds the author's REST replica and writes the review, its events and its rating
+            # move only if they are, the replica is the author's and the review's id and product are
+            # free — or writes nothing but the binding (_Taken: then the long way, in a transaction,
+            # judges what it finds). The binding is the one any of the author's REST writes makes
+            # (the replica's id is minted for them by the hub), harmless if the review then is not
+            # created.
             alone = deferred and whole and pushes[0].new
             try:
                 return await self._write_moving(
