@@ -191,6 +191,20 @@ async def store(database_url: str) -> AsyncIterator[SqlStore]:
 
 
 @pytest.fixture
+async def postgres_store(postgres_url: str) -> AsyncIterator[SqlStore]:
+    """The PostgreSQL store alone, on an empty schema, for what only it does (rating moves folded after
+    commit, creations committed in batches): a test of it parametrized over both backends would be a
+    skip on SQLite, and CI allows none."""
+    await reset_postgres(postgres_url)
+    s = open_store(postgres_url)
+    await s.open()
+    await s.migrate()
+    assert s.db.dialect == "postgres"
+    yield s
+    await s.close()
+
+
+@pytest.fixture
 async def embedded(tmp_path: Any) -> AsyncIterator[SqlStore]:
     """The embedded SQLite store alone, for what only it does: group commit, and handing committed
     outbox entries over (it is its database's only writer)."""

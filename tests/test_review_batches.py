@@ -17,25 +17,18 @@ import pytest
 from storage.carts import PushStatus
 from storage.db import Tx
 from storage.errors import StoreError
-from storage.factory import open_store
 from storage.pg_statement_batches import StatementBatcher
 from storage.reviews import RatingAggregate, ReviewPush, ReviewPushResult, ReviewRules, ReviewStatus
 from storage.sql import SqlStore
 from storage.sql_reviews import _creations
-from tests.conftest import reset_postgres, seed
+from tests.conftest import seed
 from tests.test_store_reviews import RULES, Device, keyword_screen, recounted, review_events
 
 
 @pytest.fixture
-async def store(postgres_url: str) -> AsyncIterator[SqlStore]:
-    """PostgreSQL's only: SQLite has one writer, and its creations are transactions of their own."""
-    await reset_postgres(postgres_url)
-    opened = open_store(postgres_url)
-    await opened.open()
-    await opened.migrate()
-    assert opened.db.dialect == "postgres"
-    yield opened
-    await opened.close()
+def store(postgres_store: SqlStore) -> SqlStore:
+    """PostgreSQL's only (conftest's postgres_store)."""
+    return postgres_store
 
 
 async def create(

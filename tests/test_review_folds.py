@@ -8,16 +8,14 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 
 from storage.carts import PushStatus
-from storage.factory import open_store
 from storage.rating_folds import KeyedRuns
 from storage.reviews import RatingAggregate, ReviewStatus
 from storage.sql import SqlStore
-from tests.conftest import reset_postgres, seed
+from tests.conftest import seed
 from tests.test_store_reviews import Device, post, push, recounted, review_events
 
 # -- KeyedRuns ------------------------------------------------------------------------------------------
@@ -87,16 +85,9 @@ async def test_a_stopped_run_leaves_no_waiter_hanging() -> None:
 
 
 @pytest.fixture
-async def store(postgres_url: str) -> AsyncIterator[SqlStore]:
-    """This module's store is PostgreSQL's only (the conftest's runs on both backends): there is
-    nothing to fold on SQLite, and a test skipped there would be a skip in CI."""
-    await reset_postgres(postgres_url)
-    opened = open_store(postgres_url)
-    await opened.open()
-    await opened.migrate()
-    assert opened.db.dialect == "postgres"
-    yield opened
-    await opened.close()
+def store(postgres_store: SqlStore) -> SqlStore:
+    """PostgreSQL's only (conftest's postgres_store)."""
+    return postgres_store
 
 
 async def moves_left(store: SqlStore) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
@@ -13,22 +12,17 @@ from aiohttp import web
 import hub.app
 from hub.keys import METRICS, SETTINGS, STORE
 from hub.metrics import Metrics
-from storage.factory import open_store
 from storage.reviews import RatingAggregate
 from storage.sql import SqlStore
-from tests.conftest import hub_settings, reset_postgres, seed
+from tests.conftest import hub_settings, seed
 from tests.test_review_folds import moves_left
 from tests.test_store_reviews import post
 
 
 @pytest.fixture
-async def store(postgres_url: str) -> AsyncIterator[SqlStore]:
-    await reset_postgres(postgres_url)
-    opened = open_store(postgres_url)
-    await opened.open()
-    await opened.migrate()
-    yield opened
-    await opened.close()
+def store(postgres_store: SqlStore) -> SqlStore:
+    """PostgreSQL's only (conftest's postgres_store)."""
+    return postgres_store
 
 
 async def test_a_node_folds_the_moves_left_behind_as_it_starts(
