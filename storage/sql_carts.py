@@ -19,8 +19,6 @@ import orjson
 
 from crdt import codec
 from crdt.cart import Cart
-from crdt.context import CausalContext
-from crdt.wire import encode_context
 from storage.carts import (
     HUB_REPLICA,
     CartDocument,
@@ -90,10 +88,6 @@ _LOCKED_SELECT_SEEN = {
     "sqlite": f"SELECT {_CART_COLUMNS}, {_SEEN} FROM carts WHERE id = $1",
     "postgres": f"SELECT {_CART_COLUMNS}, {_SEEN} FROM carts WHERE id = $1 FOR UPDATE",
 }
-
-
-def context_json(context: CausalContext) -> str:
-    return orjson.dumps(encode_context(context), option=orjson.OPT_SORT_KEYS).decode()
 
 
 class DecodedCarts:
@@ -308,8 +302,8 @@ class CartSql:
             " m AS (INSERT INTO cart_mutations (cart_id, mutation_id, version, created_at)"
             " SELECT $6, x.mutation_id, x.version, $1"
             " FROM unnest($7::TEXT[], $8::BIGINT[]) AS x(mutation_id, version)),"
-            " u AS (UPDATE carts SET state = $9, context = $10, version = $11, updated_at = $1"
-            " WHERE id = $6 AND $12::BOOLEAN)"
+            " u AS (UPDATE carts SET state = $9, version = $10, updated_at = $1"
+            " WHERE id = $6 AND $11::BOOLEAN)"
             " SELECT seq, version FROM o ORDER BY seq",
             ts,
             stream,
@@ -320,7 +314,6 @@ class CartSql:
             list(applied),
             list(applied.values()),
             codec.to_msgpack(cart) if cart is not None else b"",
-            context_json(cart.context) if cart is not None else "",
             version,
             cart is not None,
         )
@@ -447,11 +440,13 @@ class CartSql:
 
 
 async def _save(tx: Tx, cart_id: str, cart: Cart, version: int, ts: int) -> None:
+    # Only the state: its bytes hold the causal context, which every reply takes from the decoded
+    # state. The carts.context column (JSON) was read by nothing and is no longer written (its
+    # default '{}' for new carts; a row's last value from before stays, unread).
     await tx.execute(
-        "UPDATE carts SET state = $2, context = $3, version = $4, updated_at = $5 WHERE id = $1",
+        "UPDATE carts SET state = $2, version = $3, updated_at = $4 WHERE id = $1",
         cart_id,
         codec.to_msgpack(cart),
-        context_json(cart.context),
         version,
         ts,
     )
@@ -530,4 +525,4 @@ def _check_bounds(cart: Cart, delta: Cart, merged: Cart, rules: CartRules) -> No
             )
 
 
-__all__ = ["CartSql", "context_json"]
+__all__ = ["CartSql"]

@@ -231,6 +231,20 @@ async def test_the_version_grows_by_one_per_accepted_change(store):
     assert (await document(store)).version == 4
 
 
+async def test_a_push_writes_the_causal_context_only_inside_the_state(store):
+    # The state's bytes carry the context every reply renders; the carts.context JSON column, read by
+    # nothing, is not written per push (it cost ~1% of a push) and keeps its default.
+    await catalog(store)
+    phone, laptop = Device("phone-1"), Device("laptop-1")
+    await push(store, phone.add("tea", 2), laptop.add("milk"), phone.remove("tea"))
+    [row] = await rows(store, "SELECT state, context FROM carts WHERE id = $1", CART)
+    stored = codec.from_msgpack(row["state"])
+    assert isinstance(stored, Cart)
+    assert stored.context == join(phone.cart, laptop.cart).context
+    assert stored == (await document(store)).cart
+    assert row["context"] == "{}"
+
+
 async def test_a_push_that_changes_nothing_new_is_acknowledged_without_a_new_version(store):
     await catalog(store)
     phone = Device("phone-1")
