@@ -98,6 +98,28 @@ class _NoStatements:
 _NO_STATEMENTS = _NoStatements()
 
 
+C = TypeVar("C", list[OutboxEntry], set[tuple[str, str]])
+
+
+def collecting(
+    into: ContextVar[C | None], collected: C, work: Callable[[Tx], Awaitable[T]]
+) -> Callable[[Tx], Awaitable[T]]:
+    """``work``, with ``into`` holding ``collected`` while it runs, for what it notes down as it writes
+    (the outbox entries it appends, the rating moves it makes) to be acted on once it has committed.
+    Set when the work runs, in whichever task runs it (SQLite's group commit runs it in its own), and
+    emptied at every attempt: a transaction the database aborted is run again from the start."""
+
+    async def attempt(tx: Tx) -> T:
+        collected.clear()
+        token = into.set(collected)
+        try:
+            return await work(tx)
+        finally:
+            into.reset(token)
+
+    return attempt
+
+
 class SqlCore:
     def __init__(self, db: Database, *, hand_over_outbox: bool = False, region: str = "default") -> None:
         """``hand_over_outbox``: this process is the only one writing the database (the embedded
@@ -120,15 +142,7 @@ class SqlCore:
         with other writes' in a transaction of its own: no connection is taken here, ``work`` is
         handed a Tx that refuses statements, and its entries are announced once it has returned."""
         appended: list[OutboxEntry] = []
-
-        async def attempt(tx: Tx) -> T:
-            # Set here, in whichever task runs the work (SQLite's group commit runs it in its own).
-            appended.clear()  # a transaction the database aborted is run again from the start
-            token = _APPENDED.set(appended)
-            try:
-                return await work(tx)
-            finally:
-                _APPENDED.reset(token)
+        attempt = collecting(_APPENDED, appended, work)
 
         async def announce() -> None:
             if not appended:

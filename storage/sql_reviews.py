@@ -47,6 +47,7 @@ from storage.reviews import (
     ReviewStatus,
     Screener,
 )
+from storage.sql_core import collecting
 from storage.sql_review_checks import (
     _SIGNALS,
     HOUR_US,
@@ -418,15 +419,7 @@ class ReviewSql(ReviewReadSql):
         appended: it returns once a fold that began after its commit has taken them (or failed: they
         stay counted, for the next)."""
         moved: set[tuple[str, str]] = set()
-
-        async def tracked(tx: Tx) -> T:
-            moved.clear()  # a transaction the database aborted is run again from the start
-            token = _MOVED.set(moved)
-            try:
-                return await work(tx)
-            finally:
-                _MOVED.reset(token)
-
+        tracked = collecting(_MOVED, moved, work)
         result = await self._write(tracked, single_statement=single_statement, grouped=grouped)
         if moved:
             folds: KeyedRuns[tuple[str, str]] | None = getattr(self, "_rating_folds", None)
