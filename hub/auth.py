@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import jwt
 from aiohttp import web
+from jwt.algorithms import HMACAlgorithm
 
 from hub.errors import Forbidden, Unauthenticated
 from hub.keys import GRANTED_SCOPE, PRINCIPAL, SETTINGS, VERIFIER
@@ -45,6 +46,29 @@ _VERIFIED_MAX = 10_000
 _verified: dict[tuple[str, str], Principal] = {}
 
 
+class _RememberedSecretHMAC(HMACAlgorithm):
+    """HS256 whose key preparation — PyJWT's checks that the secret is not a PEM, SSH, DER or JWK key,
+    ~13 µs — runs once per secret, not once per token (every review post is a new user's token). The
+    preparation is a function of the key alone; a key it refuses is refused every time (not kept)."""
+
+    def __init__(self) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self._prepared: dict[str | bytes, bytes] = {}
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = super().prepare_key(key)
+            if len(self._prepared) < 8:  # the hub's secret (tests make a few)
+                self._prepared[key] = prepared
+        return prepared
+
+
+_decoder = jwt.PyJWT()
+_decoder._jws.unregister_algorithm(ALGORITHM)
+_decoder._jws.register_algorithm(ALGORITHM, _RememberedSecretHMAC())
+
+
 def issue_token(secret: str, sub: str, roles: Iterable[str], ttl_seconds: int = 3600) -> str:
     now = int(time.time())
     claims = {"sub": sub, "roles": sorted(set(roles)), "iat": now, "exp": now + ttl_seconds}
@@ -65,7 +89,7 @@ def decode_token(secret: str, token: str) -> Principal:
 
 def _verify(secret: str, token: str) -> Principal:
     try:
-        claims = jwt.decode(
+        claims = _decoder.decode(
             token,
             secret,
             algorithms=[ALGORITHM],
