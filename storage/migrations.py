@@ -475,6 +475,12 @@ MIGRATIONS: list[tuple[int, str, list[Statement]]] = [
             "ALTER TABLE webhook_endpoints ADD COLUMN previous_secret_until BIGINT",
         ],
     ),
+    (
+        15,
+        "carts: the context column goes (the state's bytes hold the context; nothing read the column,"
+        " and pushes stopped writing it)",
+        ["ALTER TABLE carts DROP COLUMN context"],
+    ),
 ]
 
 

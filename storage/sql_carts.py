@@ -440,9 +440,8 @@ class CartSql:
 
 
 async def _save(tx: Tx, cart_id: str, cart: Cart, version: int, ts: int) -> None:
-    # Only the state: its bytes hold the causal context, which every reply takes from the decoded
-    # state. The carts.context column (JSON) was read by nothing and is no longer written (its
-    # default '{}' for new carts; a row's last value from before stays, unread).
+    # The state's bytes hold the causal context, which every reply takes from the decoded state (a
+    # JSON copy in a column of its own, read by nothing, cost ~1% of a push: migration 15 dropped it).
     await tx.execute(
         "UPDATE carts SET state = $2, version = $3, updated_at = $4 WHERE id = $1",
         cart_id,

@@ -213,7 +213,7 @@ class PrivacySql:
                 )
                 await tx.execute("DELETE FROM cart_mutations WHERE cart_id = $1", cart_id)
                 await tx.execute(
-                    "UPDATE carts SET owner = $2, state = $3, context = '{}', version = $4,"
+                    "UPDATE carts SET owner = $2, state = $3, version = $4,"
                     " closed_at = COALESCE(closed_at, $5), reservation_id = NULL, updated_at = $5"
                     " WHERE id = $1",
                     cart_id,
