@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 from hub.ratelimit.limiter import parse_optional_policy
 from hub.settings import DEFAULT_DATABASE_URL, Settings, dev_jwt_secret_path
@@ -455,21 +457,23 @@ def _add_webhooks(serve: argparse.ArgumentParser) -> None:
         )
 
 
-def _spacing_ms(value: str) -> float:
-    try:
-        ms = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds, not {value!r}") from None
-    if not 0 <= ms <= 100:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 100 ms, not {value}")
-    return ms
+N = TypeVar("N", int, float)
 
 
-def _retention_days(value: str) -> int:
-    try:
-        days = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of days, not {value!r}") from None
-    if not 1 <= days <= 3650:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 3650 days, not {days}")
-    return days
+def _between(parse: Callable[[str], N], what: str, unit: str, low: N, high: N) -> Callable[[str], N]:
+    """A flag's type: ``parse`` of the text, from ``low`` to ``high`` inclusive."""
+
+    def check(value: str) -> N:
+        try:
+            number = parse(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, not {value!r}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g} {unit}, not {value}")
+        return number
+
+    return check
+
+
+_spacing_ms = _between(float, "milliseconds", "ms", 0.0, 100.0)
+_retention_days = _between(int, "a number of days", "days", 1, 3650)

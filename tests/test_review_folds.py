@@ -175,17 +175,20 @@ async def test_a_failed_fold_leaves_its_move_counted_until_the_next_fold(
     await recounted(store)
 
 
-async def test_the_hourly_purge_folds_moves_a_failed_fold_left(
-    store: SqlStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    product = await seed(store)
+async def post_leaving_its_move(store: SqlStore, product: str, author: str, rating: int) -> None:
+    """A post whose fold fails after its commit (a dropped connection, a node stopped): its move stays."""
 
     async def failing(key: tuple[str, str]) -> None:
         raise ConnectionError("the fold's connection dropped")
 
-    monkeypatch.setattr(store, "_fold_rating", failing)
-    await post(store, product, "ana", rating=5)
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "_fold_rating", failing)
+        await post(store, product, author, rating=rating)
+
+
+async def test_the_hourly_purge_folds_moves_a_failed_fold_left(store: SqlStore) -> None:
+    product = await seed(store)
+    await post_leaving_its_move(store, product, "ana", 5)
     assert await moves_left(store) == 1
     await store.purge_review_mutations(0)
     row = await store.get_product(product)

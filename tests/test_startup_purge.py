@@ -15,8 +15,7 @@ from hub.metrics import Metrics
 from storage.reviews import RatingAggregate
 from storage.sql import SqlStore
 from tests.conftest import hub_settings, seed
-from tests.test_review_folds import moves_left
-from tests.test_store_reviews import post
+from tests.test_review_folds import moves_left, post_leaving_its_move
 
 
 @pytest.fixture
@@ -29,13 +28,7 @@ async def test_a_node_folds_the_moves_left_behind_as_it_starts(
     store: SqlStore, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     product = await seed(store)
-
-    async def failing(key: tuple[str, str]) -> None:
-        raise ConnectionError("the node stopped before its fold")
-
-    monkeypatch.setattr(store, "_fold_rating", failing)
-    await post(store, product, "ana", rating=3)
-    monkeypatch.undo()
+    await post_leaving_its_move(store, product, "ana", 3)
     assert await moves_left(store) == 1
     # A host booted ten minutes ago: the monotonic clock reads 600 s.
     monkeypatch.setattr(hub.app.time, "monotonic", lambda: 600.0)
